@@ -1,0 +1,64 @@
+#include "core/logging.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+namespace strata {
+namespace {
+
+// Process-wide logging context, written once by main() before any threads
+// start; atomics keep late readers (loader threads) well defined.
+std::atomic<int> g_rank{0};
+std::atomic<int> g_world{1};
+
+LogLevel level_from_env() {
+  const char* v = std::getenv("STRATA_LOG_LEVEL");
+  if (v == nullptr) return LogLevel::kInfo;
+  if (std::strcmp(v, "debug") == 0) return LogLevel::kDebug;
+  if (std::strcmp(v, "warn") == 0) return LogLevel::kWarn;
+  if (std::strcmp(v, "error") == 0) return LogLevel::kError;
+  return LogLevel::kInfo;
+}
+
+bool all_ranks_from_env() {
+  const char* v = std::getenv("STRATA_LOG_ALL_RANKS");
+  return v != nullptr && std::strcmp(v, "1") == 0;
+}
+
+const char* level_name(LogLevel level) {
+  switch (level) {
+    case LogLevel::kDebug: return "DEBUG";
+    case LogLevel::kInfo: return "INFO";
+    case LogLevel::kWarn: return "WARN";
+    case LogLevel::kError: return "ERROR";
+  }
+  return "?";
+}
+
+}  // namespace
+
+void set_log_rank(int rank, int world) {
+  g_rank = rank;
+  g_world = world;
+}
+
+bool log_enabled(LogLevel level) {
+  static const LogLevel min_level = level_from_env();
+  static const bool all_ranks = all_ranks_from_env();
+  if (level < min_level) return false;
+  if (level >= LogLevel::kWarn) return true;
+  return all_ranks || g_rank.load() == 0;
+}
+
+void log_line(LogLevel level, const std::string& message) {
+  std::string line = str("[rank ", g_rank.load(), "/", g_world.load(), "] ",
+                         level_name(level), " ", message, "\n");
+  // One write() per line so lines from threads and ranks do not interleave.
+  ssize_t ignored = ::write(STDERR_FILENO, line.data(), line.size());
+  (void)ignored;
+}
+
+}  // namespace strata

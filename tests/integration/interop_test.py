@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""model.pt interop: Python's torch.load reads Strata's state dict.
+
+Trains a small CNN with strata-train, loads model.pt with torch.load, rebuilds
+the same network in PyTorch, load_state_dict(strict=True) (names and shapes),
+and evaluates it on the same test samples: the accuracy must equal the one
+Strata recorded in its summary (values).
+
+usage: interop_test.py STRATA_TRAIN_BIN SOURCE_DIR
+"""
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+ROOT = "/usr/share/datasets/fashion-mnist"
+MEAN, STD = 0.2860, 0.3530
+TEST_N = 2000
+
+
+def read_idx(path):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+class Cnn(nn.Module):
+    """Strata's `cnn` with its default channels [32, 64] and fc 128."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32),
+            nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64),
+            nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(
+            nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+def main():
+    binary, source = sys.argv[1], sys.argv[2]
+    with tempfile.TemporaryDirectory() as tmp:
+        run = os.path.join(tmp, "run")
+        cmd = [binary, os.path.join(source, "recipes/fashion_mnist.yaml"),
+               f"run.dir={run}", "model.name=cnn", "data.train_subset=2048",
+               f"data.test_subset={TEST_N}", "train.max_steps=16",
+               "run.threads=2"]
+        subprocess.run(cmd, check=True)
+        state = torch.load(os.path.join(run, "model.pt"))
+        with open(os.path.join(run, "metrics.jsonl")) as f:
+            summary = json.loads(f.read().strip().splitlines()[-1])
+
+    assert isinstance(state, dict), type(state)
+    model = Cnn()
+    missing = model.load_state_dict(state, strict=True)
+    print("loaded", len(state), "tensors:", ", ".join(list(state)[:4]), "...")
+    assert not missing.missing_keys and not missing.unexpected_keys
+    assert state["features.1.num_batches_tracked"].item() == 16
+
+    images = read_idx(f"{ROOT}/t10k-images-idx3-ubyte.gz")[:TEST_N]
+    labels = read_idx(f"{ROOT}/t10k-labels-idx1-ubyte.gz")[:TEST_N]
+    x = (torch.from_numpy(images.astype(np.float32)) / 255.0 - MEAN) / STD
+    y = torch.from_numpy(labels.astype(np.int64))
+    model.eval()
+    with torch.no_grad():
+        logits = model(x.unsqueeze(1))
+    accuracy = (logits.argmax(1) == y).sum().item() / TEST_N  # as Strata: double
+    loss = nn.functional.cross_entropy(logits, y).item()
+    print(f"python accuracy {accuracy:.4f} loss {loss:.5f}; strata accuracy "
+          f"{summary['accuracy']:.4f} loss {summary['loss']:.5f}")
+    assert summary["kind"] == "summary"
+    assert abs(accuracy - summary["accuracy"]) < 1e-9, "accuracy differs"
+    assert abs(loss - summary["loss"]) < 1e-4, "loss differs"
+    print("1 passed, 0 failed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+// strata-train as a user runs it: the run directory contract, exit codes and
+// messages, and the SIGKILL-and-resume bitwise-equality guarantee.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <torch/serialize.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include "core/fs.h"
+#include "core/json.h"
+#include "test_util.h"
+
+namespace {
+
+using strata::test::read_lines;
+using strata::test::run_command;
+using strata::test::TempDir;
+
+const std::string kBin = STRATA_TRAIN_BIN;
+const std::string kRecipes = std::string(STRATA_SOURCE_DIR) + "/recipes/";
+
+// A short MLP run that exercises augmentation, dropout (RNG state), gradient
+// accumulation, momentum, warmup + cosine and mid-epoch checkpoints.
+std::string small_run(const std::string& dir) {
+  return kBin + " " + kRecipes + "fashion_mnist.yaml run.dir=" + dir +
+         " model.name=mlp model.hidden=[512,256] model.dropout=0.1"
+         " data.train_subset=6000 data.test_subset=1000 data.batch_size=50"
+         " data.augment.crop_padding=2 train.grad_accum=2 train.epochs=3"
+         " run.threads=1 run.log_every=5 schedule.warmup_steps=10"
+         " checkpoint.every_steps=25 checkpoint.keep=3";
+}
+
+std::string field(const std::string& line, const std::string& key) {
+  std::string v;
+  EXPECT_TRUE(strata::json_field(line, key, &v)) << key << " in " << line;
+  return v;
+}
+
+c10::Dict<c10::IValue, c10::IValue> load_state(const std::string& path) {
+  std::string bytes = strata::read_file(path);
+  return torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()))
+      .toGenericDict();
+}
+
+TEST(StrataTrain, WritesTheRunDirectoryContract) {
+  TempDir dir;
+  auto r = run_command(small_run(dir / "run") + " train.epochs=1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("final test accuracy"), std::string::npos);
+  for (const char* f : {"recipe.yaml", "metrics.jsonl", "model.pt"}) {
+    EXPECT_TRUE(strata::path_exists(dir / "run/" + f)) << f;
+  }
+  EXPECT_FALSE(strata::list_files(dir / "run/checkpoints").empty());
+  auto lines = read_lines(dir / "run/metrics.jsonl");
+  ASSERT_GE(lines.size(), 3u);
+  int train = 0, eval = 0;
+  for (const auto& l : lines) {
+    const std::string kind = field(l, "kind");
+    if (kind == "train") {
+      ++train;
+      for (const char* k : {"step", "epoch", "loss", "lr", "samples_per_s", "time_s"})
+        field(l, k);
+    }
+    if (kind == "eval") ++eval;
+  }
+  EXPECT_EQ(train, 12);  // 6000 / 50 / grad_accum 2 = 60 steps, one every 5
+  EXPECT_GE(eval, 1);
+  const std::string& summary = lines.back();
+  EXPECT_EQ(field(summary, "kind"), "summary");
+  EXPECT_GT(std::stod(field(summary, "accuracy")), 0.70);  // it learns
+  field(summary, "wall_s");
+  // The saved recipe is complete and reproduces the run's settings.
+  auto again = run_command(kBin + " " + dir / "run/recipe.yaml --print-recipe");
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_EQ(again.output, strata::read_file(dir / "run/recipe.yaml"));
+}
+
+TEST(StrataTrain, MisspeltOverrideExitsTwoAndSuggests) {
+  auto r = run_command(kBin + " " + kRecipes + "fashion_mnist.yaml optimizer.lrr=0.1");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("unknown key 'optimizer.lrr'; did you mean "
+                          "'optimizer.lr'?"),
+            std::string::npos) << r.output;
+}
+
+TEST(StrataTrain, MisspeltRecipeKeyExitsTwoWithFileAndLine) {
+  TempDir dir;
+  strata::test::write_text(dir / "bad.yaml",
+                           "model:\n  name: cnn\noptimizer:\n  lrr: 0.1\n");
+  auto r = run_command(kBin + " " + dir / "bad.yaml");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find(dir / "bad.yaml:4: unknown key 'optimizer.lrr'; "
+                                "did you mean 'optimizer.lr'?"),
+            std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("terminate called"), std::string::npos);
+}
+
+TEST(StrataTrain, UsageAndRuntimeErrorsHaveTheirExitCodes) {
+  EXPECT_EQ(run_command(kBin).exit_code, 2);
+  EXPECT_EQ(run_command(kBin + " --frobnicate x.yaml").exit_code, 2);
+  EXPECT_EQ(run_command(kBin + " /nonexistent.yaml").exit_code, 2);
+  TempDir dir;
+  auto r = run_command(kBin + " " + kRecipes + "fashion_mnist.yaml data.root=" +
+                       dir.path() + " run.dir=" + dir / "run");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("apt-get install dataset-fashion-mnist"),
+            std::string::npos) << r.output;
+}
+
+TEST(StrataTrain, NeverResumeRefusesToOverwriteCheckpoints) {
+  TempDir dir;
+  ASSERT_EQ(run_command(small_run(dir / "run") + " train.max_steps=5").exit_code, 0);
+  auto r = run_command(small_run(dir / "run") + " train.resume=never");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("already holds checkpoints"), std::string::npos)
+      << r.output;
+  EXPECT_FALSE(strata::list_files(dir / "run/checkpoints").empty());
+}
+
+// Starts `command`, reads its stderr until `needle` has appeared `count`
+// times, then SIGKILLs it. Returns the wait status.
+int kill_after(const std::string& command, const std::string& needle,
+               int count) {
+  int fds[2];
+  EXPECT_EQ(::pipe(fds), 0);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(fds[1], STDERR_FILENO);
+    ::close(fds[0]);
+    ::execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  std::string seen;
+  char buf[512];
+  int found = 0;
+  for (ssize_t n; found < count && (n = ::read(fds[0], buf, sizeof(buf))) > 0;) {
+    seen.append(buf, static_cast<size_t>(n));
+    found = 0;
+    for (size_t p = seen.find(needle); p != std::string::npos;
+         p = seen.find(needle, p + 1)) {
+      ++found;
+    }
+  }
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ::close(fds[0]);
+  return status;
+}
+
+TEST(StrataTrain, SigkillAndResumeIsBitwiseEqualToAnUninterruptedRun) {
+  TempDir dir;
+  // "exec" so the SIGKILL reaches strata-train itself, not the shell.
+  int status = kill_after("exec " + small_run(dir / "killed"),
+                          "saved checkpoint", 2);
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+      << "the run finished before it could be killed";
+  ASSERT_FALSE(strata::path_exists(dir / "killed/model.pt"));
+
+  auto resumed = run_command(small_run(dir / "killed"));  // train.resume: auto
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed from"), std::string::npos);
+  auto straight = run_command(small_run(dir / "straight"));
+  ASSERT_EQ(straight.exit_code, 0) << straight.output;
+
+  auto a = load_state(dir / "killed/model.pt");
+  auto b = load_state(dir / "straight/model.pt");
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& item : b) {
+    const std::string name = item.key().toStringRef();
+    ASSERT_TRUE(a.contains(name)) << name;
+    EXPECT_TRUE(at::equal(a.at(name).toTensor(), item.value().toTensor()))
+        << name << " differs after kill + resume";
+  }
+  // The metrics file reads as one run: the same records, the same losses.
+  auto ma = read_lines(dir / "killed/metrics.jsonl");
+  auto mb = read_lines(dir / "straight/metrics.jsonl");
+  ASSERT_EQ(ma.size(), mb.size());
+  for (size_t i = 0; i + 1 < ma.size(); ++i) {
+    EXPECT_EQ(field(ma[i], "kind"), field(mb[i], "kind"));
+    EXPECT_EQ(field(ma[i], "step"), field(mb[i], "step"));
+    EXPECT_EQ(field(ma[i], "loss"), field(mb[i], "loss")) << ma[i];
+  }
+}
+
+}  // namespace

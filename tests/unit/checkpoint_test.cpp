@@ -1,0 +1,121 @@
+// Checkpoint round trip, retention, atomicity leftovers, mismatch errors and
+// the torch.load-compatible model.pt.
+#include <gtest/gtest.h>
+#include <torch/serialize.h>
+#include <torch/torch.h>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "test_util.h"
+#include "trainer/checkpoint.h"
+#include "trainer/trainer.h"
+
+namespace strata::train {
+namespace {
+
+using strata::test::TempDir;
+
+struct Rig {
+  std::shared_ptr<Model> model;
+  std::unique_ptr<torch::optim::Optimizer> opt;
+};
+
+Rig make(const std::string& model_name, uint64_t seed) {
+  Registries reg = builtin_registries();
+  Recipe r = parse_recipe("model: {name: " + model_name + ", dropout: 0.5}\n"
+                          "optimizer: {name: sgd, momentum: 0.9}\n",
+                          "c.yaml");
+  torch::manual_seed(seed);
+  Rig s;
+  s.model = reg.models.get(model_name, "", "")(r.model, InputShape{});
+  s.opt = reg.optimizers.get("sgd", "", "")(r, *s.model);
+  return s;
+}
+
+void train_steps(Rig& s, int steps) {
+  for (int i = 0; i < steps; ++i) {
+    s.opt->zero_grad();
+    at::Tensor x = torch::randn({4, 1, 28, 28});
+    s.model->forward(x).pow(2).mean().backward();  // dropout draws from RNG
+    s.opt->step();
+  }
+}
+
+std::vector<at::Tensor> state_of(torch::nn::Module& m) {
+  std::vector<at::Tensor> out;
+  for (auto& p : m.parameters()) out.push_back(p.detach().clone());
+  for (auto& b : m.buffers()) out.push_back(b.detach().clone());
+  return out;
+}
+
+TEST(Checkpoint, ResumedTrainingIsBitwiseIdentical) {
+  TempDir dir;
+  Rig a = make("cnn", 1);
+  train_steps(a, 3);
+  CheckpointStore store(dir / "ckpt", 2);
+  store.save({3, 12}, *a.model, *a.opt);
+  train_steps(a, 3);  // momentum, BN statistics and dropout all advance
+
+  Rig b = make("cnn", 99);  // different initial weights and RNG
+  TrainState st = load_checkpoint(store.newest(), *b.model, *b.opt);
+  EXPECT_EQ(st.step, 3);
+  EXPECT_EQ(st.micro_batches, 12);
+  train_steps(b, 3);
+  auto sa = state_of(*a.model), sb = state_of(*b.model);
+  ASSERT_EQ(sa.size(), sb.size());
+  for (size_t i = 0; i < sa.size(); ++i) EXPECT_TRUE(at::equal(sa[i], sb[i])) << i;
+}
+
+TEST(Checkpoint, KeepsTheNewestAndIgnoresTemporaries) {
+  TempDir dir;
+  Rig a = make("mlp", 1);
+  CheckpointStore store(dir / "ckpt", 2);
+  for (int64_t step : {10, 20, 30}) store.save({step, step}, *a.model, *a.opt);
+  strata::test::write_text(dir / "ckpt/.step_00000040.pt.tmp.123", "torn");
+  auto all = store.list();
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_EQ(all[0], dir / "ckpt/step_00000020.pt");
+  EXPECT_EQ(store.newest(), dir / "ckpt/step_00000030.pt");
+}
+
+TEST(Checkpoint, WrongModelIsAConfigErrorWithTheFix) {
+  TempDir dir;
+  Rig a = make("mlp", 1);
+  CheckpointStore store(dir / "ckpt", 1);
+  store.save({1, 1}, *a.model, *a.opt);
+  Rig b = make("cnn", 1);
+  try {
+    load_checkpoint(store.newest(), *b.model, *b.opt);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("does not match this recipe's model"),
+              std::string::npos) << e.what();
+  }
+}
+
+TEST(Checkpoint, CorruptFileIsAnIoError) {
+  TempDir dir;
+  strata::test::write_text(dir / "step_00000001.pt", "not a checkpoint");
+  Rig a = make("mlp", 1);
+  EXPECT_THROW(load_checkpoint(dir / "step_00000001.pt", *a.model, *a.opt),
+               IoError);
+}
+
+TEST(StateDict, IsAPickledDictOfEveryParameterAndBuffer) {
+  TempDir dir;
+  Rig a = make("cnn", 1);
+  save_state_dict(dir / "model.pt", *a.model);
+  std::string bytes = read_file(dir / "model.pt");
+  c10::IValue v = torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
+  ASSERT_TRUE(v.isGenericDict());
+  auto dict = v.toGenericDict();
+  EXPECT_EQ(dict.size(), a.model->named_parameters().size() +
+                             a.model->named_buffers().size());
+  for (const auto& p : a.model->named_parameters()) {
+    EXPECT_TRUE(at::equal(dict.at(p.key()).toTensor(), p.value())) << p.key();
+  }
+  EXPECT_TRUE(dict.contains("features.1.running_mean"));
+}
+
+}  // namespace
+}  // namespace strata::train

@@ -1,0 +1,114 @@
+// LR schedules, optimizer construction and registry errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/error.h"
+#include "trainer/models/models.h"
+#include "trainer/optim.h"
+#include "trainer/trainer.h"
+
+namespace strata::train {
+namespace {
+
+std::unique_ptr<LrSchedule> schedule_for(const std::string& yaml,
+                                         int64_t total) {
+  Registries reg = builtin_registries();
+  return make_schedule(reg.schedules, parse_recipe(yaml, "s.yaml"), total);
+}
+
+TEST(Schedule, Constant) {
+  auto s = schedule_for("schedule: {name: constant}\noptimizer: {lr: 0.3}", 10);
+  for (int64_t t : {0, 5, 9}) EXPECT_DOUBLE_EQ(s->lr(t), 0.3);
+}
+
+TEST(Schedule, StepDecaysEveryInterval) {
+  auto s = schedule_for(
+      "schedule: {name: step, step_every: 3, gamma: 0.5}\noptimizer: {lr: 1}",
+      10);
+  EXPECT_DOUBLE_EQ(s->lr(0), 1.0);
+  EXPECT_DOUBLE_EQ(s->lr(2), 1.0);
+  EXPECT_DOUBLE_EQ(s->lr(3), 0.5);
+  EXPECT_DOUBLE_EQ(s->lr(9), 0.125);
+}
+
+TEST(Schedule, CosineRunsFromLrToMinLr) {
+  auto s = schedule_for(
+      "schedule: {name: cosine, min_lr: 0.1}\noptimizer: {lr: 1.1}", 11);
+  EXPECT_DOUBLE_EQ(s->lr(0), 1.1);
+  EXPECT_NEAR(s->lr(5), 0.6, 1e-12);  // halfway: (lr + min) / 2
+  EXPECT_NEAR(s->lr(10), 0.1, 1e-12);
+}
+
+TEST(Schedule, WarmupIsLinearThenHandsOver) {
+  auto s = schedule_for(
+      "schedule: {name: cosine, warmup_steps: 4}\noptimizer: {lr: 2}", 14);
+  EXPECT_DOUBLE_EQ(s->lr(0), 0.5);
+  EXPECT_DOUBLE_EQ(s->lr(3), 2.0);
+  EXPECT_DOUBLE_EQ(s->lr(4), 2.0);  // cosine starts at its peak
+  EXPECT_NEAR(s->lr(13), 0.0, 1e-12);
+}
+
+TEST(Schedule, UnknownNamePointsAtTheRecipeLine) {
+  try {
+    schedule_for("optimizer: {lr: 1}\nschedule:\n  name: cosin\n", 10);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_STREQ(e.what(),
+                 "s.yaml:3: schedule.name: unknown schedule 'cosin'; did you "
+                 "mean 'cosine'? Registered: constant, step, cosine.");
+  }
+}
+
+TEST(Optimizer, NoWeightDecayOnBiasesAndNormsByDefault) {
+  Registries reg = builtin_registries();
+  Recipe r = parse_recipe("model: {name: cnn}\noptimizer: {name: sgd}", "o.yaml");
+  auto model = reg.models.get("cnn", "", "model.name")(r.model, InputShape{});
+  auto opt = reg.optimizers.get("sgd", "", "optimizer.name")(r, *model);
+  ASSERT_EQ(opt->param_groups().size(), 2u);
+  for (const auto& p : opt->param_groups()[1].params()) EXPECT_EQ(p.dim(), 1);
+  auto& no_decay = static_cast<torch::optim::SGDOptions&>(
+      opt->param_groups()[1].options());
+  EXPECT_EQ(no_decay.weight_decay(), 0.0);
+  int64_t total = 0;
+  for (const auto& g : opt->param_groups()) total += g.params().size();
+  EXPECT_EQ(total, static_cast<int64_t>(model->parameters().size()));
+}
+
+TEST(Optimizer, AdamWNeedsTwoBetas) {
+  Registries reg = builtin_registries();
+  Recipe r = parse_recipe("optimizer:\n  name: adamw\n  betas: [0.9]\n", "o.yaml");
+  auto model = reg.models.get("mlp", "", "model.name")(r.model, InputShape{});
+  try {
+    reg.optimizers.get("adamw", "", "optimizer.name")(r, *model);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find(
+                  "o.yaml:3: optimizer.betas needs two values"),
+              std::string::npos) << e.what();
+  }
+}
+
+TEST(Models, ShapesAndPyTorchStyleNames) {
+  Registries reg = builtin_registries();
+  Recipe r;
+  at::Tensor x = at::randn({3, 1, 28, 28});
+  for (const std::string name : {"mlp", "cnn", "resnet_small"}) {
+    auto m = reg.models.get(name, "", "model.name")(r.model, InputShape{});
+    EXPECT_EQ(m->forward(x).sizes(), (at::IntArrayRef{3, 10})) << name;
+  }
+  auto cnn = reg.models.get("cnn", "", "model.name")(r.model, InputShape{});
+  std::vector<std::string> names;
+  for (const auto& p : cnn->named_parameters()) names.push_back(p.key());
+  EXPECT_EQ(names, (std::vector<std::string>{
+                       "features.0.weight", "features.1.weight",
+                       "features.1.bias", "features.4.weight",
+                       "features.5.weight", "features.5.bias",
+                       "classifier.0.weight", "classifier.0.bias",
+                       "classifier.2.weight", "classifier.2.bias"}));
+  // conv 288 + bn 64 + conv 18432 + bn 128 + fc 401536 + fc 1290
+  EXPECT_EQ(parameter_count(*cnn), 421738);
+}
+
+}  // namespace
+}  // namespace strata::train

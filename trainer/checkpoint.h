@@ -1,0 +1,58 @@
+// Checkpoints and the final model export.
+//
+// A checkpoint (<run>/checkpoints/step_<N>.pt, a LibTorch archive) holds all
+// a run needs to continue bit for bit: model parameters and buffers,
+// optimizer state, the default CPU generator (dropout), the optimizer step and
+// the position in the data stream. The data order and augmentation need no
+// state (Note [Deterministic data]); the LR schedule is a function of the step.
+// Files are written atomically (Note [Atomic files]) so a run killed at any
+// instant leaves only complete checkpoints behind.
+//
+// model.pt is a plain state dict {name: tensor} in the pickle format of
+// Python's torch.save, so torch.load(path) returns a dict.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace strata::train {
+
+struct TrainState {
+  int64_t step = 0;           // optimizer steps taken
+  int64_t micro_batches = 0;  // global micro-batches consumed from the loader
+};
+
+class CheckpointStore {
+ public:
+  // `dir` is created on first save; `keep` >= 1 newest files are kept.
+  CheckpointStore(std::string dir, int64_t keep);
+
+  // Writes step_<state.step>.pt atomically, then deletes all but the newest
+  // `keep`. Returns the path written.
+  std::string save(const TrainState& state, torch::nn::Module& model,
+                   torch::optim::Optimizer& optimizer) const;
+
+  // Complete checkpoints, oldest first (full paths).
+  std::vector<std::string> list() const;
+  // The newest complete checkpoint, or "" when there is none.
+  std::string newest() const;
+
+ private:
+  std::string dir_;
+  int64_t keep_;
+};
+
+// Restores `model`, `optimizer` and the generator from `path`. Throws
+// IoError when the file is unreadable, ConfigError when it was written for a
+// different model or optimizer (the message says which).
+TrainState load_checkpoint(const std::string& path, torch::nn::Module& model,
+                           torch::optim::Optimizer& optimizer);
+
+// Writes model's parameters and buffers as a torch.load-able state dict.
+void save_state_dict(const std::string& path, const torch::nn::Module& model);
+
+}  // namespace strata::train

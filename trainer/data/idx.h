@@ -1,0 +1,27 @@
+// Reader for the IDX format of (Fashion-)MNIST, gzip-compressed or plain.
+//
+// Layout (big endian): magic = {0, 0, dtype, ndim}, then ndim uint32 sizes,
+// then the data. Only dtype 0x08 (unsigned byte) is used by these datasets.
+// reference: http://yann.lecun.com/exdb/mnist/ ("FILE FORMATS")
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace strata::train {
+
+struct IdxArray {
+  std::vector<int64_t> dims;  // e.g. {60000, 28, 28}
+  std::vector<uint8_t> data;  // row-major, prod(dims) bytes
+};
+
+// Throws DataError naming the file and what is wrong with it (missing,
+// truncated, bad magic, unsupported dtype).
+IdxArray read_idx(const std::string& path);
+
+// Encodes `array` as an (uncompressed) IDX byte string; used by tests and
+// tools that produce small datasets.
+std::string encode_idx(const IdxArray& array);
+
+}  // namespace strata::train

@@ -1,0 +1,44 @@
+// Built-in image classifiers and the model registry.
+//
+// Shape legend: B batch, C channels, H height, W width, K classes.
+// Every model maps float [B, C, H, W] to logits [B, K]. Parameter names follow
+// PyTorch's nn.Sequential numbering so a Python user can rebuild the same
+// network and load model.pt with load_state_dict(strict=True).
+#pragma once
+
+#include <torch/nn/module.h>
+
+#include <functional>
+#include <memory>
+
+#include "trainer/recipe.h"
+#include "trainer/registry.h"
+
+namespace strata::train {
+
+struct InputShape {
+  int64_t channels = 1;  // C
+  int64_t height = 28;   // H
+  int64_t width = 28;    // W
+  int64_t classes = 10;  // K
+};
+
+// A classifier: a torch Module with a typed forward.
+class Model : public torch::nn::Module {
+ public:
+  ~Model() override = default;
+  virtual at::Tensor forward(const at::Tensor& x) = 0;
+};
+
+using ModelFactory = std::function<std::shared_ptr<Model>(
+    const ModelSection& config, const InputShape& input)>;
+using ModelRegistry = Registry<ModelFactory>;
+
+// mlp: 784-256-128-10 by default; cnn: [conv3x3-BN-ReLU-maxpool] x2 (32, 64
+// channels) -> FC 128 -> FC 10; resnet_small: a CIFAR-style ResNet.
+void register_builtin_models(ModelRegistry& registry);
+
+// Parameter count (for logs and benchmarks).
+int64_t parameter_count(const torch::nn::Module& model);
+
+}  // namespace strata::train

@@ -1,0 +1,52 @@
+// Optimizers, learning-rate schedules and gradient clipping.
+//
+// An LrSchedule is a pure function of the optimizer step, so a resumed run
+// needs no schedule state beyond the step count.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
+
+#include <functional>
+#include <memory>
+
+#include "trainer/recipe.h"
+#include "trainer/registry.h"
+
+namespace strata::train {
+
+using OptimizerFactory =
+    std::function<std::unique_ptr<torch::optim::Optimizer>(
+        const Recipe& recipe, torch::nn::Module& model)>;
+using OptimizerRegistry = Registry<OptimizerFactory>;
+
+// sgd (momentum, nesterov, L2 weight decay) and adamw (decoupled decay).
+// Unless optimizer.decay_norm_and_bias, 1-D parameters (biases, norm scales)
+// go in a second parameter group without weight decay.
+void register_builtin_optimizers(OptimizerRegistry& registry);
+
+class LrSchedule {
+ public:
+  virtual ~LrSchedule() = default;
+  // Learning rate for optimizer step `step` (0-based), before warmup.
+  virtual double lr(int64_t step) const = 0;
+};
+
+using ScheduleFactory = std::function<std::unique_ptr<LrSchedule>(
+    const ScheduleSection& config, double base_lr, int64_t total_steps)>;
+using ScheduleRegistry = Registry<ScheduleFactory>;
+
+// constant; step (lr * gamma^floor(t / step_every)); cosine (from lr down to
+// min_lr at the last step). All three are wrapped by make_schedule in a linear
+// warmup: steps 0..w-1 use lr * (step + 1) / w, and the inner schedule then
+// runs over the remaining total - w steps.
+void register_builtin_schedules(ScheduleRegistry& registry);
+
+std::unique_ptr<LrSchedule> make_schedule(const ScheduleRegistry& registry,
+                                          const Recipe& recipe,
+                                          int64_t total_steps);
+
+// Sets every parameter group's learning rate.
+void set_learning_rate(torch::optim::Optimizer& optimizer, double lr);
+
+}  // namespace strata::train

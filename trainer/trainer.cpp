@@ -1,0 +1,294 @@
+#include "trainer/trainer.h"
+
+#include <ATen/Parallel.h>
+#include <torch/nn/functional/loss.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <optional>
+#include <thread>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "core/logging.h"
+#include "core/strings.h"
+#include "trainer/checkpoint.h"
+#include "trainer/data/dataset.h"
+#include "trainer/data/loader.h"
+#include "trainer/metrics.h"
+
+namespace strata::train {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+bool stderr_is_terminal() {
+  const char* term = std::getenv("TERM");
+  return ::isatty(STDERR_FILENO) && term != nullptr &&
+         std::string(term) != "dumb";
+}
+
+void configure_threads(int64_t requested) {
+  int64_t n = requested;
+  if (n == 0) n = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  at::set_num_threads(static_cast<int>(n));
+}
+
+struct EvalResult {
+  double loss = 0.0;
+  double accuracy = 0.0;
+};
+
+}  // namespace
+
+Registries builtin_registries() {
+  Registries r;
+  register_builtin_models(r.models);
+  register_builtin_optimizers(r.optimizers);
+  register_builtin_schedules(r.schedules);
+  return r;
+}
+
+struct Trainer::Impl {
+  Impl(Recipe r, const Registries& registries);
+  TrainResult run();
+
+  void resume_or_start();
+  at::Tensor train_step(TrainLoader& loader, int64_t* epoch);
+  EvalResult evaluate();
+  void log_eval(const EvalResult& e);
+  void save_checkpoint();
+  bool due(int64_t every) const {
+    return state.step % (every > 0 ? every : steps_per_epoch) == 0;
+  }
+
+  Recipe recipe;
+  std::string run_dir;
+  std::shared_ptr<const ImageDataset> train_data;
+  at::Tensor test_images, test_labels;
+  std::shared_ptr<Model> model;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  std::unique_ptr<LrSchedule> schedule;
+  int64_t micro_per_epoch = 0;
+  int64_t steps_per_epoch = 0;
+  int64_t total_steps = 0;
+  TrainState state;
+  CheckpointStore store;
+  std::unique_ptr<MetricsWriter> metrics;
+  Progress progress;
+  int64_t last_saved_step = -1;
+  int64_t last_eval_step = -1;
+  EvalResult last_eval;
+};
+
+Trainer::Impl::Impl(Recipe r, const Registries& registries)
+    : recipe(std::move(r)),
+      run_dir(recipe.run_dir()),
+      store(join_path(run_dir, "checkpoints"), recipe.checkpoint.keep),
+      progress(ProgressOptions{}) {
+  configure_threads(recipe.run.threads);
+  const DataSection& d = recipe.data;
+  auto train = std::make_shared<ImageDataset>(
+      load_fashion_mnist(d.root, Split::kTrain, d.train_subset));
+  ImageDataset test = load_fashion_mnist(d.root, Split::kTest, d.test_subset);
+  std::tie(test_images, test_labels) = dataset_tensors(test, 0, test.size);
+  train_data = train;
+
+  torch::manual_seed(static_cast<uint64_t>(recipe.run.seed));
+  const auto& make_model = registries.models.get(
+      recipe.model.name, recipe.where("model.name"), "model.name");
+  model = make_model(recipe.model, InputShape{train->channels, train->height,
+                                              train->width, train->classes});
+  const auto& make_optimizer = registries.optimizers.get(
+      recipe.optimizer.name, recipe.where("optimizer.name"), "optimizer.name");
+  optimizer = make_optimizer(recipe, *model);
+
+  const int64_t per_rank = train->size;  // world = 1 until data parallelism
+  micro_per_epoch = per_rank / d.batch_size;
+  STRATA_CHECK_T(ConfigError, micro_per_epoch >= recipe.train.grad_accum,
+                 recipe.where("data.batch_size"), "data.batch_size=",
+                 d.batch_size, " x train.grad_accum=", recipe.train.grad_accum,
+                 " needs more than the ", per_rank,
+                 " training samples per epoch; lower either");
+  steps_per_epoch = micro_per_epoch / recipe.train.grad_accum;
+  total_steps = recipe.train.max_steps > 0
+                    ? recipe.train.max_steps
+                    : recipe.train.epochs * steps_per_epoch;
+  schedule = make_schedule(registries.schedules, recipe, total_steps);
+  progress = Progress(ProgressOptions{total_steps, recipe.run.log_every,
+                                      stderr_is_terminal()});
+  log_info("model ", recipe.model.name, " with ", parameter_count(*model),
+           " parameters; ", train->size, " training / ", test.size,
+           " test samples; ", total_steps, " steps of ",
+           d.batch_size * recipe.train.grad_accum, " samples; ",
+           at::get_num_threads(), " threads");
+}
+
+void Trainer::Impl::resume_or_start() {
+  const std::string& mode = recipe.train.resume;
+  std::string path;
+  if (mode == "auto") {
+    path = store.newest();
+  } else if (mode == "never") {
+    STRATA_CHECK_T(ConfigError, store.newest().empty(), recipe.where("train.resume"),
+                   "run directory '", run_dir, "' already holds checkpoints (",
+                   store.newest(), ") and train.resume=never; set "
+                   "train.resume=auto to continue that run, or pick another "
+                   "run.name or run.dir (nothing was deleted)");
+  } else {
+    path = mode;
+  }
+  const std::string metrics_path = join_path(run_dir, "metrics.jsonl");
+  if (!path.empty()) {
+    state = load_checkpoint(path, *model, *optimizer);
+    last_saved_step = state.step;
+    log_info("resumed from ", path, " at step ", state.step);
+  }
+  MetricsWriter::rewind(metrics_path, state.step);
+  metrics = std::make_unique<MetricsWriter>(metrics_path, /*enabled=*/true);
+}
+
+at::Tensor Trainer::Impl::train_step(TrainLoader& loader, int64_t* epoch) {
+  namespace F = torch::nn::functional;
+  const int64_t accum = recipe.train.grad_accum;
+  model->train();
+  optimizer->zero_grad();
+  at::Tensor loss_sum = at::zeros({}, at::kDouble);
+  for (int64_t i = 0; i < accum; ++i) {
+    Batch b = loader.next();
+    ++state.micro_batches;
+    *epoch = b.epoch;
+    at::Tensor loss = F::cross_entropy(model->forward(b.images), b.labels);
+    (accum > 1 ? loss / static_cast<double>(accum) : loss).backward();
+    loss_sum += loss.detach();
+  }
+  if (recipe.train.clip_grad_norm > 0) {
+    torch::nn::utils::clip_grad_norm_(model->parameters(),
+                                      recipe.train.clip_grad_norm);
+  }
+  set_learning_rate(*optimizer, schedule->lr(state.step));
+  optimizer->step();
+  ++state.step;
+  return loss_sum / static_cast<double>(accum);
+}
+
+EvalResult Trainer::Impl::evaluate() {
+  namespace F = torch::nn::functional;
+  torch::NoGradGuard no_grad;
+  model->eval();
+  const int64_t n = test_images.size(0);
+  const int64_t bs = recipe.data.eval_batch_size;
+  double loss_sum = 0.0;
+  int64_t correct = 0;
+  for (int64_t i = 0; i < n; i += bs) {
+    const int64_t end = std::min(n, i + bs);
+    at::Tensor logits = model->forward(test_images.slice(0, i, end));
+    at::Tensor labels = test_labels.slice(0, i, end);
+    loss_sum += F::cross_entropy(logits, labels,
+                                 F::CrossEntropyFuncOptions().reduction(torch::kSum))
+                    .item<double>();
+    correct += logits.argmax(1).eq(labels).sum().item<int64_t>();
+  }
+  model->train();
+  return {loss_sum / n, static_cast<double>(correct) / n};
+}
+
+void Trainer::Impl::log_eval(const EvalResult& e) {
+  last_eval = e;
+  last_eval_step = state.step;
+  metrics->write(JsonObject()
+                     .add("kind", "eval")
+                     .add("step", state.step)
+                     .add("split", "test")
+                     .add("loss", e.loss)
+                     .add("accuracy", e.accuracy));
+  progress.clear();
+  log_info("eval step ", state.step, ": test loss ", format_double(e.loss),
+           " accuracy ", format_double(e.accuracy));
+}
+
+void Trainer::Impl::save_checkpoint() {
+  if (last_saved_step == state.step) return;
+  const std::string path = store.save(state, *model, *optimizer);
+  last_saved_step = state.step;
+  progress.clear();
+  log_info("saved checkpoint ", path);
+}
+
+TrainResult Trainer::Impl::run() {
+  const auto t0 = Clock::now();
+  make_dirs(run_dir);
+  atomic_write_file(join_path(run_dir, "recipe.yaml"), to_yaml(recipe));
+  resume_or_start();
+
+  TrainLoader loader(
+      train_data,
+      LoaderOptions{recipe.data.batch_size, recipe.data.prefetch,
+                    recipe.data.shuffle, static_cast<uint64_t>(recipe.run.seed),
+                    /*rank=*/0, /*world=*/1, recipe.data.augment.crop_padding,
+                    recipe.data.augment.hflip},
+      state.micro_batches);
+  const int64_t samples_per_step =
+      recipe.data.batch_size * recipe.train.grad_accum;
+  const int64_t start_step = state.step;
+  at::Tensor window_loss = at::zeros({}, at::kDouble);
+  int64_t window_steps = 0, epoch = 0;
+  auto window_t0 = Clock::now();
+  while (state.step < total_steps) {
+    window_loss += train_step(loader, &epoch);
+    ++window_steps;
+    const bool last = state.step == total_steps;
+    if (state.step % recipe.run.log_every == 0 || last) {
+      const double loss = window_loss.item<double>() / window_steps;
+      STRATA_CHECK_T(Error, std::isfinite(loss), "training loss became ",
+                     loss, " by step ", state.step, "; lower optimizer.lr, "
+                     "enable train.clip_grad_norm, or check the data");
+      const double rate = window_steps * samples_per_step / seconds_since(window_t0);
+      const double lr = schedule->lr(state.step - 1);
+      metrics->write(JsonObject()
+                         .add("kind", "train")
+                         .add("step", state.step)
+                         .add("epoch", epoch)
+                         .add("loss", loss)
+                         .add("lr", lr)
+                         .add("samples_per_s", rate)
+                         .add("time_s", seconds_since(t0)));
+      progress.update(state.step, epoch, loss, lr, rate, seconds_since(t0));
+      window_loss.zero_();
+      window_steps = 0;
+      window_t0 = Clock::now();
+    }
+    if (due(recipe.train.eval_every) && !last) log_eval(evaluate());
+    if (due(recipe.checkpoint.every_steps) || last) save_checkpoint();
+  }
+  progress.finish();
+  if (last_eval_step != state.step) log_eval(evaluate());
+  save_checkpoint();
+  save_state_dict(join_path(run_dir, "model.pt"), *model);
+
+  TrainResult result{last_eval.loss, last_eval.accuracy, state.step,
+                     seconds_since(t0), run_dir};
+  metrics->write(JsonObject()
+                     .add("kind", "summary")
+                     .add("step", state.step)
+                     .add("split", "test")
+                     .add("loss", result.test_loss)
+                     .add("accuracy", result.test_accuracy)
+                     .add("steps_this_run", state.step - start_step)
+                     .add("wall_s", result.wall_s));
+  return result;
+}
+
+Trainer::Trainer(Recipe recipe, const Registries& registries)
+    : impl_(std::make_unique<Impl>(std::move(recipe), registries)) {}
+Trainer::~Trainer() = default;
+TrainResult Trainer::run() { return impl_->run(); }
+
+}  // namespace strata::train

@@ -1,0 +1,53 @@
+// The training loop: recipe in, run directory out.
+//
+// Owns the model, optimizer, schedule, data and checkpoint store of one
+// process. Writes <run.dir>/recipe.yaml, metrics.jsonl, checkpoints/ and the
+// final model.pt (the contract in ../shared/ARCHITECTURE.md). No globals: the
+// registries come in from main().
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "trainer/models/models.h"
+#include "trainer/optim.h"
+#include "trainer/recipe.h"
+
+namespace strata::train {
+
+struct Registries {
+  ModelRegistry models{"model"};
+  OptimizerRegistry optimizers{"optimizer"};
+  ScheduleRegistry schedules{"schedule"};
+};
+
+// Registries holding every built-in model, optimizer and schedule.
+Registries builtin_registries();
+
+struct TrainResult {
+  double test_loss = 0.0;
+  double test_accuracy = 0.0;
+  int64_t steps = 0;
+  double wall_s = 0.0;
+  std::string run_dir;
+};
+
+class Trainer {
+ public:
+  // Validates the recipe against the registries and loads the data; throws
+  // ConfigError (bad recipe) or DataError (missing dataset).
+  Trainer(Recipe recipe, const Registries& registries);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  // Trains to the end (resuming first when the recipe says so), evaluates,
+  // and writes model.pt and the summary record.
+  TrainResult run();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace strata::train
