@@ -56,9 +56,9 @@ struct OpContext {
                                   ")");
     if (looks_like_timeout(what)) {
       throw TimeoutError(str(where, " timed out after ", timeout.count() / 1000.0,
-                             " s: a peer ", peer >= 0 ? str("(rank ", peer, ")") : "",
+                             " s: ", peer >= 0 ? str("rank ", peer) : "a peer",
                              " is dead or stalled; check the other ranks' "
-                             "logs, or raise distributed.timeout (", what, ")"));
+                             "logs, or raise distributed.timeout_s (", what, ")"));
     }
     throw CommError(str(where, " failed: ", what, "; a peer process probably "
                         "exited, check the other ranks' logs"));

@@ -1,16 +1,26 @@
-// strata-train: train and evaluate the run a YAML recipe describes.
+// strata-train: train and evaluate the run a YAML recipe describes, in one
+// process or as one rank of many (mpirun, srun, launch/strata-run, torchrun).
 //
 //   strata-train RECIPE.yaml [section.key=value ...] [--print-recipe]
 //
 // Exit codes: 0 success, 2 usage/recipe error, 1 runtime failure.
 #include <iostream>
+#include <memory>
 
+#include "core/logging.h"
 #include "core/strings.h"
+#include "distributed/rank_info.h"
+#include "distributed/world.h"
+#include "strata/config.h"
 #include "trainer/cli.h"
 #include "trainer/recipe.h"
 #include "trainer/trainer.h"
+#if STRATA_HAVE_MPI
+#include "distributed/mpi_bootstrap.h"
+#endif
 
 namespace st = strata::train;
+namespace sd = strata::dist;
 
 int main(int argc, char** argv) {
   return st::run_main("strata-train", [&] {
@@ -28,13 +38,39 @@ int main(int argc, char** argv) {
       std::cout << st::to_yaml(recipe);
       return 0;
     }
+    const sd::RankInfo info = sd::discover_ranks();
+    strata::set_log_rank(info.rank, info.world);
+
+    std::shared_ptr<sd::Communicator> world;
+#if STRATA_HAVE_MPI
+    std::unique_ptr<sd::MpiSession> mpi;  // outlives the communicator
+#endif
+    if (info.world > 1) {
+      sd::WorldOptions o;
+      o.backend = recipe.distributed.backend;
+      o.timeout = std::chrono::milliseconds(
+          static_cast<int64_t>(recipe.distributed.timeout_s * 1000));
+      std::shared_ptr<sd::Store> store;
+#if STRATA_HAVE_MPI
+      if (info.master_addr.empty() && info.launcher == "mpirun") {
+        mpi = std::make_unique<sd::MpiSession>();
+        store = mpi->rendezvous(info, o.timeout);
+      }
+#endif
+      if (!store) store = sd::env_rendezvous(info, o.timeout);
+      world = sd::connect_world(info, store, o);
+    }
+
     const st::Registries registries = st::builtin_registries();
-    st::Trainer trainer(recipe, registries);
+    st::Trainer trainer(recipe, registries, world);
     const st::TrainResult r = trainer.run();
-    std::cout << "final test accuracy " << strata::format_double(r.test_accuracy)
-              << " (loss " << strata::format_double(r.test_loss) << ") after "
-              << r.steps << " steps, " << strata::format_duration(r.wall_s)
-              << "; run directory " << r.run_dir << "\n";
+    if (info.rank == 0) {
+      std::cout << "final test accuracy "
+                << strata::format_double(r.test_accuracy) << " (loss "
+                << strata::format_double(r.test_loss) << ") after " << r.steps
+                << " steps, " << strata::format_duration(r.wall_s)
+                << "; run directory " << r.run_dir << "\n";
+    }
     return 0;
   });
 }

@@ -47,6 +47,8 @@ std::string CheckpointStore::save(const TrainState& state,
   out.write("format", scalar(kFormatVersion));
   out.write("step", scalar(state.step));
   out.write("micro_batches", scalar(state.micro_batches));
+  out.write("world", scalar(state.world));
+  out.write("micro_per_epoch", scalar(state.micro_per_epoch));
   {
     auto gen = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
@@ -107,6 +109,8 @@ TrainState load_checkpoint(const std::string& path, torch::nn::Module& model,
   TrainState state;
   state.step = read_scalar(in, "step");
   state.micro_batches = read_scalar(in, "micro_batches");
+  state.world = read_scalar(in, "world");
+  state.micro_per_epoch = read_scalar(in, "micro_per_epoch");
   try {
     torch::serialize::InputArchive model_archive;
     in.read("model", model_archive);

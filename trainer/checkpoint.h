@@ -22,8 +22,10 @@
 namespace strata::train {
 
 struct TrainState {
-  int64_t step = 0;           // optimizer steps taken
-  int64_t micro_batches = 0;  // global micro-batches consumed from the loader
+  int64_t step = 0;             // optimizer steps taken
+  int64_t micro_batches = 0;    // micro-batches each rank consumed
+  int64_t world = 1;            // data-parallel ranks when saved
+  int64_t micro_per_epoch = 0;  // micro-batches per epoch per rank when saved
 };
 
 class CheckpointStore {

@@ -198,6 +198,27 @@ struct CheckpointSection {
   }
 };
 
+struct DistributedSection {
+  std::string backend = "auto";
+  double timeout_s = 60.0;
+  double bucket_mb = 25.0;
+  bool overlap = true;
+  bool find_unused_parameters = false;
+  std::string comm_hook = "none";
+  bool broadcast_buffers = true;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("backend", backend, one_of({"auto", "gloo"}), "communication backend (auto: gloo on CPU)");
+    v.field("timeout_s", timeout_s, positive(), "seconds any collective may take before every rank fails with a message");
+    v.field("bucket_mb", bucket_mb, positive(), "gradient bucket capacity in MiB (the first bucket is 1 MiB)");
+    v.field("overlap", overlap, any(), "all-reduce each bucket during backward as soon as it is full");
+    v.field("find_unused_parameters", find_unused_parameters, any(), "tolerate parameters that get no gradient (zeros are averaged)");
+    v.field("comm_hook", comm_hook, one_of({"none", "fp16", "bf16"}), "compress gradients for the all-reduce");
+    v.field("broadcast_buffers", broadcast_buffers, any(), "copy rank 0's buffers (BatchNorm statistics) to all ranks before every step");
+  }
+};
+
 struct Recipe {
   RunSection run;
   ModelSection model;
@@ -206,6 +227,7 @@ struct Recipe {
   ScheduleSection schedule;
   TrainSection train;
   CheckpointSection checkpoint;
+  DistributedSection distributed;
 
   // Where each key that was set came from: "recipes/a.yaml:12" or
   // "command-line override 'optimizer.lr=0.1'". Keys left at their default
@@ -221,6 +243,7 @@ struct Recipe {
     v.section("schedule", schedule, "learning-rate schedule");
     v.section("train", train, "loop length, accumulation, clipping, eval, resume");
     v.section("checkpoint", checkpoint, "checkpoint cadence and retention");
+    v.section("distributed", distributed, "data parallelism across processes");
   }
 
   // "recipes/a.yaml:12: " or "" for a key left at its default.

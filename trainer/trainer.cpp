@@ -15,6 +15,7 @@
 #include "core/fs.h"
 #include "core/logging.h"
 #include "core/strings.h"
+#include "distributed/gradient_reducer.h"
 #include "trainer/checkpoint.h"
 #include "trainer/data/dataset.h"
 #include "trainer/data/loader.h"
@@ -35,10 +36,28 @@ bool stderr_is_terminal() {
          std::string(term) != "dumb";
 }
 
-void configure_threads(int64_t requested) {
+// run.threads = 0: the host's cores shared by the ranks on it.
+void configure_threads(int64_t requested, int local_world) {
   int64_t n = requested;
-  if (n == 0) n = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  if (n == 0) {
+    n = std::max<int64_t>(1, std::thread::hardware_concurrency() /
+                                 std::max(1, local_world));
+  }
   at::set_num_threads(static_cast<int>(n));
+}
+
+int local_world_from_env() {
+  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_WORLD_SIZE",
+                        "MPI_LOCALNRANKS"}) {
+    if (const char* s = std::getenv(v)) return std::max(1, std::atoi(s));
+  }
+  return 1;
+}
+
+dist::CommHook comm_hook(const std::string& name) {
+  if (name == "fp16") return dist::CommHook::kFp16;
+  if (name == "bf16") return dist::CommHook::kBf16;
+  return dist::CommHook::kNone;
 }
 
 struct EvalResult {
@@ -57,7 +76,8 @@ Registries builtin_registries() {
 }
 
 struct Trainer::Impl {
-  Impl(Recipe r, const Registries& registries);
+  Impl(Recipe r, const Registries& registries,
+       std::shared_ptr<dist::Communicator> comm);
   TrainResult run();
 
   void resume_or_start();
@@ -65,14 +85,24 @@ struct Trainer::Impl {
   EvalResult evaluate();
   void log_eval(const EvalResult& e);
   void save_checkpoint();
+  void setup_data_parallel();
+  int64_t map_data_position(const TrainState& saved) const;
+  // Mean over ranks (a collective when data parallel).
+  double global_mean(const at::Tensor& local) const;
+  bool writer() const { return rank == 0; }
   bool due(int64_t every) const {
     return state.step % (every > 0 ? every : steps_per_epoch) == 0;
   }
 
   Recipe recipe;
+  std::shared_ptr<dist::Communicator> comm;  // null: one process
+  int rank = 0;
+  int world = 1;
+  std::unique_ptr<dist::GradientReducer> reducer;
   std::string run_dir;
   std::shared_ptr<const ImageDataset> train_data;
-  at::Tensor test_images, test_labels;
+  at::Tensor test_images, test_labels;  // this rank's evaluation shard
+  int64_t test_total = 0;
   std::shared_ptr<Model> model;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   std::unique_ptr<LrSchedule> schedule;
@@ -88,17 +118,25 @@ struct Trainer::Impl {
   EvalResult last_eval;
 };
 
-Trainer::Impl::Impl(Recipe r, const Registries& registries)
+Trainer::Impl::Impl(Recipe r, const Registries& registries,
+                    std::shared_ptr<dist::Communicator> c)
     : recipe(std::move(r)),
+      comm(c && c->size() > 1 ? std::move(c) : nullptr),
+      rank(comm ? comm->rank() : 0),
+      world(comm ? comm->size() : 1),
       run_dir(recipe.run_dir()),
       store(join_path(run_dir, "checkpoints"), recipe.checkpoint.keep),
       progress(ProgressOptions{}) {
-  configure_threads(recipe.run.threads);
+  configure_threads(recipe.run.threads, comm ? local_world_from_env() : 1);
   const DataSection& d = recipe.data;
   auto train = std::make_shared<ImageDataset>(
       load_fashion_mnist(d.root, Split::kTrain, d.train_subset));
   ImageDataset test = load_fashion_mnist(d.root, Split::kTest, d.test_subset);
-  std::tie(test_images, test_labels) = dataset_tensors(test, 0, test.size);
+  // Evaluation is sharded: each rank scores a contiguous slice, the sums are
+  // all-reduced (every test sample counted exactly once).
+  auto [begin, end] = shard_range(test.size, rank, world);
+  std::tie(test_images, test_labels) = dataset_tensors(test, begin, end);
+  test_total = test.size;
   train_data = train;
 
   torch::manual_seed(static_cast<uint64_t>(recipe.run.seed));
@@ -110,25 +148,25 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries)
       recipe.optimizer.name, recipe.where("optimizer.name"), "optimizer.name");
   optimizer = make_optimizer(recipe, *model);
 
-  const int64_t per_rank = train->size;  // world = 1 until data parallelism
+  const int64_t per_rank = train->size / world;
   micro_per_epoch = per_rank / d.batch_size;
   STRATA_CHECK_T(ConfigError, micro_per_epoch >= recipe.train.grad_accum,
                  recipe.where("data.batch_size"), "data.batch_size=",
                  d.batch_size, " x train.grad_accum=", recipe.train.grad_accum,
-                 " needs more than the ", per_rank,
-                 " training samples per epoch; lower either");
+                 " needs more than the ", per_rank, " training samples each of ",
+                 world, " rank(s) reads per epoch; lower either");
   steps_per_epoch = micro_per_epoch / recipe.train.grad_accum;
   total_steps = recipe.train.max_steps > 0
                     ? recipe.train.max_steps
                     : recipe.train.epochs * steps_per_epoch;
   schedule = make_schedule(registries.schedules, recipe, total_steps);
   progress = Progress(ProgressOptions{total_steps, recipe.run.log_every,
-                                      stderr_is_terminal()});
+                                      writer() && stderr_is_terminal()});
   log_info("model ", recipe.model.name, " with ", parameter_count(*model),
            " parameters; ", train->size, " training / ", test.size,
            " test samples; ", total_steps, " steps of ",
-           d.batch_size * recipe.train.grad_accum, " samples; ",
-           at::get_num_threads(), " threads");
+           d.batch_size * recipe.train.grad_accum * world, " samples (",
+           world, " rank(s)); ", at::get_num_threads(), " threads per rank");
 }
 
 void Trainer::Impl::resume_or_start() {
@@ -145,14 +183,66 @@ void Trainer::Impl::resume_or_start() {
   } else {
     path = mode;
   }
-  const std::string metrics_path = join_path(run_dir, "metrics.jsonl");
   if (!path.empty()) {
-    state = load_checkpoint(path, *model, *optimizer);
+    TrainState saved = load_checkpoint(path, *model, *optimizer);
+    state.step = saved.step;
+    state.micro_batches = map_data_position(saved);
     last_saved_step = state.step;
     log_info("resumed from ", path, " at step ", state.step);
   }
-  MetricsWriter::rewind(metrics_path, state.step);
-  metrics = std::make_unique<MetricsWriter>(metrics_path, /*enabled=*/true);
+  if (comm) {
+    // Every rank must resume from the same checkpoint.
+    at::Tensor step = at::full({1}, state.step, at::kLong);
+    at::Tensor mine = step.clone();
+    comm->broadcast(step, 0)->wait();
+    STRATA_CHECK_T(Error, at::equal(step, mine), "rank ", rank,
+                   " resumed at step ", state.step, " but rank 0 at step ",
+                   step.item<int64_t>(), "; all ranks must see the same run "
+                   "directory (run.dir on a shared filesystem)");
+  }
+  const std::string metrics_path = join_path(run_dir, "metrics.jsonl");
+  if (writer()) MetricsWriter::rewind(metrics_path, state.step);
+  metrics = std::make_unique<MetricsWriter>(metrics_path, writer());
+}
+
+// The checkpoint's data position in this run's layout. Same world size and
+// batch: exact. Otherwise the same epoch and the same fraction of it, since
+// a different number of ranks reads the data in a different order anyway.
+int64_t Trainer::Impl::map_data_position(const TrainState& saved) const {
+  if (saved.world == world && saved.micro_per_epoch == micro_per_epoch) {
+    return saved.micro_batches;
+  }
+  const int64_t old_per_epoch = std::max<int64_t>(1, saved.micro_per_epoch);
+  const int64_t epoch = saved.micro_batches / old_per_epoch;
+  const int64_t within = saved.micro_batches % old_per_epoch;
+  log_warn("resuming a checkpoint written by ", saved.world, " rank(s) with ",
+           old_per_epoch, " micro-batches per epoch on ", world, " rank(s) with ",
+           micro_per_epoch, ": continuing at the same point of epoch ", epoch,
+           "; the data order differs from an uninterrupted run");
+  return epoch * micro_per_epoch + within * micro_per_epoch / old_per_epoch;
+}
+
+void Trainer::Impl::setup_data_parallel() {
+  if (!comm) return;
+  dist::broadcast_parameters(*model, *comm);
+  const DistributedSection& d = recipe.distributed;
+  dist::GradientReducerOptions o;
+  o.bucket_cap_bytes = static_cast<int64_t>(d.bucket_mb * (1 << 20));
+  o.first_bucket_bytes = std::min<int64_t>(o.bucket_cap_bytes, 1 << 20);
+  o.overlap = d.overlap;
+  o.allow_unused = d.find_unused_parameters;
+  o.hook = comm_hook(d.comm_hook);
+  std::vector<std::pair<std::string, at::Tensor>> params;
+  for (auto& p : model->named_parameters()) params.emplace_back(p.key(), p.value());
+  reducer = std::make_unique<dist::GradientReducer>(std::move(params), comm, o);
+  log_info("data parallel over ", world, " ranks: ", reducer->buckets().size(),
+           " gradient bucket(s), overlap ", d.overlap ? "on" : "off");
+}
+
+double Trainer::Impl::global_mean(const at::Tensor& local) const {
+  at::Tensor t = local.to(at::kDouble).reshape({1}).clone();
+  if (comm) comm->all_reduce(t, dist::ReduceOp::kAvg)->wait();
+  return t.item<double>();
 }
 
 at::Tensor Trainer::Impl::train_step(TrainLoader& loader, int64_t* epoch) {
@@ -160,15 +250,25 @@ at::Tensor Trainer::Impl::train_step(TrainLoader& loader, int64_t* epoch) {
   const int64_t accum = recipe.train.grad_accum;
   model->train();
   optimizer->zero_grad();
+  if (comm && recipe.distributed.broadcast_buffers) {
+    dist::broadcast_buffers(*model, *comm);
+  }
   at::Tensor loss_sum = at::zeros({}, at::kDouble);
   for (int64_t i = 0; i < accum; ++i) {
     Batch b = loader.next();
     ++state.micro_batches;
     *epoch = b.epoch;
     at::Tensor loss = F::cross_entropy(model->forward(b.images), b.labels);
-    (accum > 1 ? loss / static_cast<double>(accum) : loss).backward();
+    at::Tensor scaled = accum > 1 ? loss / static_cast<double>(accum) : loss;
+    if (reducer && i + 1 < accum) {
+      dist::GradientReducer::NoSync no_sync(*reducer);  // only the last talks
+      scaled.backward();
+    } else {
+      scaled.backward();
+    }
     loss_sum += loss.detach();
   }
+  if (reducer) reducer->finish();
   if (recipe.train.clip_grad_norm > 0) {
     torch::nn::utils::clip_grad_norm_(model->parameters(),
                                       recipe.train.clip_grad_norm);
@@ -197,7 +297,10 @@ EvalResult Trainer::Impl::evaluate() {
     correct += logits.argmax(1).eq(labels).sum().item<int64_t>();
   }
   model->train();
-  return {loss_sum / n, static_cast<double>(correct) / n};
+  at::Tensor sums = at::tensor({loss_sum, static_cast<double>(correct)}, at::kDouble);
+  if (comm) comm->all_reduce(sums, dist::ReduceOp::kSum)->wait();
+  const double total = static_cast<double>(test_total);
+  return {sums[0].item<double>() / total, sums[1].item<double>() / total};
 }
 
 void Trainer::Impl::log_eval(const EvalResult& e) {
@@ -216,27 +319,33 @@ void Trainer::Impl::log_eval(const EvalResult& e) {
 
 void Trainer::Impl::save_checkpoint() {
   if (last_saved_step == state.step) return;
-  const std::string path = store.save(state, *model, *optimizer);
   last_saved_step = state.step;
+  if (!writer()) return;
+  state.world = world;
+  state.micro_per_epoch = micro_per_epoch;
+  const std::string path = store.save(state, *model, *optimizer);
   progress.clear();
   log_info("saved checkpoint ", path);
 }
 
 TrainResult Trainer::Impl::run() {
   const auto t0 = Clock::now();
-  make_dirs(run_dir);
-  atomic_write_file(join_path(run_dir, "recipe.yaml"), to_yaml(recipe));
+  if (writer()) {
+    make_dirs(run_dir);
+    atomic_write_file(join_path(run_dir, "recipe.yaml"), to_yaml(recipe));
+  }
   resume_or_start();
+  setup_data_parallel();
 
   TrainLoader loader(
       train_data,
       LoaderOptions{recipe.data.batch_size, recipe.data.prefetch,
                     recipe.data.shuffle, static_cast<uint64_t>(recipe.run.seed),
-                    /*rank=*/0, /*world=*/1, recipe.data.augment.crop_padding,
+                    rank, world, recipe.data.augment.crop_padding,
                     recipe.data.augment.hflip},
       state.micro_batches);
-  const int64_t samples_per_step =
-      recipe.data.batch_size * recipe.train.grad_accum;
+  const int64_t samples_per_step =  // global, over all ranks
+      recipe.data.batch_size * recipe.train.grad_accum * world;
   const int64_t start_step = state.step;
   at::Tensor window_loss = at::zeros({}, at::kDouble);
   int64_t window_steps = 0, epoch = 0;
@@ -246,7 +355,7 @@ TrainResult Trainer::Impl::run() {
     ++window_steps;
     const bool last = state.step == total_steps;
     if (state.step % recipe.run.log_every == 0 || last) {
-      const double loss = window_loss.item<double>() / window_steps;
+      const double loss = global_mean(window_loss) / window_steps;
       STRATA_CHECK_T(Error, std::isfinite(loss), "training loss became ",
                      loss, " by step ", state.step, "; lower optimizer.lr, "
                      "enable train.clip_grad_norm, or check the data");
@@ -271,7 +380,7 @@ TrainResult Trainer::Impl::run() {
   progress.finish();
   if (last_eval_step != state.step) log_eval(evaluate());
   save_checkpoint();
-  save_state_dict(join_path(run_dir, "model.pt"), *model);
+  if (writer()) save_state_dict(join_path(run_dir, "model.pt"), *model);
 
   TrainResult result{last_eval.loss, last_eval.accuracy, state.step,
                      seconds_since(t0), run_dir};
@@ -286,8 +395,10 @@ TrainResult Trainer::Impl::run() {
   return result;
 }
 
-Trainer::Trainer(Recipe recipe, const Registries& registries)
-    : impl_(std::make_unique<Impl>(std::move(recipe), registries)) {}
+Trainer::Trainer(Recipe recipe, const Registries& registries,
+                 std::shared_ptr<dist::Communicator> world)
+    : impl_(std::make_unique<Impl>(std::move(recipe), registries,
+                                   std::move(world))) {}
 Trainer::~Trainer() = default;
 TrainResult Trainer::run() { return impl_->run(); }
 

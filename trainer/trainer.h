@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 
+#include "distributed/communicator.h"
 #include "trainer/models/models.h"
 #include "trainer/optim.h"
 #include "trainer/recipe.h"
@@ -35,8 +36,12 @@ struct TrainResult {
 class Trainer {
  public:
   // Validates the recipe against the registries and loads the data; throws
-  // ConfigError (bad recipe) or DataError (missing dataset).
-  Trainer(Recipe recipe, const Registries& registries);
+  // ConfigError (bad recipe) or DataError (missing dataset). With a `world`
+  // communicator of size > 1 the run is data parallel: collective, every
+  // rank constructs a Trainer and calls run(); rank 0 writes the run
+  // directory.
+  Trainer(Recipe recipe, const Registries& registries,
+          std::shared_ptr<dist::Communicator> world = nullptr);
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;

@@ -1,0 +1,219 @@
+// Data-parallel strata-train as real processes: mpirun equivalence with a
+// single process, and what happens when a rank dies or stalls.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <torch/serialize.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <chrono>
+
+#include "core/fs.h"
+#include "core/json.h"
+#include "test_util.h"
+
+namespace {
+
+using strata::test::read_lines;
+using strata::test::run_command;
+using strata::test::TempDir;
+using Clock = std::chrono::steady_clock;
+
+const std::string kBin = STRATA_TRAIN_BIN;
+const std::string kRecipe = std::string(STRATA_SOURCE_DIR) + "/recipes/fashion_mnist.yaml";
+const std::string kMpirun =
+    "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+    "mpirun --oversubscribe --bind-to none ";
+
+// An MLP run without BatchNorm, so data parallelism is exact up to float
+// summation order.
+std::string mlp_run(const std::string& dir, int batch) {
+  return kRecipe + " run.dir=" + dir + " model.name=mlp run.threads=1"
+         " data.train_subset=4096 data.test_subset=1000 data.batch_size=" +
+         std::to_string(batch) + " train.max_steps=24 run.log_every=4"
+         " schedule.warmup_steps=4 data.augment.crop_padding=2";
+}
+
+c10::Dict<c10::IValue, c10::IValue> load_state(const std::string& path) {
+  std::string bytes = strata::read_file(path);
+  return torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()))
+      .toGenericDict();
+}
+
+TEST(DataParallel, MpirunTwoRanksMatchOneProcessWithTheGlobalBatch) {
+  TempDir dir;
+  auto one = run_command(kBin + " " + mlp_run(dir / "one", 64));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  auto two = run_command(kMpirun + "-np 2 " + kBin + " " + mlp_run(dir / "two", 32));
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  EXPECT_NE(two.output.find("joined a 2-process job (mpirun) over gloo"),
+            std::string::npos) << two.output;
+  auto a = load_state(dir / "one/model.pt");
+  auto b = load_state(dir / "two/model.pt");
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& item : a) {
+    at::Tensor x = item.value().toTensor();
+    at::Tensor y = b.at(item.key()).toTensor();
+    EXPECT_TRUE(at::allclose(x, y, /*rtol=*/0, /*atol=*/1e-5))
+        << item.key().toStringRef() << " max diff "
+        << (x - y).abs().max().item<float>();
+  }
+  // Rank 0 alone wrote the metrics: one summary, train records every 4 steps.
+  auto lines = read_lines(dir / "two/metrics.jsonl");
+  int summaries = 0, train = 0;
+  std::string kind;
+  for (const auto& l : lines) {
+    strata::json_field(l, "kind", &kind);
+    summaries += kind == "summary";
+    train += kind == "train";
+  }
+  EXPECT_EQ(summaries, 1);
+  EXPECT_EQ(train, 6);
+}
+
+int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+struct Rank {
+  pid_t pid = -1;
+  int err = -1;  // read end of its stderr
+  std::string output;
+};
+
+// Starts rank `rank` of `world` with torchrun-style variables.
+Rank start_rank(int rank, int world, int port, const std::string& args) {
+  int fds[2];
+  EXPECT_EQ(::pipe(fds), 0);
+  Rank r;
+  r.pid = ::fork();
+  if (r.pid == 0) {
+    ::dup2(fds[1], STDERR_FILENO);
+    ::dup2(fds[1], STDOUT_FILENO);
+    ::close(fds[0]);
+    ::setenv("RANK", std::to_string(rank).c_str(), 1);
+    ::setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
+    ::setenv("LOCAL_RANK", std::to_string(rank).c_str(), 1);
+    ::setenv("LOCAL_WORLD_SIZE", std::to_string(world).c_str(), 1);
+    ::setenv("MASTER_ADDR", "127.0.0.1", 1);
+    ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+    const std::string cmd = "exec " + kBin + " " + args;
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  r.err = fds[0];
+  return r;
+}
+
+enum class ReadEnd { kFound, kEof, kDeadline };
+
+// Reads r's output until `needle` shows up, the stream ends, or the deadline.
+ReadEnd read_until(Rank& r, const std::string& needle, int timeout_ms) {
+  const auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  char buf[1024];
+  while (needle.empty() || r.output.find(needle) == std::string::npos) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - Clock::now()).count();
+    pollfd p{r.err, POLLIN, 0};
+    if (left <= 0 || ::poll(&p, 1, static_cast<int>(left)) <= 0) {
+      return ReadEnd::kDeadline;
+    }
+    ssize_t n = ::read(r.err, buf, sizeof(buf));
+    if (n <= 0) return ReadEnd::kEof;
+    r.output.append(buf, static_cast<size_t>(n));
+  }
+  return ReadEnd::kFound;
+}
+
+// Waits for r to exit; returns its exit code (-1 on a signal, -2 when it
+// was still running at the deadline and had to be killed).
+int wait_exit(Rank& r, int timeout_ms) {
+  int status = 0;
+  if (read_until(r, "", timeout_ms) != ReadEnd::kEof) {
+    ::kill(r.pid, SIGKILL);
+    ::waitpid(r.pid, &status, 0);
+    return -2;
+  }
+  ::waitpid(r.pid, &status, 0);  // closed its output: it is exiting
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string long_run(const std::string& dir) {
+  return kRecipe + " run.dir=" + dir + " model.name=mlp run.threads=1"
+         " data.train_subset=4096 data.test_subset=500 train.epochs=1000"
+         " run.log_every=5 distributed.timeout_s=4";
+}
+
+TEST(DataParallel, KilledRankMakesTheOthersFailFastNamingTheOperation) {
+  TempDir dir;
+  const int port = free_port();
+  Rank r0 = start_rank(0, 2, port, long_run(dir / "run"));
+  Rank r1 = start_rank(1, 2, port, long_run(dir / "run"));
+  ASSERT_EQ(read_until(r0, "step 10/", 60000), ReadEnd::kFound) << r0.output;
+  const auto t0 = Clock::now();
+  ::kill(r1.pid, SIGKILL);
+  const int code = wait_exit(r0, 4000 + 10000);  // timeout + 10 s
+  const double took = std::chrono::duration<double>(Clock::now() - t0).count();
+  wait_exit(r1, 1000);
+  EXPECT_EQ(code, 1) << r0.output;
+  EXPECT_LT(took, 14.0);
+  EXPECT_NE(r0.output.find("on group 'world' (rank 0/2)"), std::string::npos)
+      << r0.output;
+  EXPECT_NE(r0.output.find("strata-train: error: "), std::string::npos);
+}
+
+TEST(DataParallel, StalledRankMakesTheOthersTimeOut) {
+  TempDir dir;
+  const int port = free_port();
+  Rank r0 = start_rank(0, 2, port, long_run(dir / "run"));
+  Rank r1 = start_rank(1, 2, port, long_run(dir / "run"));
+  ASSERT_EQ(read_until(r0, "step 10/", 60000), ReadEnd::kFound) << r0.output;
+  ::kill(r1.pid, SIGSTOP);  // alive, connected, silent
+  const auto t0 = Clock::now();
+  const int code = wait_exit(r0, 4000 + 10000);
+  const double took = std::chrono::duration<double>(Clock::now() - t0).count();
+  ::kill(r1.pid, SIGKILL);
+  wait_exit(r1, 1000);
+  EXPECT_EQ(code, 1) << r0.output;
+  EXPECT_LT(took, 14.0);
+  EXPECT_NE(r0.output.find("timed out after 4 s"), std::string::npos)
+      << r0.output;
+}
+
+TEST(StrataRun, FailingRankTearsDownTheOthersAndSetsTheExitCode) {
+  const std::string launcher = std::string(STRATA_SOURCE_DIR) + "/launch/strata-run";
+  // Rank 1 fails at once; rank 0 would sleep for 10 minutes unless stopped.
+  auto r = run_command(launcher + " -n 2 --grace 5 -- sh -c "
+                       "'if [ \"$RANK\" = 1 ]; then exit 3; fi; exec sleep 600'");
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  EXPECT_NE(r.output.find("rank 1 exited with 3; stopping the other 1 rank(s)"),
+            std::string::npos) << r.output;
+}
+
+TEST(StrataRun, SetsTorchrunStyleVariables) {
+  const std::string launcher = std::string(STRATA_SOURCE_DIR) + "/launch/strata-run";
+  auto r = run_command(launcher + " -n 3 -- sh -c "
+                       "'echo \"rank=$RANK/$WORLD_SIZE local=$LOCAL_RANK/$LOCAL_WORLD_SIZE "
+                       "at $MASTER_ADDR\"'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (int k = 0; k < 3; ++k) {
+    EXPECT_NE(r.output.find("rank=" + std::to_string(k) + "/3 local=" +
+                            std::to_string(k) + "/3 at 127.0.0.1"),
+              std::string::npos) << r.output;
+  }
+}
+
+}  // namespace
