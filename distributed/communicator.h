@@ -70,6 +70,12 @@ class Communicator {
   [[nodiscard]] virtual std::unique_ptr<Work> barrier() = 0;
 };
 
+// Checks the shapes and dtypes of a reduce_scatter call (ConfigError naming
+// the mismatch); backends call it before communicating.
+void check_reduce_scatter_args(const Communicator& comm,
+                               const at::Tensor& output,
+                               const std::vector<at::Tensor>& inputs);
+
 // The rendezvous store ranks use to find each other (c10d's Store inside).
 class Store;
 

@@ -182,7 +182,7 @@ class GlooCommunicator final : public Communicator {
   std::unique_ptr<Work> reduce_scatter(at::Tensor& output,
                                        std::vector<at::Tensor>& inputs,
                                        ReduceOp op) override {
-    STRATA_INTERNAL_ASSERT(static_cast<int>(inputs.size()) == size_);
+    check_reduce_scatter_args(*this, output, inputs);
     at::Tensor stacked = at::stack(inputs);
     auto work = all_reduce(stacked, op);
     at::Tensor out = output;

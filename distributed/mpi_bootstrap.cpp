@@ -16,7 +16,7 @@ MpiSession::MpiSession() {
   STRATA_INTERNAL_ASSERT(!initialized, "MPI initialised twice");
   int provided = 0;
   STRATA_CHECK_T(CommError,
-                 MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED,
+                 MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE,
                                  &provided) == MPI_SUCCESS,
                  "MPI_Init_thread failed; is this process started by mpirun?");
 }

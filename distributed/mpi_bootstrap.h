@@ -1,5 +1,6 @@
-// Rendezvous for jobs started by mpirun: MPI's only job in strata_mpi's
-// bootstrap is to tell every rank where rank 0's TCP store listens.
+// Rendezvous for jobs started by mpirun (the mpi backend itself is in
+// mpi_communicator.h).
+//
 //
 // Rank 0 serves a TCP store on a free port; MPI_Bcast sends "host:port" to
 // the others, who connect. Gloo (and later NCCL) then rendezvous through the

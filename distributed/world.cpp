@@ -25,8 +25,10 @@ std::shared_ptr<Communicator> connect_world(const RankInfo& info,
                                             std::shared_ptr<Store> store,
                                             const WorldOptions& options) {
   STRATA_CHECK_T(ConfigError, options.backend == "auto" || options.backend == "gloo",
-                 "distributed.backend=", options.backend,
-                 " is not built in; use gloo (or auto)");
+                 "distributed.backend=", options.backend, " is not available "
+                 "here", options.backend == "mpi"
+                     ? ": it needs a build with Open MPI and a launch by mpirun"
+                     : "", "; use gloo (or auto)");
   GlooOptions o;
   o.store = std::move(store);
   o.rank = info.rank;

@@ -17,6 +17,7 @@
 #include "trainer/trainer.h"
 #if STRATA_HAVE_MPI
 #include "distributed/mpi_bootstrap.h"
+#include "distributed/mpi_communicator.h"
 #endif
 
 namespace st = strata::train;
@@ -52,13 +53,20 @@ int main(int argc, char** argv) {
           static_cast<int64_t>(recipe.distributed.timeout_s * 1000));
       std::shared_ptr<sd::Store> store;
 #if STRATA_HAVE_MPI
-      if (info.master_addr.empty() && info.launcher == "mpirun") {
+      const bool use_mpi = o.backend == "mpi" && info.launcher == "mpirun";
+      if (use_mpi || (info.master_addr.empty() && info.launcher == "mpirun")) {
         mpi = std::make_unique<sd::MpiSession>();
+      }
+      if (use_mpi) {
+        world = sd::make_mpi_communicator({"world", 0, -1, o.timeout});
+      } else if (mpi) {
         store = mpi->rendezvous(info, o.timeout);
       }
 #endif
-      if (!store) store = sd::env_rendezvous(info, o.timeout);
-      world = sd::connect_world(info, store, o);
+      if (!world) {
+        if (!store) store = sd::env_rendezvous(info, o.timeout);
+        world = sd::connect_world(info, store, o);
+      }
     }
 
     const st::Registries registries = st::builtin_registries();

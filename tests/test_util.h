@@ -3,6 +3,7 @@
 #pragma once
 
 #include <sys/wait.h>
+#include <torch/serialize.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -62,6 +63,14 @@ inline std::vector<std::string> read_lines(const std::string& path) {
     if (!line.empty()) lines.push_back(line);
   }
   return lines;
+}
+
+// A model.pt written by strata-train (a pickled {name: tensor} dict).
+inline c10::Dict<c10::IValue, c10::IValue> load_state_dict(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)),
+                          std::istreambuf_iterator<char>());
+  return torch::pickle_load(bytes).toGenericDict();
 }
 
 inline void write_text(const std::string& path, const std::string& text) {

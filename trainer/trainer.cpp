@@ -235,7 +235,8 @@ void Trainer::Impl::setup_data_parallel() {
   std::vector<std::pair<std::string, at::Tensor>> params;
   for (auto& p : model->named_parameters()) params.emplace_back(p.key(), p.value());
   reducer = std::make_unique<dist::GradientReducer>(std::move(params), comm, o);
-  log_info("data parallel over ", world, " ranks: ", reducer->buckets().size(),
+  log_info("data parallel over ", world, " ranks (", comm->backend(), "): ",
+           reducer->buckets().size(),
            " gradient bucket(s), overlap ", d.overlap ? "on" : "off");
 }
 

@@ -38,22 +38,19 @@ std::string mlp_run(const std::string& dir, int batch) {
          " schedule.warmup_steps=4 data.augment.crop_padding=2";
 }
 
-c10::Dict<c10::IValue, c10::IValue> load_state(const std::string& path) {
-  std::string bytes = strata::read_file(path);
-  return torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()))
-      .toGenericDict();
-}
+class MpirunBackend : public ::testing::TestWithParam<std::string> {};
 
-TEST(DataParallel, MpirunTwoRanksMatchOneProcessWithTheGlobalBatch) {
+TEST_P(MpirunBackend, TwoRanksMatchOneProcessWithTheGlobalBatch) {
   TempDir dir;
   auto one = run_command(kBin + " " + mlp_run(dir / "one", 64));
   ASSERT_EQ(one.exit_code, 0) << one.output;
-  auto two = run_command(kMpirun + "-np 2 " + kBin + " " + mlp_run(dir / "two", 32));
+  auto two = run_command(kMpirun + "-np 2 " + kBin + " " + mlp_run(dir / "two", 32) +
+                         " distributed.backend=" + GetParam());
   ASSERT_EQ(two.exit_code, 0) << two.output;
-  EXPECT_NE(two.output.find("joined a 2-process job (mpirun) over gloo"),
+  EXPECT_NE(two.output.find("data parallel over 2 ranks (" + GetParam() + ")"),
             std::string::npos) << two.output;
-  auto a = load_state(dir / "one/model.pt");
-  auto b = load_state(dir / "two/model.pt");
+  auto a = strata::test::load_state_dict(dir / "one/model.pt");
+  auto b = strata::test::load_state_dict(dir / "two/model.pt");
   ASSERT_EQ(a.size(), b.size());
   for (const auto& item : a) {
     at::Tensor x = item.value().toTensor();
@@ -74,6 +71,8 @@ TEST(DataParallel, MpirunTwoRanksMatchOneProcessWithTheGlobalBatch) {
   EXPECT_EQ(summaries, 1);
   EXPECT_EQ(train, 6);
 }
+
+INSTANTIATE_TEST_SUITE_P(CpuBackends, MpirunBackend, ::testing::Values("gloo", "mpi"));
 
 int free_port() {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);

@@ -37,12 +37,6 @@ std::string field(const std::string& line, const std::string& key) {
   return v;
 }
 
-c10::Dict<c10::IValue, c10::IValue> load_state(const std::string& path) {
-  std::string bytes = strata::read_file(path);
-  return torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()))
-      .toGenericDict();
-}
-
 TEST(StrataTrain, WritesTheRunDirectoryContract) {
   TempDir dir;
   auto r = run_command(small_run(dir / "run") + " train.epochs=1");
@@ -165,8 +159,8 @@ TEST(StrataTrain, SigkillAndResumeIsBitwiseEqualToAnUninterruptedRun) {
   auto straight = run_command(small_run(dir / "straight"));
   ASSERT_EQ(straight.exit_code, 0) << straight.output;
 
-  auto a = load_state(dir / "killed/model.pt");
-  auto b = load_state(dir / "straight/model.pt");
+  auto a = strata::test::load_state_dict(dir / "killed/model.pt");
+  auto b = strata::test::load_state_dict(dir / "straight/model.pt");
   ASSERT_EQ(a.size(), b.size());
   for (const auto& item : b) {
     const std::string name = item.key().toStringRef();

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""PyTorch's own DistributedDataParallel (gloo) on Strata's models, for the
+side-by-side samples/s comparison in bench/ddp_compare.sh.
+
+Same networks as Strata's `cnn` and `mlp`, same per-rank batch, same SGD
+(momentum 0.9, Nesterov, weight decay 5e-4), same threads per rank, the same
+Fashion-MNIST samples held in memory and normalised once (no DataLoader
+workers: the data path costs the same on both sides). Launched with
+torchrun-style variables (launch/strata-run -n N -- python3 ...).
+
+Prints: samples_per_s <global samples/s over the timed steps>
+"""
+import argparse
+import gzip
+import os
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+ROOT = "/usr/share/datasets/fashion-mnist"
+
+
+def read_idx(path):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def make_model(name):
+    if name == "mlp":
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(),
+                             nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="cnn", choices=["cnn", "mlp"])
+    p.add_argument("--batch", type=int, default=64, help="per rank")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--bucket-mb", type=float, default=25.0)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    model = make_model(a.model)
+    if world > 1:
+        model = DDP(model, bucket_cap_mb=a.bucket_mb)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9,
+                          nesterov=True, weight_decay=5e-4)
+    x = torch.from_numpy(read_idx(f"{ROOT}/train-images-idx3-ubyte.gz").astype(np.float32))
+    x = ((x / 255.0 - 0.2860) / 0.3530).unsqueeze(1)
+    y = torch.from_numpy(read_idx(f"{ROOT}/train-labels-idx1-ubyte.gz").astype(np.int64))
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(y), generator=g)
+    per_rank = len(y) // world
+    mine = order[rank:per_rank * world:world]
+    t0 = None
+    for step in range(a.steps):
+        if step == a.warmup:
+            if world > 1:
+                dist.barrier()
+            t0 = time.perf_counter()
+        i = (step * a.batch) % (per_rank - a.batch)
+        idx = mine[i:i + a.batch]
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+    if world > 1:
+        dist.barrier()
+    elapsed = time.perf_counter() - t0
+    rate = (a.steps - a.warmup) * a.batch * world / elapsed
+    if rank == 0:
+        print(f"samples_per_s {rate:.1f}")
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
