@@ -3,8 +3,9 @@
 //   raw c10d gloo   LibTorch's ProcessGroupGloo called directly
 //   raw MPI         MPI_Allreduce (Open MPI)
 //   reducer         GradientReducer::finish() for parameters of that total
-//                   size (25 MiB buckets, grads copied in, averaged, copied
-//                   back) -- what data parallelism pays per step
+//                   size (25 MiB buckets, overlap off so finish() launches
+//                   and completes every bucket, averages and writes .grad)
+//                   -- the communication data parallelism pays per step
 // Bus bandwidth = bytes * 2 (n - 1) / n / time (the nccl-tests convention);
 // the time of an iteration is the slowest rank's.
 //
@@ -30,13 +31,20 @@
 namespace sd = strata::dist;
 using Clock = std::chrono::steady_clock;
 
-// Seconds per call of `op`, the slowest rank's, after warm-up.
-double time_op(const std::function<void()>& op, int iters) {
-  for (int i = 0; i < 3; ++i) op();
-  MPI_Barrier(MPI_COMM_WORLD);
-  const auto t0 = Clock::now();
-  for (int i = 0; i < iters; ++i) op();
-  double s = std::chrono::duration<double>(Clock::now() - t0).count() / iters;
+// Seconds per call of `op`, the slowest rank's, after warm-up. Every column
+// uses the same protocol: untimed `prepare` (the reducer's backward), a
+// barrier, then one timed `op`; the per-iteration times are summed.
+double time_op(const std::function<void()>& op, int iters,
+               const std::function<void()>& prepare = [] {}) {
+  double total = 0;
+  for (int i = 0; i < iters + 3; ++i) {
+    prepare();
+    MPI_Barrier(MPI_COMM_WORLD);
+    const auto t0 = Clock::now();
+    op();
+    if (i >= 3) total += std::chrono::duration<double>(Clock::now() - t0).count();
+  }
+  double s = total / iters;
   MPI_Allreduce(MPI_IN_PLACE, &s, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
   return s;
 }
@@ -73,7 +81,7 @@ int main(int argc, char** argv) {
   for (int64_t bytes = 4096; bytes <= (max_mb << 20); bytes *= 4) {
     const int64_t numel = bytes / 4;
     const int iters = static_cast<int>(std::max<int64_t>(5, std::min<int64_t>(
-        1000, (int64_t(256) << 20) / bytes)));
+        1000, (int64_t(1024) << 20) / bytes)));
     at::Tensor t = at::ones({numel});
     const double strata = time_op([&] {
       comm->all_reduce(t, sd::ReduceOp::kSum)->wait();
@@ -98,18 +106,11 @@ int main(int argc, char** argv) {
     sd::GradientReducerOptions ro;
     ro.overlap = false;
     sd::GradientReducer reducer(params, comm, ro);
-    double reducer_s = 0;
-    for (int rep = 0; rep < iters + 3; ++rep) {
+    const double reducer_s = time_op([&] { reducer.finish(); }, iters, [&] {
       at::Tensor loss = at::zeros({});
       for (auto& p : params) loss = loss + p.second.sum();
       loss.backward();
-      MPI_Barrier(MPI_COMM_WORLD);
-      const auto t0 = Clock::now();
-      reducer.finish();
-      if (rep >= 3) reducer_s += std::chrono::duration<double>(Clock::now() - t0).count();
-    }
-    reducer_s /= iters;
-    MPI_Allreduce(MPI_IN_PLACE, &reducer_s, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    });
     auto busbw = [&](double s) { return bytes * 2.0 * (n - 1) / n / s / 1e9; };
     if (info.rank == 0) {
       char size[32];

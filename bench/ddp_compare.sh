@@ -7,8 +7,10 @@
 #
 # Strata's figure is the global samples/s from metrics.jsonl, averaged over
 # the train records after the first (warm-up); PyTorch's is timed the same
-# way after 50 warm-up steps. Each configuration runs REPS times and the best
-# is kept, for both sides alike.
+# way after 50 warm-up steps. Each configuration runs REPS times with the two
+# sides interleaved (Strata, PyTorch, Strata, ...), so drift on a shared
+# machine hits both alike; the table shows each side's best and the median
+# of the per-repetition ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-300}
@@ -20,57 +22,56 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
-# strata_rate NP MODEL [overrides...] -> samples/s
+# strata_rate NP MODEL [overrides...] -> samples/s (one run)
 strata_rate() {
   local np=$1 model=$2; shift 2
-  local best=0
-  for rep in $(seq "$REPS"); do
-    rm -rf "$TMP/run"
-    local cmd=("$BIN" recipes/fashion_mnist_ddp.yaml "run.dir=$TMP/run" "model.name=$model"
-      run.threads=1 "train.max_steps=$STEPS" run.log_every=50 data.augment.hflip=false
-      train.eval_every=100000 "$@")
-    if [ "$np" -gt 1 ]; then
-      mpirun -np "$np" --oversubscribe --bind-to none "${cmd[@]}" >/dev/null 2>&1
-    else
-      "${cmd[@]}" >/dev/null 2>&1
-    fi
-    local r
-    r=$(grep '"kind":"train"' "$TMP/run/metrics.jsonl" | tail -n +2 |
-        sed 's/.*"samples_per_s":\([0-9.e+]*\).*/\1/' |
-        awk '{s+=$1; n++} END {printf "%.1f", s/n}')
-    best=$(awk -v a="$best" -v b="$r" 'BEGIN {print (b > a) ? b : a}')
-  done
-  echo "$best"
+  rm -rf "$TMP/run"
+  local cmd=("$BIN" recipes/fashion_mnist_ddp.yaml "run.dir=$TMP/run" "model.name=$model"
+    run.threads=1 "train.max_steps=$STEPS" run.log_every=50 data.augment.hflip=false
+    train.eval_every=100000 "$@")
+  if [ "$np" -gt 1 ]; then
+    mpirun -np "$np" --oversubscribe --bind-to none "${cmd[@]}" >/dev/null 2>&1
+  else
+    "${cmd[@]}" >/dev/null 2>&1
+  fi
+  grep '"kind":"train"' "$TMP/run/metrics.jsonl" | tail -n +2 |
+    sed 's/.*"samples_per_s":\([0-9.e+]*\).*/\1/' |
+    awk '{s+=$1; n++} END {printf "%.1f", s/n}'
 }
 
-# torch_rate NP MODEL -> samples/s
+# torch_rate NP MODEL -> samples/s (one run)
 torch_rate() {
-  local np=$1 model=$2 best=0
-  for rep in $(seq "$REPS"); do
-    local r
-    r=$("$RUN" -n "$np" -- "$PY" bench/pytorch_ddp.py --model "$model" \
-        --batch 64 --steps "$STEPS" --threads 1 2>/dev/null | awk '/samples_per_s/ {print $2}')
-    best=$(awk -v a="$best" -v b="$r" 'BEGIN {print (b > a) ? b : a}')
-  done
-  echo "$best"
+  "$RUN" -n "$1" -- "$PY" bench/pytorch_ddp.py --model "$2" --batch 64 \
+    --steps "$STEPS" --threads 1 2>/dev/null | awk '/samples_per_s/ {print $2}'
 }
 
-echo "| model | ranks | Strata samples/s | PyTorch DDP samples/s | Strata / PyTorch |"
-echo "|---|---|---|---|---|"
+max() { printf '%s\n' "$@" | sort -g | tail -1; }
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+
+echo "| model | ranks | Strata samples/s (best) | PyTorch DDP samples/s (best) | Strata / PyTorch (bests) | median of per-run ratios |"
+echo "|---|---|---|---|---|---|"
 for model in cnn mlp; do
   for np in 1 2; do
-    s=$(strata_rate "$np" "$model")
-    t=$(torch_rate "$np" "$model")
-    echo "| $model | $np | $s | $t | $(awk -v a="$s" -v b="$t" 'BEGIN {printf "%.2f", a/b}') |"
+    ss=() ts=() rs=()
+    for rep in $(seq "$REPS"); do
+      s=$(strata_rate "$np" "$model"); t=$(torch_rate "$np" "$model")
+      ss+=("$s"); ts+=("$t"); rs+=("$(awk -v a="$s" -v b="$t" 'BEGIN {printf "%.3f", a/b}')")
+    done
+    sb=$(max "${ss[@]}"); tb=$(max "${ts[@]}")
+    echo "| $model | $np | $sb | $tb | $(awk -v a="$sb" -v b="$tb" 'BEGIN {printf "%.2f", a/b}') | $(median "${rs[@]}") |"
   done
 done
 
 echo
-echo "Strata, 2 ranks, gradient bucketing and overlap:"
-echo "| model | variant | samples/s |"
-echo "|---|---|---|"
+echo "Strata, 2 ranks: overlap and bucket size (best of $REPS):"
+echo "| model | overlap on, 25 MB buckets | overlap off | overlap on, 0.25 MB buckets |"
+echo "|---|---|---|---|"
 for model in cnn mlp; do
-  echo "| $model | overlap on, 25 MB buckets | $(strata_rate 2 "$model") |"
-  echo "| $model | overlap off | $(strata_rate 2 "$model" distributed.overlap=false) |"
-  echo "| $model | overlap on, 0.25 MB buckets | $(strata_rate 2 "$model" distributed.bucket_mb=0.25) |"
+  a=() b=() c=()
+  for rep in $(seq "$REPS"); do
+    a+=("$(strata_rate 2 "$model")")
+    b+=("$(strata_rate 2 "$model" distributed.overlap=false)")
+    c+=("$(strata_rate 2 "$model" distributed.bucket_mb=0.25)")
+  done
+  echo "| $model | $(max "${a[@]}") | $(max "${b[@]}") | $(max "${c[@]}") |"
 done

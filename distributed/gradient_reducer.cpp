@@ -25,7 +25,10 @@ GradientReducer::GradientReducer(
   ready_.assign(n, false);
   // Reverse registration order; a new bucket when full or the dtype changes.
   BucketInfo cur;
-  int64_t cap = options_.first_bucket_bytes;
+  // A small first bucket only helps when it can start communicating while
+  // backward still runs; without overlap it would just add a collective.
+  int64_t cap = options_.overlap ? options_.first_bucket_bytes
+                                 : options_.bucket_cap_bytes;
   at::ScalarType dtype = at::kFloat;
   auto close = [&] {
     if (cur.params.empty()) return;
@@ -120,11 +123,14 @@ void GradientReducer::launch_ready() {
 void GradientReducer::launch(size_t b) {
   Bucket& bucket = *buckets_[b];
   info_[b].hooks_before_launch = hooks_fired_;
-  bucket.flat.div_(static_cast<double>(comm_->size()));  // average = sum / n
+  // Average = sum / n. Full precision: the division is fused into the copy
+  // back in finish() (one memory pass fewer). Compressed: divide before the
+  // cast so the 16-bit sum cannot overflow (as PyTorch's fp16 hook does).
+  const double n = static_cast<double>(comm_->size());
   switch (options_.hook) {
     case CommHook::kNone: bucket.wire = bucket.flat; break;
-    case CommHook::kFp16: bucket.wire = bucket.flat.to(at::kHalf); break;
-    case CommHook::kBf16: bucket.wire = bucket.flat.to(at::kBFloat16); break;
+    case CommHook::kFp16: bucket.wire = (bucket.flat / n).to(at::kHalf); break;
+    case CommHook::kBf16: bucket.wire = (bucket.flat / n).to(at::kBFloat16); break;
   }
   bucket.work = comm_->all_reduce(bucket.wire, ReduceOp::kSum);
   bucket.launched = true;
@@ -160,15 +166,15 @@ void GradientReducer::finish() {
     for (size_t b = 0; b < buckets_.size(); ++b) {
       Bucket& bucket = *buckets_[b];
       bucket.work->wait();
-      if (!bucket.wire.is_same(bucket.flat)) bucket.flat.copy_(bucket.wire);
+      const bool summed = bucket.wire.is_same(bucket.flat);  // not yet / n
+      if (!summed) bucket.flat.copy_(bucket.wire);
+      const at::Tensor scale =
+          at::scalar_tensor(summed ? 1.0 / comm_->size() : 1.0, bucket.flat.options());
       for (size_t k : info_[b].params) {
         at::Tensor& p = params_[k].second;
-        at::Tensor avg = bucket.flat.narrow(0, offset_of_[k], p.numel()).view_as(p);
-        if (p.grad().defined()) {
-          p.mutable_grad().copy_(avg);
-        } else {
-          p.mutable_grad() = avg.clone();
-        }
+        at::Tensor sum = bucket.flat.narrow(0, offset_of_[k], p.numel()).view_as(p);
+        if (!p.grad().defined()) p.mutable_grad() = at::empty_like(p);
+        at::mul_out(p.mutable_grad(), sum, scale);
       }
     }
   } catch (...) {
@@ -185,10 +191,34 @@ void broadcast_parameters(torch::nn::Module& module, Communicator& comm,
   broadcast_buffers(module, comm, root);
 }
 
+// One broadcast per dtype (BatchNorm has float statistics and an int64
+// counter) instead of one per buffer: a small collective costs mostly
+// latency.
 void broadcast_buffers(torch::nn::Module& module, Communicator& comm,
                        int root) {
   if (comm.size() == 1) return;
-  for (auto& b : module.buffers()) comm.broadcast(b, root)->wait();
+  torch::NoGradGuard no_grad;
+  std::vector<at::Tensor> buffers = module.buffers();
+  std::vector<bool> done(buffers.size(), false);
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    if (done[i]) continue;
+    std::vector<at::Tensor> group;
+    for (size_t j = i; j < buffers.size(); ++j) {
+      if (!done[j] && buffers[j].scalar_type() == buffers[i].scalar_type()) {
+        group.push_back(buffers[j]);
+        done[j] = true;
+      }
+    }
+    std::vector<at::Tensor> flat_parts;
+    for (auto& b : group) flat_parts.push_back(b.reshape({-1}));
+    at::Tensor flat = at::cat(flat_parts);
+    comm.broadcast(flat, root)->wait();
+    int64_t offset = 0;
+    for (auto& b : group) {
+      b.copy_(flat.narrow(0, offset, b.numel()).view_as(b));
+      offset += b.numel();
+    }
+  }
 }
 
 }  // namespace strata::dist

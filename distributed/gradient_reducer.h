@@ -41,7 +41,8 @@ enum class CommHook {
 
 struct GradientReducerOptions {
   int64_t bucket_cap_bytes = 25 << 20;  // bucket capacity (PyTorch: 25 MiB)
-  int64_t first_bucket_bytes = 1 << 20; // first bucket's capacity (1 MiB)
+  int64_t first_bucket_bytes = 1 << 20; // first bucket's capacity (1 MiB);
+                                        // with overlap off, bucket_cap_bytes
   bool overlap = true;      // false: launch all buckets in finish()
   bool allow_unused = false;  // tolerate parameters that get no gradient
   CommHook hook = CommHook::kNone;
