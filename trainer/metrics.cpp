@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <cstring>
 #include <sstream>
 
@@ -51,8 +52,9 @@ Progress::Progress(ProgressOptions options) : options_(options) {}
 void Progress::update(int64_t step, int64_t epoch, double loss, double lr,
                       double samples_per_s, double elapsed_s) {
   const int64_t total = options_.total_steps;
+  const int64_t done = step - options_.start_step;
   const double eta =
-      step > 0 ? elapsed_s / step * static_cast<double>(total - step) : -1.0;
+      done > 0 ? elapsed_s / done * static_cast<double>(total - step) : -1.0;
   if (!options_.interactive) {
     if (step % options_.log_every == 0 || step == total) {
       char line[160];
@@ -70,14 +72,20 @@ void Progress::update(int64_t step, int64_t epoch, double loss, double lr,
   last_draw_s_ = elapsed_s;
   const int width = 24;
   const int filled = total > 0 ? static_cast<int>(width * step / total) : 0;
+  // Before the first log step there is no loss or rate yet: show "-".
+  char loss_text[32] = "-", rate_text[32] = "-";
+  if (std::isfinite(loss)) std::snprintf(loss_text, sizeof(loss_text), "%.4f", loss);
+  if (samples_per_s > 0) {
+    std::snprintf(rate_text, sizeof(rate_text), "%.0f", samples_per_s);
+  }
   char line[256];
   std::snprintf(line, sizeof(line),
-                "\r\033[K%lld/%lld [%s%s] epoch %lld  loss %.4f  lr %.3g  "
-                "%.0f samples/s  ETA %s",
+                "\r\033[K%lld/%lld [%s%s] epoch %lld  loss %s  lr %.3g  "
+                "%s samples/s  ETA %s",
                 static_cast<long long>(step), static_cast<long long>(total),
                 std::string(filled, '#').c_str(),
                 std::string(width - filled, '.').c_str(),
-                static_cast<long long>(epoch), loss, lr, samples_per_s,
+                static_cast<long long>(epoch), loss_text, lr, rate_text,
                 format_duration(eta).c_str());
   ssize_t ignored = ::write(STDERR_FILENO, line, std::strlen(line));
   (void)ignored;

@@ -37,6 +37,7 @@ struct ProgressOptions {
   int64_t total_steps = 0;  // for step/total and the ETA
   int64_t log_every = 50;   // plain mode: steps between lines
   bool interactive = false; // true: redraw one status line (a terminal)
+  int64_t start_step = 0;   // first step of this process (resumed runs)
 };
 
 // Interactive mode redraws one line on stderr (step/total, bar, loss, lr,

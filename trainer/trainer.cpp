@@ -160,8 +160,6 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
                     ? recipe.train.max_steps
                     : recipe.train.epochs * steps_per_epoch;
   schedule = make_schedule(registries.schedules, recipe, total_steps);
-  progress = Progress(ProgressOptions{total_steps, recipe.run.log_every,
-                                      writer() && stderr_is_terminal()});
   log_info("model ", recipe.model.name, " with ", parameter_count(*model),
            " parameters; ", train->size, " training / ", test.size,
            " test samples; ", total_steps, " steps of ",
@@ -341,6 +339,9 @@ TrainResult Trainer::Impl::run() {
   }
   resume_or_start();
   setup_data_parallel();
+  progress = Progress(ProgressOptions{total_steps, recipe.run.log_every,
+                                      writer() && stderr_is_terminal(),
+                                      state.step});
 
   TrainLoader loader(
       train_data,
@@ -354,6 +355,7 @@ TrainResult Trainer::Impl::run() {
   const int64_t start_step = state.step;
   at::Tensor window_loss = at::zeros({}, at::kDouble);
   int64_t window_steps = 0, epoch = 0;
+  double shown_loss = std::nan(""), shown_rate = 0.0;  // last logged values
   auto window_t0 = Clock::now();
   while (state.step < total_steps) {
     window_loss += train_step(loader, &epoch);
@@ -374,11 +376,16 @@ TrainResult Trainer::Impl::run() {
                          .add("lr", lr)
                          .add("samples_per_s", rate)
                          .add("time_s", seconds_since(t0)));
-      progress.update(state.step, epoch, loss, lr, rate, seconds_since(t0));
+      shown_loss = loss;
+      shown_rate = rate;
       window_loss.zero_();
       window_steps = 0;
       window_t0 = Clock::now();
     }
+    // Every step on a terminal (throttled there), with the last logged loss
+    // and rate: no extra synchronisation per step.
+    progress.update(state.step, epoch, shown_loss, schedule->lr(state.step - 1),
+                    shown_rate, seconds_since(t0));
     // Evaluation and checkpoints are not training: keep them out of the
     // samples/s window.
     const auto pause_t0 = Clock::now();
