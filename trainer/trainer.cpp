@@ -16,6 +16,7 @@
 #include "core/logging.h"
 #include "core/strings.h"
 #include "distributed/gradient_reducer.h"
+#include "distributed/rank_info.h"
 #include "trainer/checkpoint.h"
 #include "trainer/data/dataset.h"
 #include "trainer/data/loader.h"
@@ -44,14 +45,6 @@ void configure_threads(int64_t requested, int local_world) {
                                  std::max(1, local_world));
   }
   at::set_num_threads(static_cast<int>(n));
-}
-
-int local_world_from_env() {
-  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_SIZE", "LOCAL_WORLD_SIZE",
-                        "MPI_LOCALNRANKS"}) {
-    if (const char* s = std::getenv(v)) return std::max(1, std::atoi(s));
-  }
-  return 1;
 }
 
 dist::CommHook comm_hook(const std::string& name) {
@@ -127,7 +120,10 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
       run_dir(recipe.run_dir()),
       store(join_path(run_dir, "checkpoints"), recipe.checkpoint.keep),
       progress(ProgressOptions{}) {
-  configure_threads(recipe.run.threads, comm ? local_world_from_env() : 1);
+  // Ranks on this host share its cores (local_world 0: the launcher did
+  // not say, e.g. SLURM; assume one rank per host).
+  configure_threads(recipe.run.threads,
+                    comm ? std::max(1, dist::discover_ranks().local_world) : 1);
   const DataSection& d = recipe.data;
   auto train = std::make_shared<ImageDataset>(
       load_fashion_mnist(d.root, Split::kTrain, d.train_subset));
