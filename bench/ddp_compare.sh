@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Data-parallel training throughput, Strata vs PyTorch's Python DDP, side by
 # side in one run: same model, per-rank batch, optimizer and threads per rank
-# (1), gloo on both sides. Prints a markdown table with the ratios.
+# (1). Strata runs with gloo (what PyTorch uses) and, at 2 ranks, with mpi.
+# Prints a markdown table with the ratios.
 #
 #   bench/ddp_compare.sh [STEPS]      (run from the repository root after launch/build)
 #
@@ -48,30 +49,45 @@ torch_rate() {
 max() { printf '%s\n' "$@" | sort -g | tail -1; }
 median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 
-echo "| model | ranks | Strata samples/s (best) | PyTorch DDP samples/s (best) | Strata / PyTorch (bests) | median of per-run ratios |"
-echo "|---|---|---|---|---|---|"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+
+# Main table. At 2 ranks Strata runs once per backend: gloo (the backend
+# PyTorch uses here: Debian's and PyPI's torch are built without MPI) and mpi
+# (Open MPI's shared-memory transport, which only Strata can use).
+echo "| model | ranks | Strata gloo (best) | Strata mpi (best) | PyTorch DDP gloo (best) | Strata gloo / PyTorch | median per-run ratio | Strata mpi / PyTorch | median per-run ratio |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for model in cnn mlp; do
   for np in 1 2; do
-    ss=() ts=() rs=()
+    ss=() ms=() ts=() rs=() rm=()
     for rep in $(seq "$REPS"); do
-      s=$(strata_rate "$np" "$model"); t=$(torch_rate "$np" "$model")
-      ss+=("$s"); ts+=("$t"); rs+=("$(awk -v a="$s" -v b="$t" 'BEGIN {printf "%.3f", a/b}')")
+      s=$(strata_rate "$np" "$model" distributed.backend=gloo)
+      t=$(torch_rate "$np" "$model")
+      ss+=("$s"); ts+=("$t"); rs+=("$(ratio "$s" "$t")")
+      if [ "$np" -gt 1 ]; then
+        m=$(strata_rate "$np" "$model" distributed.backend=mpi)
+        ms+=("$m"); rm+=("$(ratio "$m" "$t")")
+      fi
     done
     sb=$(max "${ss[@]}"); tb=$(max "${ts[@]}")
-    echo "| $model | $np | $sb | $tb | $(awk -v a="$sb" -v b="$tb" 'BEGIN {printf "%.2f", a/b}') | $(median "${rs[@]}") |"
+    if [ "$np" -gt 1 ]; then
+      mb=$(max "${ms[@]}")
+      echo "| $model | $np | $sb | $mb | $tb | $(ratio "$sb" "$tb") | $(median "${rs[@]}") | $(ratio "$mb" "$tb") | $(median "${rm[@]}") |"
+    else
+      echo "| $model | $np | $sb | (no communication) | $tb | $(ratio "$sb" "$tb") | $(median "${rs[@]}") | | |"
+    fi
   done
 done
 
 echo
-echo "Strata, 2 ranks: overlap and bucket size (best of $REPS):"
+echo "Strata, 2 ranks, gloo: overlap and bucket size (best of $REPS):"
 echo "| model | overlap on, 25 MB buckets | overlap off | overlap on, 0.25 MB buckets |"
 echo "|---|---|---|---|"
 for model in cnn mlp; do
   a=() b=() c=()
   for rep in $(seq "$REPS"); do
-    a+=("$(strata_rate 2 "$model")")
-    b+=("$(strata_rate 2 "$model" distributed.overlap=false)")
-    c+=("$(strata_rate 2 "$model" distributed.bucket_mb=0.25)")
+    a+=("$(strata_rate 2 "$model" distributed.backend=gloo)")
+    b+=("$(strata_rate 2 "$model" distributed.backend=gloo distributed.overlap=false)")
+    c+=("$(strata_rate 2 "$model" distributed.backend=gloo distributed.bucket_mb=0.25)")
   done
   echo "| $model | $(max "${a[@]}") | $(max "${b[@]}") | $(max "${c[@]}") |"
 done
