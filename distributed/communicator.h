@@ -20,6 +20,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace strata::dist {
@@ -68,7 +69,28 @@ class Communicator {
                                                    int peer, int tag) = 0;
   // Collective. Returns once every rank has entered the barrier.
   [[nodiscard]] virtual std::unique_ptr<Work> barrier() = 0;
+
+  // Collective, blocking: the ranks that pass the same `color` form a new
+  // group named `name`, ranked by `key` (ties: by rank in this group). The
+  // new group has this group's backend and timeout; a group of one rank is
+  // a self communicator (no connections). Every rank of this group calls
+  // split the same number of times in the same order.
+  [[nodiscard]] virtual std::shared_ptr<Communicator> split(
+      int color, int key, const std::string& name) = 0;
 };
+
+// A group of one rank: collectives complete at once (all_reduce and
+// broadcast leave the tensor as it is, all_gather and reduce_scatter copy),
+// point-to-point is an error. What a mesh axis of size 1 uses.
+std::shared_ptr<Communicator> make_self_communicator(
+    const std::string& name, std::chrono::milliseconds timeout = std::chrono::milliseconds(60000));
+
+// This rank's place in the group that split(color, key) makes: for colors
+// and keys all-gathered from every rank of the parent (index = parent rank),
+// returns {rank in the new group, size of the new group}.
+std::pair<int, int> split_position(const std::vector<int64_t>& colors,
+                                   const std::vector<int64_t>& keys,
+                                   int parent_rank);
 
 // Checks the shapes and dtypes of a reduce_scatter call (ConfigError naming
 // the mismatch); backends call it before communicating.
@@ -105,5 +127,17 @@ struct GlooOptions {
 
 // Collective over the store: every rank of the group calls it.
 std::shared_ptr<Communicator> make_gloo_communicator(const GlooOptions& options);
+
+// NCCL (CUDA tensors on the current device). Exists only in builds against
+// a CUDA LibTorch (strata/config.h: STRATA_TORCH_CUDA).
+struct NcclOptions {
+  std::shared_ptr<Store> store;  // rendezvous; carries the NCCL unique id
+  int rank = 0;
+  int size = 1;
+  std::string name = "world";
+  std::chrono::milliseconds timeout{60000};  // watchdog, per operation
+};
+
+std::shared_ptr<Communicator> make_nccl_communicator(const NcclOptions& options);
 
 }  // namespace strata::dist

@@ -12,118 +12,34 @@
 #ifndef USE_C10D_GLOO
 #define USE_C10D_GLOO
 #endif
-#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 
 #include <cstdlib>
 #include <functional>
 
 #include "core/error.h"
-#include "distributed/c10d_store.h"
+#include "distributed/c10d_communicator.h"
 #include "distributed/communicator.h"
 
 namespace strata::dist {
 namespace {
 
-c10d::ReduceOp to_c10d(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::kSum:
-    case ReduceOp::kAvg: return c10d::ReduceOp::SUM;
-    case ReduceOp::kMax: return c10d::ReduceOp::MAX;
-    case ReduceOp::kMin: return c10d::ReduceOp::MIN;
-  }
-  return c10d::ReduceOp::SUM;
-}
-
-bool looks_like_timeout(const std::string& what) {
-  return what.find("imed out") != std::string::npos ||
-         what.find("imeout") != std::string::npos;
-}
-
-// What a failed operation was, for its error message.
-struct OpContext {
-  std::string op;     // "all_reduce", "send", ...
-  std::string group;  // communicator name
-  int rank = 0;
-  int size = 1;
-  int peer = -1;      // point to point only
-  std::chrono::milliseconds timeout{0};
-
-  [[noreturn]] void fail(const std::exception& e) const {
-    const std::string what = e.what();
-    const std::string where = str(op, " on group '", group, "' (rank ", rank,
-                                  "/", size, peer >= 0 ? str(", peer ", peer) : "",
-                                  ")");
-    if (looks_like_timeout(what)) {
-      throw TimeoutError(str(where, " timed out after ", timeout.count() / 1000.0,
-                             " s: ", peer >= 0 ? str("rank ", peer) : "a peer",
-                             " is dead or stalled; check the other ranks' "
-                             "logs, or raise distributed.timeout_s (", what, ")"));
-    }
-    throw CommError(str(where, " failed: ", what, "; a peer process probably "
-                        "exited, check the other ranks' logs"));
-  }
-};
-
-class GlooWork final : public Work {
+class GlooCommunicator final : public C10dCommunicator<c10d::ProcessGroupGloo> {
  public:
-  GlooWork(c10::intrusive_ptr<c10d::Work> work, OpContext ctx,
-           std::function<void()> on_success = {})
-      : work_(std::move(work)), ctx_(std::move(ctx)),
-        on_success_(std::move(on_success)) {}
-  void wait() override {
-    if (done_) return;
-    try {
-      work_->wait(ctx_.timeout);
-    } catch (const std::exception& e) {
-      ctx_.fail(e);
-    }
-    done_ = true;
-    if (on_success_) on_success_();
-  }
-
- private:
-  c10::intrusive_ptr<c10d::Work> work_;
-  OpContext ctx_;
-  std::function<void()> on_success_;
-  bool done_ = false;
-};
-
-// A Work followed by a local step (e.g. taking a slice) on success.
-class ComposedWork final : public Work {
- public:
-  ComposedWork(std::unique_ptr<Work> inner, std::function<void()> then)
-      : inner_(std::move(inner)), then_(std::move(then)) {}
-  void wait() override {
-    inner_->wait();
-    if (then_) std::exchange(then_, nullptr)();
-  }
-
- private:
-  std::unique_ptr<Work> inner_;
-  std::function<void()> then_;
-};
-
-class GlooCommunicator final : public Communicator {
- public:
-  explicit GlooCommunicator(const GlooOptions& o)
-      : name_(o.name), rank_(o.rank), size_(o.size), timeout_(o.timeout) {
+  GlooCommunicator(const GlooOptions& o, std::string prefix)
+      : C10dCommunicator(o.name, o.rank, o.size, o.timeout, o.store, std::move(prefix)),
+        hostname_(o.hostname) {
     auto opts = c10d::ProcessGroupGloo::Options::create(o.timeout);
     opts->devices.push_back(make_device(o.hostname));
     opts->threads = 2;
-    auto store = c10::make_intrusive<c10d::PrefixStore>(
-        "strata/" + o.name, o.store->impl());
     try {
-      pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store, o.rank, o.size,
-                                                        opts);
+      pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed_store(), o.rank,
+                                                        o.size, opts);
     } catch (const std::exception& e) {
       context("connect").fail(e);
     }
   }
 
-  int rank() const override { return rank_; }
-  int size() const override { return size_; }
-  const std::string& name() const override { return name_; }
   const char* backend() const override { return "gloo"; }
 
   std::unique_ptr<Work> all_reduce(at::Tensor& t, ReduceOp op) override {
@@ -164,21 +80,6 @@ class GlooCommunicator final : public Communicator {
         });
   }
 
-  std::unique_ptr<Work> broadcast(at::Tensor& t, int root) override {
-    std::vector<at::Tensor> v{t};
-    c10d::BroadcastOptions opts;
-    opts.rootRank = root;
-    return issue("broadcast", -1, [&] { return pg_->broadcast(v, opts); });
-  }
-
-  std::unique_ptr<Work> all_gather(std::vector<at::Tensor>& outputs,
-                                   const at::Tensor& input) override {
-    STRATA_INTERNAL_ASSERT(static_cast<int>(outputs.size()) == size_);
-    std::vector<std::vector<at::Tensor>> out{outputs};
-    std::vector<at::Tensor> in{input};
-    return issue("all_gather", -1, [&] { return pg_->allgather(out, in); });
-  }
-
   std::unique_ptr<Work> reduce_scatter(at::Tensor& output,
                                        std::vector<at::Tensor>& inputs,
                                        ReduceOp op) override {
@@ -192,22 +93,22 @@ class GlooCommunicator final : public Communicator {
     });
   }
 
-  std::unique_ptr<Work> send(const at::Tensor& t, int peer, int tag) override {
-    std::vector<at::Tensor> v{t.contiguous()};
-    return issue("send", peer, [&] { return pg_->send(v, peer, tag); });
-  }
-
-  std::unique_ptr<Work> recv(at::Tensor& t, int peer, int tag) override {
-    STRATA_INTERNAL_ASSERT(t.is_contiguous(), "recv needs a contiguous tensor");
-    std::vector<at::Tensor> v{t};
-    return issue("recv", peer, [&] { return pg_->recv(v, peer, tag); });
-  }
-
-  std::unique_ptr<Work> barrier() override {
-    return issue("barrier", -1, [&] { return pg_->barrier(); });
-  }
-
  private:
+  at::Device split_device() const override { return at::kCPU; }
+
+  std::shared_ptr<Communicator> make_child(int rank, int size,
+                                           const std::string& name,
+                                           std::string prefix) override {
+    GlooOptions o;
+    o.store = store_;
+    o.rank = rank;
+    o.size = size;
+    o.name = name;
+    o.timeout = timeout_;
+    o.hostname = hostname_;
+    return std::make_shared<GlooCommunicator>(o, std::move(prefix));
+  }
+
   static std::shared_ptr<::gloo::transport::Device> make_device(
       const std::string& hostname) {
     if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME")) {
@@ -219,26 +120,7 @@ class GlooCommunicator final : public Communicator {
     return c10d::ProcessGroupGloo::createDefaultDevice();
   }
 
-  OpContext context(const std::string& op, int peer = -1) const {
-    return OpContext{op, name_, rank_, size_, peer, timeout_};
-  }
-
-  template <class Issue>
-  std::unique_ptr<Work> issue(const char* op, int peer, Issue&& start,
-                              std::function<void()> on_success = {}) {
-    try {
-      return std::make_unique<GlooWork>(start(), context(op, peer),
-                                        std::move(on_success));
-    } catch (const std::exception& e) {
-      context(op, peer).fail(e);
-    }
-  }
-
-  std::string name_;
-  int rank_;
-  int size_;
-  std::chrono::milliseconds timeout_;
-  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
+  std::string hostname_;
 };
 
 }  // namespace
@@ -248,7 +130,7 @@ std::shared_ptr<Communicator> make_gloo_communicator(const GlooOptions& o) {
                  "gloo group '", o.name, "': rank ", o.rank,
                  " is outside [0, ", o.size, ")");
   STRATA_INTERNAL_ASSERT(o.store != nullptr, "gloo needs a rendezvous store");
-  return std::make_shared<GlooCommunicator>(o);
+  return std::make_shared<GlooCommunicator>(o, "strata/" + o.name);
 }
 
 }  // namespace strata::dist

@@ -187,6 +187,18 @@ class MpiCommunicator final : public Communicator {
     return work({req}, "barrier", {}, {});
   }
 
+  std::shared_ptr<Communicator> split(int color, int key,
+                                      const std::string& name) override {
+    MPI_Comm sub;
+    check(MPI_Comm_split(comm_, color, key, &sub), "split");
+    MpiCommOptions o;
+    o.name = name;
+    o.timeout = timeout_;
+    auto child = std::make_shared<MpiCommunicator>(sub, o);
+    if (child->size() > 1) return child;
+    return make_self_communicator(name, timeout_);
+  }
+
  private:
   static int count(const at::Tensor& t) {
     STRATA_CHECK_T(CommError, t.numel() <= INT32_MAX, "mpi backend: tensors "

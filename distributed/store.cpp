@@ -34,30 +34,4 @@ std::shared_ptr<Store> make_memory_store() {
 
 int store_port(const Store& store) { return store.port(); }
 
-void check_reduce_scatter_args(const Communicator& comm,
-                               const at::Tensor& output,
-                               const std::vector<at::Tensor>& inputs) {
-  STRATA_CHECK_T(ConfigError, static_cast<int>(inputs.size()) == comm.size(),
-                 "reduce_scatter on group '", comm.name(), "': ", inputs.size(),
-                 " inputs for ", comm.size(), " ranks; pass one per rank");
-  for (size_t r = 0; r < inputs.size(); ++r) {
-    STRATA_CHECK_T(ConfigError, inputs[r].scalar_type() == output.scalar_type() &&
-                                    inputs[r].sizes() == output.sizes(),
-                   "reduce_scatter on group '", comm.name(), "': input ", r,
-                   " is ", inputs[r].scalar_type(), inputs[r].sizes(),
-                   " but the output is ", output.scalar_type(), output.sizes(),
-                   "; every input must match the output");
-  }
-}
-
-const char* reduce_op_name(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::kSum: return "sum";
-    case ReduceOp::kAvg: return "avg";
-    case ReduceOp::kMax: return "max";
-    case ReduceOp::kMin: return "min";
-  }
-  return "?";
-}
-
 }  // namespace strata::dist

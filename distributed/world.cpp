@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/logging.h"
+#include "strata/config.h"
 
 namespace strata::dist {
 
@@ -21,13 +22,36 @@ std::shared_ptr<Store> env_rendezvous(const RankInfo& info,
   return make_tcp_store(o);
 }
 
+std::string resolve_backend(const std::string& requested) {
+  if (requested != "auto") return requested;
+#if STRATA_TORCH_CUDA
+  if (at::hasCUDA()) return "nccl";
+#endif
+  return "gloo";
+}
+
 std::shared_ptr<Communicator> connect_world(const RankInfo& info,
                                             std::shared_ptr<Store> store,
                                             const WorldOptions& options) {
-  STRATA_CHECK_T(ConfigError, options.backend == "auto" || options.backend == "gloo",
-                 "distributed.backend=", options.backend, " is not available "
-                 "here", options.backend == "mpi"
+  const std::string backend = resolve_backend(options.backend);
+#if STRATA_TORCH_CUDA
+  if (backend == "nccl") {
+    NcclOptions o;
+    o.store = std::move(store);
+    o.rank = info.rank;
+    o.size = info.world;
+    o.timeout = options.timeout;
+    auto comm = make_nccl_communicator(o);
+    log_info("joined a ", info.world, "-process job (", info.launcher, ") over nccl");
+    return comm;
+  }
+#endif
+  STRATA_CHECK_T(ConfigError, backend == "gloo",
+                 "distributed.backend=", backend, " is not available here",
+                 backend == "mpi"
                      ? ": it needs a build with Open MPI and a launch by mpirun"
+                 : backend == "nccl"
+                     ? ": this build's LibTorch has no CUDA (or no GPU is visible)"
                      : "", "; use gloo (or auto)");
   GlooOptions o;
   o.store = std::move(store);

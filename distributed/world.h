@@ -11,7 +11,7 @@
 namespace strata::dist {
 
 struct WorldOptions {
-  std::string backend = "auto";  // auto | gloo (auto: gloo on CPU)
+  std::string backend = "auto";  // auto | gloo | nccl | mpi (mpi: see strata-train)
   std::chrono::milliseconds timeout{60000};  // rendezvous and every operation
 };
 
@@ -20,7 +20,12 @@ struct WorldOptions {
 std::shared_ptr<Store> env_rendezvous(const RankInfo& info,
                                       std::chrono::milliseconds timeout);
 
-// Collective over every process of the job: the world communicator.
+// "auto" -> "nccl" where LibTorch has CUDA and a GPU is visible, else
+// "gloo"; other names unchanged.
+std::string resolve_backend(const std::string& requested);
+
+// Collective over every process of the job: the world communicator (gloo,
+// or nccl in CUDA builds).
 std::shared_ptr<Communicator> connect_world(const RankInfo& info,
                                             std::shared_ptr<Store> store,
                                             const WorldOptions& options);

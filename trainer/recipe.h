@@ -209,7 +209,7 @@ struct DistributedSection {
 
   template <class V>
   void visit(V& v) {
-    v.field("backend", backend, one_of({"auto", "gloo", "mpi"}), "communication backend (auto: gloo on CPU; mpi needs mpirun)");
+    v.field("backend", backend, one_of({"auto", "gloo", "mpi", "nccl"}), "communication backend (auto: nccl in CUDA builds with a GPU, else gloo; mpi needs mpirun and is the fastest on one CPU host; see bench/results/ddp_cpu.md)");
     v.field("timeout_s", timeout_s, positive(), "seconds any collective may take before every rank fails with a message");
     v.field("bucket_mb", bucket_mb, positive(), "gradient bucket capacity in MiB (the first bucket is 1 MiB)");
     v.field("overlap", overlap, any(), "all-reduce each bucket during backward as soon as it is full");

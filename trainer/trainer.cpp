@@ -15,6 +15,7 @@
 #include "core/fs.h"
 #include "core/logging.h"
 #include "core/strings.h"
+#include "distributed/device_mesh.h"
 #include "distributed/gradient_reducer.h"
 #include "distributed/rank_info.h"
 #include "trainer/checkpoint.h"
@@ -88,9 +89,11 @@ struct Trainer::Impl {
   }
 
   Recipe recipe;
-  std::shared_ptr<dist::Communicator> comm;  // null: one process
-  int rank = 0;
-  int world = 1;
+  // The job's layout: data parallel only for now (dp = world).
+  dist::DeviceMesh mesh;
+  std::shared_ptr<dist::Communicator> comm;  // the dp group; null: dp = 1
+  int rank = 0;   // in the dp group
+  int world = 1;  // dp size
   std::unique_ptr<dist::GradientReducer> reducer;
   std::string run_dir;
   std::shared_ptr<const ImageDataset> train_data;
@@ -114,7 +117,8 @@ struct Trainer::Impl {
 Trainer::Impl::Impl(Recipe r, const Registries& registries,
                     std::shared_ptr<dist::Communicator> c)
     : recipe(std::move(r)),
-      comm(c && c->size() > 1 ? std::move(c) : nullptr),
+      mesh(c, {{"dp", c ? c->size() : 1}}),
+      comm(mesh.size("dp") > 1 ? mesh.group("dp") : nullptr),
       rank(comm ? comm->rank() : 0),
       world(comm ? comm->size() : 1),
       run_dir(recipe.run_dir()),
@@ -123,7 +127,7 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
   // Ranks on this host share its cores (local_world 0: the launcher did
   // not say, e.g. SLURM; assume one rank per host).
   configure_threads(recipe.run.threads,
-                    comm ? std::max(1, dist::discover_ranks().local_world) : 1);
+                    mesh.size() > 1 ? std::max(1, dist::discover_ranks().local_world) : 1);
   const DataSection& d = recipe.data;
   auto train = std::make_shared<ImageDataset>(
       load_fashion_mnist(d.root, Split::kTrain, d.train_subset));

@@ -6,6 +6,8 @@
 #include <torch/torch.h>
 
 #include "collective_checks.h"
+#include "mesh_checks.h"
+#include "distributed/device_mesh.h"
 #include "distributed/gradient_reducer.h"
 #include "distributed/mpi_bootstrap.h"
 #include "distributed/mpi_communicator.h"
@@ -56,6 +58,16 @@ TEST_P(Backends, ReducerAveragesGradientsExactly) {
                              at::full({1000 * (k + 1)}, (n + 1) / 2 * (k + 1))))
         << GetParam() << " param " << k;
   }
+}
+
+TEST_P(Backends, DeviceMeshGroupsHoldTheRightRanks) {
+  auto c = make(GetParam());
+  // dp x tp = 2 x (n/2) for even n, the whole world on dp otherwise.
+  const int n = c->size();
+  const std::vector<int> sizes = n % 2 == 0 ? std::vector<int>{n / 2, 2}
+                                            : std::vector<int>{n, 1};
+  DeviceMesh mesh(c, {{"dp", sizes[0]}, {"tp", sizes[1]}});
+  test::check_mesh_groups(mesh, {"dp", "tp"}, sizes);
 }
 
 INSTANTIATE_TEST_SUITE_P(CpuBackends, Backends, ::testing::Values("gloo", "mpi"));
