@@ -62,6 +62,12 @@ target_include_directories(strata_torch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})
 separate_arguments(_strata_torch_flags UNIX_COMMAND "${TORCH_CXX_FLAGS}")
 list(FILTER _strata_torch_flags EXCLUDE REGEX "^-I")
 target_compile_options(strata_torch INTERFACE ${_strata_torch_flags})
+# Everything compiles with -pthread (it defines _REENTRANT): gRPC's targets
+# add it to their users, and a precompiled header is only reused by code
+# compiled with the same defines.
+# (Torch's config already created Threads::Threads without the flag.)
+target_compile_options(strata_torch INTERFACE -pthread)
+target_link_options(strata_torch INTERFACE -pthread)
 
 # One precompiled <torch/torch.h> shared by every Strata target: parsing it
 # costs ~30 s per translation unit on a 2-core machine.

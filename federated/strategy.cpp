@@ -1,0 +1,266 @@
+#include "federated/strategy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+#include "core/strings.h"
+
+namespace strata::fed {
+namespace {
+
+// Columns processed at once by the sorting kernels: bounds the n x chunk
+// scratch to ~n * 4 MiB whatever the model size.
+constexpr int64_t kChunk = int64_t{1} << 20;
+
+void check_updates(const std::vector<ClientUpdate>& u) {
+  STRATA_INTERNAL_ASSERT(!u.empty(), "aggregating zero updates");
+  const int64_t n = u[0].delta.numel();
+  for (const auto& x : u) {
+    STRATA_INTERNAL_ASSERT(x.delta.dim() == 1 && x.delta.numel() == n &&
+                           x.delta.scalar_type() == at::kFloat,
+                           "update from '", x.client_id, "' is not a flat float32 "
+                           "tensor of ", n, " elements");
+    STRATA_INTERNAL_ASSERT(x.num_samples >= 1, "update from '", x.client_id,
+                           "' has ", x.num_samples, " samples");
+  }
+}
+
+// Rows s_i * Δ_i[begin, end), stacked: n x (end - begin).
+at::Tensor stacked_slice(const std::vector<ClientUpdate>& u, int64_t begin, int64_t end) {
+  std::vector<at::Tensor> rows;
+  rows.reserve(u.size());
+  for (const auto& x : u) {
+    at::Tensor r = x.delta.slice(0, begin, end);
+    rows.push_back(x.staleness_weight == 1.0 ? r : r * x.staleness_weight);
+  }
+  return at::stack(rows);
+}
+
+// Applies `column_rule` (sorted n x c -> c) chunk by chunk.
+template <class Rule>
+at::Tensor sorted_columns(const std::vector<ClientUpdate>& u, Rule column_rule) {
+  check_updates(u);
+  const int64_t p = u[0].delta.numel();
+  at::Tensor out = at::empty({p}, at::kFloat);
+  for (int64_t b = 0; b < p; b += kChunk) {
+    const int64_t e = std::min(p, b + kChunk);
+    at::Tensor sorted = std::get<0>(stacked_slice(u, b, e).sort(0));
+    out.slice(0, b, e).copy_(column_rule(sorted));
+  }
+  return out;
+}
+
+}  // namespace
+
+const std::vector<std::string>& strategy_names() {
+  static const std::vector<std::string> names{
+      "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad",
+      "median", "trimmed_mean", "krum", "multi_krum"};
+  return names;
+}
+
+at::Tensor weighted_mean(const std::vector<ClientUpdate>& u) {
+  check_updates(u);
+  double total = 0;
+  for (const auto& x : u) total += static_cast<double>(x.num_samples);
+  at::Tensor out = at::zeros_like(u[0].delta);
+  for (const auto& x : u) {
+    out.add_(x.delta, static_cast<double>(x.num_samples) / total * x.staleness_weight);
+  }
+  return out;
+}
+
+at::Tensor coordinate_median(const std::vector<ClientUpdate>& u) {
+  const int64_t n = static_cast<int64_t>(u.size());
+  return sorted_columns(u, [n](const at::Tensor& s) {
+    if (n % 2 == 1) return s[n / 2].clone();
+    return (s[n / 2 - 1] + s[n / 2]) * 0.5;
+  });
+}
+
+at::Tensor trimmed_mean(const std::vector<ClientUpdate>& u, double fraction) {
+  STRATA_CHECK_T(ConfigError, fraction >= 0 && fraction < 0.5, "trimmed_mean: "
+                 "trim fraction ", fraction, " is outside [0, 0.5)");
+  const int64_t n = static_cast<int64_t>(u.size());
+  const int64_t cut = static_cast<int64_t>(std::ceil(fraction * static_cast<double>(n) - 1e-9));
+  STRATA_CHECK_T(ConfigError, n - 2 * cut >= 1, "trimmed_mean: dropping ", cut,
+                 " of ", n, " updates at each end leaves none; lower the trim "
+                 "fraction or aggregate more updates");
+  return sorted_columns(u, [n, cut](const at::Tensor& s) {
+    return s.slice(0, cut, n - cut).mean(0);
+  });
+}
+
+std::vector<double> krum_scores(const std::vector<ClientUpdate>& u, int f) {
+  check_updates(u);
+  const int n = static_cast<int>(u.size());
+  STRATA_CHECK_T(ConfigError, f >= 0 && n >= 2 * f + 3, "krum with f = ", f,
+                 " byzantine clients needs at least 2f + 3 = ", 2 * f + 3,
+                 " updates, got ", n, "; aggregate more updates or lower f");
+  // Squared distances from the Gram matrix, accumulated in float64.
+  const int64_t p = u[0].delta.numel();
+  at::Tensor gram = at::zeros({n, n}, at::kDouble);
+  for (int64_t b = 0; b < p; b += kChunk) {
+    at::Tensor rows = stacked_slice(u, b, std::min(p, b + kChunk)).to(at::kDouble);
+    gram.add_(rows.matmul(rows.t()));
+  }
+  at::Tensor sq = gram.diagonal();
+  at::Tensor dist = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * gram).clamp_min_(0);
+  const int64_t neighbours = n - f - 2;
+  std::vector<double> scores(n);
+  for (int i = 0; i < n; ++i) {
+    // The row's smallest entry is its zero distance to itself: skip it.
+    at::Tensor nearest = std::get<0>(dist[i].sort()).slice(0, 1, 1 + neighbours);
+    scores[i] = nearest.sum().item<double>();
+  }
+  return scores;
+}
+
+std::vector<int> krum_select(const std::vector<ClientUpdate>& u, int f, int keep) {
+  const std::vector<double> scores = krum_scores(u, f);
+  std::vector<int> order(u.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int a, int b) { return scores[a] < scores[b]; });
+  keep = std::clamp(keep, 1, static_cast<int>(u.size()));
+  order.resize(keep);
+  return order;
+}
+
+namespace {
+
+enum class Rule { kMean, kMedian, kTrimmedMean, kKrum, kMultiKrum };
+enum class Optimizer { kSgd, kAdam, kYogi, kAdagrad };
+
+class ComposedStrategy final : public Strategy {
+ public:
+  ComposedStrategy(const StrategyOptions& o, Rule rule, Optimizer opt)
+      : o_(o), rule_(rule), opt_(opt) {}
+
+  const std::string& name() const override { return o_.name; }
+  ClientConfig configure() const override { return {o_.proximal_mu}; }
+  const std::vector<std::string>& last_selected() const override { return selected_; }
+
+  at::Tensor aggregate(const at::Tensor& global,
+                       const std::vector<ClientUpdate>& updates) override {
+    STRATA_INTERNAL_ASSERT(global.dim() == 1 && global.scalar_type() == at::kFloat);
+    check_updates(updates);
+    STRATA_INTERNAL_ASSERT(updates[0].delta.numel() == global.numel(),
+                           "updates have ", updates[0].delta.numel(),
+                           " elements, the model ", global.numel());
+    const at::Tensor delta = combine(updates);
+    return apply(global, delta);
+  }
+
+  std::vector<std::pair<std::string, at::Tensor>> state() const override {
+    if (opt_ == Optimizer::kSgd || !m_.defined()) return {};
+    return {{"m", m_}, {"v", v_}, {"steps", at::tensor({steps_}, at::kLong)}};
+  }
+
+  void load_state(const std::vector<std::pair<std::string, at::Tensor>>& s) override {
+    for (const auto& [k, t] : s) {
+      if (k == "m") m_ = t.clone();
+      else if (k == "v") v_ = t.clone();
+      else if (k == "steps") steps_ = t.item<int64_t>();
+      else throw DataError(str("strategy ", o_.name, ": unknown state entry '", k, "'"));
+    }
+  }
+
+ private:
+  at::Tensor combine(const std::vector<ClientUpdate>& u) {
+    selected_.clear();
+    const auto all = [&] { for (const auto& x : u) selected_.push_back(x.client_id); };
+    switch (rule_) {
+      case Rule::kMean: all(); return weighted_mean(u);
+      case Rule::kMedian: all(); return coordinate_median(u);
+      case Rule::kTrimmedMean: all(); return trimmed_mean(u, o_.trim_fraction);
+      case Rule::kKrum:
+      case Rule::kMultiKrum: {
+        const int n = static_cast<int>(u.size());
+        const int keep = rule_ == Rule::kKrum ? 1
+                         : o_.multi_krum_keep > 0 ? o_.multi_krum_keep
+                                                  : n - o_.byzantine;
+        std::vector<ClientUpdate> chosen;
+        for (int i : krum_select(u, o_.byzantine, keep)) {
+          chosen.push_back(u[i]);
+          selected_.push_back(u[i].client_id);
+        }
+        return weighted_mean(chosen);
+      }
+    }
+    throw InternalError("unreachable strategy rule");
+  }
+
+  at::Tensor apply(const at::Tensor& x, const at::Tensor& d) {
+    if (opt_ == Optimizer::kSgd) return x + d * o_.server_lr;
+    if (!m_.defined()) {
+      m_ = at::zeros_like(x);
+      v_ = at::full_like(x, o_.tau * o_.tau);
+    }
+    STRATA_CHECK_T(DataError, m_.numel() == x.numel(), "strategy ", o_.name,
+                   ": saved optimiser state has ", m_.numel(), " elements, the "
+                   "model ", x.numel());
+    ++steps_;
+    m_.mul_(o_.beta1).add_(d, 1 - o_.beta1);
+    const at::Tensor d2 = d * d;
+    switch (opt_) {
+      case Optimizer::kAdagrad: v_.add_(d2); break;
+      case Optimizer::kAdam: v_.mul_(o_.beta2).add_(d2, 1 - o_.beta2); break;
+      case Optimizer::kYogi: v_.sub_(d2 * (v_ - d2).sign() * (1 - o_.beta2)); break;
+      case Optimizer::kSgd: break;
+    }
+    return x + m_ / (v_.sqrt() + o_.tau) * o_.server_lr;
+  }
+
+  StrategyOptions o_;
+  Rule rule_;
+  Optimizer opt_;
+  at::Tensor m_, v_;
+  int64_t steps_ = 0;
+  std::vector<std::string> selected_;
+};
+
+}  // namespace
+
+std::unique_ptr<Strategy> make_strategy(const StrategyOptions& o) {
+  const std::string& n = o.name;
+  Rule rule = Rule::kMean;
+  Optimizer opt = Optimizer::kSgd;
+  if (n == "fedavg" || n == "fedprox") {
+  } else if (n == "fedadam") {
+    opt = Optimizer::kAdam;
+  } else if (n == "fedyogi") {
+    opt = Optimizer::kYogi;
+  } else if (n == "fedadagrad") {
+    opt = Optimizer::kAdagrad;
+  } else if (n == "median") {
+    rule = Rule::kMedian;
+  } else if (n == "trimmed_mean") {
+    rule = Rule::kTrimmedMean;
+  } else if (n == "krum") {
+    rule = Rule::kKrum;
+  } else if (n == "multi_krum") {
+    rule = Rule::kMultiKrum;
+  } else {
+    throw ConfigError(str("unknown strategy '", n, "';", did_you_mean(n, strategy_names()),
+                          " valid: ", join(strategy_names(), ", ")));
+  }
+  const std::string& so = o.server_optimizer;
+  if (so == "sgd") opt = Optimizer::kSgd;
+  else if (so == "adam") opt = Optimizer::kAdam;
+  else if (so == "yogi") opt = Optimizer::kYogi;
+  else if (so == "adagrad") opt = Optimizer::kAdagrad;
+  else STRATA_CHECK_T(ConfigError, so == "auto", "unknown server optimizer '", so,
+                      "'; valid: auto, sgd, adam, yogi, adagrad");
+  STRATA_CHECK_T(ConfigError, o.server_lr > 0, "server_lr ", o.server_lr, " must be > 0");
+  STRATA_CHECK_T(ConfigError, o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1,
+                 "beta1 ", o.beta1, " and beta2 ", o.beta2, " must be in [0, 1)");
+  STRATA_CHECK_T(ConfigError, o.tau > 0, "tau ", o.tau, " must be > 0");
+  STRATA_CHECK_T(ConfigError, o.proximal_mu >= 0, "proximal_mu ", o.proximal_mu, " must be >= 0");
+  STRATA_CHECK_T(ConfigError, o.byzantine >= 0, "byzantine ", o.byzantine, " must be >= 0");
+  return std::make_unique<ComposedStrategy>(o, rule, opt);
+}
+
+}  // namespace strata::fed

@@ -1,0 +1,102 @@
+// How a server turns client updates into the next global model.
+//
+// Every update is a flat float32 delta (client parameters minus the
+// parameters of the version it started from, in the model's parameter
+// order). A Strategy is two parts, chosen by name:
+//
+//   aggregation  combines the deltas into one pseudo-gradient Δ
+//     mean          Σ p_i s_i Δ_i, p_i = n_i / Σ n_j (samples), s_i the
+//                   staleness weight (async; 1 in sync rounds). FedBuff
+//                   does not renormalise s, so stale updates move less.
+//     median        coordinate-wise median of s_i Δ_i (middle two averaged)
+//     trimmed_mean  coordinate-wise mean of s_i Δ_i after dropping the
+//                   ceil(β n) largest and smallest values (Yin et al. 2018)
+//     krum          the s_i Δ_i whose n - f - 2 nearest neighbours are
+//                   closest (Blanchard et al. 2017); multi_krum averages
+//                   the m best-scored (p_i-weighted)
+//   server optimiser  applies Δ to the global parameters x
+//     sgd       x += η Δ
+//     adagrad   m = β1 m + (1-β1) Δ;  v += Δ²                    ;  x += η m / (√v + τ)
+//     adam      m likewise;           v = β2 v + (1-β2) Δ²
+//     yogi      m likewise;           v -= (1-β2) Δ² sign(v - Δ²)
+//               (Reddi et al. 2021, "Adaptive Federated Optimization",
+//               Algorithm 2: no bias correction, v starts at τ²)
+//
+// Names: fedavg = mean + sgd; fedprox = fedavg whose clients add the
+// proximal term μ/2 ||w - w_global||²; fedadam / fedyogi / fedadagrad = mean
+// + that optimiser; median, trimmed_mean, krum, multi_krum = that rule +
+// sgd. StrategyOptions::server_optimizer overrides the optimiser half, so a
+// robust rule can drive FedAdam too.
+//
+// The kernels are pure: inputs are never modified.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace strata::fed {
+
+struct ClientUpdate {
+  std::string client_id;
+  at::Tensor delta;               // flat float32
+  int64_t num_samples = 1;        // >= 1
+  int64_t staleness = 0;          // versions between its base and now
+  double staleness_weight = 1.0;  // s(τ); 1 in sync mode
+};
+
+struct StrategyOptions {
+  std::string name = "fedavg";
+  std::string server_optimizer = "auto";  // auto | sgd | adam | yogi | adagrad
+  double server_lr = 1.0;                 // η
+  double beta1 = 0.9;
+  double beta2 = 0.99;
+  double tau = 1e-3;
+  double proximal_mu = 0.0;       // fedprox: sent to clients
+  double trim_fraction = 0.1;     // trimmed_mean: β, dropped at each end
+  int byzantine = 1;              // krum / multi_krum: f tolerated
+  int multi_krum_keep = 0;        // multi_krum: m (0: n - f)
+};
+
+// The strategy names make_strategy accepts.
+const std::vector<std::string>& strategy_names();
+
+// --- Pure kernels (exposed for tests and custom strategies) -------------
+at::Tensor weighted_mean(const std::vector<ClientUpdate>& updates);
+at::Tensor coordinate_median(const std::vector<ClientUpdate>& updates);
+at::Tensor trimmed_mean(const std::vector<ClientUpdate>& updates, double fraction);
+// Krum scores (lower is better), one per update.
+std::vector<double> krum_scores(const std::vector<ClientUpdate>& updates, int byzantine);
+// Indices of the `keep` best-scored updates, best first.
+std::vector<int> krum_select(const std::vector<ClientUpdate>& updates, int byzantine, int keep);
+
+// What the server sends clients with the model.
+struct ClientConfig {
+  double proximal_mu = 0.0;
+};
+
+class Strategy {
+ public:
+  virtual ~Strategy() = default;
+  virtual const std::string& name() const = 0;
+  virtual ClientConfig configure() const = 0;
+  // The next global parameters (flat float32) from the current ones and a
+  // non-empty set of updates. ConfigError when the rule cannot work with
+  // this many updates (krum needs n >= 2f + 3).
+  virtual at::Tensor aggregate(const at::Tensor& global,
+                               const std::vector<ClientUpdate>& updates) = 0;
+  // Ids of the updates the last aggregate() used (krum drops some).
+  virtual const std::vector<std::string>& last_selected() const = 0;
+  // Server-optimiser state (moments and step count), for durability.
+  virtual std::vector<std::pair<std::string, at::Tensor>> state() const = 0;
+  virtual void load_state(const std::vector<std::pair<std::string, at::Tensor>>& s) = 0;
+};
+
+// ConfigError naming the valid names for an unknown one, or for options
+// out of range.
+std::unique_ptr<Strategy> make_strategy(const StrategyOptions& options);
+
+}  // namespace strata::fed
