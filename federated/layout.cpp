@@ -1,0 +1,93 @@
+#include "federated/layout.h"
+
+#include <torch/torch.h>
+
+#include "core/error.h"
+#include "core/strings.h"
+
+namespace strata::fed {
+namespace {
+
+// The tensors that make up the federated state, in layout order.
+std::vector<std::pair<std::string, at::Tensor>> state_tensors(const torch::nn::Module& m) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& p : m.named_parameters(/*recurse=*/true)) out.emplace_back(p.key(), p.value());
+  for (const auto& b : m.named_buffers(/*recurse=*/true)) {
+    if (b.value().is_floating_point()) out.emplace_back(b.key(), b.value());
+  }
+  return out;
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::vector<std::string> parts;
+  for (int64_t d : s) parts.push_back(std::to_string(d));
+  return "[" + join(parts, ", ") + "]";
+}
+
+}  // namespace
+
+TensorLayout TensorLayout::of(const torch::nn::Module& model) {
+  TensorLayout l;
+  for (const auto& [name, t] : state_tensors(model)) {
+    TensorSlot s;
+    s.name = name;
+    s.shape = t.sizes().vec();
+    s.offset = l.numel_;
+    s.numel = t.numel();
+    l.numel_ += s.numel;
+    l.slots_.push_back(std::move(s));
+  }
+  return l;
+}
+
+at::Tensor TensorLayout::flatten(const torch::nn::Module& model) const {
+  const auto tensors = state_tensors(model);
+  STRATA_INTERNAL_ASSERT(tensors.size() == slots_.size(), "model does not match its layout");
+  at::Tensor flat = at::empty({numel_}, at::kFloat);
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    flat.slice(0, slots_[i].offset, slots_[i].offset + slots_[i].numel)
+        .copy_(tensors[i].second.detach().reshape({-1}));
+  }
+  return flat;
+}
+
+void TensorLayout::load_into(torch::nn::Module& model, const at::Tensor& flat) const {
+  STRATA_INTERNAL_ASSERT(flat.numel() == numel_, "flat state of ", flat.numel(),
+                         " elements for a layout of ", numel_);
+  const auto tensors = state_tensors(model);
+  STRATA_INTERNAL_ASSERT(tensors.size() == slots_.size(), "model does not match its layout");
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    at::Tensor dst = tensors[i].second;
+    dst.copy_(flat.slice(0, slots_[i].offset, slots_[i].offset + slots_[i].numel)
+                  .view(dst.sizes()));
+  }
+}
+
+std::vector<std::pair<std::string, at::Tensor>> TensorLayout::unflatten(
+    const at::Tensor& flat) const {
+  STRATA_INTERNAL_ASSERT(flat.numel() == numel_);
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& s : slots_) {
+    out.emplace_back(s.name, flat.slice(0, s.offset, s.offset + s.numel).view(s.shape));
+  }
+  return out;
+}
+
+at::Tensor TensorLayout::assemble(const std::vector<EncodedTensor>& tensors) const {
+  STRATA_CHECK_T(DataError, tensors.size() == slots_.size(), "the update has ",
+                 tensors.size(), " tensors; the model has ", slots_.size());
+  at::Tensor flat = at::empty({numel_}, at::kFloat);
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const TensorSlot& s = slots_[i];
+    const EncodedTensor& e = tensors[i];
+    STRATA_CHECK_T(DataError, e.name == s.name, "tensor ", i, " is '", e.name,
+                   "'; the model's tensor ", i, " is '", s.name, "'");
+    STRATA_CHECK_T(DataError, e.shape == s.shape, "tensor '", e.name, "' has shape ",
+                   shape_str(e.shape), "; the model's is ", shape_str(s.shape));
+    flat.slice(0, s.offset, s.offset + s.numel).copy_(decode(e).view({-1}));
+  }
+  return flat;
+}
+
+}  // namespace strata::fed

@@ -1,0 +1,50 @@
+// The federated model state as one flat float32 vector: every parameter and
+// floating-point buffer of a model (BatchNorm statistics travel too), in the
+// model's state-dict order. Updates, aggregation and storage all work on
+// this vector; the layout maps it back to named tensors.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+
+#include <string>
+#include <vector>
+
+#include "federated/codec.h"
+
+namespace strata::fed {
+
+struct TensorSlot {
+  std::string name;
+  std::vector<int64_t> shape;
+  int64_t offset = 0;  // into the flat vector
+  int64_t numel = 0;
+};
+
+class TensorLayout {
+ public:
+  TensorLayout() = default;
+  // Parameters then floating buffers, each in registration order.
+  static TensorLayout of(const torch::nn::Module& model);
+
+  const std::vector<TensorSlot>& slots() const { return slots_; }
+  int64_t numel() const { return numel_; }
+
+  // The model's state as a flat float32 vector (a copy).
+  at::Tensor flatten(const torch::nn::Module& model) const;
+  // Writes `flat` into the model's tensors (no autograd).
+  void load_into(torch::nn::Module& model, const at::Tensor& flat) const;
+  // Named views of `flat`, shaped like the model's tensors.
+  std::vector<std::pair<std::string, at::Tensor>> unflatten(const at::Tensor& flat) const;
+
+  // Decodes a client's tensors into one flat vector, checking that names,
+  // order, count and shapes are exactly the layout's. DataError naming the
+  // first mismatch (and what the model expects).
+  at::Tensor assemble(const std::vector<EncodedTensor>& tensors) const;
+
+ private:
+  std::vector<TensorSlot> slots_;
+  int64_t numel_ = 0;
+};
+
+}  // namespace strata::fed

@@ -1,0 +1,67 @@
+#include "federated/validator.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "core/strings.h"
+
+namespace strata::fed {
+
+const char* reject_code_name(RejectCode c) {
+  switch (c) {
+    case RejectCode::kUnauthenticated: return "UNAUTHENTICATED";
+    case RejectCode::kFailedPrecondition: return "FAILED_PRECONDITION";
+    case RejectCode::kAlreadyExists: return "ALREADY_EXISTS";
+    case RejectCode::kInvalidArgument: return "INVALID_ARGUMENT";
+    case RejectCode::kResourceExhausted: return "RESOURCE_EXHAUSTED";
+  }
+  return "?";
+}
+
+std::optional<Rejection> check_metadata(const UpdateFacts& f, const ValidationPolicy& p) {
+  if (f.base_version > f.current_version) {
+    return Rejection{RejectCode::kFailedPrecondition, "future_version",
+                     str("base version ", f.base_version, " is newer than the server's ",
+                         f.current_version, "; fetch the model again")};
+  }
+  const int64_t staleness = f.current_version - f.base_version;
+  if (staleness > p.max_staleness) {
+    return Rejection{RejectCode::kFailedPrecondition, "stale",
+                     str("base version ", f.base_version, " is ", staleness,
+                         " versions behind the server's ", f.current_version,
+                         " (max_staleness ", p.max_staleness, "); fetch the model again")};
+  }
+  if (f.sequence <= f.last_sequence) {
+    return Rejection{RejectCode::kAlreadyExists, "replay",
+                     str("sequence ", f.sequence, " from client '", f.client_id,
+                         "' is not above its last accepted ", f.last_sequence,
+                         " (a replay or a duplicate)")};
+  }
+  if (f.num_samples < 1 || f.num_samples > p.max_num_samples) {
+    return Rejection{RejectCode::kInvalidArgument, "num_samples",
+                     str("num_samples ", f.num_samples, " is outside [1, ",
+                         p.max_num_samples, "]")};
+  }
+  return std::nullopt;
+}
+
+std::optional<Rejection> check_delta(at::Tensor& delta, const ValidationPolicy& p,
+                                     Accepted* a) {
+  if (!at::isfinite(delta).all().item<bool>()) {
+    const int64_t first = at::logical_not(at::isfinite(delta)).nonzero()[0][0].item<int64_t>();
+    return Rejection{RejectCode::kInvalidArgument, "non_finite",
+                     str("the update has non-finite values (first at flat index ", first, ")")};
+  }
+  a->norm = delta.norm().item<double>();
+  if (p.norm_bound > 0 && a->norm > p.norm_bound) {
+    if (!p.clip_to_bound) {
+      return Rejection{RejectCode::kInvalidArgument, "norm",
+                       str("update L2 norm ", a->norm, " exceeds the bound ", p.norm_bound)};
+    }
+    delta.mul_(p.norm_bound / a->norm);
+    a->clipped = true;
+  }
+  return std::nullopt;
+}
+
+}  // namespace strata::fed

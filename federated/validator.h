@@ -1,0 +1,62 @@
+// Checks an update before the server keeps it. Every failed check is a
+// Rejection with a gRPC-style code, a reason that tells the client what was
+// wrong, and a short key under which the server counts it.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace strata::fed {
+
+enum class RejectCode {
+  kUnauthenticated,     // token
+  kFailedPrecondition,  // staleness, version from the future, wrong round
+  kAlreadyExists,       // replayed sequence number
+  kInvalidArgument,     // tensors, values, norm, sample count
+  kResourceExhausted,   // too large
+};
+
+const char* reject_code_name(RejectCode c);
+
+struct Rejection {
+  RejectCode code;
+  std::string key;     // counter name: "stale", "replay", "non_finite", ...
+  std::string reason;  // for the client and the log
+};
+
+struct ValidationPolicy {
+  int64_t max_staleness = 10;       // versions; async mode
+  double norm_bound = 0.0;          // L2 of the delta; 0: unbounded
+  bool clip_to_bound = true;        // scale down (true) or reject (false)
+  int64_t max_num_samples = 1000000;  // a client cannot claim more
+};
+
+// What passed validation, and what the validator did to it.
+struct Accepted {
+  int64_t staleness = 0;
+  bool clipped = false;
+  double norm = 0.0;  // before clipping
+};
+
+struct UpdateFacts {
+  std::string client_id;
+  int64_t base_version = 0;
+  int64_t current_version = 0;
+  int64_t sequence = 0;
+  int64_t last_sequence = 0;  // the client's last accepted one (0: none)
+  int64_t num_samples = 0;
+};
+
+// Checks the metadata (staleness, replay, sample count): cheap, done before
+// the tensors are read.
+std::optional<Rejection> check_metadata(const UpdateFacts& f, const ValidationPolicy& p);
+
+// Checks the assembled flat delta (finite, norm) and clips it in place when
+// the policy says so; fills `accepted` (norm, clipped).
+std::optional<Rejection> check_delta(at::Tensor& delta, const ValidationPolicy& p,
+                                     Accepted* accepted);
+
+}  // namespace strata::fed

@@ -1,0 +1,212 @@
+// The server's building blocks: model layout, update validation, and the
+// durable store (real SQLite in a temporary directory), including recovery
+// from files a crash left behind.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "federated/layout.h"
+#include "federated/server_store.h"
+#include "federated/validator.h"
+#include "test_util.h"
+
+namespace strata::fed {
+namespace {
+
+struct Net : torch::nn::Module {
+  Net() {
+    fc = register_module("fc", torch::nn::Linear(3, 2));
+    bn = register_module("bn", torch::nn::BatchNorm1d(2));
+  }
+  torch::nn::Linear fc{nullptr};
+  torch::nn::BatchNorm1d bn{nullptr};
+};
+
+TEST(Layout, ParametersThenFloatBuffersRoundTrip) {
+  Net net;
+  const TensorLayout l = TensorLayout::of(net);
+  std::vector<std::string> names;
+  for (const auto& s : l.slots()) names.push_back(s.name);
+  // num_batches_tracked (int64) is not part of the federated state.
+  EXPECT_EQ(names, (std::vector<std::string>{"fc.weight", "fc.bias", "bn.weight", "bn.bias",
+                                             "bn.running_mean", "bn.running_var"}));
+  EXPECT_EQ(l.numel(), 6 + 2 + 2 + 2 + 2 + 2);
+  const at::Tensor flat = at::arange(l.numel(), at::kFloat);
+  Net other;
+  l.load_into(other, flat);
+  EXPECT_TRUE(at::equal(l.flatten(other), flat));
+  EXPECT_TRUE(at::equal(other.fc->weight, at::arange(6, at::kFloat).view({2, 3})));
+  EXPECT_TRUE(at::equal(l.unflatten(flat)[4].second, at::tensor({12.0f, 13.0f})));
+}
+
+TEST(Layout, AssembleChecksNamesShapesAndCount) {
+  Net net;
+  const TensorLayout l = TensorLayout::of(net);
+  std::vector<EncodedTensor> good;
+  for (const auto& [name, t] : l.unflatten(at::ones({l.numel()}))) {
+    good.push_back(encode(name, t, {Encoding::kFp16}));
+  }
+  EXPECT_TRUE(at::equal(l.assemble(good), at::ones({l.numel()})));
+  auto expect = [&](std::vector<EncodedTensor> t, const std::string& msg) {
+    try {
+      l.assemble(t);
+      ADD_FAILURE() << "accepted; expected " << msg;
+    } catch (const DataError& e) {
+      EXPECT_NE(std::string(e.what()).find(msg), std::string::npos) << e.what();
+    }
+  };
+  auto missing = good;
+  missing.pop_back();
+  expect(missing, "the update has 5 tensors; the model has 6");
+  auto renamed = good;
+  renamed[1].name = "fc.bias2";
+  expect(renamed, "tensor 1 is 'fc.bias2'; the model's tensor 1 is 'fc.bias'");
+  auto reshaped = good;
+  reshaped[0] = encode("fc.weight", at::ones({3, 2}), {});
+  expect(reshaped, "tensor 'fc.weight' has shape [3, 2]; the model's is [2, 3]");
+}
+
+TEST(Validator, MetadataRejectionsCarryCodeKeyAndReason) {
+  ValidationPolicy p;
+  p.max_staleness = 2;
+  UpdateFacts f{"c1", /*base*/ 5, /*current*/ 6, /*seq*/ 4, /*last*/ 3, /*samples*/ 10};
+  EXPECT_FALSE(check_metadata(f, p));
+  auto r = check_metadata({"c1", 3, 6, 4, 3, 10}, p);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->code, RejectCode::kFailedPrecondition);
+  EXPECT_EQ(r->key, "stale");
+  EXPECT_NE(r->reason.find("3 versions behind the server's 6 (max_staleness 2)"), std::string::npos);
+  r = check_metadata({"c1", 7, 6, 4, 3, 10}, p);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->key, "future_version");
+  r = check_metadata({"c1", 5, 6, 3, 3, 10}, p);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->code, RejectCode::kAlreadyExists);
+  EXPECT_EQ(r->key, "replay");
+  r = check_metadata({"c1", 5, 6, 4, 3, 0}, p);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->key, "num_samples");
+  r = check_metadata({"c1", 5, 6, 4, 3, p.max_num_samples + 1}, p);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->code, RejectCode::kInvalidArgument);
+}
+
+TEST(Validator, DeltaFiniteAndNormBound) {
+  ValidationPolicy p;
+  p.norm_bound = 1.0;
+  Accepted a;
+  at::Tensor d = at::tensor({3.0f, 4.0f});
+  EXPECT_FALSE(check_delta(d, p, &a));
+  EXPECT_TRUE(a.clipped);
+  EXPECT_DOUBLE_EQ(a.norm, 5.0);
+  EXPECT_TRUE(at::allclose(d, at::tensor({0.6f, 0.8f})));
+  p.clip_to_bound = false;
+  at::Tensor e = at::tensor({3.0f, 4.0f});
+  auto r = check_delta(e, p, &a);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->key, "norm");
+  EXPECT_NE(r->reason.find("update L2 norm 5 exceeds the bound 1"), std::string::npos) << r->reason;
+  at::Tensor bad = at::tensor({1.0f, NAN, 2.0f});
+  r = check_delta(bad, p, &a);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->key, "non_finite");
+  EXPECT_NE(r->reason.find("first at flat index 1"), std::string::npos);
+  at::Tensor inf = at::tensor({INFINITY});
+  EXPECT_TRUE(check_delta(inf, p, &a));
+}
+
+UpdateRecord rec(const std::string& client, int64_t seq, int64_t base = 0) {
+  UpdateRecord r;
+  r.client_id = client;
+  r.sequence = seq;
+  r.base_version = base;
+  r.num_samples = 10 * seq;
+  return r;
+}
+
+TEST(ServerStore, TokensAreCheckedAndStoredHashed) {
+  test::TempDir dir;
+  ServerStore s(dir.path());
+  const std::string t1 = s.enroll("edge-1");
+  EXPECT_EQ(t1.size(), 64u);
+  EXPECT_TRUE(s.authenticate("edge-1", t1));
+  EXPECT_FALSE(s.authenticate("edge-1", t1 + "x"));
+  EXPECT_FALSE(s.authenticate("edge-2", t1));
+  const std::string t2 = s.enroll("edge-1");  // rotation
+  EXPECT_FALSE(s.authenticate("edge-1", t1));
+  EXPECT_TRUE(s.authenticate("edge-1", t2));
+  EXPECT_EQ(s.num_clients(), 1);
+  // Neither the database nor its write-ahead log holds a token.
+  for (const char* f : {"/server.db", "/server.db-wal"}) {
+    if (!path_exists(dir.path() + f)) continue;
+    const std::string bytes = read_file(dir.path() + f);
+    EXPECT_EQ(bytes.find(t1), std::string::npos) << f;
+    EXPECT_EQ(bytes.find(t2), std::string::npos) << f;
+  }
+  EXPECT_TRUE(path_exists(dir.path() + "/server.db-wal"));
+  EXPECT_THROW(s.enroll("bad id/../x"), ConfigError);
+}
+
+TEST(ServerStore, LedgerVersionsAndRestart) {
+  test::TempDir dir;
+  int64_t a = 0, b = 0, c = 0;
+  {
+    ServerStore s(dir.path());
+    s.enroll("c1");
+    s.enroll("c2");
+    EXPECT_FALSE(s.latest_version());
+    s.commit_version({0, {}}, {{"w", at::zeros({4})}}, {});
+    a = s.append_update(rec("c1", 1), at::full({4}, 1.0f));
+    b = s.append_update(rec("c2", 1), at::full({4}, 2.0f));
+    EXPECT_EQ(s.authenticate("c1", s.enroll("c1"))->last_sequence, 1);
+    // Version 1 applies a and b; c arrives after.
+    s.commit_version({1, {a, b}, 0.5, 1.2}, {{"w", at::full({4}, 1.5f)}},
+                     {{"m", at::ones({4})}});
+    c = s.append_update(rec("c1", 2, 1), at::full({4}, 3.0f));
+    // A committed version cannot apply an update twice.
+    EXPECT_THROW(s.commit_version({2, {a}}, {{"w", at::zeros({4})}}, {}), InternalError);
+  }
+  ServerStore s(dir.path());  // restart
+  EXPECT_EQ(s.latest_version(), 1);
+  const auto pending = s.pending_updates();
+  ASSERT_EQ(pending.size(), 1u);
+  EXPECT_EQ(pending[0].record.id, c);
+  EXPECT_EQ(pending[0].record.num_samples, 20);
+  EXPECT_TRUE(at::equal(pending[0].delta, at::full({4}, 3.0f)));
+  EXPECT_TRUE(at::equal(s.load_version(1)[0].second, at::full({4}, 1.5f)));
+  EXPECT_TRUE(at::equal(s.load_strategy_state()[0].second, at::ones({4})));
+  const auto versions = s.versions();
+  ASSERT_EQ(versions.size(), 2u);
+  EXPECT_EQ(versions[1].applied, (std::vector<int64_t>{a, b}));
+  EXPECT_DOUBLE_EQ(versions[1].test_accuracy, 0.5);
+  // Applied deltas were deleted; the pending one is kept.
+  EXPECT_EQ(list_files(dir.path() + "/updates"), (std::vector<std::string>{"u" + std::to_string(c) + ".f32"}));
+}
+
+TEST(ServerStore, RecoveryDropsWhatACrashLeftUncommitted) {
+  test::TempDir dir;
+  {
+    ServerStore s(dir.path());
+    s.enroll("c1");
+    s.commit_version({0, {}}, {{"w", at::zeros({2})}}, {{"m", at::zeros({2})}});
+    s.append_update(rec("c1", 1), at::ones({2}));
+  }
+  // A crash after writing files whose rows never committed, and one after
+  // committing version 0 but before its strategy state was renamed.
+  test::write_text(dir.path() + "/updates/u7.f32", "torn");
+  test::write_text(dir.path() + "/versions/v1.pt", "half a model");
+  std::rename((dir.path() + "/strategy_state.pt").c_str(),
+              (dir.path() + "/strategy_state.v0.pt").c_str());
+  test::write_text(dir.path() + "/strategy_state.v1.pt", "uncommitted");
+  ServerStore s(dir.path());
+  EXPECT_EQ(list_files(dir.path() + "/updates"), (std::vector<std::string>{"u1.f32"}));
+  EXPECT_EQ(list_files(dir.path() + "/versions"), (std::vector<std::string>{"v0.pt"}));
+  EXPECT_TRUE(at::equal(s.load_strategy_state()[0].second, at::zeros({2})));
+  EXPECT_FALSE(path_exists(dir.path() + "/strategy_state.v1.pt"));
+  // The next append reuses no committed id.
+  EXPECT_EQ(s.append_update(rec("c1", 2), at::ones({2})), 2);
+}
+
+}  // namespace
+}  // namespace strata::fed
