@@ -14,6 +14,7 @@ const char* reject_code_name(RejectCode c) {
     case RejectCode::kAlreadyExists: return "ALREADY_EXISTS";
     case RejectCode::kInvalidArgument: return "INVALID_ARGUMENT";
     case RejectCode::kResourceExhausted: return "RESOURCE_EXHAUSTED";
+    case RejectCode::kUnavailable: return "UNAVAILABLE";
   }
   return "?";
 }

@@ -17,6 +17,7 @@ enum class RejectCode {
   kAlreadyExists,       // replayed sequence number
   kInvalidArgument,     // tensors, values, norm, sample count
   kResourceExhausted,   // too large
+  kUnavailable,         // training finished or server stopping; retry elsewhere/later
 };
 
 const char* reject_code_name(RejectCode c);

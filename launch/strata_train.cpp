@@ -25,20 +25,10 @@ namespace sd = strata::dist;
 
 int main(int argc, char** argv) {
   return st::run_main("strata-train", [&] {
-    const st::CommandLine cl = st::parse_command_line(argc, argv);
-    if (cl.help) {
-      std::cout << st::usage("strata-train");
-      return 0;
-    }
-    if (cl.print_schema) {
-      std::cout << st::schema_markdown();
-      return 0;
-    }
-    const st::Recipe recipe = st::load_recipe(cl.recipe, cl.overrides);
-    if (cl.print_recipe) {
-      std::cout << st::to_yaml(recipe);
-      return 0;
-    }
+    const auto loaded = st::recipe_or_print(st::parse_command_line(argc, argv), "strata-train",
+                                            "Trains and evaluates the run a YAML recipe describes.");
+    if (!loaded) return 0;
+    const st::Recipe& recipe = *loaded;
     const sd::RankInfo info = sd::discover_ranks();
     strata::set_log_rank(info.rank, info.world);
 

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "core/net.h"
+
 namespace strata::test {
 
 // A fresh directory under $TMPDIR, removed with everything in it at scope end.
@@ -76,5 +78,7 @@ inline c10::Dict<c10::IValue, c10::IValue> load_state_dict(const std::string& pa
 inline void write_text(const std::string& path, const std::string& text) {
   std::ofstream(path, std::ios::binary) << text;
 }
+
+inline int free_port() { return free_loopback_port(); }
 
 }  // namespace strata::test

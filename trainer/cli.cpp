@@ -40,10 +40,10 @@ CommandLine parse_command_line(int argc, char** argv) {
   return cl;
 }
 
-std::string usage(const std::string& program) {
+std::string usage(const std::string& program, const std::string& what) {
   return program +
          " RECIPE.yaml [section.key=value ...] [--print-recipe]\n"
-         "  Trains and evaluates the run a YAML recipe describes.\n"
+         "  " + what + "\n"
          "  section.key=value   override a recipe key, typed like the file\n"
          "  --print-recipe      print the resolved recipe and exit\n"
          "  --print-schema      print every recipe key (type, default, "
@@ -51,6 +51,24 @@ std::string usage(const std::string& program) {
          "Exit codes: 0 success, 2 usage or recipe error, 1 runtime failure.\n"
          "Environment: STRATA_LOG_LEVEL=debug|info|warn|error, "
          "STRATA_BACKTRACE=1.\n";
+}
+
+std::optional<Recipe> recipe_or_print(const CommandLine& cl, const std::string& program,
+                                      const std::string& what) {
+  if (cl.help) {
+    std::fputs(usage(program, what).c_str(), stdout);
+    return std::nullopt;
+  }
+  if (cl.print_schema) {
+    std::fputs(schema_markdown().c_str(), stdout);
+    return std::nullopt;
+  }
+  Recipe recipe = load_recipe(cl.recipe, cl.overrides);
+  if (cl.print_recipe) {
+    std::fputs(to_yaml(recipe).c_str(), stdout);
+    return std::nullopt;
+  }
+  return recipe;
 }
 
 int run_main(const std::string& program, const std::function<int()>& body) {

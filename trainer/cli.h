@@ -8,8 +8,11 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "trainer/recipe.h"
 
 namespace strata::train {
 
@@ -24,7 +27,14 @@ struct CommandLine {
 // Throws UsageError for unknown flags or a missing recipe.
 CommandLine parse_command_line(int argc, char** argv);
 
-std::string usage(const std::string& program);
+// `what`: one line saying what the program does.
+std::string usage(const std::string& program, const std::string& what);
+
+// The recipe the command line names (file + overrides), or nullopt when it
+// only asked for --help, --print-schema or --print-recipe, which this
+// prints to stdout.
+std::optional<Recipe> recipe_or_print(const CommandLine& cl, const std::string& program,
+                                      const std::string& what);
 
 int run_main(const std::string& program, const std::function<int()>& body);
 

@@ -219,6 +219,146 @@ struct DistributedSection {
   }
 };
 
+
+// Federated runs (strata-fedserver, strata-edge, strata-fedsim). The model,
+// data and optimizer sections describe the model and the clients' local
+// training; strata-train ignores this section.
+struct FedSyncSection {
+  int64_t rounds = 50;
+  int64_t clients_per_round = 10;
+  double over_selection = 0.2;
+  int64_t min_updates = 0;
+  double round_timeout_s = 300.0;
+  int64_t local_epochs = 1;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("rounds", rounds, at_least(1), "rounds to run");
+    v.field("clients_per_round", clients_per_round, at_least(1), "K: updates aggregated per round");
+    v.field("over_selection", over_selection, in_range(0, 10), "select ceil(K x (1 + this)) clients per round so that dropouts do not stall it; updates after the K-th are refused");
+    v.field("min_updates", min_updates, at_least(0), "at the round deadline, aggregate if at least this many updates arrived (0: K), else select more clients and keep waiting");
+    v.field("round_timeout_s", round_timeout_s, positive(), "round deadline in seconds");
+    v.field("local_epochs", local_epochs, at_least(1), "passes over its local data a selected client makes");
+  }
+};
+
+struct FedAsyncSection {
+  int64_t versions = 100;
+  int64_t buffer_size = 10;
+  double staleness_exponent = 0.5;
+  int64_t max_staleness = 20;
+  int64_t samples_per_update = 320;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("versions", versions, at_least(1), "aggregations to run");
+    v.field("buffer_size", buffer_size, at_least(1), "K: buffered updates per aggregation (FedBuff)");
+    v.field("staleness_exponent", staleness_exponent, at_least(0), "a in the staleness weight (1 + staleness)^-a");
+    v.field("max_staleness", max_staleness, at_least(0), "updates more versions behind than this are refused");
+    v.field("samples_per_update", samples_per_update, at_least(1), "an online client submits after learning from this many new samples");
+  }
+};
+
+struct FedServerSection {
+  std::string address = "127.0.0.1:0";
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_ca;
+  double norm_bound = 0.0;
+  bool clip = true;
+  int64_t max_num_samples = 1000000;
+  int64_t max_message_mb = 256;
+  int64_t max_inflight_updates = 4;
+  int64_t eval_every = 1;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("address", address, any(), "host:port the server listens on (port 0: any free port); TLS is required unless the host is loopback");
+    v.field("tls_cert", tls_cert, any(), "server certificate chain (PEM)");
+    v.field("tls_key", tls_key, any(), "server private key (PEM)");
+    v.field("tls_ca", tls_ca, any(), "clients: CA certificate (PEM) to verify the server (empty: plaintext, loopback only)");
+    v.field("norm_bound", norm_bound, at_least(0), "L2 bound on an update (0: none)");
+    v.field("clip", clip, any(), "scale updates above norm_bound down to it (true) or refuse them (false)");
+    v.field("max_num_samples", max_num_samples, at_least(1), "largest num_samples a client may claim for one update");
+    v.field("max_message_mb", max_message_mb, at_least(1), "largest update a client may send, in MiB");
+    v.field("max_inflight_updates", max_inflight_updates, at_least(1), "updates received at the same time; other senders wait (bounds the server's memory whatever the number of clients)");
+    v.field("eval_every", eval_every, at_least(1), "evaluate the global model on the test set every this many versions");
+  }
+};
+
+struct FedClientSection {
+  std::string encoding = "fp32";
+  double topk_fraction = 0.01;
+  int64_t max_retries = 8;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("encoding", encoding, one_of({"fp32", "fp16", "int8", "topk"}), "how clients encode their updates");
+    v.field("topk_fraction", topk_fraction, in_range(0, 1), "topk: share of each tensor's elements sent");
+    v.field("max_retries", max_retries, at_least(0), "a client's attempts per call after a transient failure (exponential backoff)");
+  }
+};
+
+struct FedSimSection {
+  int64_t clients = 100;
+  std::string partition = "dirichlet";
+  double dirichlet_alpha = 0.5;
+  double malicious_fraction = 0.0;
+  std::string attack = "scaled";
+  double attack_scale = 100.0;
+  int64_t parallel_clients = 2;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("clients", clients, at_least(1), "edge clients simulated (each gets a shard of the training set)");
+    v.field("partition", partition, one_of({"iid", "dirichlet"}), "how the training set is split over clients");
+    v.field("dirichlet_alpha", dirichlet_alpha, positive(), "dirichlet: concentration (small: each client sees few classes)");
+    v.field("malicious_fraction", malicious_fraction, in_range(0, 1), "share of clients that send corrupted updates");
+    v.field("attack", attack, one_of({"scaled", "sign_flip", "random"}), "what malicious clients send: their update x attack_scale, x -attack_scale, or noise of that scale");
+    v.field("attack_scale", attack_scale, positive(), "magnitude of the corruption");
+    v.field("parallel_clients", parallel_clients, at_least(1), "clients that may train at the same time (threads)");
+  }
+};
+
+struct FederatedSection {
+  std::string mode = "sync";
+  std::string strategy = "fedavg";
+  std::string server_optimizer = "auto";
+  double server_lr = 1.0;
+  double beta1 = 0.9;
+  double beta2 = 0.99;
+  double tau = 1e-3;
+  double proximal_mu = 0.0;
+  double trim_fraction = 0.1;
+  int64_t byzantine = 1;
+  int64_t multi_krum_keep = 0;
+  FedSyncSection sync;
+  FedAsyncSection async;
+  FedServerSection server;
+  FedClientSection client;
+  FedSimSection sim;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("mode", mode, one_of({"sync", "async"}), "sync: rounds of selected clients; async: online clients, buffered aggregation (FedBuff)");
+    v.field("strategy", strategy, one_of({"fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "median", "trimmed_mean", "krum", "multi_krum"}), "aggregation strategy");
+    v.field("server_optimizer", server_optimizer, one_of({"auto", "sgd", "adam", "yogi", "adagrad"}), "optimizer applying the aggregate (auto: the strategy's)");
+    v.field("server_lr", server_lr, positive(), "server learning rate (1 with sgd is plain FedAvg)");
+    v.field("beta1", beta1, in_range(0, 0.999999), "fedadam/fedyogi/fedadagrad: first-moment decay");
+    v.field("beta2", beta2, in_range(0, 0.999999), "fedadam/fedyogi: second-moment decay");
+    v.field("tau", tau, positive(), "fedadam/fedyogi/fedadagrad: adaptivity (denominator offset)");
+    v.field("proximal_mu", proximal_mu, at_least(0), "FedProx: clients add mu/2 ||w - w_global||^2 (0: off)");
+    v.field("trim_fraction", trim_fraction, in_range(0, 0.499), "trimmed_mean: share dropped at each end per coordinate");
+    v.field("byzantine", byzantine, at_least(0), "krum/multi_krum: f, the corrupted updates tolerated");
+    v.field("multi_krum_keep", multi_krum_keep, at_least(0), "multi_krum: updates averaged (0: n - f)");
+    v.section("sync", sync, "sync mode: rounds");
+    v.section("async", async, "async mode: buffered aggregation of online updates");
+    v.section("server", server, "address, TLS, validation, evaluation");
+    v.section("client", client, "edge clients: update encoding, retries");
+    v.section("sim", sim, "strata-fedsim: clients, partition, attackers");
+  }
+};
+
 struct Recipe {
   RunSection run;
   ModelSection model;
@@ -228,6 +368,7 @@ struct Recipe {
   TrainSection train;
   CheckpointSection checkpoint;
   DistributedSection distributed;
+  FederatedSection federated;
 
   // Where each key that was set came from: "recipes/a.yaml:12" or
   // "command-line override 'optimizer.lr=0.1'". Keys left at their default
@@ -244,6 +385,7 @@ struct Recipe {
     v.section("train", train, "loop length, accumulation, clipping, eval, resume");
     v.section("checkpoint", checkpoint, "checkpoint cadence and retention");
     v.section("distributed", distributed, "data parallelism across processes");
+    v.section("federated", federated, "federated server, edge clients and simulation");
   }
 
   // "recipes/a.yaml:12: " or "" for a key left at its default.

@@ -18,6 +18,7 @@
 #include "distributed/device_mesh.h"
 #include "distributed/gradient_reducer.h"
 #include "distributed/rank_info.h"
+#include "trainer/evaluate.h"
 #include "trainer/checkpoint.h"
 #include "trainer/data/dataset.h"
 #include "trainer/data/loader.h"
@@ -283,24 +284,9 @@ at::Tensor Trainer::Impl::train_step(TrainLoader& loader, int64_t* epoch) {
 }
 
 EvalResult Trainer::Impl::evaluate() {
-  namespace F = torch::nn::functional;
-  torch::NoGradGuard no_grad;
-  model->eval();
-  const int64_t n = test_images.size(0);
-  const int64_t bs = recipe.data.eval_batch_size;
-  double loss_sum = 0.0;
-  int64_t correct = 0;
-  for (int64_t i = 0; i < n; i += bs) {
-    const int64_t end = std::min(n, i + bs);
-    at::Tensor logits = model->forward(test_images.slice(0, i, end));
-    at::Tensor labels = test_labels.slice(0, i, end);
-    loss_sum += F::cross_entropy(logits, labels,
-                                 F::CrossEntropyFuncOptions().reduction(torch::kSum))
-                    .item<double>();
-    correct += logits.argmax(1).eq(labels).sum().item<int64_t>();
-  }
-  model->train();
-  at::Tensor sums = at::tensor({loss_sum, static_cast<double>(correct)}, at::kDouble);
+  const EvalSums e = evaluate_classifier(*model, test_images, test_labels,
+                                         recipe.data.eval_batch_size);
+  at::Tensor sums = at::tensor({e.loss_sum, static_cast<double>(e.correct)}, at::kDouble);
   if (comm) comm->all_reduce(sums, dist::ReduceOp::kSum)->wait();
   const double total = static_cast<double>(test_total);
   return {sums[0].item<double>() / total, sums[1].item<double>() / total};

@@ -18,6 +18,7 @@
 
 namespace {
 
+using strata::test::free_port;
 using strata::test::read_lines;
 using strata::test::run_command;
 using strata::test::TempDir;
@@ -73,18 +74,6 @@ TEST_P(MpirunBackend, TwoRanksMatchOneProcessWithTheGlobalBatch) {
 }
 
 INSTANTIATE_TEST_SUITE_P(CpuBackends, MpirunBackend, ::testing::Values("gloo", "mpi"));
-
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
 
 struct Rank {
   pid_t pid = -1;

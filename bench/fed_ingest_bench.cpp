@@ -1,0 +1,194 @@
+// Federated server ingest: updates/s, MB/s and the server's peak RSS against
+// the number of concurrent clients, for a ~1M- and a ~10M-parameter model,
+// next to the loopback TCP bandwidth of this machine.
+//
+//   build/bin/fed_ingest_bench [SECONDS] [CLIENTS,...]     (default 8 1,10,50,100,200)
+//
+// The server is a real strata-fedserver process (async mode, buffer 10,
+// every update fsync'ed into SQLite before its ack, an aggregation and a
+// version file per 10 updates); every client is a thread with its own gRPC
+// channel sending fp32 updates back to back. The server restarts for every
+// row, so its peak RSS (VmHWM) belongs to that row.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include "core/fs.h"
+#include "core/net.h"
+#include "core/strings.h"
+#include "federated/client.h"
+#include "federated/layout.h"
+#include "trainer/recipe.h"
+#include "trainer/trainer.h"
+
+namespace sf = strata::fed;
+namespace st = strata::train;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// One TCP connection on loopback, 1 MiB writes for `seconds`: GB/s.
+double loopback_gbps(double seconds) {
+  const int port = strata::free_loopback_port();
+  int srv = ::socket(AF_INET, SOCK_STREAM, 0);
+  int one = 1;
+  ::setsockopt(srv, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  ::bind(srv, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  ::listen(srv, 1);
+  std::atomic<uint64_t> received{0};
+  std::thread reader([&] {
+    int c = ::accept(srv, nullptr, nullptr);
+    std::vector<char> buf(1 << 20);
+    ssize_t n;
+    while ((n = ::read(c, buf.data(), buf.size())) > 0) received += static_cast<uint64_t>(n);
+    ::close(c);
+  });
+  int cli = ::socket(AF_INET, SOCK_STREAM, 0);
+  ::connect(cli, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  std::vector<char> buf(1 << 20, 'x');
+  const auto t0 = Clock::now();
+  while (std::chrono::duration<double>(Clock::now() - t0).count() < seconds) {
+    if (::write(cli, buf.data(), buf.size()) <= 0) break;
+  }
+  ::close(cli);
+  reader.join();
+  ::close(srv);
+  return static_cast<double>(received) / std::chrono::duration<double>(Clock::now() - t0).count() / 1e9;
+}
+
+long peak_rss_kib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
+  }
+  return -1;
+}
+
+struct Row {
+  double updates_per_s = 0, mb_per_s = 0;
+  long rss_kib = 0;
+  int64_t refused = 0;
+};
+
+Row run(const std::string& dir, const std::string& hidden, int clients, double seconds) {
+  std::system(("rm -rf " + dir).c_str());
+  strata::make_dirs(dir);
+  const int port = strata::free_loopback_port();
+  const std::string recipe = dir + "/r.yaml";
+  std::ofstream(recipe) << "run: {dir: " << dir << "/run}\n"
+                        << "model: {name: mlp, hidden: " << hidden << "}\n"
+                        << "data: {test_subset: 100}\n"
+                        << "federated:\n  mode: async\n"
+                        << "  async: {versions: 1000000000, buffer_size: 10, max_staleness: 1000000000}\n"
+                        << "  server: {address: 127.0.0.1:" << port
+                        << ", eval_every: 1000000000, max_message_mb: 1024}\n";
+  std::string ids;
+  for (int c = 0; c < clients; ++c) ids += " c" + std::to_string(c);
+  FILE* p = ::popen((std::string(STRATA_FEDSERVER_BIN) + " enroll " + recipe + ids).c_str(), "r");
+  std::vector<std::string> tokens;
+  char line[256];
+  while (std::fgets(line, sizeof(line), p)) {
+    std::string s(line);
+    tokens.push_back(s.substr(s.find(' ') + 1, 64));
+  }
+  ::pclose(p);
+  const pid_t server = ::fork();
+  if (server == 0) {
+    const std::string cmd = std::string("exec ") + STRATA_FEDSERVER_BIN + " " + recipe +
+                            " >" + dir + "/server.log 2>&1";
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  const st::Recipe r = st::load_recipe(recipe);
+  auto model = st::builtin_registries().models.get("mlp", "", "model.name")(r.model, {});
+  const sf::TensorLayout layout = sf::TensorLayout::of(*model);
+  std::vector<sf::EncodedTensor> encoded;
+  for (const auto& [name, t] : layout.unflatten(at::full({layout.numel()}, 1e-6f))) {
+    encoded.push_back(sf::encode(name, t, {}));
+  }
+  size_t bytes = 0;
+  for (const auto& e : encoded) bytes += e.data.size();
+  std::atomic<bool> measuring{false}, stop{false};
+  std::atomic<int64_t> done{0}, refused{0};
+  std::vector<std::thread> threads;
+  for (int c = 0; c < clients; ++c) {
+    threads.emplace_back([&, c] {
+      sf::EdgeClientOptions o;
+      o.address = "127.0.0.1:" + std::to_string(port);
+      o.client_id = "c" + std::to_string(c);
+      o.token = tokens[c];
+      o.max_retries = 30;
+      sf::EdgeClient client(o);
+      sf::UpdateToSend u;
+      u.base_version = 1;
+      u.num_samples = 1;
+      while (!stop) {
+        const auto res = client.submit_encoded(u, encoded);
+        if (!res.accepted) ++refused;
+        if (measuring && res.accepted) ++done;
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(3));  // server start + warm-up
+  measuring = true;
+  const auto t0 = Clock::now();
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+  Row row;
+  row.updates_per_s = static_cast<double>(done) / dt;
+  row.mb_per_s = row.updates_per_s * static_cast<double>(bytes) / 1e6;
+  stop = true;
+  for (auto& t : threads) t.join();
+  row.rss_kib = peak_rss_kib(server);
+  row.refused = refused;
+  ::kill(server, SIGTERM);
+  ::waitpid(server, nullptr, 0);
+  return row;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const double seconds = argc > 1 ? std::stod(argv[1]) : 8.0;
+  std::vector<int> counts{1, 10, 50, 100, 200};
+  if (argc > 2) {
+    counts.clear();
+    for (const auto& s : strata::split(argv[2], ',')) counts.push_back(std::stoi(s));
+  }
+  std::cout << "loopback TCP, one connection: " << strata::format_double(loopback_gbps(2.0))
+            << " GB/s\n\n";
+  std::cout << "| model | update MB | clients | updates/s | MB/s | server peak RSS MiB | refused |\n"
+               "|---|---|---|---|---|---|---|\n";
+  const std::string tmp = "/tmp/strata_fed_ingest";
+  for (const auto& [label, hidden] : std::vector<std::pair<std::string, std::string>>{
+           {"mlp 784-1024-256-10 (1.07M)", "[1024, 256]"},
+           {"mlp 784-4096-1536-10 (9.5M)", "[4096, 1536]"}}) {
+    for (int c : counts) {
+      const Row r = run(tmp, hidden, c, seconds);
+      const double mb = label.find("1.07M") != std::string::npos ? 1.07e6 * 4 / 1e6 : 9.5e6 * 4 / 1e6;
+      std::printf("| %s | %.1f | %d | %.1f | %.1f | %.0f | %lld |\n", label.c_str(), mb, c,
+                  r.updates_per_s, r.mb_per_s, static_cast<double>(r.rss_kib) / 1024.0,
+                  static_cast<long long>(r.refused));
+      std::fflush(stdout);
+    }
+  }
+  std::system(("rm -rf " + tmp).c_str());
+  return 0;
+}

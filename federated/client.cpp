@@ -1,0 +1,224 @@
+#include "federated/client.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <mutex>
+#include <thread>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "core/logging.h"
+#include "core/strings.h"
+#include "federated/wire.h"
+#include "strata_fed.grpc.pb.h"
+
+namespace strata::fed {
+namespace {
+
+const char* code_name(grpc::StatusCode c) {
+  switch (c) {
+    case grpc::StatusCode::OK: return "OK";
+    case grpc::StatusCode::CANCELLED: return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED: return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL: return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
+    default: return "?";
+  }
+}
+
+// Worth another attempt: the server may be restarting or the link broke.
+bool transient(grpc::StatusCode c) {
+  return c == grpc::StatusCode::UNAVAILABLE || c == grpc::StatusCode::DEADLINE_EXCEEDED ||
+         c == grpc::StatusCode::CANCELLED || c == grpc::StatusCode::ABORTED ||
+         c == grpc::StatusCode::UNKNOWN || c == grpc::StatusCode::INTERNAL;
+}
+
+}  // namespace
+
+struct EdgeClient::Impl {
+  EdgeClientOptions o;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<pb::Federation::Stub> stub;
+  std::mutex seq_mu;
+  int64_t last_sequence = 0;
+
+  int64_t next_sequence() {
+    std::lock_guard<std::mutex> lock(seq_mu);
+    const int64_t now = std::chrono::duration_cast<std::chrono::microseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count();
+    last_sequence = std::max(last_sequence + 1, now);
+    return last_sequence;
+  }
+
+  void prepare(grpc::ClientContext& ctx, std::chrono::milliseconds extra = {}) const {
+    ctx.AddMetadata("authorization", "Bearer " + o.token);
+    ctx.set_deadline(std::chrono::system_clock::now() + o.rpc_timeout + extra);
+  }
+
+  // Runs `call` until it succeeds, fails for good, or retries run out.
+  template <class Call>
+  grpc::Status with_retries(const char* what, Call&& call) {
+    auto backoff = o.first_backoff;
+    for (int attempt = 0;; ++attempt) {
+      const grpc::Status s = call(attempt);
+      if (s.ok() || !transient(s.error_code()) || attempt >= o.max_retries) return s;
+      log_debug(o.client_id, ": ", what, " failed (", code_name(s.error_code()), ": ",
+                s.error_message(), "); retrying in ", backoff.count(), " ms");
+      std::this_thread::sleep_for(backoff);
+      backoff = std::min(backoff * 2, std::chrono::milliseconds(10000));
+    }
+  }
+
+  [[noreturn]] void fail(const char* what, const grpc::Status& s) const {
+    throw CommError(str(o.client_id, ": ", what, " on ", o.address, " failed: ",
+                        code_name(s.error_code()), ": ", s.error_message()));
+  }
+};
+
+EdgeClient::EdgeClient(EdgeClientOptions options) : impl_(std::make_unique<Impl>()) {
+  impl_->o = std::move(options);
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (!impl_->o.tls_ca.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = read_file(impl_->o.tls_ca);
+    creds = grpc::SslCredentials(ssl);
+  } else {
+    creds = grpc::InsecureChannelCredentials();
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(static_cast<int>(2 * kChunkBytes + (1 << 20)));
+  args.SetMaxSendMessageSize(static_cast<int>(2 * kChunkBytes + (1 << 20)));
+  if (!impl_->o.tls_target_name.empty()) {
+    args.SetSslTargetNameOverride(impl_->o.tls_target_name);
+  }
+  impl_->channel = grpc::CreateCustomChannel(impl_->o.address, creds, args);
+  impl_->stub = pb::Federation::NewStub(impl_->channel);
+}
+
+EdgeClient::~EdgeClient() = default;
+
+FetchedModel EdgeClient::fetch(int64_t have_version, std::chrono::milliseconds wait) {
+  FetchedModel m;
+  const grpc::Status s = impl_->with_retries("GetModel", [&](int) {
+    m = FetchedModel{};
+    grpc::ClientContext ctx;
+    impl_->prepare(ctx, wait);
+    pb::GetModelRequest req;
+    req.set_client_id(impl_->o.client_id);
+    req.set_have_version(static_cast<uint64_t>(std::max<int64_t>(0, have_version)));
+    req.set_wait_ms(static_cast<uint32_t>(wait.count()));
+    auto reader = impl_->stub->GetModel(&ctx, req);
+    pb::ModelChunk chunk;
+    if (!reader->Read(&chunk) || !chunk.has_info()) return reader->Finish();
+    const pb::ModelInfo& info = chunk.info();
+    m.version = static_cast<int64_t>(info.version());
+    m.finished = info.finished();
+    m.mode = info.config().mode();
+    m.round = static_cast<int64_t>(info.config().round());
+    m.proximal_mu = info.config().proximal_mu();
+    m.local_epochs = info.config().local_epochs();
+    TensorAssembler rx(m.version == have_version ? 0 : info.num_tensors(),
+                       uint64_t{1} << 40);
+    while (reader->Read(&chunk)) {
+      if (auto e = rx.add(chunk)) {
+        ctx.TryCancel();
+        reader->Finish();
+        return grpc::Status(grpc::StatusCode::INTERNAL, "bad model stream: " + e->reason);
+      }
+    }
+    grpc::Status st = reader->Finish();
+    if (!st.ok()) return st;
+    if (auto e = rx.finish()) return grpc::Status(grpc::StatusCode::INTERNAL, "bad model stream: " + e->reason);
+    for (const auto& t : rx.tensors()) m.tensors.emplace_back(t.name, decode(t));
+    m.changed = !m.tensors.empty();
+    return st;
+  });
+  if (!s.ok()) impl_->fail("GetModel", s);
+  return m;
+}
+
+SubmitResult EdgeClient::submit(const UpdateToSend& u) {
+  std::vector<EncodedTensor> encoded;
+  for (const auto& [name, t] : u.tensors) encoded.push_back(encode(name, t, u.encoding));
+  return submit_encoded(u, encoded);
+}
+
+SubmitResult EdgeClient::submit_encoded(const UpdateToSend& u,
+                                        const std::vector<EncodedTensor>& encoded) {
+  const int64_t sequence = impl_->next_sequence();
+  SubmitResult r;
+  const grpc::Status s = impl_->with_retries("SubmitUpdate", [&](int attempt) {
+    grpc::ClientContext ctx;
+    impl_->prepare(ctx);
+    pb::SubmitReply reply;
+    auto writer = impl_->stub->SubmitUpdate(&ctx, &reply);
+    pb::UpdateChunk head;
+    pb::UpdateInfo* info = head.mutable_info();
+    info->set_client_id(impl_->o.client_id);
+    info->set_base_version(static_cast<uint64_t>(u.base_version));
+    info->set_num_samples(static_cast<uint64_t>(u.num_samples));
+    info->set_sequence(static_cast<uint64_t>(sequence));
+    info->set_kind(pb::DELTA);
+    info->set_round(static_cast<uint64_t>(u.round));
+    info->set_num_tensors(static_cast<uint32_t>(encoded.size()));
+    bool ok = writer->Write(head);
+    for (size_t i = 0; ok && i < encoded.size(); ++i) {
+      ok = write_encoded<pb::UpdateChunk>(encoded[i], writer.get());
+    }
+    writer->WritesDone();
+    grpc::Status st = writer->Finish();
+    if (st.ok()) {
+      r.accepted = true;
+      r.update_id = static_cast<int64_t>(reply.update_id());
+      r.current_version = static_cast<int64_t>(reply.current_version());
+      r.clipped = reply.clipped();
+    } else if (st.error_code() == grpc::StatusCode::ALREADY_EXISTS && attempt > 0) {
+      // The earlier attempt was recorded; only its reply was lost.
+      r.accepted = true;
+      r.duplicate = true;
+      return grpc::Status::OK;
+    }
+    return st;
+  });
+  if (s.ok()) return r;
+  if (transient(s.error_code())) impl_->fail("SubmitUpdate", s);
+  r.accepted = false;
+  r.code = code_name(s.error_code());
+  r.reason = s.error_message();
+  return r;
+}
+
+std::string EdgeClient::status() {
+  pb::StatusReply reply;
+  const grpc::Status s = impl_->with_retries("GetStatus", [&](int) {
+    grpc::ClientContext ctx;
+    impl_->prepare(ctx);
+    pb::StatusRequest req;
+    req.set_client_id(impl_->o.client_id);
+    return impl_->stub->GetStatus(&ctx, req, &reply);
+  });
+  if (!s.ok()) impl_->fail("GetStatus", s);
+  std::string out = str("version ", reply.version(), "\nmode ", reply.mode(), "\nround ",
+                        reply.round(), "\nbuffered ", reply.buffered_updates(), "\naccepted ",
+                        reply.accepted_updates(), "\nrejected ", reply.rejected_updates(),
+                        "\nenrolled ", reply.enrolled_clients(), "\nlast_test_accuracy ",
+                        reply.last_test_accuracy(), "\n");
+  for (const auto& [k, n] : reply.rejected_by_reason()) out += str("rejected.", k, " ", n, "\n");
+  return out;
+}
+
+}  // namespace strata::fed

@@ -1,0 +1,93 @@
+// The edge client SDK's transport: fetch the global model, submit updates,
+// read the server's status, over gRPC (TLS when a CA is given), with retries
+// and exponential backoff for transient failures. Needs no MPI.
+//
+// Sequence numbers (the server's replay guard) are microseconds since the
+// epoch, kept strictly increasing within the process, so a restarted client
+// needs no state file. A retry after a lost reply reuses the sequence: the
+// server then answers ALREADY_EXISTS, which submit() reports as accepted.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "federated/codec.h"
+
+namespace strata::fed {
+
+struct EdgeClientOptions {
+  std::string address;    // host:port
+  std::string client_id;
+  std::string token;
+  std::string tls_ca;     // PEM file; empty: plaintext
+  std::string tls_target_name;  // override the name checked in the certificate
+  int max_retries = 8;
+  std::chrono::milliseconds first_backoff{100};
+  std::chrono::milliseconds rpc_timeout{120000};
+};
+
+struct FetchedModel {
+  int64_t version = 0;
+  bool changed = false;  // tensors hold a newer model than have_version
+  bool finished = false;
+  std::string mode;      // "sync" | "async"
+  int64_t round = 0;     // sync: selected for this round (0: not selected)
+  double proximal_mu = 0;
+  int64_t local_epochs = 1;
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+};
+
+struct UpdateToSend {
+  int64_t base_version = 0;
+  int64_t num_samples = 0;
+  int64_t round = 0;
+  std::vector<std::pair<std::string, at::Tensor>> tensors;  // the delta, by name
+  EncodeOptions encoding;
+};
+
+struct SubmitResult {
+  bool accepted = false;
+  bool duplicate = false;    // a retry found the update already recorded
+  std::string code;          // gRPC status name when refused
+  std::string reason;
+  int64_t update_id = 0;
+  int64_t current_version = 0;
+  bool clipped = false;
+};
+
+class EdgeClient {
+ public:
+  explicit EdgeClient(EdgeClientOptions options);
+  ~EdgeClient();
+  EdgeClient(const EdgeClient&) = delete;
+  EdgeClient& operator=(const EdgeClient&) = delete;
+
+  // The model, or only its metadata when have_version is current; long
+  // polls up to `wait`. CommError after max_retries transient failures or on
+  // a refusal (UNAUTHENTICATED etc.), naming the server's reason.
+  FetchedModel fetch(int64_t have_version, std::chrono::milliseconds wait);
+
+  // Encodes and streams one update. A refusal is a result (accepted false,
+  // code and reason set), not an exception; transport failures are retried
+  // and then thrown as CommError.
+  SubmitResult submit(const UpdateToSend& update);
+  // The same with tensors already encoded (update.tensors is ignored): lets
+  // a caller send one encoding many times (benchmarks) without copies.
+  SubmitResult submit_encoded(const UpdateToSend& update,
+                              const std::vector<EncodedTensor>& encoded);
+
+  // GetStatus as text lines "key value".
+  std::string status();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace strata::fed

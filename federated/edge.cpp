@@ -1,0 +1,124 @@
+#include "federated/edge.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <optional>
+
+#include "core/error.h"
+#include "core/logging.h"
+#include "core/random.h"
+#include "core/strings.h"
+
+namespace strata::fed {
+namespace {
+
+at::Tensor corrupt(const at::Tensor& delta, Attack a, double scale, uint64_t seed) {
+  switch (a) {
+    case Attack::kNone: return delta;
+    case Attack::kScaled: return delta * scale;
+    case Attack::kSignFlip: return delta * -scale;
+    case Attack::kRandom: {
+      at::Generator gen = at::detail::createCPUGenerator(seed);
+      const double sd = delta.std().item<double>();
+      return at::randn(delta.sizes(), gen, at::TensorOptions().dtype(at::kFloat)) * (scale * sd);
+    }
+  }
+  return delta;
+}
+
+// The fetched tensors in layout order as one flat vector.
+at::Tensor flat_of(const TensorLayout& layout,
+                   const std::vector<std::pair<std::string, at::Tensor>>& named) {
+  STRATA_CHECK_T(DataError, named.size() == layout.slots().size(), "the server's model has ",
+                 named.size(), " tensors, this client's ", layout.slots().size(),
+                 "; client and server must run the same model.name");
+  at::Tensor flat = at::empty({layout.numel()}, at::kFloat);
+  for (size_t i = 0; i < named.size(); ++i) {
+    const TensorSlot& s = layout.slots()[i];
+    STRATA_CHECK_T(DataError, named[i].first == s.name && named[i].second.numel() == s.numel,
+                   "the server's tensor ", i, " is '", named[i].first, "'; this client expects '",
+                   s.name, "'; client and server must run the same model.name");
+    flat.slice(0, s.offset, s.offset + s.numel).copy_(named[i].second.reshape({-1}));
+  }
+  return flat;
+}
+
+struct ComputeSlot {
+  explicit ComputeSlot(Semaphore* s) : s_(s) { if (s_) s_->acquire(); }
+  ~ComputeSlot() { if (s_) s_->release(); }
+  Semaphore* s_;
+};
+
+}  // namespace
+
+Attack parse_attack(const std::string& name) {
+  if (name == "scaled") return Attack::kScaled;
+  if (name == "sign_flip") return Attack::kSignFlip;
+  if (name == "random") return Attack::kRandom;
+  if (name == "none") return Attack::kNone;
+  throw ConfigError(str("unknown attack '", name, "'; valid: scaled, sign_flip, random"));
+}
+
+EdgeRunStats run_edge(EdgeClient& client, train::Model& model, const LocalData& data,
+                      const EdgeRunOptions& o) {
+  STRATA_INTERNAL_ASSERT(o.recipe != nullptr);
+  const train::Recipe& r = *o.recipe;
+  const TensorLayout layout = TensorLayout::of(model);
+  LearnOptions learn;
+  learn.lr = r.optimizer.lr;
+  learn.momentum = r.optimizer.momentum;
+  learn.weight_decay = r.optimizer.weight_decay;
+  learn.batch_size = r.data.batch_size;
+  learn.seed = o.seed;
+  SampleStream stream(data, mix_seed(o.seed, 1));
+  EncodeOptions enc{parse_encoding(r.federated.client.encoding), r.federated.client.topk_fraction};
+  EdgeRunStats st;
+  int64_t have = 0;
+  at::Tensor global;
+  const auto stopped = [&] { return o.stop && o.stop->load(); };
+  while (!stopped()) {
+    const bool async = r.federated.mode == "async";
+    // Async: a device learns when it gets its turn, from the newest model
+    // (fetched inside the turn). Sync: wait to be selected (long poll),
+    // then take a turn to train.
+    std::optional<ComputeSlot> slot;
+    if (async) slot.emplace(o.compute);
+    if (stopped()) break;
+    FetchedModel m = client.fetch(have, std::chrono::milliseconds(async ? 0 : 2000));
+    if (m.finished) break;
+    if (m.changed) {
+      global = flat_of(layout, m.tensors);
+      have = m.version;
+    }
+    if (!global.defined() || (!async && m.round == 0)) continue;  // not selected: poll again
+    if (!async) slot.emplace(o.compute);
+    if (stopped()) break;
+    learn.proximal_mu = m.proximal_mu;
+    const LocalResult lr =
+        async ? learn_online(model, layout, global, stream,
+                             std::min(r.federated.async.samples_per_update, data.size()), learn)
+              : train_local_epochs(model, layout, global, data, m.local_epochs, m.round, learn);
+    slot.reset();
+    const at::Tensor delta = corrupt(lr.delta, o.attack, o.attack_scale,
+                                     mix_seed(o.seed, static_cast<uint64_t>(st.submitted), 7));
+    UpdateToSend u;
+    u.base_version = have;
+    u.num_samples = lr.num_samples;
+    u.round = m.round;
+    u.tensors = layout.unflatten(delta);
+    u.encoding = enc;
+    const SubmitResult res = client.submit(u);
+    ++st.submitted;
+    st.samples += lr.num_samples;
+    if (res.accepted) {
+      ++st.accepted;
+    } else {
+      ++st.refused;
+      st.last_refusal = res.code + ": " + res.reason;
+      log_debug("update refused: ", st.last_refusal);
+    }
+  }
+  return st;
+}
+
+}  // namespace strata::fed

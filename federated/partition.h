@@ -1,0 +1,23 @@
+// Splitting a labelled training set over simulated clients.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace strata::fed {
+
+// Sample indices per client. IID: a seeded shuffle dealt round-robin, so
+// sizes differ by at most one.
+std::vector<std::vector<int64_t>> iid_partition(int64_t num_samples, int64_t clients,
+                                                uint64_t seed);
+
+// Label skew after Hsu et al. 2019: for every class, client shares are drawn
+// from Dirichlet(alpha) and the class's samples split accordingly. Redraws
+// (up to 100 times) until every client holds at least `min_per_client`
+// samples; ConfigError when that is impossible.
+std::vector<std::vector<int64_t>> dirichlet_partition(const std::vector<uint8_t>& labels,
+                                                      int64_t classes, int64_t clients,
+                                                      double alpha, uint64_t seed,
+                                                      int64_t min_per_client = 10);
+
+}  // namespace strata::fed

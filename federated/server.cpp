@@ -1,0 +1,471 @@
+#include "federated/server.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <iterator>
+
+#include "core/error.h"
+#include "core/fs.h"
+#include "core/logging.h"
+#include "core/strings.h"
+#include "trainer/data/dataset.h"
+#include "trainer/data/loader.h"
+#include "trainer/evaluate.h"
+
+namespace strata::fed {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+StrategyOptions strategy_options(const FederatedSection& f) {
+  StrategyOptions o;
+  o.name = f.strategy;
+  o.server_optimizer = f.server_optimizer;
+  o.server_lr = f.server_lr;
+  o.beta1 = f.beta1;
+  o.beta2 = f.beta2;
+  o.tau = f.tau;
+  o.proximal_mu = f.proximal_mu;
+  o.trim_fraction = f.trim_fraction;
+  o.byzantine = static_cast<int>(f.byzantine);
+  o.multi_krum_keep = static_cast<int>(f.multi_krum_keep);
+  return o;
+}
+
+bool is_loopback(const std::string& host) {
+  return host == "127.0.0.1" || host == "localhost" || host == "::1" || host == "[::1]" ||
+         host.rfind("127.", 0) == 0;
+}
+
+}  // namespace
+
+void check_transport_security(const FederatedSection& fed) {
+  const FedServerSection& s = fed.server;
+  const auto colon = s.address.rfind(':');
+  STRATA_CHECK_T(ConfigError, colon != std::string::npos && colon > 0,
+                 "federated.server.address '", s.address, "' is not host:port");
+  const std::string host = s.address.substr(0, colon);
+  STRATA_CHECK_T(ConfigError, s.tls_cert.empty() == s.tls_key.empty(),
+                 "federated.server: set both tls_cert and tls_key (or neither)");
+  STRATA_CHECK_T(ConfigError, is_loopback(host) || !s.tls_cert.empty(),
+                 "federated.server.address '", s.address, "' is not a loopback address, "
+                 "so the server must use TLS: set federated.server.tls_cert and tls_key "
+                 "(or bind to 127.0.0.1 for local runs)");
+}
+
+FedServer::FedServer(train::Recipe recipe, const train::Registries& registries)
+    : recipe_(std::move(recipe)), started_(Clock::now()), rng_(recipe_.run.seed) {
+  const FederatedSection& f = fed();
+  check_transport_security(f);
+  const int64_t k = f.mode == "sync" ? std::min(f.sync.clients_per_round,
+                                                f.sync.min_updates > 0 ? f.sync.min_updates
+                                                                       : f.sync.clients_per_round)
+                                     : f.async.buffer_size;
+  if (f.strategy == "krum" || f.strategy == "multi_krum") {
+    STRATA_CHECK_T(ConfigError, k >= 2 * f.byzantine + 3, "federated.strategy ", f.strategy,
+                   " with byzantine = ", f.byzantine, " needs at least 2f + 3 = ",
+                   2 * f.byzantine + 3, " updates per aggregation, but ", k,
+                   " may be aggregated; raise clients_per_round/min_updates (sync) or "
+                   "buffer_size (async), or lower federated.byzantine");
+  }
+  strategy_ = make_strategy(strategy_options(f));
+  policy_.max_staleness = f.mode == "sync" ? 0 : f.async.max_staleness;
+  policy_.norm_bound = f.server.norm_bound;
+  policy_.clip_to_bound = f.server.clip;
+  policy_.max_num_samples = f.server.max_num_samples;
+
+  const train::ImageDataset test =
+      train::load_fashion_mnist(recipe_.data.root, train::Split::kTest, recipe_.data.test_subset);
+  std::tie(test_images_, test_labels_) = train::dataset_tensors(test, 0, test.size);
+  torch::manual_seed(recipe_.run.seed);
+  const train::InputShape shape{test.channels, test.height, test.width, test.classes};
+  model_ = registries.models.get(recipe_.model.name, recipe_.where("model.name"), "model.name")(
+      recipe_.model, shape);
+  layout_ = TensorLayout::of(*model_);
+
+  const std::string dir = recipe_.run_dir();
+  store_ = std::make_unique<ServerStore>(dir);
+  atomic_write_file(join_path(dir, "recipe.yaml"), train::to_yaml(recipe_));
+  const auto latest = store_->latest_version();
+  if (!latest) {
+    at::Tensor initial = layout_.flatten(*model_);
+    store_->commit_version({1, {}}, layout_.unflatten(initial), {});
+    version_ = 1;
+    global_ = std::make_shared<const at::Tensor>(initial);
+  } else {
+    version_ = *latest;
+    std::vector<EncodedTensor> saved;
+    for (const auto& [name, t] : store_->load_version(version_)) {
+      saved.push_back(encode(name, t, {}));
+    }
+    try {
+      global_ = std::make_shared<const at::Tensor>(layout_.assemble(saved));
+    } catch (const DataError& e) {
+      throw ConfigError(str(dir, " holds a model that does not match model.name=",
+                            recipe_.model.name, " (", e.what(), "); use another run.dir"));
+    }
+    strategy_->load_state(store_->load_strategy_state());
+    for (auto& p : store_->pending_updates()) {
+      if (f.mode == "sync") submitted_.insert(p.record.client_id);
+      buffer_.push_back({p.record, p.delta});
+    }
+    log_info("resumed at version ", version_, " with ", buffer_.size(), " pending update(s)");
+  }
+  const std::string metrics_path = join_path(dir, "metrics.jsonl");
+  if (path_exists(metrics_path)) train::MetricsWriter::rewind(metrics_path, version_);
+  metrics_ = std::make_unique<train::MetricsWriter>(metrics_path, true);
+  round_ = f.mode == "sync" ? version_ : 0;
+  round_opened_ = Clock::now();
+  round_deadline_ = round_opened_ + std::chrono::milliseconds(
+                                        static_cast<int64_t>(f.sync.round_timeout_s * 1000));
+  finished_ = version_ - 1 >= target_versions();
+  log_info("federated server (", f.mode, ", ", f.strategy, ") on model ", recipe_.model.name,
+           ": ", layout_.numel(), " values in ", layout_.slots().size(), " tensors; version ",
+           version_, "; run directory ", dir);
+  aggregator_ = std::thread([this] { aggregation_loop(); });
+}
+
+FedServer::~FedServer() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  changed_.notify_all();
+  if (aggregator_.joinable()) aggregator_.join();
+}
+
+int64_t FedServer::target_versions() const {
+  return fed().mode == "sync" ? fed().sync.rounds : fed().async.versions;
+}
+
+double FedServer::staleness_weight(int64_t staleness) const {
+  return std::pow(1.0 + static_cast<double>(staleness), -fed().async.staleness_exponent);
+}
+
+std::optional<Rejection> FedServer::authenticate(const std::string& client_id,
+                                                 const std::string& token) {
+  const auto c = store_->authenticate(client_id, token);
+  if (!c) {
+    Rejection r{RejectCode::kUnauthenticated, "auth",
+                str("client '", client_id, "' is not enrolled or its token is wrong")};
+    count_rejection(r);
+    return r;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  auto [it, inserted] = last_sequence_.emplace(client_id, c->last_sequence);
+  if (!inserted) it->second = std::max(it->second, c->last_sequence);
+  return std::nullopt;
+}
+
+void FedServer::count_rejection(const Rejection& r) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++rejected_;
+  ++rejected_by_reason_[r.key];
+}
+
+ModelView FedServer::get_model(const std::string& client_id, int64_t have_version,
+                               std::chrono::milliseconds wait) {
+  std::unique_lock<std::mutex> lock(mu_);
+  const bool sync = fed().mode == "sync";
+  // Selected, not yet submitted, and the round still takes updates.
+  const auto has_work = [&] {
+    return sync && selected_.count(client_id) && !submitted_.count(client_id) &&
+           !aggregating_ && static_cast<int64_t>(buffer_.size()) < fed().sync.clients_per_round;
+  };
+  if (sync && !selected_.count(client_id)) {
+    waiting_.insert(client_id);
+    changed_.notify_all();  // the aggregator may select now
+  }
+  changed_.wait_for(lock, wait, [&] {
+    return finished_ || stop_ || version_ != have_version || has_work();
+  });
+  ModelView v;
+  v.version = version_;
+  v.flat = global_;
+  v.round = has_work() ? round_ : 0;
+  v.finished = finished_;
+  return v;
+}
+
+std::optional<Rejection> FedServer::check_round_locked(const SubmitMeta& m) const {
+  if (fed().mode != "sync") return std::nullopt;
+  if (m.round != round_ || !selected_.count(m.client_id)) {
+    return Rejection{RejectCode::kFailedPrecondition, "not_selected",
+                     str("client '", m.client_id, "' is not selected for round ", m.round,
+                         " (open round: ", round_, "); fetch the model and wait to be selected")};
+  }
+  if (submitted_.count(m.client_id)) {
+    return Rejection{RejectCode::kFailedPrecondition, "round_duplicate",
+                     str("client '", m.client_id, "' already submitted in round ", round_)};
+  }
+  if (static_cast<int64_t>(buffer_.size()) >= fed().sync.clients_per_round || aggregating_) {
+    return Rejection{RejectCode::kFailedPrecondition, "round_full",
+                     str("round ", round_, " already has its ", fed().sync.clients_per_round,
+                         " updates")};
+  }
+  return std::nullopt;
+}
+
+SubmitOutcome FedServer::submit(const SubmitMeta& m, const std::vector<EncodedTensor>& tensors) {
+  SubmitOutcome out;
+  const auto reject = [&](Rejection r) {
+    ++rejected_;
+    ++rejected_by_reason_[r.key];
+    // Refusals that are part of normal flow (over-selected clients arriving
+    // after their round filled, the end of training) are not warnings.
+    const bool flow = r.key == "finished" || r.key == "round_full" ||
+                      (fed().mode == "sync" && r.key == "stale");
+    const std::string what = str("rejected an update from '", m.client_id, "': ",
+                                 reject_code_name(r.code), " ", r.reason);
+    if (flow) {
+      log_debug(what);
+    } else {
+      log_warn(what);
+    }
+    out.rejection = std::move(r);
+    return out;
+  };
+  const auto check_facts_locked = [&]() -> std::optional<Rejection> {
+    if (finished_ || stop_) {
+      return Rejection{RejectCode::kFailedPrecondition, "finished",
+                       "training has finished; no more updates are taken"};
+    }
+    const auto seq = last_sequence_.find(m.client_id);
+    STRATA_INTERNAL_ASSERT(seq != last_sequence_.end(), "submit before authenticate");
+    UpdateFacts facts{m.client_id, m.base_version, version_, m.sequence, seq->second,
+                      m.num_samples};
+    if (auto r = check_metadata(facts, policy_)) return r;
+    return check_round_locked(m);
+  };
+  // A selected client refused for its round (full, or closed meanwhile)
+  // is done with it: it goes back to the pool instead of being handed the
+  // same round again.
+  const auto release_selection_locked = [&](const Rejection& r) {
+    if (fed().mode == "sync" && (r.key == "round_full" || r.key == "stale")) {
+      selected_.erase(m.client_id);
+    }
+  };
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto r = check_facts_locked()) {
+      release_selection_locked(*r);
+      return reject(*r);
+    }
+  }
+  // Decoding and the value checks run without the lock.
+  at::Tensor delta;
+  Accepted acc;
+  std::optional<Rejection> bad;
+  try {
+    delta = layout_.assemble(tensors);
+  } catch (const DataError& e) {
+    bad = Rejection{RejectCode::kInvalidArgument, "malformed", e.what()};
+  }
+  if (!bad && m.is_gradient) {
+    if (!(std::isfinite(m.learning_rate) && m.learning_rate > 0)) {
+      bad = Rejection{RejectCode::kInvalidArgument, "malformed",
+                      str("a GRADIENT update needs a positive learning_rate, got ", m.learning_rate)};
+    } else {
+      delta.mul_(-m.learning_rate);
+    }
+  }
+  if (!bad) bad = check_delta(delta, policy_, &acc);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (bad) return reject(*bad);
+  // The version, round or sequence may have moved while decoding.
+  if (auto r = check_facts_locked()) {
+    release_selection_locked(*r);
+    return reject(*r);
+  }
+  UpdateRecord rec;
+  rec.client_id = m.client_id;
+  rec.sequence = m.sequence;
+  rec.base_version = m.base_version;
+  rec.num_samples = m.num_samples;
+  rec.round = m.round;
+  rec.norm = acc.norm;
+  rec.clipped = acc.clipped;
+  rec.id = store_->append_update(rec, delta);  // durable from here on
+  last_sequence_[m.client_id] = m.sequence;
+  buffer_.push_back({rec, delta});
+  if (fed().mode == "sync") submitted_.insert(m.client_id);
+  ++accepted_;
+  out.update_id = rec.id;
+  out.current_version = version_;
+  out.staleness = version_ - m.base_version;
+  out.weight = fed().mode == "async" ? staleness_weight(out.staleness) : 1.0;
+  out.clipped = acc.clipped;
+  changed_.notify_all();
+  return out;
+}
+
+void FedServer::select_clients_locked(int64_t count) {
+  std::vector<std::string> pool;
+  for (const auto& c : waiting_) {
+    if (!selected_.count(c)) pool.push_back(c);
+  }
+  std::shuffle(pool.begin(), pool.end(), rng_);
+  for (int64_t i = 0; i < count && i < static_cast<int64_t>(pool.size()); ++i) {
+    selected_.insert(pool[i]);
+    waiting_.erase(pool[i]);
+  }
+  changed_.notify_all();
+}
+
+bool FedServer::aggregation_due(Clock::time_point now) const {
+  const int64_t n = static_cast<int64_t>(buffer_.size());
+  if (fed().mode == "async") return n >= fed().async.buffer_size;
+  const int64_t k = fed().sync.clients_per_round;
+  const int64_t min = fed().sync.min_updates > 0 ? fed().sync.min_updates : k;
+  return n >= k || (now >= round_deadline_ && n >= min && n > 0);
+}
+
+void FedServer::aggregation_loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  const FederatedSection& f = fed();
+  const int64_t select_target = static_cast<int64_t>(
+      std::ceil(static_cast<double>(f.sync.clients_per_round) * (1.0 + f.sync.over_selection)));
+  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(f.sync.round_timeout_s * 1000));
+  while (!stop_) {
+    if (finished_) {
+      changed_.wait(lock, [&] { return stop_; });
+      break;
+    }
+    const auto now = Clock::now();
+    if (f.mode == "sync") {
+      // Select once enough clients checked in, or after a short gathering
+      // time with whoever is there; top up at the deadline.
+      const int64_t active = static_cast<int64_t>(selected_.size() - submitted_.size());
+      const bool gathering = now - round_opened_ < std::chrono::seconds(1);
+      if (active + static_cast<int64_t>(buffer_.size()) < select_target && !waiting_.empty() &&
+          (static_cast<int64_t>(waiting_.size()) >= select_target - active || !gathering) &&
+          (selected_.empty() || now >= round_deadline_)) {
+        select_clients_locked(select_target - active - static_cast<int64_t>(buffer_.size()));
+        if (now >= round_deadline_) round_deadline_ = now + timeout;
+      }
+    }
+    if (aggregation_due(now)) {
+      // FedBuff applies exactly K; what arrived meanwhile waits its turn.
+      const size_t take = f.mode == "async"
+                              ? static_cast<size_t>(f.async.buffer_size)
+                              : buffer_.size();
+      std::vector<Pending> batch(std::make_move_iterator(buffer_.begin()),
+                                 std::make_move_iterator(buffer_.begin() + take));
+      buffer_.erase(buffer_.begin(), buffer_.begin() + take);
+      aggregating_ = true;
+      const int64_t round = round_;
+      lock.unlock();
+      try {
+        aggregate(std::move(batch), round);
+      } catch (const std::exception& e) {
+        log_error("aggregation failed: ", e.what());
+        lock.lock();
+        aggregating_ = false;
+        error_ = std::current_exception();
+        finished_ = true;
+        changed_.notify_all();
+        return;
+      }
+      lock.lock();
+      aggregating_ = false;
+      continue;
+    }
+    changed_.wait_for(lock, std::chrono::milliseconds(100));
+  }
+}
+
+void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
+  const auto t0 = Clock::now();
+  std::vector<ClientUpdate> updates;
+  std::vector<int64_t> ids;
+  double staleness_sum = 0;
+  for (auto& p : batch) {
+    ClientUpdate u;
+    u.client_id = p.record.client_id;
+    u.delta = p.delta;
+    u.num_samples = p.record.num_samples;
+    u.staleness = version_ - p.record.base_version;
+    u.staleness_weight = fed().mode == "async" ? staleness_weight(u.staleness) : 1.0;
+    staleness_sum += static_cast<double>(u.staleness);
+    updates.push_back(std::move(u));
+    ids.push_back(p.record.id);
+  }
+  const at::Tensor next = strategy_->aggregate(*global_, updates);
+  const int64_t version = version_ + 1;
+  const bool last = version - 1 >= target_versions();
+  double accuracy = NAN, loss = NAN;
+  if ((version - 1) % fed().server.eval_every == 0 || last) {
+    layout_.load_into(*model_, next);
+    const train::EvalSums e = train::evaluate_classifier(*model_, test_images_, test_labels_,
+                                                          recipe_.data.eval_batch_size);
+    accuracy = static_cast<double>(e.correct) / static_cast<double>(e.count);
+    loss = e.loss_sum / static_cast<double>(e.count);
+  }
+  store_->commit_version({version, ids, accuracy, loss}, layout_.unflatten(next),
+                         strategy_->state());
+  const double mean_staleness = staleness_sum / static_cast<double>(batch.size());
+  JsonObject rec;
+  rec.add("kind", "version").add("step", version).add("version", version);
+  if (fed().mode == "sync") rec.add("round", round);
+  rec.add("updates", static_cast<int64_t>(batch.size()))
+      .add("selected", static_cast<int64_t>(strategy_->last_selected().size()))
+      .add("mean_staleness", mean_staleness)
+      .add("aggregate_s", std::chrono::duration<double>(Clock::now() - t0).count())
+      .add("time_s", std::chrono::duration<double>(Clock::now() - started_).count());
+  if (!std::isnan(accuracy)) rec.add("accuracy", accuracy).add("loss", loss);
+  metrics_->write(rec);
+  log_info("version ", version, fed().mode == "sync" ? str(" (round ", round, ")") : "",
+           ": ", batch.size(), " update(s), mean staleness ", format_double(mean_staleness),
+           std::isnan(accuracy) ? "" : str(", test accuracy ", format_double(accuracy)));
+  std::lock_guard<std::mutex> lock(mu_);
+  version_ = version;
+  global_ = std::make_shared<const at::Tensor>(next);
+  if (!std::isnan(accuracy)) last_accuracy_ = accuracy;
+  if (fed().mode == "sync") {
+    ++round_;
+    selected_.clear();
+    submitted_.clear();
+    round_opened_ = Clock::now();
+    round_deadline_ = round_opened_ + std::chrono::milliseconds(
+                                          static_cast<int64_t>(fed().sync.round_timeout_s * 1000));
+  }
+  finished_ = last;
+  if (finished_) {
+    metrics_->write(JsonObject()
+                        .add("kind", "summary")
+                        .add("version", version)
+                        .add("accuracy", accuracy)
+                        .add("loss", loss)
+                        .add("accepted", accepted_)
+                        .add("rejected", rejected_)
+                        .add("wall_s", std::chrono::duration<double>(Clock::now() - started_).count()));
+  }
+  changed_.notify_all();
+}
+
+ServerStatus FedServer::status() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ServerStatus s;
+  s.version = version_;
+  s.mode = fed().mode;
+  s.round = round_;
+  s.buffered = static_cast<int64_t>(buffer_.size());
+  s.accepted = accepted_;
+  s.rejected = rejected_;
+  s.rejected_by_reason = rejected_by_reason_;
+  s.last_test_accuracy = last_accuracy_;
+  s.enrolled_clients = store_->num_clients();
+  s.finished = finished_;
+  return s;
+}
+
+bool FedServer::wait_finished(std::chrono::milliseconds wait) {
+  std::unique_lock<std::mutex> lock(mu_);
+  const bool done = changed_.wait_for(lock, wait, [&] { return finished_; });
+  if (error_) std::rethrow_exception(error_);
+  return done;
+}
+
+}  // namespace strata::fed

@@ -1,0 +1,175 @@
+// The federated server's logic, independent of the transport (service.h
+// puts it behind gRPC): the global model and its versions, sync rounds or
+// the async buffer, validation, durable acknowledgement, aggregation on a
+// background thread, evaluation and metrics.
+//
+// Thread safety: every public method may be called from many threads (the
+// gRPC handlers). One lock guards the state; decoding and validating an
+// update's tensors and aggregating run outside it.
+//
+// Run directory (recipe run.dir): the ServerStore files (server.db,
+// versions/, updates/), metrics.jsonl with one {"kind":"version"} record per
+// aggregation, recipe.yaml. Restarting on the same directory resumes at the
+// last committed version with every acknowledged, unapplied update pending.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "federated/layout.h"
+#include "federated/server_store.h"
+#include "federated/strategy.h"
+#include "federated/validator.h"
+#include "trainer/metrics.h"
+#include "trainer/models/models.h"
+#include "trainer/recipe.h"
+#include "trainer/trainer.h"
+
+namespace strata::fed {
+
+using train::FederatedSection;
+using train::FedServerSection;
+
+// What a client learns from GetModel.
+struct ModelView {
+  int64_t version = 0;
+  std::shared_ptr<const at::Tensor> flat;  // immutable snapshot of that version
+  int64_t round = 0;       // sync: the open round this client is selected for (0: none)
+  bool finished = false;   // no more updates are taken
+};
+
+struct SubmitMeta {
+  std::string client_id;
+  int64_t base_version = 0;
+  int64_t num_samples = 0;
+  int64_t sequence = 0;
+  int64_t round = 0;
+  bool is_gradient = false;    // GRADIENT: delta = -learning_rate * tensors
+  double learning_rate = 0.0;
+};
+
+struct SubmitOutcome {
+  std::optional<Rejection> rejection;  // set: nothing was kept
+  int64_t update_id = 0;
+  int64_t current_version = 0;
+  int64_t staleness = 0;
+  double weight = 1.0;
+  bool clipped = false;
+};
+
+struct ServerStatus {
+  int64_t version = 0;
+  std::string mode;
+  int64_t round = 0;
+  int64_t buffered = 0;
+  int64_t accepted = 0;
+  int64_t rejected = 0;
+  std::map<std::string, int64_t> rejected_by_reason;
+  double last_test_accuracy = NAN;
+  int64_t enrolled_clients = 0;
+  bool finished = false;
+};
+
+class FedServer {
+ public:
+  // Opens (or resumes) the server state in the recipe's run directory and
+  // starts the aggregation thread. ConfigError for a recipe the server
+  // cannot run.
+  FedServer(train::Recipe recipe, const train::Registries& registries);
+  ~FedServer();
+  FedServer(const FedServer&) = delete;
+  FedServer& operator=(const FedServer&) = delete;
+
+  const TensorLayout& layout() const { return layout_; }
+  const train::Recipe& recipe() const { return recipe_; }
+  ServerStore& store() { return *store_; }
+
+  // A Rejection (UNAUTHENTICATED) unless `token` is the client's token.
+  std::optional<Rejection> authenticate(const std::string& client_id, const std::string& token);
+
+  // The current model for `client_id`. Long poll: when `have_version` is
+  // current and the client has nothing to do, waits up to `wait` for a new
+  // version, a round selection or the end.
+  ModelView get_model(const std::string& client_id, int64_t have_version,
+                      std::chrono::milliseconds wait);
+
+  // Validates, durably records and buffers one update (the caller has
+  // authenticated the client). Returns only once the update is durable.
+  SubmitOutcome submit(const SubmitMeta& meta, const std::vector<EncodedTensor>& tensors);
+
+  ServerStatus status();
+  // Blocks until the configured rounds/versions are done (true) or `wait`
+  // passed (false); rethrows the aggregation thread's error.
+  bool wait_finished(std::chrono::milliseconds wait);
+
+  // Counts a rejection made outside submit() (auth, transport limits).
+  void count_rejection(const Rejection& r);
+
+ private:
+  struct Pending {
+    UpdateRecord record;
+    at::Tensor delta;
+  };
+
+  void aggregation_loop();
+  bool aggregation_due(std::chrono::steady_clock::time_point now) const;
+  void aggregate(std::vector<Pending> batch, int64_t round);
+  void select_clients_locked(int64_t count);
+  double staleness_weight(int64_t staleness) const;
+  std::optional<Rejection> check_round_locked(const SubmitMeta& m) const;
+  int64_t target_versions() const;
+
+  train::Recipe recipe_;
+  const FederatedSection& fed() const { return recipe_.federated; }
+  std::shared_ptr<train::Model> model_;       // evaluation (aggregation thread)
+  TensorLayout layout_;
+  std::unique_ptr<ServerStore> store_;
+  std::unique_ptr<Strategy> strategy_;
+  ValidationPolicy policy_;
+  at::Tensor test_images_, test_labels_;
+  std::unique_ptr<train::MetricsWriter> metrics_;
+  std::chrono::steady_clock::time_point started_;
+
+  mutable std::mutex mu_;
+  std::condition_variable changed_;  // version, round, selection, buffer, stop
+  int64_t version_ = 0;
+  std::shared_ptr<const at::Tensor> global_;
+  std::vector<Pending> buffer_;
+  std::map<std::string, int64_t> last_sequence_;  // per client, from the ledger
+  bool aggregating_ = false;
+  bool finished_ = false;
+  bool stop_ = false;
+  // Sync rounds.
+  int64_t round_ = 0;
+  std::set<std::string> waiting_;   // checked in, not selected
+  std::set<std::string> selected_;  // for round_
+  std::set<std::string> submitted_; // in round_
+  std::chrono::steady_clock::time_point round_opened_, round_deadline_;
+  std::mt19937_64 rng_;
+  // Counters.
+  int64_t accepted_ = 0;
+  int64_t rejected_ = 0;
+  std::map<std::string, int64_t> rejected_by_reason_;
+  double last_accuracy_ = NAN;
+  std::exception_ptr error_;  // the aggregation thread's failure
+
+  std::thread aggregator_;
+};
+
+// ConfigError unless `address` may be served with these TLS settings:
+// plaintext only on loopback.
+void check_transport_security(const FederatedSection& fed);
+
+}  // namespace strata::fed

@@ -1,0 +1,126 @@
+#include "federated/sim.h"
+
+#include <ATen/Parallel.h>
+#include <torch/torch.h>
+
+#include <atomic>
+#include <mutex>
+#include <numeric>
+#include <random>
+#include <thread>
+
+#include "core/error.h"
+#include "core/logging.h"
+#include "core/random.h"
+#include "core/strings.h"
+#include "federated/edge.h"
+#include "federated/partition.h"
+#include "federated/server.h"
+#include "federated/service.h"
+#include "trainer/data/dataset.h"
+
+namespace strata::fed {
+
+SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& registries) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const train::FedSimSection& sim = recipe.federated.sim;
+  STRATA_CHECK_T(ConfigError, recipe.federated.server.tls_cert.empty(),
+                 "strata-fedsim serves on loopback in plaintext; leave federated.server.tls_* "
+                 "empty (TLS is exercised by strata-fedserver and the tests)");
+  train::Recipe server_recipe = recipe;
+  server_recipe.federated.server.address = "127.0.0.1:0";
+  FedServer server(server_recipe, registries);
+  auto service = serve(server);
+  const std::string address = str("127.0.0.1:", service->port());
+
+  const train::ImageDataset train_set = train::load_fashion_mnist(
+      recipe.data.root, train::Split::kTrain, recipe.data.train_subset);
+  const uint64_t seed = static_cast<uint64_t>(recipe.run.seed);
+  const auto parts = sim.partition == "iid"
+                         ? iid_partition(train_set.size, sim.clients, seed)
+                         : dirichlet_partition(train_set.labels, train_set.classes, sim.clients,
+                                               sim.dirichlet_alpha, seed);
+  // Which clients misbehave: a seeded choice of round(fraction x N).
+  std::vector<int64_t> order(sim.clients);
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(mix_seed(seed, 99));
+  std::shuffle(order.begin(), order.end(), rng);
+  const int64_t bad = std::llround(sim.malicious_fraction * static_cast<double>(sim.clients));
+  std::vector<bool> malicious(sim.clients, false);
+  for (int64_t i = 0; i < bad; ++i) malicious[order[i]] = true;
+  log_info("fedsim: ", sim.clients, " clients (", sim.partition,
+           sim.partition == "dirichlet" ? str(" alpha ", format_double(sim.dirichlet_alpha)) : "",
+           "), ", bad, " malicious (", sim.attack, " x", format_double(sim.attack_scale),
+           "), server on ", address);
+
+  Semaphore compute(sim.parallel_clients);
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::vector<std::string> errors;
+  int64_t accepted = 0, refused = 0;
+  std::vector<std::thread> threads;
+  for (int64_t c = 0; c < sim.clients; ++c) {
+    const std::string id = str("client-", c);
+    const std::string token = server.store().enroll(id);
+    threads.emplace_back([&, c, id, token] {
+      try {
+        at::set_num_threads(1);
+        EdgeClientOptions eo;
+        eo.address = address;
+        eo.client_id = id;
+        eo.token = token;
+        eo.max_retries = static_cast<int>(recipe.federated.client.max_retries);
+        EdgeClient client(eo);
+        const train::InputShape shape{train_set.channels, train_set.height, train_set.width,
+                                      train_set.classes};
+        auto model = registries.models.get(recipe.model.name, "", "model.name")(recipe.model, shape);
+        EdgeRunOptions ro;
+        ro.recipe = &recipe;
+        ro.seed = mix_seed(seed, static_cast<uint64_t>(c), 3);
+        ro.attack = malicious[c] ? parse_attack(sim.attack) : Attack::kNone;
+        ro.attack_scale = sim.attack_scale;
+        ro.compute = &compute;
+        ro.stop = &stop;
+        const EdgeRunStats st = run_edge(client, *model, local_data(train_set, parts[c]), ro);
+        std::lock_guard<std::mutex> lock(mu);
+        accepted += st.accepted;
+        refused += st.refused;
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lock(mu);
+        errors.push_back(str(id, ": ", e.what()));
+      }
+    });
+  }
+  // The server decides when the run is over; clients see `finished` on
+  // their next fetch. Stop early if every client failed.
+  const auto finish = [&] {
+    stop = true;
+    for (auto& t : threads) t.join();
+    service->shutdown();
+  };
+  try {
+    for (;;) {
+      if (server.wait_finished(std::chrono::milliseconds(500))) break;
+      std::lock_guard<std::mutex> lock(mu);
+      if (static_cast<int64_t>(errors.size()) == sim.clients) break;
+    }
+  } catch (...) {
+    finish();
+    throw;
+  }
+  finish();
+  for (const auto& e : errors) log_error("fedsim client failed: ", e);
+  const ServerStatus s = server.status();
+  STRATA_CHECK_T(Error, s.finished, "fedsim: every client failed before the run finished (",
+                 errors.empty() ? "" : errors.front(), ")");
+  SimResult r;
+  r.versions = s.version - 1;
+  r.test_accuracy = s.last_test_accuracy;
+  r.accepted = accepted;
+  r.refused = refused;
+  r.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.run_dir = recipe.run_dir();
+  return r;
+}
+
+}  // namespace strata::fed

@@ -1,0 +1,166 @@
+// Kill -9 durability of the federated server, as processes: a real
+// strata-fedserver is SIGKILLed 20 times at random moments while a client
+// streams updates into it (the async buffer aggregates every 3, so kills
+// land in submits and in aggregations alike) and restarted on the same run
+// directory. Afterwards every update the client saw acknowledged must be in
+// the ledger exactly once, applied by at most one committed version, and
+// the final version must have applied all of them.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <torch/torch.h>
+
+#include <random>
+#include <set>
+#include <thread>
+
+#include "core/fs.h"
+#include "federated/client.h"
+#include "federated/layout.h"
+#include "test_util.h"
+#include "trainer/models/models.h"
+#include "trainer/recipe.h"
+#include "trainer/trainer.h"
+
+namespace strata::fed {
+namespace {
+
+const std::string kServer = STRATA_FEDSERVER_BIN;
+
+struct Proc {
+  pid_t pid = -1;
+};
+
+Proc start_server(const std::string& args, const std::string& log) {
+  Proc p;
+  p.pid = ::fork();
+  if (p.pid == 0) {
+    const std::string cmd = "exec " + kServer + " " + args + " >>" + log + " 2>&1";
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  return p;
+}
+
+int sql_count(sqlite3* db, const std::string& q) {
+  sqlite3_stmt* s = nullptr;
+  EXPECT_EQ(sqlite3_prepare_v2(db, q.c_str(), -1, &s, nullptr), SQLITE_OK) << q;
+  int n = -1;
+  if (sqlite3_step(s) == SQLITE_ROW) n = sqlite3_column_int(s, 0);
+  sqlite3_finalize(s);
+  return n;
+}
+
+TEST(FedDurability, TwentyKillsLoseAndDuplicateNothingAcknowledged) {
+  test::TempDir dir;
+  const int port = test::free_port();
+  const std::string recipe = dir.path() + "/r.yaml";
+  test::write_text(recipe,
+                   "run: {dir: " + dir.path() + "/run}\n"
+                   "model: {name: mlp, hidden: [32]}\n"
+                   "data: {test_subset: 200}\n"
+                   "federated:\n"
+                   "  mode: async\n"
+                   "  async: {versions: 100000, buffer_size: 3, max_staleness: 1000}\n"
+                   "  server: {address: 127.0.0.1:" + std::to_string(port) + "}\n");
+  const auto enroll = test::run_command(kServer + " enroll " + recipe + " edge-1");
+  ASSERT_EQ(enroll.exit_code, 0) << enroll.output;
+  const std::string token = enroll.output.substr(enroll.output.find(' ') + 1, 64);
+
+  // The client's view of the model's tensors (names and shapes).
+  const train::Recipe r = train::load_recipe(recipe);
+  auto model = train::builtin_registries().models.get("mlp", "", "model.name")(r.model, {});
+  const TensorLayout layout = TensorLayout::of(*model);
+
+  EdgeClientOptions o;
+  o.address = "127.0.0.1:" + std::to_string(port);
+  o.client_id = "edge-1";
+  o.token = token;
+  o.max_retries = 12;
+  o.first_backoff = std::chrono::milliseconds(50);
+  o.rpc_timeout = std::chrono::milliseconds(20000);
+  EdgeClient client(o);
+
+  const std::string log = dir.path() + "/server.log";
+  Proc server = start_server(recipe, log);
+  std::atomic<bool> done{false};
+  std::atomic<int> acked{0}, duplicates{0};
+  std::string client_error;
+  std::thread submitter([&] {
+    try {
+      int64_t have = 0;
+      while (!done) {
+        const FetchedModel m = client.fetch(have, std::chrono::milliseconds(0));
+        have = m.version;
+        UpdateToSend u;
+        u.base_version = have;
+        u.num_samples = 1;
+        u.tensors = layout.unflatten(at::full({layout.numel()}, 1e-4f));
+        const SubmitResult res = client.submit(u);
+        ASSERT_TRUE(res.accepted) << res.code << ": " << res.reason;
+        ++acked;
+        duplicates += res.duplicate;
+      }
+    } catch (const std::exception& e) {
+      client_error = e.what();
+    }
+  });
+
+  // Each kill comes a random 0.3-1.5 s after that server started serving
+  // (its "listening on" line), so a slow start on a loaded machine does not
+  // turn the loop into killing servers that never served.
+  const auto wait_listening = [&](int starts) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    for (;;) {
+      const std::string text = path_exists(log) ? read_file(log) : "";
+      int n = 0;
+      for (size_t at = text.find("listening on"); at != std::string::npos;
+           at = text.find("listening on", at + 1)) {
+        ++n;
+      }
+      if (n >= starts) return true;
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  };
+  std::mt19937 rng(1);
+  bool served = true;
+  for (int kill = 0; kill < 20 && served; ++kill) {
+    served = wait_listening(kill + 1);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300 + rng() % 1200));
+    ::kill(server.pid, SIGKILL);
+    ::waitpid(server.pid, nullptr, 0);
+    server = start_server(recipe, log);
+  }
+  served = served && wait_listening(21);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  done = true;
+  submitter.join();
+  ::kill(server.pid, SIGTERM);
+  ::waitpid(server.pid, nullptr, 0);
+  ASSERT_TRUE(served) << "a restarted server did not come up within 60 s\n" << read_file(log);
+  ASSERT_TRUE(client_error.empty()) << client_error << "\n" << read_file(log);
+  ASSERT_GT(acked.load(), 20);
+
+  // The ledger: one row per acknowledged update (a retry whose first
+  // attempt was recorded shows up as a duplicate answer, not a second row).
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir.path() + "/run/server.db").c_str(), &db), SQLITE_OK);
+  EXPECT_EQ(sql_count(db, "SELECT COUNT(*) FROM updates"), acked.load());
+  EXPECT_EQ(sql_count(db, "SELECT COUNT(DISTINCT sequence) FROM updates"), acked.load());
+  // Applied by committed versions only, each update at most once (one
+  // column), and versions are gap-free.
+  EXPECT_EQ(sql_count(db, "SELECT COUNT(*) FROM updates WHERE applied_version IS NOT NULL "
+                          "AND applied_version NOT IN (SELECT version FROM versions)"), 0);
+  EXPECT_EQ(sql_count(db, "SELECT MAX(version) - MIN(version) + 1 - COUNT(*) FROM versions"), 0);
+  const int pending = sql_count(db, "SELECT COUNT(*) FROM updates WHERE applied_version IS NULL");
+  EXPECT_EQ(sql_count(db, "SELECT SUM(num_updates) FROM versions"), acked.load() - pending);
+  sqlite3_close(db);
+  // Each pending update still has its delta on disk; applied ones do not.
+  EXPECT_EQ(static_cast<int>(list_files(dir.path() + "/run/updates").size()), pending);
+  std::cout << acked << " updates acknowledged across 20 kills (" << duplicates
+            << " acknowledged on retry after a lost reply), " << pending << " pending\n";
+}
+
+}  // namespace
+}  // namespace strata::fed
