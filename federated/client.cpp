@@ -79,7 +79,7 @@ struct EdgeClient::Impl {
       log_debug(o.client_id, ": ", what, " failed (", code_name(s.error_code()), ": ",
                 s.error_message(), "); retrying in ", backoff.count(), " ms");
       std::this_thread::sleep_for(backoff);
-      backoff = std::min(backoff * 2, std::chrono::milliseconds(10000));
+      backoff = std::min(backoff * 2, o.max_backoff);
     }
   }
 
@@ -102,6 +102,12 @@ EdgeClient::EdgeClient(EdgeClientOptions options) : impl_(std::make_unique<Impl>
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(2 * kChunkBytes + (1 << 20)));
   args.SetMaxSendMessageSize(static_cast<int>(2 * kChunkBytes + (1 << 20)));
+  // Reconnect to a restarted server quickly: gRPC's default reconnect
+  // backoff grows to two minutes.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+              static_cast<int>(std::max<int64_t>(100, impl_->o.max_backoff.count())));
   if (!impl_->o.tls_target_name.empty()) {
     args.SetSslTargetNameOverride(impl_->o.tls_target_name);
   }

@@ -28,7 +28,8 @@ struct EdgeClientOptions {
   std::string tls_ca;     // PEM file; empty: plaintext
   std::string tls_target_name;  // override the name checked in the certificate
   int max_retries = 8;
-  std::chrono::milliseconds first_backoff{100};
+  std::chrono::milliseconds first_backoff{100};   // doubles per retry
+  std::chrono::milliseconds max_backoff{10000};   // also caps gRPC's reconnect backoff
   std::chrono::milliseconds rpc_timeout{120000};
 };
 
