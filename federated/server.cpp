@@ -239,13 +239,11 @@ SubmitOutcome FedServer::submit(const SubmitMeta& m, const std::vector<EncodedTe
     if (auto r = check_metadata(facts, policy_)) return r;
     return check_round_locked(m);
   };
-  // A selected client refused for its round (full, or closed meanwhile)
-  // is done with it: it goes back to the pool instead of being handed the
-  // same round again.
-  const auto release_selection_locked = [&](const Rejection& r) {
-    if (fed().mode == "sync" && (r.key == "round_full" || r.key == "stale")) {
-      selected_.erase(m.client_id);
-    }
+  // A selected client whose update for the round was refused (round full
+  // or closed, or the update itself invalid) is done with that round: it
+  // goes back to the pool instead of being handed the same round again.
+  const auto release_selection_locked = [&](const Rejection&) {
+    if (fed().mode == "sync" && !submitted_.count(m.client_id)) selected_.erase(m.client_id);
   };
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -273,7 +271,10 @@ SubmitOutcome FedServer::submit(const SubmitMeta& m, const std::vector<EncodedTe
   }
   if (!bad) bad = check_delta(delta, policy_, &acc);
   std::lock_guard<std::mutex> lock(mu_);
-  if (bad) return reject(*bad);
+  if (bad) {
+    release_selection_locked(*bad);
+    return reject(*bad);
+  }
   // The version, round or sequence may have moved while decoding.
   if (auto r = check_facts_locked()) {
     release_selection_locked(*r);
