@@ -393,7 +393,18 @@ void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
     updates.push_back(std::move(u));
     ids.push_back(p.record.id);
   }
-  const at::Tensor next = strategy_->aggregate(*global_, updates);
+  at::Tensor next = strategy_->aggregate(*global_, updates);
+  // Unbounded attackers (no norm_bound) can drive a plain mean to inf/NaN;
+  // a non-finite model would make every later update non-finite. Such an
+  // aggregate is not applied: the version keeps the previous parameters,
+  // its updates count as consumed, and the record says so.
+  const bool non_finite = !at::isfinite(next).all().item<bool>();
+  if (non_finite) {
+    log_error("the aggregate of ", batch.size(), " update(s) is not finite; version ",
+              version_ + 1, " keeps the previous parameters (set federated.server.norm_bound "
+              "or a robust strategy)");
+    next = global_->clone();
+  }
   const int64_t version = version_ + 1;
   const bool last = version - 1 >= target_versions();
   double accuracy = NAN, loss = NAN;
@@ -413,6 +424,7 @@ void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
   rec.add("updates", static_cast<int64_t>(batch.size()))
       .add("selected", static_cast<int64_t>(strategy_->last_selected().size()))
       .add("mean_staleness", mean_staleness)
+      .add("non_finite", non_finite)
       .add("aggregate_s", std::chrono::duration<double>(Clock::now() - t0).count())
       .add("time_s", std::chrono::duration<double>(Clock::now() - started_).count());
   if (!std::isnan(accuracy)) rec.add("accuracy", accuracy).add("loss", loss);

@@ -6,6 +6,7 @@
 
 #include <numeric>
 #include <set>
+#include <thread>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -134,6 +135,25 @@ TEST(FedService, EveryRejectionPathHasItsCodeAndReason) {
     EXPECT_GE(s.rejected_by_reason.count(key), 1u) << key;
   }
   EXPECT_EQ(f.server.store().pending_updates().size(), 2u);
+}
+
+TEST(FedService, ANonFiniteAggregateIsNotApplied) {
+  test::TempDir dir;
+  Fixture f(small_recipe(dir.path(), {"federated.mode=async", "federated.async.buffer_size=2",
+                                      "federated.server_lr=2"}));
+  // Finite updates whose aggregate, x server_lr 2, overflows float32.
+  for (int seq : {1, 2}) {
+    const grpc::Status st = f.submit(f.info(seq), f.delta(3e38f), f.token);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+  }
+  for (int i = 0; i < 200 && f.server.status().version < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  ASSERT_EQ(f.server.status().version, 2);
+  const auto v1 = f.server.store().load_version(1);
+  const auto v2 = f.server.store().load_version(2);
+  for (size_t i = 0; i < v1.size(); ++i) EXPECT_TRUE(at::equal(v1[i].second, v2[i].second));
+  EXPECT_NE(read_file(dir.path() + "/metrics.jsonl").find("\"non_finite\":true"), std::string::npos);
 }
 
 TEST(FedService, OversizedUpdatesAreRefusedBeforeTheyAreBuffered) {
