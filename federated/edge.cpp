@@ -26,23 +26,6 @@ at::Tensor corrupt(const at::Tensor& delta, Attack a, double scale, uint64_t see
   return delta;
 }
 
-// The fetched tensors in layout order as one flat vector.
-at::Tensor flat_of(const TensorLayout& layout,
-                   const std::vector<std::pair<std::string, at::Tensor>>& named) {
-  STRATA_CHECK_T(DataError, named.size() == layout.slots().size(), "the server's model has ",
-                 named.size(), " tensors, this client's ", layout.slots().size(),
-                 "; client and server must run the same model.name");
-  at::Tensor flat = at::empty({layout.numel()}, at::kFloat);
-  for (size_t i = 0; i < named.size(); ++i) {
-    const TensorSlot& s = layout.slots()[i];
-    STRATA_CHECK_T(DataError, named[i].first == s.name && named[i].second.numel() == s.numel,
-                   "the server's tensor ", i, " is '", named[i].first, "'; this client expects '",
-                   s.name, "'; client and server must run the same model.name");
-    flat.slice(0, s.offset, s.offset + s.numel).copy_(named[i].second.reshape({-1}));
-  }
-  return flat;
-}
-
 struct ComputeSlot {
   explicit ComputeSlot(Semaphore* s) : s_(s) { if (s_) s_->acquire(); }
   ~ComputeSlot() { if (s_) s_->release(); }
@@ -87,7 +70,12 @@ EdgeRunStats run_edge(EdgeClient& client, train::Model& model, const LocalData& 
     FetchedModel m = client.fetch(have, std::chrono::milliseconds(async ? 0 : 2000));
     if (m.finished) break;
     if (m.changed) {
-      global = flat_of(layout, m.tensors);
+      try {
+        global = layout.from_named(m.tensors);
+      } catch (const DataError& e) {
+        throw DataError(str("the server's model does not match this client's model.name=",
+                            r.model.name, ": ", e.what()));
+      }
       have = m.version;
     }
     if (!global.defined() || (!async && m.round == 0)) continue;  // not selected: poll again

@@ -74,6 +74,21 @@ std::vector<std::pair<std::string, at::Tensor>> TensorLayout::unflatten(
   return out;
 }
 
+at::Tensor TensorLayout::from_named(
+    const std::vector<std::pair<std::string, at::Tensor>>& named) const {
+  STRATA_CHECK_T(DataError, named.size() == slots_.size(), "got ", named.size(),
+                 " tensors; the model has ", slots_.size());
+  at::Tensor flat = at::empty({numel_}, at::kFloat);
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const TensorSlot& s = slots_[i];
+    STRATA_CHECK_T(DataError, named[i].first == s.name && named[i].second.numel() == s.numel,
+                   "tensor ", i, " is '", named[i].first, "' with ", named[i].second.numel(),
+                   " elements; the model's is '", s.name, "' with ", s.numel);
+    flat.slice(0, s.offset, s.offset + s.numel).copy_(named[i].second.reshape({-1}));
+  }
+  return flat;
+}
+
 at::Tensor TensorLayout::assemble(const std::vector<EncodedTensor>& tensors) const {
   STRATA_CHECK_T(DataError, tensors.size() == slots_.size(), "the update has ",
                  tensors.size(), " tensors; the model has ", slots_.size());

@@ -8,6 +8,7 @@
 #include <torch/nn/module.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "federated/codec.h"
@@ -36,6 +37,10 @@ class TensorLayout {
   void load_into(torch::nn::Module& model, const at::Tensor& flat) const;
   // Named views of `flat`, shaped like the model's tensors.
   std::vector<std::pair<std::string, at::Tensor>> unflatten(const at::Tensor& flat) const;
+
+  // Named tensors (e.g. a saved version or a fetched model) in layout order
+  // as one flat vector; DataError naming the first name or size mismatch.
+  at::Tensor from_named(const std::vector<std::pair<std::string, at::Tensor>>& named) const;
 
   // Decodes a client's tensors into one flat vector, checking that names,
   // order, count and shapes are exactly the layout's. DataError naming the

@@ -66,4 +66,12 @@ std::vector<std::vector<int64_t>> dirichlet_partition(const std::vector<uint8_t>
                         " samples in 100 draws; raise dirichlet_alpha or use fewer clients"));
 }
 
+std::vector<std::vector<int64_t>> partition_clients(const train::ImageDataset& data,
+                                                    const train::FedSimSection& sim,
+                                                    uint64_t seed) {
+  return sim.partition == "iid"
+             ? iid_partition(data.size, sim.clients, seed)
+             : dirichlet_partition(data.labels, data.classes, sim.clients, sim.dirichlet_alpha, seed);
+}
+
 }  // namespace strata::fed

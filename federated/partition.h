@@ -4,6 +4,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "trainer/data/dataset.h"
+#include "trainer/recipe.h"
+
 namespace strata::fed {
 
 // Sample indices per client. IID: a seeded shuffle dealt round-robin, so
@@ -19,5 +22,12 @@ std::vector<std::vector<int64_t>> dirichlet_partition(const std::vector<uint8_t>
                                                       int64_t classes, int64_t clients,
                                                       double alpha, uint64_t seed,
                                                       int64_t min_per_client = 10);
+
+// The split a recipe's federated.sim section describes (partition,
+// clients, dirichlet_alpha), seeded by `seed`: what strata-fedsim's threads
+// and N strata-edge processes with --shard 0..N-1 both use.
+std::vector<std::vector<int64_t>> partition_clients(const train::ImageDataset& data,
+                                                    const train::FedSimSection& sim,
+                                                    uint64_t seed);
 
 }  // namespace strata::fed

@@ -96,12 +96,8 @@ FedServer::FedServer(train::Recipe recipe, const train::Registries& registries)
     global_ = std::make_shared<const at::Tensor>(initial);
   } else {
     version_ = *latest;
-    std::vector<EncodedTensor> saved;
-    for (const auto& [name, t] : store_->load_version(version_)) {
-      saved.push_back(encode(name, t, {}));
-    }
     try {
-      global_ = std::make_shared<const at::Tensor>(layout_.assemble(saved));
+      global_ = std::make_shared<const at::Tensor>(layout_.from_named(store_->load_version(version_)));
     } catch (const DataError& e) {
       throw ConfigError(str(dir, " holds a model that does not match model.name=",
                             recipe_.model.name, " (", e.what(), "); use another run.dir"));
@@ -118,8 +114,7 @@ FedServer::FedServer(train::Recipe recipe, const train::Registries& registries)
   metrics_ = std::make_unique<train::MetricsWriter>(metrics_path, true);
   round_ = f.mode == "sync" ? version_ : 0;
   round_opened_ = Clock::now();
-  round_deadline_ = round_opened_ + std::chrono::milliseconds(
-                                        static_cast<int64_t>(f.sync.round_timeout_s * 1000));
+  round_deadline_ = round_opened_ + round_timeout();
   finished_ = version_ - 1 >= target_versions();
   log_info("federated server (", f.mode, ", ", f.strategy, ") on model ", recipe_.model.name,
            ": ", layout_.numel(), " values in ", layout_.slots().size(), " tensors; version ",
@@ -138,6 +133,10 @@ FedServer::~FedServer() {
 
 int64_t FedServer::target_versions() const {
   return fed().mode == "sync" ? fed().sync.rounds : fed().async.versions;
+}
+
+std::chrono::milliseconds FedServer::round_timeout() const {
+  return std::chrono::milliseconds(static_cast<int64_t>(fed().sync.round_timeout_s * 1000));
 }
 
 double FedServer::staleness_weight(int64_t staleness) const {
@@ -328,7 +327,6 @@ void FedServer::aggregation_loop() {
   const FederatedSection& f = fed();
   const int64_t select_target = static_cast<int64_t>(
       std::ceil(static_cast<double>(f.sync.clients_per_round) * (1.0 + f.sync.over_selection)));
-  const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(f.sync.round_timeout_s * 1000));
   while (!stop_) {
     if (finished_) {
       changed_.wait(lock, [&] { return stop_; });
@@ -344,7 +342,7 @@ void FedServer::aggregation_loop() {
           (static_cast<int64_t>(waiting_.size()) >= select_target - active || !gathering) &&
           (selected_.empty() || now >= round_deadline_)) {
         select_clients_locked(select_target - active - static_cast<int64_t>(buffer_.size()));
-        if (now >= round_deadline_) round_deadline_ = now + timeout;
+        if (now >= round_deadline_) round_deadline_ = now + round_timeout();
       }
     }
     if (aggregation_due(now)) {
@@ -441,8 +439,7 @@ void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
     selected_.clear();
     submitted_.clear();
     round_opened_ = Clock::now();
-    round_deadline_ = round_opened_ + std::chrono::milliseconds(
-                                          static_cast<int64_t>(fed().sync.round_timeout_s * 1000));
+    round_deadline_ = round_opened_ + round_timeout();
   }
   finished_ = last;
   if (finished_) {

@@ -128,6 +128,7 @@ class FedServer {
   void aggregate(std::vector<Pending> batch, int64_t round);
   void select_clients_locked(int64_t count);
   double staleness_weight(int64_t staleness) const;
+  std::chrono::milliseconds round_timeout() const;
   std::optional<Rejection> check_round_locked(const SubmitMeta& m) const;
   int64_t target_versions() const;
 

@@ -36,10 +36,7 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
   const train::ImageDataset train_set = train::load_fashion_mnist(
       recipe.data.root, train::Split::kTrain, recipe.data.train_subset);
   const uint64_t seed = static_cast<uint64_t>(recipe.run.seed);
-  const auto parts = sim.partition == "iid"
-                         ? iid_partition(train_set.size, sim.clients, seed)
-                         : dirichlet_partition(train_set.labels, train_set.classes, sim.clients,
-                                               sim.dirichlet_alpha, seed);
+  const auto parts = partition_clients(train_set, sim, seed);
   // Which clients misbehave: a seeded choice of round(fraction x N).
   std::vector<int64_t> order(sim.clients);
   std::iota(order.begin(), order.end(), 0);

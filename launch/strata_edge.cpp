@@ -62,10 +62,7 @@ int main(int argc, char** argv) {
     const st::ImageDataset train_set =
         st::load_fashion_mnist(recipe.data.root, st::Split::kTrain, recipe.data.train_subset);
     const uint64_t seed = static_cast<uint64_t>(recipe.run.seed);
-    const auto parts = sim.partition == "iid"
-                           ? sf::iid_partition(train_set.size, sim.clients, seed)
-                           : sf::dirichlet_partition(train_set.labels, train_set.classes,
-                                                     sim.clients, sim.dirichlet_alpha, seed);
+    const auto parts = sf::partition_clients(train_set, sim, seed);
     sf::EdgeClientOptions eo;
     eo.address = server;
     eo.client_id = client;

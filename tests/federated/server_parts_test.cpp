@@ -38,6 +38,10 @@ TEST(Layout, ParametersThenFloatBuffersRoundTrip) {
   EXPECT_TRUE(at::equal(l.flatten(other), flat));
   EXPECT_TRUE(at::equal(other.fc->weight, at::arange(6, at::kFloat).view({2, 3})));
   EXPECT_TRUE(at::equal(l.unflatten(flat)[4].second, at::tensor({12.0f, 13.0f})));
+  EXPECT_TRUE(at::equal(l.from_named(l.unflatten(flat)), flat));
+  auto renamed = l.unflatten(flat);
+  renamed[2].first = "bn.gamma";
+  EXPECT_THROW(l.from_named(renamed), DataError);
 }
 
 TEST(Layout, AssembleChecksNamesShapesAndCount) {
