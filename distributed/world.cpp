@@ -27,6 +27,9 @@ std::string resolve_backend(const std::string& requested) {
 #if STRATA_TORCH_CUDA
   if (at::hasCUDA()) return "nccl";
 #endif
+#if !STRATA_HAVE_GLOO && STRATA_HAVE_MPI
+  return "mpi";
+#endif
   return "gloo";
 }
 
@@ -46,13 +49,18 @@ std::shared_ptr<Communicator> connect_world(const RankInfo& info,
     return comm;
   }
 #endif
-  STRATA_CHECK_T(ConfigError, backend == "gloo",
+  STRATA_CHECK_T(ConfigError, backend == "gloo" && STRATA_HAVE_GLOO,
                  "distributed.backend=", backend, " is not available here",
                  backend == "mpi"
                      ? ": it needs a build with Open MPI and a launch by mpirun"
                  : backend == "nccl"
                      ? ": this build's LibTorch has no CUDA (or no GPU is visible)"
-                     : "", "; use gloo (or auto)");
+                 : backend == "gloo"
+                     ? ": this build's LibTorch came without gloo's headers "
+                       "(pip wheels); build against Debian's libtorch-dev or a "
+                       "LibTorch archive"
+                     : "", STRATA_HAVE_GLOO ? "; use gloo (or auto)" : "; use mpi under mpirun");
+#if STRATA_HAVE_GLOO
   GlooOptions o;
   o.store = std::move(store);
   o.rank = info.rank;
@@ -65,6 +73,9 @@ std::shared_ptr<Communicator> connect_world(const RankInfo& info,
   log_info("joined a ", info.world, "-process job (", info.launcher,
            ") over ", comm->backend());
   return comm;
+#else
+  return nullptr;
+#endif
 }
 
 }  // namespace strata::dist

@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
           static_cast<int64_t>(recipe.distributed.timeout_s * 1000));
       std::shared_ptr<sd::Store> store;
 #if STRATA_HAVE_MPI
-      const bool use_mpi = o.backend == "mpi" && info.launcher == "mpirun";
+      const bool use_mpi = sd::resolve_backend(o.backend) == "mpi" && info.launcher == "mpirun";
       if (use_mpi || (info.master_addr.empty() && info.launcher == "mpirun")) {
         mpi = std::make_unique<sd::MpiSession>();
       }

@@ -92,12 +92,12 @@ std::string CheckpointStore::newest() const {
 }
 
 TrainState load_checkpoint(const std::string& path, torch::nn::Module& model,
-                           torch::optim::Optimizer& optimizer) {
+                           torch::optim::Optimizer& optimizer, c10::Device device) {
   STRATA_CHECK_T(IoError, path_exists(path), "checkpoint '", path,
                  "' does not exist; check train.resume");
   torch::serialize::InputArchive in;
   try {
-    in.load_from(path);
+    in.load_from(path, device);
   } catch (const c10::Error& e) {
     throw IoError(str("cannot read checkpoint '", path, "': ",
                       e.what_without_backtrace()));
@@ -135,10 +135,10 @@ TrainState load_checkpoint(const std::string& path, torch::nn::Module& model,
 void save_state_dict(const std::string& path, const torch::nn::Module& model) {
   c10::Dict<std::string, at::Tensor> dict;
   for (const auto& p : model.named_parameters(/*recurse=*/true)) {
-    dict.insert(p.key(), p.value().detach());
+    dict.insert(p.key(), p.value().detach().cpu());
   }
   for (const auto& b : model.named_buffers(/*recurse=*/true)) {
-    dict.insert(b.key(), b.value().detach());
+    dict.insert(b.key(), b.value().detach().cpu());
   }
   std::vector<char> bytes = torch::pickle_save(c10::IValue(dict));
   atomic_write_file(path, std::string(bytes.begin(), bytes.end()));

@@ -50,9 +50,12 @@ class CheckpointStore {
 
 // Restores `model`, `optimizer` and the generator from `path`. Throws
 // IoError when the file is unreadable, ConfigError when it was written for a
-// different model or optimizer (the message says which).
+// different model or optimizer (the message says which). Tensors land on
+// `device` (the model's), whatever device wrote them: a GPU run resumes on
+// the CPU and the other way round.
 TrainState load_checkpoint(const std::string& path, torch::nn::Module& model,
-                           torch::optim::Optimizer& optimizer);
+                           torch::optim::Optimizer& optimizer,
+                           c10::Device device = c10::Device(c10::kCPU));
 
 // Writes model's parameters and buffers as a torch.load-able state dict.
 void save_state_dict(const std::string& path, const torch::nn::Module& model);

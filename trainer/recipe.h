@@ -62,6 +62,7 @@ struct RunSection {
   int64_t seed = 0;
   int64_t threads = 0;
   int64_t log_every = 50;
+  std::string device = "auto";
 
   template <class V>
   void visit(V& v) {
@@ -70,6 +71,7 @@ struct RunSection {
     v.field("seed", seed, at_least(0), "seed for initialisation, data order and augmentation");
     v.field("threads", threads, at_least(0), "intra-op CPU threads per process (0: all cores / local ranks)");
     v.field("log_every", log_every, at_least(1), "steps between train records in metrics.jsonl and progress lines");
+    v.field("device", device, any(), "auto | cpu | cuda | cuda:N (auto: this rank's GPU in CUDA builds with one visible, else cpu; cuda: GPU local_rank mod count)");
   }
 };
 

@@ -18,8 +18,9 @@
 #include "distributed/device_mesh.h"
 #include "distributed/gradient_reducer.h"
 #include "distributed/rank_info.h"
-#include "trainer/evaluate.h"
 #include "trainer/checkpoint.h"
+#include "trainer/device.h"
+#include "trainer/evaluate.h"
 #include "trainer/data/dataset.h"
 #include "trainer/data/loader.h"
 #include "trainer/metrics.h"
@@ -85,6 +86,11 @@ struct Trainer::Impl {
   // Mean over ranks (a collective when data parallel).
   double global_mean(const at::Tensor& local) const;
   bool writer() const { return rank == 0; }
+  // Where collectives on small bookkeeping tensors run: NCCL moves only
+  // GPU memory, the CPU backends host memory.
+  at::Device comm_device() const {
+    return comm && std::string(comm->backend()) == "nccl" ? device : at::Device(at::kCPU);
+  }
   bool due(int64_t every) const {
     return state.step % (every > 0 ? every : steps_per_epoch) == 0;
   }
@@ -95,6 +101,7 @@ struct Trainer::Impl {
   std::shared_ptr<dist::Communicator> comm;  // the dp group; null: dp = 1
   int rank = 0;   // in the dp group
   int world = 1;  // dp size
+  at::Device device{at::kCPU};  // run.device resolved
   std::unique_ptr<dist::GradientReducer> reducer;
   std::string run_dir;
   std::shared_ptr<const ImageDataset> train_data;
@@ -125,10 +132,16 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
       run_dir(recipe.run_dir()),
       store(join_path(run_dir, "checkpoints"), recipe.checkpoint.keep),
       progress(ProgressOptions{}) {
+  const dist::RankInfo ranks = mesh.size() > 1 ? dist::discover_ranks() : dist::RankInfo{};
   // Ranks on this host share its cores (local_world 0: the launcher did
   // not say, e.g. SLURM; assume one rank per host).
-  configure_threads(recipe.run.threads,
-                    mesh.size() > 1 ? std::max(1, dist::discover_ranks().local_world) : 1);
+  configure_threads(recipe.run.threads, mesh.size() > 1 ? std::max(1, ranks.local_world) : 1);
+  device = resolve_device(recipe.run.device, ranks.local_rank, recipe.where("run.device"));
+  STRATA_CHECK_T(ConfigError,
+                 !(device.is_cuda() && comm && std::string(comm->backend()) == "mpi"),
+                 recipe.where("distributed.backend"), ": distributed.backend=mpi "
+                 "moves host memory only but run.device is ", device.str(),
+                 "; use nccl (or auto) on GPUs");
   const DataSection& d = recipe.data;
   auto train = std::make_shared<ImageDataset>(
       load_fashion_mnist(d.root, Split::kTrain, d.train_subset));
@@ -137,6 +150,8 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
   // all-reduced (every test sample counted exactly once).
   auto [begin, end] = shard_range(test.size, rank, world);
   std::tie(test_images, test_labels) = dataset_tensors(test, begin, end);
+  test_images = test_images.to(device);
+  test_labels = test_labels.to(device);
   test_total = test.size;
   train_data = train;
 
@@ -145,6 +160,7 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
       recipe.model.name, recipe.where("model.name"), "model.name");
   model = make_model(recipe.model, InputShape{train->channels, train->height,
                                               train->width, train->classes});
+  model->to(device);
   const auto& make_optimizer = registries.optimizers.get(
       recipe.optimizer.name, recipe.where("optimizer.name"), "optimizer.name");
   optimizer = make_optimizer(recipe, *model);
@@ -165,7 +181,8 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
            " parameters; ", train->size, " training / ", test.size,
            " test samples; ", total_steps, " steps of ",
            d.batch_size * recipe.train.grad_accum * world, " samples (",
-           world, " rank(s)); ", at::get_num_threads(), " threads per rank");
+           world, " rank(s)) on ", device.str(), "; ", at::get_num_threads(),
+           " threads per rank");
 }
 
 void Trainer::Impl::resume_or_start() {
@@ -183,7 +200,7 @@ void Trainer::Impl::resume_or_start() {
     path = mode;
   }
   if (!path.empty()) {
-    TrainState saved = load_checkpoint(path, *model, *optimizer);
+    TrainState saved = load_checkpoint(path, *model, *optimizer, device);
     state.step = saved.step;
     state.micro_batches = map_data_position(saved);
     last_saved_step = state.step;
@@ -191,7 +208,7 @@ void Trainer::Impl::resume_or_start() {
   }
   if (comm) {
     // Every rank must resume from the same checkpoint.
-    at::Tensor step = at::full({1}, state.step, at::kLong);
+    at::Tensor step = at::full({1}, state.step, at::TensorOptions(at::kLong).device(comm_device()));
     at::Tensor mine = step.clone();
     comm->broadcast(step, 0)->wait();
     STRATA_CHECK_T(Error, at::equal(step, mine), "rank ", rank,
@@ -240,7 +257,7 @@ void Trainer::Impl::setup_data_parallel() {
 }
 
 double Trainer::Impl::global_mean(const at::Tensor& local) const {
-  at::Tensor t = local.to(at::kDouble).reshape({1}).clone();
+  at::Tensor t = local.to(comm_device(), at::kDouble).reshape({1}).clone();
   if (comm) comm->all_reduce(t, dist::ReduceOp::kAvg)->wait();
   return t.item<double>();
 }
@@ -257,12 +274,15 @@ at::Tensor Trainer::Impl::train_step(TrainLoader& loader, int64_t* epoch) {
   if (comm && recipe.distributed.broadcast_buffers) {
     dist::broadcast_buffers(*model, *comm);
   }
-  at::Tensor loss_sum = at::zeros({}, at::kDouble);
+  at::Tensor loss_sum = at::zeros({}, at::TensorOptions(at::kDouble).device(device));
   for (int64_t i = 0; i < accum; ++i) {
     Batch b = loader.next();
     ++state.micro_batches;
     *epoch = b.epoch;
-    at::Tensor loss = F::cross_entropy(model->forward(b.images), b.labels);
+    // Pinned batches: the copies overlap the previous step's GPU work.
+    at::Tensor images = b.images.to(device, /*non_blocking=*/true);
+    at::Tensor labels = b.labels.to(device, /*non_blocking=*/true);
+    at::Tensor loss = F::cross_entropy(model->forward(images), labels);
     at::Tensor scaled = accum > 1 ? loss / static_cast<double>(accum) : loss;
     if (reducer && i + 1 < accum) {
       dist::GradientReducer::NoSync no_sync(*reducer);  // only the last talks
@@ -286,9 +306,11 @@ at::Tensor Trainer::Impl::train_step(TrainLoader& loader, int64_t* epoch) {
 EvalResult Trainer::Impl::evaluate() {
   const EvalSums e = evaluate_classifier(*model, test_images, test_labels,
                                          recipe.data.eval_batch_size);
-  at::Tensor sums = at::tensor({e.loss_sum, static_cast<double>(e.correct)}, at::kDouble);
+  at::Tensor sums = at::tensor({e.loss_sum, static_cast<double>(e.correct)}, at::kDouble)
+                       .to(comm_device());
   if (comm) comm->all_reduce(sums, dist::ReduceOp::kSum)->wait();
   const double total = static_cast<double>(test_total);
+  sums = sums.cpu();
   return {sums[0].item<double>() / total, sums[1].item<double>() / total};
 }
 
@@ -334,12 +356,12 @@ TrainResult Trainer::Impl::run() {
       LoaderOptions{recipe.data.batch_size, recipe.data.prefetch,
                     recipe.data.shuffle, static_cast<uint64_t>(recipe.run.seed),
                     rank, world, recipe.data.augment.crop_padding,
-                    recipe.data.augment.hflip},
+                    recipe.data.augment.hflip, device.is_cuda()},
       state.micro_batches);
   const int64_t samples_per_step =  // global, over all ranks
       recipe.data.batch_size * recipe.train.grad_accum * world;
   const int64_t start_step = state.step;
-  at::Tensor window_loss = at::zeros({}, at::kDouble);
+  at::Tensor window_loss = at::zeros({}, at::TensorOptions(at::kDouble).device(device));
   int64_t window_steps = 0, epoch = 0;
   double shown_loss = std::nan(""), shown_rate = 0.0;  // last logged values
   auto window_t0 = Clock::now();

@@ -1,5 +1,6 @@
 // LR schedules, optimizer construction and registry errors.
 #include <gtest/gtest.h>
+#include <torch/optim/sgd.h>
 
 #include <cmath>
 

@@ -103,8 +103,9 @@ Batch TrainLoader::make_batch(int64_t epoch, int64_t index,
   Batch b;
   b.epoch = epoch;
   b.index = index;
-  b.images = at::empty({B, d.channels, d.height, d.width}, at::kFloat);
-  b.labels = at::empty({B}, at::kLong);
+  const auto pinned = at::TensorOptions().pinned_memory(options_.pin_memory);
+  b.images = at::empty({B, d.channels, d.height, d.width}, pinned.dtype(at::kFloat));
+  b.labels = at::empty({B}, pinned.dtype(at::kLong));
   float* img = b.images.data_ptr<float>();
   int64_t* lab = b.labels.data_ptr<int64_t>();
   const int64_t sb = d.sample_bytes();

@@ -43,6 +43,7 @@ struct LoaderOptions {
   int world = 1;
   int64_t crop_padding = 0;  // random crop after zero padding (0: off)
   bool hflip = false;        // random horizontal flip, p = 1/2
+  bool pin_memory = false;   // page-locked batches (fast async copies to a GPU)
 };
 
 class TrainLoader {
