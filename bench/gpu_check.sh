@@ -10,7 +10,9 @@
 #
 # Environment: EXTRA_PREFIX (prefixes searched besides LibTorch's, e.g. where
 # yaml-cpp and GoogleTest live), CMAKE_ARGS (more configure arguments), DATA
-# (the Fashion-MNIST directory), BUILD (build-cuda). Logs: $BUILD/logs/.
+# (the Fashion-MNIST directory), BUILD (build-cuda), PARTS (default
+# "tests cnn cnnbench gpt": which parts run after the build; gpt is
+# bench/gpt_gpu.sh). Logs: $BUILD/logs/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPORT=${1:?usage: bench/gpu_check.sh REPORT.md [STEPS]}
@@ -44,24 +46,41 @@ ninja -C "$BUILD" strata-train cuda_test \
 say "- build (configure + strata-train + tests): $(( $(date +%s) - t0 )) s"
 say ""
 
+PARTS=" ${PARTS:-tests cnn cnnbench gpt} "
+part() { [[ "$PARTS" == *" $1 "* ]]; }
+
+if part tests; then
 say "## gpu tests (ctest -L gpu)"
 say '```'
 (cd "$BUILD" && ctest -L gpu --output-on-failure 2>&1) > "$LOGS/ctest.log"
 grep -E "Test +#|tests passed|tests failed|Failed|Skipped" "$LOGS/ctest.log" | tee -a "$REPORT"
 say '```'
 grep -q "100% tests passed" "$LOGS/ctest.log" || sed -n '1,200p' "$LOGS/ctest.log"
+fi
 
+if part cnn; then
 say ""
-say "## Fashion-MNIST CNN recipe on the GPU"
-rm -rf "$TMP/run"
-t1=$(date +%s)
-"$BUILD/bin/strata-train" recipes/fashion_mnist.yaml run.device=cuda "data.root=$DATA" \
-  "run.dir=$TMP/run" > "$LOGS/train.log" 2>&1 || { tail -30 "$LOGS/train.log"; say "training FAILED"; }
-wall=$(( $(date +%s) - t1 ))
-say "- \`strata-train recipes/fashion_mnist.yaml run.device=cuda\`: $(grep -o 'model .* threads per rank' "$LOGS/train.log" | head -1)"
-say "- final: $(tail -1 "$TMP/run/metrics.jsonl")"
-say "- wall: ${wall} s"
-
+say "## Fashion-MNIST CNN recipe on the GPU, by train.precision"
+say ""
+say "| precision | test accuracy | test loss | wall s |"
+say "| --- | ---: | ---: | ---: |"
+for prec in fp32 bf16 fp16; do
+  rm -rf "$TMP/run"
+  t1=$(date +%s)
+  "$BUILD/bin/strata-train" recipes/fashion_mnist.yaml run.device=cuda "data.root=$DATA" \
+    "train.precision=$prec" "run.dir=$TMP/run" > "$LOGS/train_$prec.log" 2>&1 ||
+    { tail -30 "$LOGS/train_$prec.log"; say "| $prec | FAILED | | |"; continue; }
+  wall=$(( $(date +%s) - t1 ))
+  final=$(tail -1 "$TMP/run/metrics.jsonl")
+  acc=$(echo "$final" | sed 's/.*"accuracy":\([0-9.e+-]*\).*/\1/')
+  loss=$(echo "$final" | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/')
+  say "| $prec | $acc | $loss | $wall |"
+done
+say ""
+say "Run: \`strata-train recipes/fashion_mnist.yaml run.device=cuda train.precision=P\`; $(grep -o 'model .* threads per rank' "$LOGS/train_fp32.log" | head -1)"
+grep -h "skipped" "$LOGS"/train_fp16.log | tail -3 | tee -a "$REPORT"
+fi
+if part cnnbench; then
 say ""
 say "## CNN training samples/s on the GPU: Strata vs PyTorch eager"
 say ""
@@ -80,3 +99,11 @@ for batch in 64 256 1024; do
       --steps "$STEPS" --threads 4 | awk '{printf "%.0f", $2}')
   say "| $batch | $s | $p | $(awk -v a="$s" -v b="$p" 'BEGIN {printf "%.2f", a / b}') |"
 done
+fi
+
+if part gpt; then
+  say ""
+  say "## GPT (124M) training tokens/s and MFU: Strata vs PyTorch eager"
+  say ""
+  BUILD=$BUILD bench/gpt_gpu.sh 60 2>&1 | tee -a "$REPORT"
+fi

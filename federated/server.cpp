@@ -319,7 +319,10 @@ bool FedServer::aggregation_due(Clock::time_point now) const {
   if (fed().mode == "async") return n >= fed().async.buffer_size;
   const int64_t k = fed().sync.clients_per_round;
   const int64_t min = fed().sync.min_updates > 0 ? fed().sync.min_updates : k;
-  return n >= k || (now >= round_deadline_ && n >= min && n > 0);
+  // A round that cannot fill (clients gone, or every update refused) closes
+  // after its extensions with whatever arrived, possibly nothing.
+  return n >= k || (now >= round_deadline_ &&
+                    ((n >= min && n > 0) || round_extensions_ >= fed().sync.max_round_extensions));
 }
 
 void FedServer::aggregation_loop() {
@@ -342,7 +345,6 @@ void FedServer::aggregation_loop() {
           (static_cast<int64_t>(waiting_.size()) >= select_target - active || !gathering) &&
           (selected_.empty() || now >= round_deadline_)) {
         select_clients_locked(select_target - active - static_cast<int64_t>(buffer_.size()));
-        if (now >= round_deadline_) round_deadline_ = now + round_timeout();
       }
     }
     if (aggregation_due(now)) {
@@ -371,6 +373,13 @@ void FedServer::aggregation_loop() {
       aggregating_ = false;
       continue;
     }
+    if (f.mode == "sync" && now >= round_deadline_) {
+      ++round_extensions_;
+      round_deadline_ = now + round_timeout();
+      log_warn("round ", round_, ": ", buffer_.size(), " valid update(s) of ",
+               f.sync.clients_per_round, " by its deadline; extended (",
+               round_extensions_, " of ", f.sync.max_round_extensions, ")");
+    }
     changed_.wait_for(lock, std::chrono::milliseconds(100));
   }
 }
@@ -391,7 +400,8 @@ void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
     updates.push_back(std::move(u));
     ids.push_back(p.record.id);
   }
-  at::Tensor next = strategy_->aggregate(*global_, updates);
+  // A round closed without any update repeats the model as its version.
+  at::Tensor next = updates.empty() ? global_->clone() : strategy_->aggregate(*global_, updates);
   // Unbounded attackers (no norm_bound) can drive a plain mean to inf/NaN;
   // a non-finite model would make every later update non-finite. Such an
   // aggregate is not applied: the version keeps the previous parameters,
@@ -415,12 +425,14 @@ void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
   }
   store_->commit_version({version, ids, accuracy, loss}, layout_.unflatten(next),
                          strategy_->state());
-  const double mean_staleness = staleness_sum / static_cast<double>(batch.size());
+  const double mean_staleness =
+      batch.empty() ? 0.0 : staleness_sum / static_cast<double>(batch.size());
   JsonObject rec;
   rec.add("kind", "version").add("step", version).add("version", version);
   if (fed().mode == "sync") rec.add("round", round);
   rec.add("updates", static_cast<int64_t>(batch.size()))
-      .add("selected", static_cast<int64_t>(strategy_->last_selected().size()))
+      .add("selected", updates.empty() ? int64_t{0}
+                                       : static_cast<int64_t>(strategy_->last_selected().size()))
       .add("mean_staleness", mean_staleness)
       .add("non_finite", non_finite)
       .add("aggregate_s", std::chrono::duration<double>(Clock::now() - t0).count())
@@ -440,6 +452,7 @@ void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
     submitted_.clear();
     round_opened_ = Clock::now();
     round_deadline_ = round_opened_ + round_timeout();
+    round_extensions_ = 0;
   }
   finished_ = last;
   if (finished_) {

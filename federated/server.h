@@ -158,6 +158,7 @@ class FedServer {
   std::set<std::string> selected_;  // for round_
   std::set<std::string> submitted_; // in round_
   std::chrono::steady_clock::time_point round_opened_, round_deadline_;
+  int64_t round_extensions_ = 0;  // deadlines this round has been extended
   std::mt19937_64 rng_;
   // Counters.
   int64_t accepted_ = 0;

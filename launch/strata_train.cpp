@@ -4,6 +4,7 @@
 //   strata-train RECIPE.yaml [section.key=value ...] [--print-recipe]
 //
 // Exit codes: 0 success, 2 usage/recipe error, 1 runtime failure.
+#include <cmath>
 #include <iostream>
 #include <memory>
 
@@ -63,10 +64,15 @@ int main(int argc, char** argv) {
     st::Trainer trainer(recipe, registries, world);
     const st::TrainResult r = trainer.run();
     if (info.rank == 0) {
-      std::cout << "final test accuracy "
-                << strata::format_double(r.test_accuracy) << " (loss "
-                << strata::format_double(r.test_loss) << ") after " << r.steps
-                << " steps, " << strata::format_duration(r.wall_s)
+      if (recipe.data.name == "text") {
+        std::cout << "final validation loss " << strata::format_double(r.test_loss)
+                  << " (perplexity " << strata::format_double(std::exp(r.test_loss))
+                  << ", next-byte accuracy " << strata::format_double(r.test_accuracy) << ")";
+      } else {
+        std::cout << "final test accuracy " << strata::format_double(r.test_accuracy)
+                  << " (loss " << strata::format_double(r.test_loss) << ")";
+      }
+      std::cout << " after " << r.steps << " steps, " << strata::format_duration(r.wall_s)
                 << "; run directory " << r.run_dir << "\n";
     }
     return 0;

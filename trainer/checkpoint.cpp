@@ -49,6 +49,8 @@ std::string CheckpointStore::save(const TrainState& state,
   out.write("micro_batches", scalar(state.micro_batches));
   out.write("world", scalar(state.world));
   out.write("micro_per_epoch", scalar(state.micro_per_epoch));
+  out.write("loss_scale", at::full({1}, state.loss_scale, at::kDouble));
+  out.write("loss_scale_growth", scalar(state.loss_scale_growth));
   {
     auto gen = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
@@ -111,6 +113,10 @@ TrainState load_checkpoint(const std::string& path, torch::nn::Module& model,
   state.micro_batches = read_scalar(in, "micro_batches");
   state.world = read_scalar(in, "world");
   state.micro_per_epoch = read_scalar(in, "micro_per_epoch");
+  // Absent in checkpoints from before mixed precision: no scaler state.
+  at::Tensor scale, growth;
+  if (in.try_read("loss_scale", scale)) state.loss_scale = scale.item<double>();
+  if (in.try_read("loss_scale_growth", growth)) state.loss_scale_growth = growth.item<int64_t>();
   try {
     torch::serialize::InputArchive model_archive;
     in.read("model", model_archive);

@@ -26,6 +26,8 @@ struct TrainState {
   int64_t micro_batches = 0;    // micro-batches each rank consumed
   int64_t world = 1;            // data-parallel ranks when saved
   int64_t micro_per_epoch = 0;  // micro-batches per epoch per rank when saved
+  double loss_scale = 0.0;      // fp16 dynamic loss scale (0: no scaler)
+  int64_t loss_scale_growth = 0;  // clean steps since the last scale change
 };
 
 class CheckpointStore {

@@ -2,24 +2,36 @@
 
 #include <torch/torch.h>
 
+#include "trainer/amp.h"
+
 namespace strata::train {
 
-EvalSums evaluate_classifier(Model& model, const at::Tensor& images,
-                             const at::Tensor& labels, int64_t batch) {
+EvalSums evaluate_classifier(Model& model, const at::Tensor& inputs,
+                             const at::Tensor& targets, int64_t batch,
+                             at::ScalarType compute_dtype) {
   namespace F = torch::nn::functional;
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
   EvalSums s;
-  s.count = images.size(0);
-  for (int64_t i = 0; i < s.count; i += batch) {
-    const int64_t end = std::min(s.count, i + batch);
-    at::Tensor logits = model.forward(images.slice(0, i, end));
-    at::Tensor y = labels.slice(0, i, end);
-    s.loss_sum += F::cross_entropy(logits, y, F::CrossEntropyFuncOptions().reduction(torch::kSum))
-                      .item<double>();
-    s.correct += logits.argmax(1).eq(y).sum().item<int64_t>();
+  const int64_t n = inputs.size(0);
+  at::Tensor loss_sum = at::zeros({}, inputs.options().dtype(at::kDouble));
+  at::Tensor correct = at::zeros({}, inputs.options().dtype(at::kLong));
+  for (int64_t i = 0; i < n; i += batch) {
+    const int64_t end = std::min(n, i + batch);
+    at::Tensor logits;
+    {
+      AutocastGuard amp(inputs.device().type(), compute_dtype);
+      logits = model.forward(inputs.slice(0, i, end));
+    }
+    logits = logits.reshape({-1, logits.size(-1)}).to(at::kFloat);
+    at::Tensor y = targets.slice(0, i, end).reshape({-1});
+    loss_sum += F::cross_entropy(logits, y, F::CrossEntropyFuncOptions().reduction(torch::kSum));
+    correct += logits.argmax(1).eq(y).sum();
   }
+  s.loss_sum = loss_sum.item<double>();  // one host sync per evaluation
+  s.correct = correct.item<int64_t>();
+  s.count = targets.numel();
   model.train(was_training);
   return s;
 }

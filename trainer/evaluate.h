@@ -1,4 +1,5 @@
-// Classification metrics of a model on a fixed set of samples.
+// Classification metrics of a model on a fixed set of samples: images and
+// their classes, or token windows and their next tokens.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -7,16 +8,20 @@
 
 namespace strata::train {
 
-// Sums over the samples (not means), so shards can be added up across ranks.
+// Sums over the predictions (not means), so shards can be added up across
+// ranks.
 struct EvalSums {
   double loss_sum = 0.0;  // summed cross-entropy
-  int64_t correct = 0;
-  int64_t count = 0;
+  int64_t correct = 0;    // argmax == target
+  int64_t count = 0;      // predictions: samples, or tokens for text
 };
 
-// Evaluates `model` in eval mode without autograd on images [N, C, H, W]
-// and labels [N], `batch` samples at a time; restores train mode.
-EvalSums evaluate_classifier(Model& model, const at::Tensor& images,
-                             const at::Tensor& labels, int64_t batch);
+// Evaluates `model` in eval mode without autograd on inputs [N, ...] and
+// targets [N] (logits [N, K]) or [N, T] (logits [N, T, V]), `batch` samples
+// at a time, under autocast to `compute_dtype` when it is not fp32;
+// restores train mode.
+EvalSums evaluate_classifier(Model& model, const at::Tensor& inputs,
+                             const at::Tensor& targets, int64_t batch,
+                             at::ScalarType compute_dtype = at::kFloat);
 
 }  // namespace strata::train

@@ -2,8 +2,13 @@
 
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
+#include <torch/version.h>
 
 #include <cmath>
+#include <map>
+#include <sstream>
+#include <string>
+#include <type_traits>
 
 #include "core/error.h"
 
@@ -47,6 +52,85 @@ std::unique_ptr<optim::Optimizer> make_sgd(const Recipe& r,
   return std::make_unique<optim::SGD>(param_groups(model, c, o), o);
 }
 
+// AdamW (Loshchilov & Hutter) with LibTorch's state and options -- so its
+// checkpoints are torch::optim::AdamW's -- but a step made of multi-tensor
+// (_foreach) kernels: ~10 launches per parameter group instead of ~10 per
+// parameter, which on a GPU is the difference between a launch-bound and a
+// compute-bound optimizer (what PyTorch's default foreach AdamW does). Same
+// arithmetic as optim::AdamW::step (tested against it), amsgrad excluded.
+class ForeachAdamW final : public optim::AdamW {
+ public:
+  using optim::AdamW::AdamW;
+
+  // LibTorch keys per-parameter state by the TensorImpl: as its address
+  // printed (1.13) or the address itself (2.x).
+  template <class Map>
+  static typename Map::key_type key_of(const Map&, const at::Tensor& p) {
+    using Key = typename Map::key_type;
+    if constexpr (std::is_same_v<Key, std::string>) {
+      std::ostringstream key;  // what LibTorch 1.13's c10::guts::to_string wrote
+      key << static_cast<const void*>(p.unsafeGetTensorImpl());
+      return key.str();
+    } else {
+      return static_cast<Key>(p.unsafeGetTensorImpl());
+    }
+  }
+  auto state_key(const at::Tensor& p) { return key_of(state(), p); }
+
+  at::Tensor step(LossClosure closure = nullptr) override {
+    torch::NoGradGuard no_grad;
+    at::Tensor loss;
+    if (closure) {
+      at::AutoGradMode enable_grad(true);
+      loss = closure();
+    }
+    for (auto& group : param_groups()) {
+      auto& o = static_cast<optim::AdamWOptions&>(group.options());
+      STRATA_CHECK_T(ConfigError, !o.amsgrad(), "adamw: amsgrad is not supported");
+      const double lr = o.lr(), wd = o.weight_decay(), eps = o.eps();
+      const double beta1 = std::get<0>(o.betas()), beta2 = std::get<1>(o.betas());
+      // Parameters are stepped together when their step counts agree (all
+      // of them, unless some had no gradient on earlier steps).
+      struct Lists {
+        std::vector<at::Tensor> p, g, m, v;
+      };
+      std::map<int64_t, Lists> by_step;
+      for (auto& p : group.params()) {
+        if (!p.grad().defined()) continue;
+        auto it = state().find(state_key(p));
+        if (it == state().end()) {
+          auto st = std::make_unique<optim::AdamWParamState>();
+          st->step(0);
+          st->exp_avg(at::zeros_like(p, at::MemoryFormat::Preserve));
+          st->exp_avg_sq(at::zeros_like(p, at::MemoryFormat::Preserve));
+          it = state().emplace(state_key(p), std::move(st)).first;
+        }
+        auto& st = static_cast<optim::AdamWParamState&>(*it->second);
+        st.step(st.step() + 1);
+        Lists& l = by_step[st.step()];
+        l.p.push_back(p);
+        l.g.push_back(p.grad());
+        l.m.push_back(st.exp_avg());
+        l.v.push_back(st.exp_avg_sq());
+      }
+      for (auto& [step, l] : by_step) {
+        if (wd != 0) at::_foreach_mul_(l.p, 1.0 - lr * wd);
+        at::_foreach_mul_(l.m, beta1);
+        at::_foreach_add_(l.m, l.g, 1.0 - beta1);
+        at::_foreach_mul_(l.v, beta2);
+        at::_foreach_addcmul_(l.v, l.g, l.g, 1.0 - beta2);
+        const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(step));
+        const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+        std::vector<at::Tensor> denom = at::_foreach_sqrt(l.v);
+        at::_foreach_div_(denom, std::sqrt(bc2));
+        at::_foreach_add_(denom, eps);
+        at::_foreach_addcdiv_(l.p, l.m, denom, -lr / bc1);
+      }
+    }
+    return loss;
+  }
+};
+
 std::unique_ptr<optim::Optimizer> make_adamw(const Recipe& r,
                                              torch::nn::Module& model) {
   const OptimizerSection& c = r.optimizer;
@@ -55,7 +139,7 @@ std::unique_ptr<optim::Optimizer> make_adamw(const Recipe& r,
                  c.betas.size());
   optim::AdamWOptions o(c.lr);
   o.betas({c.betas[0], c.betas[1]}).eps(c.eps).weight_decay(c.weight_decay);
-  return std::make_unique<optim::AdamW>(param_groups(model, c, o), o);
+  return std::make_unique<ForeachAdamW>(param_groups(model, c, o), o);
 }
 
 class Constant final : public LrSchedule {
@@ -115,6 +199,23 @@ class Warmup final : public LrSchedule {
 };
 
 }  // namespace
+
+void clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
+  std::vector<at::Tensor> grads;
+  for (const auto& p : params) {
+    if (p.grad().defined()) grads.push_back(p.grad());
+  }
+  if (grads.empty()) return;
+  torch::NoGradGuard no_grad;
+  const std::vector<at::Tensor> norms = at::_foreach_norm(grads, 2);
+  const at::Tensor total = at::stack(norms).to(at::kFloat).norm();
+  const at::Tensor coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+  at::_foreach_mul_(grads, coef);
+#else
+  for (auto& g : grads) g.mul_(coef);  // no tensor-scalar foreach before 2.1
+#endif
+}
 
 void register_builtin_optimizers(OptimizerRegistry& registry) {
   registry.add("sgd", make_sgd);

@@ -46,6 +46,12 @@ std::unique_ptr<LrSchedule> make_schedule(const ScheduleRegistry& registry,
                                           const Recipe& recipe,
                                           int64_t total_steps);
 
+// Scales gradients so their global L2 norm is at most max_norm (what
+// torch.nn.utils.clip_grad_norm_ does) without a host synchronisation: the
+// norm stays on the device, unlike LibTorch's C++ clip_grad_norm_, which
+// returns it as a double and so stalls a GPU step.
+void clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm);
+
 // Sets every parameter group's learning rate.
 void set_learning_rate(torch::optim::Optimizer& optimizer, double lr);
 

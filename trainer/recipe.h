@@ -82,15 +82,25 @@ struct ModelSection {
   int64_t fc = 128;
   int64_t blocks = 2;
   double dropout = 0.0;
+  int64_t n_layer = 4;
+  int64_t n_head = 4;
+  int64_t d_model = 128;
+  int64_t seq_len = 128;
+  int64_t vocab_size = 0;
 
   template <class V>
   void visit(V& v) {
-    v.field("name", name, any(), "registered model: mlp | cnn | resnet_small");
+    v.field("name", name, any(), "registered model: mlp | cnn | resnet_small | gpt");
     v.field("hidden", hidden, at_least(1), "mlp: hidden layer widths");
     v.field("channels", channels, at_least(1), "cnn: conv channels per stage; resnet_small: stage widths");
     v.field("fc", fc, at_least(1), "cnn: width of the hidden fully connected layer");
     v.field("blocks", blocks, at_least(1), "resnet_small: residual blocks per stage");
-    v.field("dropout", dropout, in_range(0, 0.99), "dropout before the classifier (mlp: after every hidden layer)");
+    v.field("dropout", dropout, in_range(0, 0.99), "dropout before the classifier (mlp: after every hidden layer; gpt: embeddings, attention and residual branches)");
+    v.field("n_layer", n_layer, at_least(1), "gpt: transformer blocks");
+    v.field("n_head", n_head, at_least(1), "gpt: attention heads (divides d_model)");
+    v.field("d_model", d_model, at_least(1), "gpt: embedding width");
+    v.field("seq_len", seq_len, at_least(1), "gpt: context length in tokens (bytes)");
+    v.field("vocab_size", vocab_size, at_least(0), "gpt: embedding rows (0: the data's, 256 for bytes; larger pads, e.g. 50304 for GPT-2-sized benchmarks)");
   }
 };
 
@@ -108,6 +118,8 @@ struct AugmentSection {
 struct DataSection {
   std::string name = "fashion_mnist";
   std::string root = "/usr/share/datasets/fashion-mnist";
+  std::string text = "/usr/share/games/fortunes";
+  double val_fraction = 0.1;
   int64_t batch_size = 128;
   int64_t eval_batch_size = 1000;
   bool shuffle = true;
@@ -118,14 +130,16 @@ struct DataSection {
 
   template <class V>
   void visit(V& v) {
-    v.field("name", name, one_of({"fashion_mnist"}), "dataset");
-    v.field("root", root, any(), "directory with the IDX files (*-ubyte.gz), e.g. from Debian's dataset-fashion-mnist");
+    v.field("name", name, one_of({"fashion_mnist", "text"}), "dataset: fashion_mnist (images) | text (byte-level language modelling)");
+    v.field("root", root, any(), "fashion_mnist: directory with the IDX files (*-ubyte.gz), e.g. from Debian's dataset-fashion-mnist");
+    v.field("text", text, any(), "text: a text file, or a directory whose files are concatenated (default: Debian's fortunes package)");
+    v.field("val_fraction", val_fraction, in_range(0.001, 0.5), "text: the last fraction of the bytes held out for validation");
     v.field("batch_size", batch_size, at_least(1), "samples per micro-batch per process");
     v.field("eval_batch_size", eval_batch_size, at_least(1), "samples per evaluation batch");
     v.field("shuffle", shuffle, any(), "reshuffle the training set every epoch (seeded by run.seed and the epoch)");
     v.field("prefetch", prefetch, at_least(1), "batches prepared ahead by the loader thread");
-    v.field("train_subset", train_subset, at_least(0), "use only the first N training samples (0: all)");
-    v.field("test_subset", test_subset, at_least(0), "evaluate on only the first N test samples (0: all)");
+    v.field("train_subset", train_subset, at_least(0), "use only the first N training samples (0: all; text: bytes)");
+    v.field("test_subset", test_subset, at_least(0), "evaluate on only the first N test samples (0: all; text: validation windows)");
     v.section("augment", augment, "training-time augmentation");
   }
 };
@@ -177,6 +191,7 @@ struct TrainSection {
   double clip_grad_norm = 0.0;
   int64_t eval_every = 0;
   std::string resume = "auto";
+  std::string precision = "fp32";
 
   template <class V>
   void visit(V& v) {
@@ -186,6 +201,7 @@ struct TrainSection {
     v.field("clip_grad_norm", clip_grad_norm, at_least(0), "clip gradients to this global L2 norm (0: off)");
     v.field("eval_every", eval_every, at_least(0), "steps between evaluations (0: end of every epoch)");
     v.field("resume", resume, any(), "auto (continue from the newest checkpoint if any) | never | path to a checkpoint");
+    v.field("precision", precision, one_of({"fp32", "bf16", "fp16"}), "autocast compute dtype; weights stay fp32; fp16 adds dynamic loss scaling (GPU only)");
   }
 };
 
@@ -231,6 +247,7 @@ struct FedSyncSection {
   double over_selection = 0.2;
   int64_t min_updates = 0;
   double round_timeout_s = 300.0;
+  int64_t max_round_extensions = 3;
   int64_t local_epochs = 1;
 
   template <class V>
@@ -240,6 +257,7 @@ struct FedSyncSection {
     v.field("over_selection", over_selection, in_range(0, 10), "select ceil(K x (1 + this)) clients per round so that dropouts do not stall it; updates after the K-th are refused");
     v.field("min_updates", min_updates, at_least(0), "at the round deadline, aggregate if at least this many updates arrived (0: K), else select more clients and keep waiting");
     v.field("round_timeout_s", round_timeout_s, positive(), "round deadline in seconds");
+    v.field("max_round_extensions", max_round_extensions, at_least(0), "deadlines a round is extended (selecting more clients) while fewer than min_updates valid updates arrived; then it closes with what it has, or with none (the version repeats the model)");
     v.field("local_epochs", local_epochs, at_least(1), "passes over its local data a selected client makes");
   }
 };

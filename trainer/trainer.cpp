@@ -2,7 +2,6 @@
 
 #include <ATen/Parallel.h>
 #include <torch/nn/functional/loss.h>
-#include <torch/nn/utils/clip_grad.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -18,11 +17,13 @@
 #include "distributed/device_mesh.h"
 #include "distributed/gradient_reducer.h"
 #include "distributed/rank_info.h"
+#include "trainer/amp.h"
 #include "trainer/checkpoint.h"
 #include "trainer/device.h"
 #include "trainer/evaluate.h"
 #include "trainer/data/dataset.h"
 #include "trainer/data/loader.h"
+#include "trainer/data/text.h"
 #include "trainer/metrics.h"
 
 namespace strata::train {
@@ -77,9 +78,13 @@ struct Trainer::Impl {
   TrainResult run();
 
   void resume_or_start();
-  at::Tensor train_step(TrainLoader& loader, int64_t* epoch);
+  void load_data();
+  std::unique_ptr<BatchSource> make_loader(int64_t start_batch) const;
+  at::Tensor train_step(BatchSource& loader, int64_t* epoch);
   EvalResult evaluate();
   void log_eval(const EvalResult& e);
+  // An eval or summary record: loss, accuracy (and perplexity for text).
+  JsonObject eval_record(const char* kind, const EvalResult& e) const;
   void save_checkpoint();
   void setup_data_parallel();
   int64_t map_data_position(const TrainState& saved) const;
@@ -104,9 +109,16 @@ struct Trainer::Impl {
   at::Device device{at::kCPU};  // run.device resolved
   std::unique_ptr<dist::GradientReducer> reducer;
   std::string run_dir;
-  std::shared_ptr<const ImageDataset> train_data;
-  at::Tensor test_images, test_labels;  // this rank's evaluation shard
-  int64_t test_total = 0;
+  // Training data: images, or bytes of text.
+  std::shared_ptr<const ImageDataset> images;
+  std::shared_ptr<const std::vector<uint8_t>> text;
+  InputShape input_shape;
+  int64_t train_samples = 0;      // per epoch, all ranks (text: windows)
+  int64_t tokens_per_sample = 1;  // text: model.seq_len
+  at::Tensor eval_inputs, eval_targets;  // this rank's evaluation shard
+  int64_t eval_samples = 0;              // all ranks
+  at::ScalarType compute_dtype = at::kFloat;  // train.precision
+  LossScaler scaler{LossScalerOptions{false}};
   std::shared_ptr<Model> model;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   std::unique_ptr<LrSchedule> schedule;
@@ -142,30 +154,29 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
                  recipe.where("distributed.backend"), ": distributed.backend=mpi "
                  "moves host memory only but run.device is ", device.str(),
                  "; use nccl (or auto) on GPUs");
+  compute_dtype = precision_dtype(recipe.train.precision);
+  STRATA_CHECK_T(ConfigError, compute_dtype != at::kHalf || device.is_cuda(),
+                 recipe.where("train.precision"), ": train.precision=fp16 needs a GPU "
+                 "(run.device: cuda); use bf16 on the CPU");
+  scaler = LossScaler(LossScalerOptions{compute_dtype == at::kHalf});
   const DataSection& d = recipe.data;
-  auto train = std::make_shared<ImageDataset>(
-      load_fashion_mnist(d.root, Split::kTrain, d.train_subset));
-  ImageDataset test = load_fashion_mnist(d.root, Split::kTest, d.test_subset);
-  // Evaluation is sharded: each rank scores a contiguous slice, the sums are
-  // all-reduced (every test sample counted exactly once).
-  auto [begin, end] = shard_range(test.size, rank, world);
-  std::tie(test_images, test_labels) = dataset_tensors(test, begin, end);
-  test_images = test_images.to(device);
-  test_labels = test_labels.to(device);
-  test_total = test.size;
-  train_data = train;
+  const bool lm = recipe.model.name == "gpt";
+  STRATA_CHECK_T(ConfigError, lm == (d.name == "text"), recipe.where("data.name"),
+                 ": data.name=", d.name, " with model.name=", recipe.model.name, "; ",
+                 lm ? "gpt is a language model: use data.name=text"
+                    : "text needs a language model: use model.name=gpt");
+  load_data();
 
   torch::manual_seed(static_cast<uint64_t>(recipe.run.seed));
   const auto& make_model = registries.models.get(
       recipe.model.name, recipe.where("model.name"), "model.name");
-  model = make_model(recipe.model, InputShape{train->channels, train->height,
-                                              train->width, train->classes});
+  model = make_model(recipe.model, input_shape);
   model->to(device);
   const auto& make_optimizer = registries.optimizers.get(
       recipe.optimizer.name, recipe.where("optimizer.name"), "optimizer.name");
   optimizer = make_optimizer(recipe, *model);
 
-  const int64_t per_rank = train->size / world;
+  const int64_t per_rank = train_samples / world;
   micro_per_epoch = per_rank / d.batch_size;
   STRATA_CHECK_T(ConfigError, micro_per_epoch >= recipe.train.grad_accum,
                  recipe.where("data.batch_size"), "data.batch_size=",
@@ -178,11 +189,64 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
                     : recipe.train.epochs * steps_per_epoch;
   schedule = make_schedule(registries.schedules, recipe, total_steps);
   log_info("model ", recipe.model.name, " with ", parameter_count(*model),
-           " parameters; ", train->size, " training / ", test.size,
-           " test samples; ", total_steps, " steps of ",
+           " parameters; ", train_samples, " training / ", eval_samples,
+           text ? " validation windows of " + std::to_string(tokens_per_sample) + " bytes; "
+                : " test samples; ",
+           total_steps, " steps of ",
            d.batch_size * recipe.train.grad_accum * world, " samples (",
-           world, " rank(s)) on ", device.str(), "; ", at::get_num_threads(),
-           " threads per rank");
+           world, " rank(s)) on ", device.str(), " in ", recipe.train.precision, "; ",
+           at::get_num_threads(), " threads per rank");
+}
+
+// Evaluation is sharded: each rank scores a contiguous slice, the sums are
+// all-reduced (every evaluation sample counted exactly once).
+void Trainer::Impl::load_data() {
+  const DataSection& d = recipe.data;
+  if (d.name == "text") {
+    const int64_t T = recipe.model.seq_len;
+    TextCorpus corpus = load_text_corpus(d.text, d.val_fraction, T, d.train_subset);
+    eval_samples = text_window_count(corpus.val, T);
+    if (d.test_subset > 0) eval_samples = std::min(eval_samples, d.test_subset);
+    auto [begin, end] = shard_range(eval_samples, rank, world);
+    std::tie(eval_inputs, eval_targets) = text_windows(corpus.val, T, begin, end);
+    train_samples = (static_cast<int64_t>(corpus.train.size()) - 1) / T;
+    tokens_per_sample = T;
+    input_shape.classes = 256;  // bytes
+    text = std::make_shared<const std::vector<uint8_t>>(std::move(corpus.train));
+  } else {
+    auto train = std::make_shared<ImageDataset>(
+        load_fashion_mnist(d.root, Split::kTrain, d.train_subset));
+    ImageDataset test = load_fashion_mnist(d.root, Split::kTest, d.test_subset);
+    auto [begin, end] = shard_range(test.size, rank, world);
+    std::tie(eval_inputs, eval_targets) = dataset_tensors(test, begin, end);
+    eval_samples = test.size;
+    train_samples = train->size;
+    input_shape = InputShape{train->channels, train->height, train->width, train->classes};
+    images = train;
+  }
+  eval_inputs = eval_inputs.to(device);
+  eval_targets = eval_targets.to(device);
+}
+
+std::unique_ptr<BatchSource> Trainer::Impl::make_loader(int64_t start_batch) const {
+  const DataSection& d = recipe.data;
+  if (text) {
+    TextLoaderOptions o;
+    o.batch_size = d.batch_size;
+    o.seq_len = tokens_per_sample;
+    o.seed = static_cast<uint64_t>(recipe.run.seed);
+    o.rank = rank;
+    o.world = world;
+    o.batches_per_epoch = micro_per_epoch;
+    o.pin_memory = device.is_cuda();
+    return std::make_unique<TextLoader>(text, o, start_batch);
+  }
+  return std::make_unique<TrainLoader>(
+      images,
+      LoaderOptions{d.batch_size, d.prefetch, d.shuffle,
+                    static_cast<uint64_t>(recipe.run.seed), rank, world,
+                    d.augment.crop_padding, d.augment.hflip, device.is_cuda()},
+      start_batch);
 }
 
 void Trainer::Impl::resume_or_start() {
@@ -203,6 +267,9 @@ void Trainer::Impl::resume_or_start() {
     TrainState saved = load_checkpoint(path, *model, *optimizer, device);
     state.step = saved.step;
     state.micro_batches = map_data_position(saved);
+    if (scaler.enabled() && saved.loss_scale > 0) {
+      scaler.restore(saved.loss_scale, saved.loss_scale_growth);
+    }
     last_saved_step = state.step;
     log_info("resumed from ", path, " at step ", state.step);
   }
@@ -262,7 +329,7 @@ double Trainer::Impl::global_mean(const at::Tensor& local) const {
   return t.item<double>();
 }
 
-at::Tensor Trainer::Impl::train_step(TrainLoader& loader, int64_t* epoch) {
+at::Tensor Trainer::Impl::train_step(BatchSource& loader, int64_t* epoch) {
   namespace F = torch::nn::functional;
   const int64_t accum = recipe.train.grad_accum;
   model->train();
@@ -280,10 +347,15 @@ at::Tensor Trainer::Impl::train_step(TrainLoader& loader, int64_t* epoch) {
     ++state.micro_batches;
     *epoch = b.epoch;
     // Pinned batches: the copies overlap the previous step's GPU work.
-    at::Tensor images = b.images.to(device, /*non_blocking=*/true);
-    at::Tensor labels = b.labels.to(device, /*non_blocking=*/true);
-    at::Tensor loss = F::cross_entropy(model->forward(images), labels);
-    at::Tensor scaled = accum > 1 ? loss / static_cast<double>(accum) : loss;
+    at::Tensor inputs = b.inputs.to(device, /*non_blocking=*/true);
+    at::Tensor targets = b.targets.to(device, /*non_blocking=*/true);
+    at::Tensor loss;
+    {
+      AutocastGuard amp(device.type(), compute_dtype);  // forward and loss only
+      at::Tensor logits = model->forward(inputs);
+      loss = F::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+    }
+    at::Tensor scaled = scaler.scale_loss(accum > 1 ? loss / static_cast<double>(accum) : loss);
     if (reducer && i + 1 < accum) {
       dist::GradientReducer::NoSync no_sync(*reducer);  // only the last talks
       scaled.backward();
@@ -293,39 +365,55 @@ at::Tensor Trainer::Impl::train_step(TrainLoader& loader, int64_t* epoch) {
     loss_sum += loss.detach();
   }
   if (reducer) reducer->finish();
+  // Note [Mixed precision] in amp.h: unscale after the all-reduce (every
+  // rank sees the same gradients, so all skip or step together), before
+  // clipping.
+  if (scaler.enabled()) scaler.unscale(model->parameters());
   if (recipe.train.clip_grad_norm > 0) {
-    torch::nn::utils::clip_grad_norm_(model->parameters(),
-                                      recipe.train.clip_grad_norm);
+    clip_grad_norm(model->parameters(), recipe.train.clip_grad_norm);
   }
   set_learning_rate(*optimizer, schedule->lr(state.step));
-  optimizer->step();
+  if (scaler.update()) {
+    optimizer->step();
+  } else {
+    log_warn("step ", state.step + 1, ": inf/NaN gradients in fp16; step skipped, "
+             "loss scale lowered to ", format_double(scaler.scale()));
+  }
   ++state.step;
   return loss_sum / static_cast<double>(accum);
 }
 
 EvalResult Trainer::Impl::evaluate() {
-  const EvalSums e = evaluate_classifier(*model, test_images, test_labels,
-                                         recipe.data.eval_batch_size);
-  at::Tensor sums = at::tensor({e.loss_sum, static_cast<double>(e.correct)}, at::kDouble)
+  const EvalSums e = evaluate_classifier(*model, eval_inputs, eval_targets,
+                                         recipe.data.eval_batch_size, compute_dtype);
+  at::Tensor sums = at::tensor({e.loss_sum, static_cast<double>(e.correct),
+                                static_cast<double>(e.count)}, at::kDouble)
                        .to(comm_device());
   if (comm) comm->all_reduce(sums, dist::ReduceOp::kSum)->wait();
-  const double total = static_cast<double>(test_total);
   sums = sums.cpu();
+  const double total = sums[2].item<double>();
   return {sums[0].item<double>() / total, sums[1].item<double>() / total};
+}
+
+JsonObject Trainer::Impl::eval_record(const char* kind, const EvalResult& e) const {
+  JsonObject r;
+  r.add("kind", kind)
+      .add("step", state.step)
+      .add("split", text ? "validation" : "test")
+      .add("loss", e.loss)
+      .add("accuracy", e.accuracy);
+  if (text) r.add("perplexity", std::exp(e.loss));
+  return r;
 }
 
 void Trainer::Impl::log_eval(const EvalResult& e) {
   last_eval = e;
   last_eval_step = state.step;
-  metrics->write(JsonObject()
-                     .add("kind", "eval")
-                     .add("step", state.step)
-                     .add("split", "test")
-                     .add("loss", e.loss)
-                     .add("accuracy", e.accuracy));
+  metrics->write(eval_record("eval", e));
   progress.clear();
-  log_info("eval step ", state.step, ": test loss ", format_double(e.loss),
-           " accuracy ", format_double(e.accuracy));
+  log_info("eval step ", state.step, ": ", text ? "validation" : "test", " loss ",
+           format_double(e.loss), " accuracy ", format_double(e.accuracy),
+           text ? " perplexity " + format_double(std::exp(e.loss)) : std::string());
 }
 
 void Trainer::Impl::save_checkpoint() {
@@ -334,6 +422,8 @@ void Trainer::Impl::save_checkpoint() {
   if (!writer()) return;
   state.world = world;
   state.micro_per_epoch = micro_per_epoch;
+  state.loss_scale = scaler.enabled() ? scaler.scale() : 0.0;
+  state.loss_scale_growth = scaler.growth_tracker();
   const std::string path = store.save(state, *model, *optimizer);
   progress.clear();
   log_info("saved checkpoint ", path);
@@ -351,13 +441,7 @@ TrainResult Trainer::Impl::run() {
                                       writer() && stderr_is_terminal(),
                                       state.step});
 
-  TrainLoader loader(
-      train_data,
-      LoaderOptions{recipe.data.batch_size, recipe.data.prefetch,
-                    recipe.data.shuffle, static_cast<uint64_t>(recipe.run.seed),
-                    rank, world, recipe.data.augment.crop_padding,
-                    recipe.data.augment.hflip, device.is_cuda()},
-      state.micro_batches);
+  std::unique_ptr<BatchSource> loader = make_loader(state.micro_batches);
   const int64_t samples_per_step =  // global, over all ranks
       recipe.data.batch_size * recipe.train.grad_accum * world;
   const int64_t start_step = state.step;
@@ -366,7 +450,7 @@ TrainResult Trainer::Impl::run() {
   double shown_loss = std::nan(""), shown_rate = 0.0;  // last logged values
   auto window_t0 = Clock::now();
   while (state.step < total_steps) {
-    window_loss += train_step(loader, &epoch);
+    window_loss += train_step(*loader, &epoch);
     ++window_steps;
     const bool last = state.step == total_steps;
     if (state.step % recipe.run.log_every == 0 || last) {
@@ -376,14 +460,18 @@ TrainResult Trainer::Impl::run() {
                      "enable train.clip_grad_norm, or check the data");
       const double rate = window_steps * samples_per_step / seconds_since(window_t0);
       const double lr = schedule->lr(state.step - 1);
-      metrics->write(JsonObject()
-                         .add("kind", "train")
-                         .add("step", state.step)
-                         .add("epoch", epoch)
-                         .add("loss", loss)
-                         .add("lr", lr)
-                         .add("samples_per_s", rate)
-                         .add("time_s", seconds_since(t0)));
+      JsonObject record;
+      record.add("kind", "train")
+          .add("step", state.step)
+          .add("epoch", epoch)
+          .add("loss", loss)
+          .add("lr", lr)
+          .add("samples_per_s", rate);
+      if (text) record.add("tokens_per_s", rate * static_cast<double>(tokens_per_sample));
+      if (scaler.enabled()) {
+        record.add("loss_scale", scaler.scale()).add("skipped_steps", scaler.skipped_steps());
+      }
+      metrics->write(record.add("time_s", seconds_since(t0)));
       shown_loss = loss;
       shown_rate = rate;
       window_loss.zero_();
@@ -408,12 +496,7 @@ TrainResult Trainer::Impl::run() {
 
   TrainResult result{last_eval.loss, last_eval.accuracy, state.step,
                      seconds_since(t0), run_dir};
-  metrics->write(JsonObject()
-                     .add("kind", "summary")
-                     .add("step", state.step)
-                     .add("split", "test")
-                     .add("loss", result.test_loss)
-                     .add("accuracy", result.test_accuracy)
+  metrics->write(eval_record("summary", last_eval)
                      .add("steps_this_run", state.step - start_step)
                      .add("wall_s", result.wall_s));
   return result;

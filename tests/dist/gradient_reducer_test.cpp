@@ -232,3 +232,29 @@ TEST(GradientReducer, CompressionHooksStayClose) {
 
 }  // namespace
 }  // namespace strata::dist
+
+#include "trainer/amp.h"
+
+namespace strata::dist {
+namespace {
+
+// Note [Mixed precision]: unscaling after the all-reduce makes every rank
+// see an overflow that happened on one rank only, so all skip together.
+TEST(GradientReducer, LossScalerSkipsOnEveryRankWhenOneRankOverflows) {
+  run_ranks_shared(3, [&](std::shared_ptr<Communicator> c) {
+    auto net = make_net(7);
+    GradientReducer r(named(*net), c, GradientReducerOptions{});
+    train::LossScaler scaler(train::LossScalerOptions{true, 1024.0});
+    Data d(8);
+    at::Tensor x = d.x.clone();
+    if (c->rank() == 1) x.index_put_({0, 0}, NAN);  // only this rank overflows
+    torch::nn::functional::cross_entropy(net->forward(x), d.y).backward();
+    r.finish();
+    EXPECT_FALSE(scaler.unscale(net->parameters())) << "rank " << c->rank();
+    EXPECT_FALSE(scaler.update());
+    EXPECT_DOUBLE_EQ(scaler.scale(), 512.0);
+  });
+}
+
+}  // namespace
+}  // namespace strata::dist

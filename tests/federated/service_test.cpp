@@ -172,6 +172,27 @@ TEST(FedService, SyncRoundsRefuseClientsThatWereNotSelected) {
                 "is not selected for round 1");
 }
 
+// A round that cannot fill (here: nobody checks in) is extended
+// max_round_extensions times and then closes without updates: the next
+// version repeats the model, so later rounds are not blocked forever.
+TEST(FedService, ARoundThatCannotFillClosesAfterItsExtensions) {
+  test::TempDir dir;
+  Fixture f(small_recipe(dir.path(), {"federated.sync.clients_per_round=2",
+                                      "federated.sync.round_timeout_s=0.2",
+                                      "federated.sync.max_round_extensions=2"}));
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 200 && f.server.status().version < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  ASSERT_EQ(f.server.status().version, 2);
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(550));  // 3 deadlines
+  const auto v1 = f.server.store().load_version(1);
+  const auto v2 = f.server.store().load_version(2);
+  for (size_t i = 0; i < v1.size(); ++i) EXPECT_TRUE(at::equal(v1[i].second, v2[i].second));
+  EXPECT_NE(read_file(dir.path() + "/metrics.jsonl").find("\"round\":1,\"updates\":0"),
+            std::string::npos);
+}
+
 TEST(FedService, EdgeClientFetchesAndSubmitsWithEncodings) {
   test::TempDir dir;
   Fixture f(small_recipe(dir.path(), {"federated.mode=async", "federated.async.buffer_size=100"}));

@@ -170,8 +170,8 @@ TEST(Loader, StartingMidStreamGivesTheSameBatches) {
     Batch b = resumed.next();
     EXPECT_EQ(b.epoch, all[i].epoch);
     EXPECT_EQ(b.index, all[i].index);
-    EXPECT_TRUE(at::equal(b.images, all[i].images)) << "batch " << i;
-    EXPECT_TRUE(at::equal(b.labels, all[i].labels)) << "batch " << i;
+    EXPECT_TRUE(at::equal(b.inputs, all[i].inputs)) << "batch " << i;
+    EXPECT_TRUE(at::equal(b.targets, all[i].targets)) << "batch " << i;
   }
   EXPECT_EQ(all[6].epoch, 1);
   EXPECT_EQ(all[6].index, 0);
@@ -187,8 +187,8 @@ TEST(Loader, NormalisesWithoutAugmentation) {
   at::Tensor raw = at::tensor(std::vector<float>(d->pixels.begin(),
                                                  d->pixels.end()))
                        .view({4, 1, 6, 5});
-  EXPECT_TRUE(at::allclose(b.images, (raw / 255.f - 0.5f) / 0.25f, 1e-5, 1e-5));
-  EXPECT_TRUE(at::equal(b.labels, at::arange(4, at::kLong)));
+  EXPECT_TRUE(at::allclose(b.inputs, (raw / 255.f - 0.5f) / 0.25f, 1e-5, 1e-5));
+  EXPECT_TRUE(at::equal(b.targets, at::arange(4, at::kLong)));
 }
 
 TEST(Loader, AugmentationKeepsPixelsAndShiftsThem) {
@@ -200,7 +200,7 @@ TEST(Loader, AugmentationKeepsPixelsAndShiftsThem) {
   TrainLoader aug(d, o, 0);
   o.crop_padding = 0;
   TrainLoader plain(d, o, 0);
-  at::Tensor a = aug.next().images, p = plain.next().images;
+  at::Tensor a = aug.next().inputs, p = plain.next().inputs;
   EXPECT_FALSE(at::equal(a, p));  // 16 samples cannot all draw offset (0, 0)
   // Every augmented value is an original pixel or zero padding.
   const float pad = (0.f - 0.5f) / 0.25f;

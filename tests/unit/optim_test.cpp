@@ -1,6 +1,6 @@
 // LR schedules, optimizer construction and registry errors.
 #include <gtest/gtest.h>
-#include <torch/optim/sgd.h>
+#include <torch/torch.h>
 
 #include <cmath>
 
@@ -109,6 +109,82 @@ TEST(Models, ShapesAndPyTorchStyleNames) {
                        "classifier.2.weight", "classifier.2.bias"}));
   // conv 288 + bn 64 + conv 18432 + bn 128 + fc 401536 + fc 1290
   EXPECT_EQ(parameter_count(*cnn), 421738);
+}
+
+}  // namespace
+}  // namespace strata::train
+
+namespace strata::train {
+namespace {
+
+// The registry's adamw (multi-tensor kernels) takes the same steps as
+// LibTorch's optim::AdamW with the same groups, and its state round-trips
+// through optim::AdamW's serialisation.
+TEST(Optimizer, ForeachAdamWMatchesLibTorchAdamW) {
+  Registries reg = builtin_registries();
+  Recipe r = parse_recipe(
+      "model: {name: mlp, hidden: [16]}\n"
+      "optimizer: {name: adamw, lr: 0.01, weight_decay: 0.1, betas: [0.9, 0.95]}\n",
+      "r.yaml");
+  torch::manual_seed(1);
+  auto a = reg.models.get("mlp", "", "model.name")(r.model, InputShape{1, 4, 4, 3});
+  torch::manual_seed(1);
+  auto b = reg.models.get("mlp", "", "model.name")(r.model, InputShape{1, 4, 4, 3});
+  auto fast = reg.optimizers.get("adamw", "", "optimizer.name")(r, *a);
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  std::vector<at::Tensor> decay, no_decay;
+  for (auto& p : b->parameters()) (p.dim() > 1 ? decay : no_decay).push_back(p);
+  torch::optim::AdamWOptions o(0.01);
+  o.betas({0.9, 0.95}).weight_decay(0.1);
+  groups.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(o));
+  torch::optim::AdamWOptions o0 = o;
+  o0.weight_decay(0.0);
+  groups.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(o0));
+  torch::optim::AdamW reference(groups, o);
+  const at::Tensor x = at::randn({8, 1, 4, 4}), y = at::randint(0, 3, {8}).to(at::kLong);
+  for (int step = 0; step < 5; ++step) {
+    for (auto* m : {a.get(), b.get()}) {
+      m->zero_grad();
+      torch::nn::functional::cross_entropy(m->forward(x), y).backward();
+    }
+    fast->step();
+    reference.step();
+  }
+  auto pa = a->parameters(), pb = b->parameters();
+  for (size_t i = 0; i < pa.size(); ++i) {
+    EXPECT_TRUE(at::allclose(pa[i], pb[i], 1e-6, 1e-7)) << i;
+  }
+  // Its state is optim::AdamW's: a LibTorch AdamW loads it.
+  std::stringstream buf;
+  torch::save(*fast, buf);
+  std::vector<torch::optim::OptimizerParamGroup> groups2;
+  groups2.emplace_back(decay, std::make_unique<torch::optim::AdamWOptions>(o));
+  groups2.emplace_back(no_decay, std::make_unique<torch::optim::AdamWOptions>(o0));
+  torch::optim::AdamW loaded(groups2, o);
+  torch::load(loaded, buf);
+  EXPECT_EQ(loaded.state().size(), pa.size());
+}
+
+TEST(Optimizer, ClipGradNormMatchesLibTorch) {
+  torch::manual_seed(2);
+  std::vector<at::Tensor> a, b;
+  for (int64_t n : {3, 50, 7}) {
+    at::Tensor p = at::zeros({n}, at::requires_grad());
+    p.mutable_grad() = at::randn({n}) * 3;
+    at::Tensor q = at::zeros({n}, at::requires_grad());
+    q.mutable_grad() = p.grad().clone();
+    a.push_back(p);
+    b.push_back(q);
+  }
+  clip_grad_norm(a, 1.5);
+  torch::nn::utils::clip_grad_norm_(b, 1.5);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE(at::allclose(a[i].grad(), b[i].grad(), 1e-5, 1e-7)) << i;
+  }
+  // Below the bound: unchanged.
+  at::Tensor before = a[0].grad().clone();
+  clip_grad_norm(a, 1e6);
+  EXPECT_TRUE(at::allclose(a[0].grad(), before));
 }
 
 }  // namespace

@@ -104,10 +104,10 @@ Batch TrainLoader::make_batch(int64_t epoch, int64_t index,
   b.epoch = epoch;
   b.index = index;
   const auto pinned = at::TensorOptions().pinned_memory(options_.pin_memory);
-  b.images = at::empty({B, d.channels, d.height, d.width}, pinned.dtype(at::kFloat));
-  b.labels = at::empty({B}, pinned.dtype(at::kLong));
-  float* img = b.images.data_ptr<float>();
-  int64_t* lab = b.labels.data_ptr<int64_t>();
+  b.inputs = at::empty({B, d.channels, d.height, d.width}, pinned.dtype(at::kFloat));
+  b.targets = at::empty({B}, pinned.dtype(at::kLong));
+  float* img = b.inputs.data_ptr<float>();
+  int64_t* lab = b.targets.data_ptr<int64_t>();
   const int64_t sb = d.sample_bytes();
   for (int64_t i = 0; i < B; ++i) {
     const int64_t s = order[static_cast<size_t>(index * B + i)];

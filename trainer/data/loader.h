@@ -28,10 +28,18 @@
 namespace strata::train {
 
 struct Batch {
-  at::Tensor images;  // float32 [B, C, H, W], normalised
-  at::Tensor labels;  // int64 [B]
+  at::Tensor inputs;   // images: float32 [B, C, H, W], normalised; text: int64 [B, T]
+  at::Tensor targets;  // images: int64 [B]; text: int64 [B, T]
   int64_t epoch = 0;
   int64_t index = 0;  // micro-batch index within the epoch
+};
+
+// An endless stream of training micro-batches (images or text).
+class BatchSource {
+ public:
+  virtual ~BatchSource() = default;
+  // The next micro-batch; blocks until it is ready.
+  virtual Batch next() = 0;
 };
 
 struct LoaderOptions {
@@ -46,7 +54,7 @@ struct LoaderOptions {
   bool pin_memory = false;   // page-locked batches (fast async copies to a GPU)
 };
 
-class TrainLoader {
+class TrainLoader final : public BatchSource {
  public:
   // Starts the worker at global micro-batch `start_batch`.
   TrainLoader(std::shared_ptr<const ImageDataset> data, LoaderOptions options,
@@ -56,7 +64,7 @@ class TrainLoader {
   TrainLoader& operator=(const TrainLoader&) = delete;
 
   // The next micro-batch; blocks until it is ready. Rethrows a worker error.
-  Batch next();
+  Batch next() override;
   int64_t batches_per_epoch() const { return batches_per_epoch_; }
 
  private:

@@ -1,9 +1,10 @@
-// Built-in classifiers: mlp, cnn, resnet_small.
+// Built-in models: the classifiers mlp, cnn, resnet_small; gpt (gpt.cpp).
 #include "trainer/models/models.h"
 
 #include <torch/nn.h>
 
 #include "core/error.h"
+#include "trainer/models/gpt.h"
 
 namespace strata::train {
 namespace nn = torch::nn;
@@ -155,6 +156,7 @@ void register_builtin_models(ModelRegistry& registry) {
   registry.add("mlp", factory<Mlp>());
   registry.add("cnn", factory<Cnn>());
   registry.add("resnet_small", factory<ResNetSmall>());
+  registry.add("gpt", make_gpt);
 }
 
 int64_t parameter_count(const torch::nn::Module& model) {

@@ -16,6 +16,8 @@
 
 namespace strata::train {
 
+// Images: C x H x W with K classes. Text: classes is the vocabulary (256
+// for bytes); the other fields are unused.
 struct InputShape {
   int64_t channels = 1;  // C
   int64_t height = 28;   // H
@@ -23,7 +25,8 @@ struct InputShape {
   int64_t classes = 10;  // K
 };
 
-// A classifier: a torch Module with a typed forward.
+// A model: a torch Module with a typed forward. Classifiers map [B, C, H, W]
+// to logits [B, K]; language models (gpt) map ids [B, T] to [B, T, V].
 class Model : public torch::nn::Module {
  public:
   ~Model() override = default;

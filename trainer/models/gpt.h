@@ -1,0 +1,30 @@
+// A decoder-only transformer (GPT-2 layout): token + learned position
+// embeddings, pre-norm blocks of causal multi-head self-attention and a GELU
+// MLP, a final LayerNorm, and an output projection tied to the token
+// embedding.
+//
+// Shape legend: B batch, T sequence length (<= model.seq_len), C d_model,
+// H heads, D = C / H, V vocabulary.
+// forward: int64 token ids [B, T] -> logits [B, T, V].
+//
+// Parameter names follow nanoGPT's (wte, wpe, h.<i>.ln_1, h.<i>.attn.c_attn,
+// h.<i>.attn.c_proj, h.<i>.ln_2, h.<i>.mlp.c_fc, h.<i>.mlp.c_proj, ln_f), so
+// a Python user can load model.pt into the same network. Initialisation is
+// GPT-2's: N(0, 0.02), residual projections N(0, 0.02 / sqrt(2 n_layer)),
+// zero biases.
+#pragma once
+
+#include "trainer/models/models.h"
+
+namespace strata::train {
+
+std::shared_ptr<Model> make_gpt(const ModelSection& config, const InputShape& input);
+
+// Causal scaled dot-product attention, q, k, v [B, H, T, D] -> [B, H, T, D].
+// LibTorch 2.x: the fused kernel (flash / memory-efficient on GPUs);
+// 1.13: the explicit softmax(q k^T / sqrt(D) + mask) v. The one place the
+// difference lives.
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k,
+                            const at::Tensor& v, double dropout, bool training);
+
+}  // namespace strata::train
