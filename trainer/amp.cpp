@@ -81,6 +81,10 @@ AutocastGuard::~AutocastGuard() {
   set_autocast_dtype(device_type_, prev_dtype_);
 }
 
+AutocastState autocast_state(at::DeviceType device_type) {
+  return {autocast_enabled(device_type), autocast_dtype(device_type)};
+}
+
 at::ScalarType precision_dtype(const std::string& precision) {
   if (precision == "bf16") return at::kBFloat16;
   if (precision == "fp16") return at::kHalf;

@@ -42,6 +42,14 @@ class AutocastGuard {
   at::ScalarType prev_dtype_ = at::kFloat;
 };
 
+// The autocast switch and dtype in effect for a device type (what
+// activation checkpointing replays when it recomputes a block).
+struct AutocastState {
+  bool enabled = false;
+  at::ScalarType dtype = at::kFloat;
+};
+AutocastState autocast_state(at::DeviceType device_type);
+
 // The compute dtype of train.precision ("fp32" -> kFloat).
 at::ScalarType precision_dtype(const std::string& precision);
 

@@ -192,6 +192,8 @@ struct TrainSection {
   int64_t eval_every = 0;
   std::string resume = "auto";
   std::string precision = "fp32";
+  std::string activation_checkpointing = "none";
+  int64_t checkpoint_every = 2;
 
   template <class V>
   void visit(V& v) {
@@ -202,6 +204,8 @@ struct TrainSection {
     v.field("eval_every", eval_every, at_least(0), "steps between evaluations (0: end of every epoch)");
     v.field("resume", resume, any(), "auto (continue from the newest checkpoint if any) | never | path to a checkpoint");
     v.field("precision", precision, one_of({"fp32", "bf16", "fp16"}), "autocast compute dtype; weights stay fp32; fp16 adds dynamic loss scaling (GPU only)");
+    v.field("activation_checkpointing", activation_checkpointing, one_of({"none", "full", "every_k"}), "recompute activations in backward instead of keeping them: per transformer block (gpt) or stage (cnn, resnet_small); every_k: units 0, k, 2k, ...");
+    v.field("checkpoint_every", checkpoint_every, at_least(1), "k of activation_checkpointing: every_k");
   }
 };
 

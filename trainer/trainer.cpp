@@ -17,6 +17,7 @@
 #include "distributed/device_mesh.h"
 #include "distributed/gradient_reducer.h"
 #include "distributed/rank_info.h"
+#include "trainer/activation_checkpoint.h"
 #include "trainer/amp.h"
 #include "trainer/checkpoint.h"
 #include "trainer/device.h"
@@ -171,6 +172,9 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
   const auto& make_model = registries.models.get(
       recipe.model.name, recipe.where("model.name"), "model.name");
   model = make_model(recipe.model, input_shape);
+  model->set_checkpointing(checkpoint_plan(
+      recipe.train.activation_checkpointing, recipe.train.checkpoint_every,
+      model->checkpoint_units(), recipe.where("train.activation_checkpointing")));
   model->to(device);
   const auto& make_optimizer = registries.optimizers.get(
       recipe.optimizer.name, recipe.where("optimizer.name"), "optimizer.name");

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "trainer/activation_checkpoint.h"
 
 namespace strata::train {
 namespace nn = torch::nn;
@@ -108,13 +109,19 @@ class Gpt final : public Model {
     init_weights(c.n_layer);
   }
 
+  int64_t checkpoint_units() const override { return static_cast<int64_t>(blocks_.size()); }
+
   at::Tensor forward(const at::Tensor& idx) override {
     const int64_t T = idx.size(1);
     STRATA_CHECK_T(Error, T <= seq_len_, "gpt: a sequence of ", T,
                    " tokens is longer than model.seq_len = ", seq_len_);
     at::Tensor pos = at::arange(T, idx.options());
     at::Tensor x = drop(wte_->forward(idx) + wpe_->forward(pos), dropout_, is_training());
-    for (auto& b : blocks_) x = b->forward(x);
+    for (size_t i = 0; i < blocks_.size(); ++i) {
+      std::shared_ptr<Block> b = blocks_[i];
+      x = checkpointed(i) ? checkpoint([b](const at::Tensor& t) { return b->forward(t); }, x)
+                          : b->forward(x);
+    }
     x = ln_f_->forward(x);
     return at::matmul(x, wte_->weight.t());  // tied output projection
   }

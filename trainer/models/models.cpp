@@ -4,11 +4,29 @@
 #include <torch/nn.h>
 
 #include "core/error.h"
+#include "trainer/activation_checkpoint.h"
 #include "trainer/models/gpt.h"
 
 namespace strata::train {
 namespace nn = torch::nn;
 namespace {
+
+// Modules [begin, end) of `seq` applied to x; checkpointed when asked, with
+// their buffers (BatchNorm statistics) restored after the recomputation.
+at::Tensor run_range(nn::Sequential seq, size_t begin, size_t end, const at::Tensor& x,
+                     bool checkpointed) {
+  auto f = [seq, begin, end](const at::Tensor& in) mutable {
+    at::Tensor y = in;
+    for (size_t i = begin; i < end; ++i) y = (seq->begin() + static_cast<long>(i))->forward(y);
+    return y;
+  };
+  if (!checkpointed) return f(x);
+  std::vector<at::Tensor> buffers;
+  for (size_t i = begin; i < end; ++i) {
+    for (const auto& b : seq->ptr(i)->buffers()) buffers.push_back(b);
+  }
+  return checkpoint(f, x, std::move(buffers));
+}
 
 // flatten -> [Linear -> ReLU (-> Dropout)] per hidden width -> Linear.
 // Names: net.0.weight, net.2.weight, ... (nn.Sequential numbering).
@@ -47,6 +65,7 @@ class Cnn final : public Model {
       features_->push_back(nn::BatchNorm2d(out));
       features_->push_back(nn::ReLU());
       features_->push_back(nn::MaxPool2d(2));
+      ++stages_;
       ch = out;
       h /= 2;
       w /= 2;
@@ -62,10 +81,17 @@ class Cnn final : public Model {
     register_module("classifier", classifier_);
   }
   at::Tensor forward(const at::Tensor& x) override {
-    return classifier_->forward(features_->forward(x).flatten(1));
+    at::Tensor y = x;
+    for (size_t s = 0; s < stages_; ++s) {
+      y = run_range(features_, 4 * s, 4 * s + 4, y, checkpointed(s));
+    }
+    return classifier_->forward(y.flatten(1));
   }
+  // A stage: conv -> BN -> ReLU -> pool.
+  int64_t checkpoint_units() const override { return static_cast<int64_t>(stages_); }
 
  private:
+  size_t stages_ = 0;
   nn::Sequential features_;
   nn::Sequential classifier_;
 };
@@ -119,12 +145,14 @@ class ResNetSmall final : public Model {
     stem_->push_back(nn::BatchNorm2d(c0));
     stem_->push_back(nn::ReLU());
     int64_t ch = c0;
+    stage_ends_.push_back(0);
     for (size_t s = 0; s < c.channels.size(); ++s) {
       for (int64_t b = 0; b < c.blocks; ++b) {
         const int64_t stride = (s > 0 && b == 0) ? 2 : 1;
         stages_->push_back(BasicBlock(ch, c.channels[s], stride));
         ch = c.channels[s];
       }
+      stage_ends_.push_back(stages_->size());
     }
     if (c.dropout > 0) head_->push_back(nn::Dropout(c.dropout));
     head_->push_back(nn::Linear(ch, in.classes));
@@ -133,11 +161,19 @@ class ResNetSmall final : public Model {
     register_module("head", head_);
   }
   at::Tensor forward(const at::Tensor& x) override {
-    at::Tensor y = stages_->forward(stem_->forward(x));
+    at::Tensor y = stem_->forward(x);
+    for (size_t s = 0; s + 1 < stage_ends_.size(); ++s) {
+      y = run_range(stages_, stage_ends_[s], stage_ends_[s + 1], y, checkpointed(s));
+    }
     return head_->forward(y.mean({2, 3}));
+  }
+  // A stage: its `blocks` residual blocks.
+  int64_t checkpoint_units() const override {
+    return static_cast<int64_t>(stage_ends_.size()) - 1;
   }
 
  private:
+  std::vector<size_t> stage_ends_;  // stage s: stages_[ends[s], ends[s + 1])
   nn::Sequential stem_;
   nn::Sequential stages_;
   nn::Sequential head_;

@@ -10,6 +10,7 @@
 
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "trainer/recipe.h"
 #include "trainer/registry.h"
@@ -31,6 +32,18 @@ class Model : public torch::nn::Module {
  public:
   ~Model() override = default;
   virtual at::Tensor forward(const at::Tensor& x) = 0;
+
+  // Activation checkpointing (Note [Activation checkpointing]): how many
+  // units (transformer blocks, CNN stages) the model can checkpoint, and
+  // which ones it does (plan[i] for unit i; missing entries: no).
+  virtual int64_t checkpoint_units() const { return 0; }
+  void set_checkpointing(std::vector<bool> plan) { plan_ = std::move(plan); }
+
+ protected:
+  bool checkpointed(size_t unit) const { return unit < plan_.size() && plan_[unit]; }
+
+ private:
+  std::vector<bool> plan_;
 };
 
 using ModelFactory = std::function<std::shared_ptr<Model>(
