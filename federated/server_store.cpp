@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/strings.h"
+#include "trainer/checkpoint.h"
 
 namespace strata::fed {
 namespace {
@@ -63,22 +64,6 @@ std::string pickle(const std::vector<std::pair<std::string, at::Tensor>>& tensor
   for (const auto& [k, t] : tensors) dict.insert(k, t.detach().cpu());
   const std::vector<char> bytes = torch::pickle_save(c10::IValue(dict));
   return std::string(bytes.begin(), bytes.end());
-}
-
-std::vector<std::pair<std::string, at::Tensor>> unpickle(const std::string& path) {
-  const std::string bytes = read_file(path);
-  c10::IValue v;
-  try {
-    v = torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
-  } catch (const std::exception& e) {
-    throw IoError(str(path, ": not a readable state dict (", e.what(), ")"));
-  }
-  STRATA_CHECK_T(IoError, v.isGenericDict(), path, ": not a state dict");
-  std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const auto& kv : v.toGenericDict()) {
-    out.emplace_back(kv.key().toStringRef(), kv.value().toTensor());
-  }
-  return out;
 }
 
 }  // namespace
@@ -360,13 +345,13 @@ void ServerStore::commit_version(
 }
 
 std::vector<std::pair<std::string, at::Tensor>> ServerStore::load_version(int64_t version) const {
-  return unpickle(version_path(version));
+  return train::load_state_dict(version_path(version));
 }
 
 std::vector<std::pair<std::string, at::Tensor>> ServerStore::load_strategy_state() const {
   const std::string cur = join_path(dir_, "strategy_state.pt");
   if (!latest_version() || !path_exists(cur)) return {};
-  return unpickle(cur);
+  return train::load_state_dict(cur);
 }
 
 std::vector<VersionRecord> ServerStore::versions() const {

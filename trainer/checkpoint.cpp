@@ -150,4 +150,21 @@ void save_state_dict(const std::string& path, const torch::nn::Module& model) {
   atomic_write_file(path, std::string(bytes.begin(), bytes.end()));
 }
 
+std::vector<std::pair<std::string, at::Tensor>> load_state_dict(const std::string& path) {
+  STRATA_CHECK_T(IoError, path_exists(path), "state dict '", path, "' does not exist");
+  const std::string bytes = read_file(path);
+  c10::IValue v;
+  try {
+    v = torch::pickle_load(std::vector<char>(bytes.begin(), bytes.end()));
+  } catch (const std::exception& e) {
+    throw IoError(str(path, ": not a readable state dict (", e.what(), ")"));
+  }
+  STRATA_CHECK_T(IoError, v.isGenericDict(), path, ": not a state dict");
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& kv : v.toGenericDict()) {
+    out.emplace_back(kv.key().toStringRef(), kv.value().toTensor());
+  }
+  return out;
+}
+
 }  // namespace strata::train

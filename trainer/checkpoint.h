@@ -62,4 +62,9 @@ TrainState load_checkpoint(const std::string& path, torch::nn::Module& model,
 // Writes model's parameters and buffers as a torch.load-able state dict.
 void save_state_dict(const std::string& path, const torch::nn::Module& model);
 
+// Reads a state dict (a pickled {name: tensor} dict, as save_state_dict and
+// Python's torch.save(model.state_dict()) write) as (name, CPU tensor)
+// pairs in its order. Throws IoError for a missing or unreadable file.
+std::vector<std::pair<std::string, at::Tensor>> load_state_dict(const std::string& path);
+
 }  // namespace strata::train

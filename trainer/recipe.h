@@ -209,6 +209,25 @@ struct TrainSection {
   }
 };
 
+// Knowledge distillation (Hinton et al. 2015): a frozen teacher's softened
+// logits guide the student.
+struct DistillSection {
+  std::string teacher;  // path to the teacher's model.pt; empty: off
+  ModelSection teacher_model;
+  double alpha = 0.5;
+  double temperature = 4.0;
+  std::string teacher_precision = "fp32";
+
+  template <class V>
+  void visit(V& v) {
+    v.field("teacher", teacher, any(), "the teacher's weights: a model.pt (state dict) from a strata-train run; empty: no distillation");
+    v.section("teacher_model", teacher_model, "the teacher's architecture (a registered model and its settings, as under model)");
+    v.field("alpha", alpha, in_range(0, 1), "loss = alpha T^2 KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) CE(s, y)");
+    v.field("temperature", temperature, positive(), "T: softens both distributions");
+    v.field("teacher_precision", teacher_precision, one_of({"fp32", "bf16", "fp16"}), "the teacher's autocast dtype (it runs without autograd)");
+  }
+};
+
 struct CheckpointSection {
   int64_t every_steps = 0;
   int64_t keep = 2;
@@ -391,6 +410,7 @@ struct Recipe {
   ScheduleSection schedule;
   TrainSection train;
   CheckpointSection checkpoint;
+  DistillSection distill;
   DistributedSection distributed;
   FederatedSection federated;
 
@@ -408,6 +428,7 @@ struct Recipe {
     v.section("schedule", schedule, "learning-rate schedule");
     v.section("train", train, "loop length, accumulation, clipping, eval, resume");
     v.section("checkpoint", checkpoint, "checkpoint cadence and retention");
+    v.section("distill", distill, "knowledge distillation from a frozen teacher");
     v.section("distributed", distributed, "data parallelism across processes");
     v.section("federated", federated, "federated server, edge clients and simulation");
   }

@@ -21,6 +21,7 @@
 #include "trainer/amp.h"
 #include "trainer/checkpoint.h"
 #include "trainer/device.h"
+#include "trainer/distill.h"
 #include "trainer/evaluate.h"
 #include "trainer/data/dataset.h"
 #include "trainer/data/loader.h"
@@ -121,6 +122,8 @@ struct Trainer::Impl {
   at::ScalarType compute_dtype = at::kFloat;  // train.precision
   LossScaler scaler{LossScalerOptions{false}};
   std::shared_ptr<Model> model;
+  std::shared_ptr<Model> teacher;  // distill.teacher; null: no distillation
+  at::ScalarType teacher_dtype = at::kFloat;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   std::unique_ptr<LrSchedule> schedule;
   int64_t micro_per_epoch = 0;
@@ -176,6 +179,14 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
       recipe.train.activation_checkpointing, recipe.train.checkpoint_every,
       model->checkpoint_units(), recipe.where("train.activation_checkpointing")));
   model->to(device);
+  if (!recipe.distill.teacher.empty()) {
+    teacher = load_teacher(recipe, registries.models, input_shape, device);
+    teacher_dtype = precision_dtype(recipe.distill.teacher_precision);
+    log_info("distilling from ", recipe.distill.teacher, " (", recipe.distill.teacher_model.name,
+             ", ", parameter_count(*teacher), " parameters): alpha ",
+             format_double(recipe.distill.alpha), ", temperature ",
+             format_double(recipe.distill.temperature));
+  }
   const auto& make_optimizer = registries.optimizers.get(
       recipe.optimizer.name, recipe.where("optimizer.name"), "optimizer.name");
   optimizer = make_optimizer(recipe, *model);
@@ -355,9 +366,17 @@ at::Tensor Trainer::Impl::train_step(BatchSource& loader, int64_t* epoch) {
     at::Tensor targets = b.targets.to(device, /*non_blocking=*/true);
     at::Tensor loss;
     {
+      at::Tensor teacher_logits;
+      if (teacher) {  // frozen: no autograd, its own precision
+        torch::NoGradGuard no_grad;
+        AutocastGuard amp(device.type(), teacher_dtype);
+        teacher_logits = teacher->forward(inputs);
+      }
       AutocastGuard amp(device.type(), compute_dtype);  // forward and loss only
       at::Tensor logits = model->forward(inputs);
-      loss = F::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+      loss = teacher ? distillation_loss(logits, teacher_logits, targets, recipe.distill.alpha,
+                                         recipe.distill.temperature)
+                     : F::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
     }
     at::Tensor scaled = scaler.scale_loss(accum > 1 ? loss / static_cast<double>(accum) : loss);
     if (reducer && i + 1 < accum) {

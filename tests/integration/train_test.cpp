@@ -93,6 +93,27 @@ TEST(StrataTrain, GptLearnsBytesOfText) {
   EXPECT_TRUE(strata::path_exists(dir / "run/model.pt"));
 }
 
+// A teacher run's model.pt distils into a smaller student from the
+// command line; the student learns.
+TEST(StrataTrain, DistilsFromATeachersModelPt) {
+  TempDir dir;
+  const std::string base = kBin + " " + kRecipes + "fashion_mnist_mlp.yaml data.train_subset=6000"
+                           " data.test_subset=1000 train.epochs=2 run.threads=2";
+  auto t = run_command(base + " model.hidden=[128] run.dir=" + dir / "teacher");
+  ASSERT_EQ(t.exit_code, 0) << t.output;
+  auto s = run_command(base + " model.hidden=[16] run.dir=" + dir / "student" +
+                       " distill.teacher=" + dir / "teacher/model.pt" +
+                       " distill.teacher_model.name=mlp distill.teacher_model.hidden=[128]"
+                       " distill.alpha=0.5 distill.temperature=4");
+  ASSERT_EQ(s.exit_code, 0) << s.output;
+  EXPECT_NE(s.output.find("distilling from"), std::string::npos) << s.output;
+  EXPECT_GT(std::stod(field(read_lines(dir / "student/metrics.jsonl").back(), "accuracy")), 0.7);
+  auto bad = run_command(base + " run.dir=" + dir / "bad distill.teacher=" + dir / "teacher/model.pt" +
+                         " distill.teacher_model.name=mlp");  // default hidden [256,128]
+  EXPECT_EQ(bad.exit_code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("set teacher_model"), std::string::npos) << bad.output;
+}
+
 TEST(StrataTrain, GptWithImagesIsARecipeError) {
   auto r = run_command(kBin + " " + kRecipes + "fashion_mnist.yaml model.name=gpt");
   EXPECT_EQ(r.exit_code, 2);
