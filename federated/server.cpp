@@ -400,8 +400,24 @@ void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
     updates.push_back(std::move(u));
     ids.push_back(p.record.id);
   }
-  // A round closed without any update repeats the model as its version.
-  at::Tensor next = updates.empty() ? global_->clone() : strategy_->aggregate(*global_, updates);
+  // A round closed without any update repeats the model as its version. A
+  // batch the strategy cannot aggregate (a round closed after its extensions
+  // with fewer updates than a robust rule needs) is treated like a
+  // non-finite aggregate below: not applied, its updates consumed, the
+  // reason recorded; the server keeps serving.
+  at::Tensor next;
+  std::string refused;
+  if (updates.empty()) {
+    next = global_->clone();
+  } else {
+    try {
+      next = strategy_->aggregate(*global_, updates);
+    } catch (const ConfigError& e) {
+      refused = e.what();
+      log_error("version ", version_ + 1, " keeps the previous parameters: ", refused);
+      next = global_->clone();
+    }
+  }
   // Unbounded attackers (no norm_bound) can drive a plain mean to inf/NaN;
   // a non-finite model would make every later update non-finite. Such an
   // aggregate is not applied: the version keeps the previous parameters,
@@ -431,12 +447,13 @@ void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
   rec.add("kind", "version").add("step", version).add("version", version);
   if (fed().mode == "sync") rec.add("round", round);
   rec.add("updates", static_cast<int64_t>(batch.size()))
-      .add("selected", updates.empty() ? int64_t{0}
+      .add("selected", updates.empty() || !refused.empty() ? int64_t{0}
                                        : static_cast<int64_t>(strategy_->last_selected().size()))
       .add("mean_staleness", mean_staleness)
       .add("non_finite", non_finite)
       .add("aggregate_s", std::chrono::duration<double>(Clock::now() - t0).count())
       .add("time_s", std::chrono::duration<double>(Clock::now() - started_).count());
+  if (!refused.empty()) rec.add("not_applied", refused);
   if (!std::isnan(accuracy)) rec.add("accuracy", accuracy).add("loss", loss);
   metrics_->write(rec);
   log_info("version ", version, fed().mode == "sync" ? str(" (round ", round, ")") : "",

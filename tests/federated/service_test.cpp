@@ -193,6 +193,27 @@ TEST(FedService, ARoundThatCannotFillClosesAfterItsExtensions) {
             std::string::npos);
 }
 
+// A robust rule that cannot aggregate what a closing round holds (one
+// update, trimmed_mean trimming at least one from each end) does not stop
+// the server: the version keeps the model and says why.
+TEST(FedService, ABatchTheStrategyCannotAggregateIsNotApplied) {
+  test::TempDir dir;
+  Fixture f(small_recipe(dir.path(), {"federated.mode=async", "federated.async.buffer_size=1",
+                                      "federated.strategy=trimmed_mean",
+                                      "federated.trim_fraction=0.3"}));
+  EXPECT_TRUE(f.submit(f.info(1), f.delta(0.01f), f.token).ok());
+  for (int i = 0; i < 200 && f.server.status().version < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  ASSERT_EQ(f.server.status().version, 2);
+  const auto v1 = f.server.store().load_version(1);
+  const auto v2 = f.server.store().load_version(2);
+  for (size_t i = 0; i < v1.size(); ++i) EXPECT_TRUE(at::equal(v1[i].second, v2[i].second));
+  EXPECT_NE(read_file(dir.path() + "/metrics.jsonl").find("\"not_applied\":\"trimmed_mean: dropping 1 of 1"),
+            std::string::npos);
+  EXPECT_TRUE(f.submit(f.info(2), f.delta(0.01f), f.token).ok());  // still serving
+}
+
 TEST(FedService, EdgeClientFetchesAndSubmitsWithEncodings) {
   test::TempDir dir;
   Fixture f(small_recipe(dir.path(), {"federated.mode=async", "federated.async.buffer_size=100"}));
