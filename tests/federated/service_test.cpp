@@ -89,6 +89,17 @@ void expect_status(const grpc::Status& s, grpc::StatusCode code, const std::stri
   EXPECT_NE(s.error_message().find(reason), std::string::npos) << s.error_message();
 }
 
+// Waits (up to 5 s) for version 2 and checks it holds version 1's parameters.
+void expect_version_2_repeats_version_1(Fixture& f) {
+  for (int i = 0; i < 200 && f.server.status().version < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  ASSERT_EQ(f.server.status().version, 2);
+  const auto v1 = f.server.store().load_version(1);
+  const auto v2 = f.server.store().load_version(2);
+  for (size_t i = 0; i < v1.size(); ++i) EXPECT_TRUE(at::equal(v1[i].second, v2[i].second));
+}
+
 TEST(FedService, EveryRejectionPathHasItsCodeAndReason) {
   test::TempDir dir;
   Fixture f(small_recipe(dir.path(), {"federated.mode=async", "federated.async.buffer_size=100",
@@ -146,13 +157,7 @@ TEST(FedService, ANonFiniteAggregateIsNotApplied) {
     const grpc::Status st = f.submit(f.info(seq), f.delta(3e38f), f.token);
     EXPECT_TRUE(st.ok()) << st.error_message();
   }
-  for (int i = 0; i < 200 && f.server.status().version < 2; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
-  ASSERT_EQ(f.server.status().version, 2);
-  const auto v1 = f.server.store().load_version(1);
-  const auto v2 = f.server.store().load_version(2);
-  for (size_t i = 0; i < v1.size(); ++i) EXPECT_TRUE(at::equal(v1[i].second, v2[i].second));
+  expect_version_2_repeats_version_1(f);
   EXPECT_NE(read_file(dir.path() + "/metrics.jsonl").find("\"non_finite\":true"), std::string::npos);
 }
 
@@ -181,14 +186,8 @@ TEST(FedService, ARoundThatCannotFillClosesAfterItsExtensions) {
                                       "federated.sync.round_timeout_s=0.2",
                                       "federated.sync.max_round_extensions=2"}));
   const auto t0 = std::chrono::steady_clock::now();
-  for (int i = 0; i < 200 && f.server.status().version < 2; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
-  ASSERT_EQ(f.server.status().version, 2);
+  expect_version_2_repeats_version_1(f);
   EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(550));  // 3 deadlines
-  const auto v1 = f.server.store().load_version(1);
-  const auto v2 = f.server.store().load_version(2);
-  for (size_t i = 0; i < v1.size(); ++i) EXPECT_TRUE(at::equal(v1[i].second, v2[i].second));
   EXPECT_NE(read_file(dir.path() + "/metrics.jsonl").find("\"round\":1,\"updates\":0"),
             std::string::npos);
 }
@@ -202,13 +201,7 @@ TEST(FedService, ABatchTheStrategyCannotAggregateIsNotApplied) {
                                       "federated.strategy=trimmed_mean",
                                       "federated.trim_fraction=0.3"}));
   EXPECT_TRUE(f.submit(f.info(1), f.delta(0.01f), f.token).ok());
-  for (int i = 0; i < 200 && f.server.status().version < 2; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
-  ASSERT_EQ(f.server.status().version, 2);
-  const auto v1 = f.server.store().load_version(1);
-  const auto v2 = f.server.store().load_version(2);
-  for (size_t i = 0; i < v1.size(); ++i) EXPECT_TRUE(at::equal(v1[i].second, v2[i].second));
+  expect_version_2_repeats_version_1(f);
   EXPECT_NE(read_file(dir.path() + "/metrics.jsonl").find("\"not_applied\":\"trimmed_mean: dropping 1 of 1"),
             std::string::npos);
   EXPECT_TRUE(f.submit(f.info(2), f.delta(0.01f), f.token).ok());  // still serving
