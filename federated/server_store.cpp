@@ -59,13 +59,6 @@ std::string tensor_bytes(const at::Tensor& t) {
   return std::string(static_cast<const char*>(c.data_ptr()), c.numel() * 4);
 }
 
-std::string pickle(const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
-  c10::Dict<std::string, at::Tensor> dict;
-  for (const auto& [k, t] : tensors) dict.insert(k, t.detach().cpu());
-  const std::vector<char> bytes = torch::pickle_save(c10::IValue(dict));
-  return std::string(bytes.begin(), bytes.end());
-}
-
 }  // namespace
 
 // A SQLite connection with prepared statements; every public method of
@@ -318,10 +311,10 @@ void ServerStore::commit_version(
     const VersionRecord& v, const std::vector<std::pair<std::string, at::Tensor>>& state_dict,
     const std::vector<std::pair<std::string, at::Tensor>>& strategy_state) {
   std::lock_guard<std::mutex> lock(db_->mu);
-  atomic_write_file(version_path(v.version), pickle(state_dict));
+  train::save_state_dict(version_path(v.version), state_dict);
   const std::string strategy_path = join_path(dir_, "strategy_state.pt");
   const std::string strategy_next = join_path(dir_, str("strategy_state.v", v.version, ".pt"));
-  atomic_write_file(strategy_next, pickle(strategy_state));
+  train::save_state_dict(strategy_next, strategy_state);
   db_->transaction([&] {
     Db::Stmt(*db_,
              "INSERT INTO versions(version, committed_at, num_updates, test_accuracy, test_loss)"

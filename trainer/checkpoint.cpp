@@ -138,16 +138,19 @@ TrainState load_checkpoint(const std::string& path, torch::nn::Module& model,
   return state;
 }
 
-void save_state_dict(const std::string& path, const torch::nn::Module& model) {
+void save_state_dict(const std::string& path,
+                     const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
   c10::Dict<std::string, at::Tensor> dict;
-  for (const auto& p : model.named_parameters(/*recurse=*/true)) {
-    dict.insert(p.key(), p.value().detach().cpu());
-  }
-  for (const auto& b : model.named_buffers(/*recurse=*/true)) {
-    dict.insert(b.key(), b.value().detach().cpu());
-  }
+  for (const auto& [name, t] : tensors) dict.insert(name, t.detach().cpu());
   std::vector<char> bytes = torch::pickle_save(c10::IValue(dict));
   atomic_write_file(path, std::string(bytes.begin(), bytes.end()));
+}
+
+void save_state_dict(const std::string& path, const torch::nn::Module& model) {
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& p : model.named_parameters(/*recurse=*/true)) tensors.emplace_back(p.key(), p.value());
+  for (const auto& b : model.named_buffers(/*recurse=*/true)) tensors.emplace_back(b.key(), b.value());
+  save_state_dict(path, tensors);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> load_state_dict(const std::string& path) {

@@ -59,8 +59,12 @@ TrainState load_checkpoint(const std::string& path, torch::nn::Module& model,
                            torch::optim::Optimizer& optimizer,
                            c10::Device device = c10::Device(c10::kCPU));
 
-// Writes model's parameters and buffers as a torch.load-able state dict.
+// Writes model's parameters and buffers as a torch.load-able state dict
+// (atomically; tensors copied to the CPU).
 void save_state_dict(const std::string& path, const torch::nn::Module& model);
+// The same for (name, tensor) pairs, in their order.
+void save_state_dict(const std::string& path,
+                     const std::vector<std::pair<std::string, at::Tensor>>& tensors);
 
 // Reads a state dict (a pickled {name: tensor} dict, as save_state_dict and
 // Python's torch.save(model.state_dict()) write) as (name, CPU tensor)
