@@ -31,6 +31,8 @@ StrategyOptions strategy_options(const FederatedSection& f) {
   o.trim_fraction = f.trim_fraction;
   o.byzantine = static_cast<int>(f.byzantine);
   o.multi_krum_keep = static_cast<int>(f.multi_krum_keep);
+  o.median_norm_clip = f.median_norm_clip;
+  o.bucket_size = static_cast<int>(f.bucket_size);
   return o;
 }
 
@@ -64,11 +66,14 @@ FedServer::FedServer(train::Recipe recipe, const train::Registries& registries)
                                                                        : f.sync.clients_per_round)
                                      : f.async.buffer_size;
   if (f.strategy == "krum" || f.strategy == "multi_krum") {
-    STRATA_CHECK_T(ConfigError, k >= 2 * f.byzantine + 3, "federated.strategy ", f.strategy,
+    // With bucketing, krum scores the ceil(k / s) bucket means.
+    const int64_t inputs = (k + f.bucket_size - 1) / f.bucket_size;
+    STRATA_CHECK_T(ConfigError, inputs >= 2 * f.byzantine + 3, "federated.strategy ", f.strategy,
                    " with byzantine = ", f.byzantine, " needs at least 2f + 3 = ",
-                   2 * f.byzantine + 3, " updates per aggregation, but ", k,
-                   " may be aggregated; raise clients_per_round/min_updates (sync) or "
-                   "buffer_size (async), or lower federated.byzantine");
+                   2 * f.byzantine + 3, " updates (buckets, with bucket_size > 1) per "
+                   "aggregation, but ", inputs, " may be aggregated; raise "
+                   "clients_per_round/min_updates (sync) or buffer_size (async), or lower "
+                   "federated.byzantine or federated.bucket_size");
   }
   strategy_ = make_strategy(strategy_options(f));
   policy_.max_staleness = f.mode == "sync" ? 0 : f.async.max_staleness;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <random>
 
 #include "core/error.h"
 #include "core/strings.h"
@@ -129,7 +130,66 @@ std::vector<int> krum_select(const std::vector<ClientUpdate>& u, int f, int keep
   return order;
 }
 
+std::vector<ClientUpdate> clip_to_median_norm(const std::vector<ClientUpdate>& u,
+                                              double multiple) {
+  check_updates(u);
+  STRATA_CHECK_T(ConfigError, multiple > 0, "median_norm_clip ", multiple, " must be > 0");
+  std::vector<double> norms;
+  for (const auto& x : u) norms.push_back(x.delta.norm().item<double>());
+  std::vector<double> sorted = norms;
+  const size_t mid = (sorted.size() - 1) / 2;  // the ceil(n/2)-th smallest
+  std::nth_element(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(mid),
+                   sorted.end());
+  const double bound = multiple * sorted[mid];
+  std::vector<ClientUpdate> out = u;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (norms[i] > bound) out[i].delta = out[i].delta * (bound / norms[i]);
+  }
+  return out;
+}
+
+std::vector<ClientUpdate> bucket_means(const std::vector<ClientUpdate>& u, int s,
+                                       uint64_t seed,
+                                       std::vector<std::vector<int>>* members) {
+  check_updates(u);
+  STRATA_CHECK_T(ConfigError, s >= 1, "bucket_size ", s, " must be >= 1");
+  std::vector<int> order(u.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(seed);
+  std::shuffle(order.begin(), order.end(), rng);
+  std::vector<ClientUpdate> out;
+  if (members) members->clear();
+  for (size_t b = 0; b < order.size(); b += static_cast<size_t>(s)) {
+    const size_t e = std::min(order.size(), b + static_cast<size_t>(s));
+    ClientUpdate bucket;
+    bucket.num_samples = 0;
+    for (size_t k = b; k < e; ++k) bucket.num_samples += u[order[k]].num_samples;
+    bucket.delta = at::zeros_like(u[0].delta);
+    std::vector<int> idx;
+    for (size_t k = b; k < e; ++k) {
+      const ClientUpdate& x = u[order[k]];
+      bucket.delta.add_(x.delta, static_cast<double>(x.num_samples) /
+                                     static_cast<double>(bucket.num_samples) *
+                                     x.staleness_weight);
+      bucket.client_id += (k == b ? "" : "+") + x.client_id;
+      idx.push_back(order[k]);
+    }
+    out.push_back(std::move(bucket));
+    if (members) members->push_back(std::move(idx));
+  }
+  return out;
+}
+
 namespace {
+
+// FNV-1a over the update ids: a batch's buckets depend only on who is in it.
+uint64_t batch_seed(const std::vector<ClientUpdate>& u) {
+  uint64_t h = 1469598103934665603ull;
+  for (const auto& x : u) {
+    for (unsigned char c : x.client_id + '\n') h = (h ^ c) * 1099511628211ull;
+  }
+  return h;
+}
 
 enum class Rule { kMean, kMedian, kTrimmedMean, kKrum, kMultiKrum };
 enum class Optimizer { kSgd, kAdam, kYogi, kAdagrad };
@@ -169,9 +229,22 @@ class ComposedStrategy final : public Strategy {
   }
 
  private:
-  at::Tensor combine(const std::vector<ClientUpdate>& u) {
+  at::Tensor combine(const std::vector<ClientUpdate>& updates) {
+    std::vector<ClientUpdate> u = o_.median_norm_clip > 0
+                                      ? clip_to_median_norm(updates, o_.median_norm_clip)
+                                      : updates;
+    // groups[k]: the indices into `updates` behind u[k].
+    std::vector<std::vector<int>> groups;
+    if (o_.bucket_size > 1 && rule_ != Rule::kMean) {
+      u = bucket_means(u, o_.bucket_size, batch_seed(updates), &groups);
+    } else {
+      for (int i = 0; i < static_cast<int>(u.size()); ++i) groups.push_back({i});
+    }
     selected_.clear();
-    const auto all = [&] { for (const auto& x : u) selected_.push_back(x.client_id); };
+    const auto select = [&](int k) {
+      for (int i : groups[k]) selected_.push_back(updates[i].client_id);
+    };
+    const auto all = [&] { for (size_t k = 0; k < u.size(); ++k) select(static_cast<int>(k)); };
     switch (rule_) {
       case Rule::kMean: all(); return weighted_mean(u);
       case Rule::kMedian: all(); return coordinate_median(u);
@@ -183,9 +256,9 @@ class ComposedStrategy final : public Strategy {
                          : o_.multi_krum_keep > 0 ? o_.multi_krum_keep
                                                   : n - o_.byzantine;
         std::vector<ClientUpdate> chosen;
-        for (int i : krum_select(u, o_.byzantine, keep)) {
-          chosen.push_back(u[i]);
-          selected_.push_back(u[i].client_id);
+        for (int k : krum_select(u, o_.byzantine, keep)) {
+          chosen.push_back(u[k]);
+          select(k);
         }
         return weighted_mean(chosen);
       }
@@ -260,6 +333,10 @@ std::unique_ptr<Strategy> make_strategy(const StrategyOptions& o) {
   STRATA_CHECK_T(ConfigError, o.tau > 0, "tau ", o.tau, " must be > 0");
   STRATA_CHECK_T(ConfigError, o.proximal_mu >= 0, "proximal_mu ", o.proximal_mu, " must be >= 0");
   STRATA_CHECK_T(ConfigError, o.byzantine >= 0, "byzantine ", o.byzantine, " must be >= 0");
+  STRATA_CHECK_T(ConfigError, o.median_norm_clip >= 0, "median_norm_clip ", o.median_norm_clip,
+                 " must be >= 0 (0: off)");
+  STRATA_CHECK_T(ConfigError, o.bucket_size >= 1, "bucket_size ", o.bucket_size,
+                 " must be >= 1 (1: off)");
   return std::make_unique<ComposedStrategy>(o, rule, opt);
 }
 

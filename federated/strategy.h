@@ -22,6 +22,21 @@
 //               (Reddi et al. 2021, "Adaptive Federated Optimization",
 //               Algorithm 2: no bias correction, v starts at τ²)
 //
+// Two optional steps run before the rule, on every strategy (both off by
+// default; they are what makes the robust rules hold up on non-IID clients):
+//   median_norm_clip c > 0   every Δ_i is scaled down to at most c times the
+//                   batch's median update norm (the ⌈n/2⌉-th smallest), so
+//                   no single update -- however scaled -- pulls harder than
+//                   an honest one while fewer than half are corrupt
+//   bucket_size s > 1   the updates are shuffled (seeded by their client ids,
+//                   so a batch always buckets the same way) into ⌈n/s⌉
+//                   buckets and the rule runs on the buckets' sample-weighted
+//                   means (Karimireddy, He, Jaggi 2022, "Byzantine-robust
+//                   learning on heterogeneous datasets via bucketing"):
+//                   averaging shrinks honest heterogeneity, which is what
+//                   coordinate-wise rules otherwise mistake for outliers.
+//                   The mean rule is unchanged by bucketing.
+//
 // Names: fedavg = mean + sgd; fedprox = fedavg whose clients add the
 // proximal term μ/2 ||w - w_global||²; fedadam / fedyogi / fedadagrad = mean
 // + that optimiser; median, trimmed_mean, krum, multi_krum = that rule +
@@ -59,6 +74,8 @@ struct StrategyOptions {
   double trim_fraction = 0.1;     // trimmed_mean: β, dropped at each end
   int byzantine = 1;              // krum / multi_krum: f tolerated
   int multi_krum_keep = 0;        // multi_krum: m (0: n - f)
+  double median_norm_clip = 0.0;  // c: clip to c x median norm (0: off)
+  int bucket_size = 1;            // s: rule over means of s updates (1: off)
 };
 
 // The strategy names make_strategy accepts.
@@ -72,6 +89,17 @@ at::Tensor trimmed_mean(const std::vector<ClientUpdate>& updates, double fractio
 std::vector<double> krum_scores(const std::vector<ClientUpdate>& updates, int byzantine);
 // Indices of the `keep` best-scored updates, best first.
 std::vector<int> krum_select(const std::vector<ClientUpdate>& updates, int byzantine, int keep);
+// The updates with every delta scaled down to at most `multiple` times the
+// ⌈n/2⌉-th smallest delta norm (deltas are copied only when scaled).
+std::vector<ClientUpdate> clip_to_median_norm(const std::vector<ClientUpdate>& updates,
+                                              double multiple);
+// ⌈n/s⌉ bucket means of the updates shuffled by `seed`: each bucket's delta
+// is Σ n_i s_i Δ_i / Σ n_i over its members, its num_samples Σ n_i, its
+// staleness weight 1 and its client_id the members' ids joined by '+'.
+// `members[b]` receives the indices of bucket b's updates.
+std::vector<ClientUpdate> bucket_means(const std::vector<ClientUpdate>& updates,
+                                       int bucket_size, uint64_t seed,
+                                       std::vector<std::vector<int>>* members = nullptr);
 
 // What the server sends clients with the model.
 struct ClientConfig {

@@ -375,6 +375,8 @@ struct FederatedSection {
   double trim_fraction = 0.1;
   int64_t byzantine = 1;
   int64_t multi_krum_keep = 0;
+  double median_norm_clip = 0.0;
+  int64_t bucket_size = 1;
   FedSyncSection sync;
   FedAsyncSection async;
   FedServerSection server;
@@ -394,6 +396,8 @@ struct FederatedSection {
     v.field("trim_fraction", trim_fraction, in_range(0, 0.499), "trimmed_mean: share dropped at each end per coordinate");
     v.field("byzantine", byzantine, at_least(0), "krum/multi_krum: f, the corrupted updates tolerated");
     v.field("multi_krum_keep", multi_krum_keep, at_least(0), "multi_krum: updates averaged (0: n - f)");
+    v.field("median_norm_clip", median_norm_clip, at_least(0), "before aggregating, scale each update down to at most this multiple of the batch's median update norm (0: off)");
+    v.field("bucket_size", bucket_size, at_least(1), "robust rules aggregate the means of random buckets of this many updates (Karimireddy et al. 2022; 1: off)");
     v.section("sync", sync, "sync mode: rounds");
     v.section("async", async, "async mode: buffered aggregation of online updates");
     v.section("server", server, "address, TLS, validation, evaluation");

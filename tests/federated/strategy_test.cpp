@@ -2,6 +2,7 @@
 // robust rules against planted outliers.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -160,6 +161,94 @@ TEST(Strategies, RobustRulesResistPlantedOutliers) {
   }
 }
 
+TEST(Kernels, ClipToMedianNormScalesOnlyTheLargeOnes) {
+  // Norms 1, 2, 3, 100: the 2nd smallest (ceil(4/2)) is 2.
+  const std::vector<ClientUpdate> u{upd("a", {1, 0}), upd("b", {0, -2}), upd("c", {3, 0}),
+                                    upd("d", {60, 80})};
+  const auto c = clip_to_median_norm(u, 1.0);
+  EXPECT_EQ(vec(c[0].delta), (std::vector<float>{1, 0}));
+  EXPECT_EQ(vec(c[1].delta), (std::vector<float>{0, -2}));
+  EXPECT_EQ(vec(c[2].delta), (std::vector<float>{2, 0}));
+  EXPECT_NEAR(c[3].delta[0].item<float>(), 1.2f, 1e-6);
+  EXPECT_NEAR(c[3].delta[1].item<float>(), 1.6f, 1e-6);
+  EXPECT_EQ(vec(u[3].delta), (std::vector<float>{60, 80}));  // input untouched
+  // multiple 2: bound 4, only d is scaled.
+  EXPECT_EQ(vec(clip_to_median_norm(u, 2.0)[2].delta), (std::vector<float>{3, 0}));
+}
+
+TEST(Kernels, BucketMeansPartitionTheBatchAndKeepItsMean) {
+  const std::vector<ClientUpdate> u{upd("a", {1, 2}, 1), upd("b", {3, -4}, 2, 0.5),
+                                    upd("c", {0, 7}, 3), upd("d", {5, 5}, 1),
+                                    upd("e", {2, 2}, 4)};
+  std::vector<std::vector<int>> members;
+  const auto b = bucket_means(u, 2, 42, &members);
+  ASSERT_EQ(b.size(), 3u);  // ceil(5 / 2)
+  std::vector<int> seen;
+  for (size_t k = 0; k < b.size(); ++k) {
+    int64_t samples = 0;
+    at::Tensor mean = at::zeros({2});
+    for (int i : members[k]) samples += u[i].num_samples;
+    for (int i : members[k]) {
+      mean += u[i].delta * (u[i].staleness_weight * u[i].num_samples / double(samples));
+      seen.push_back(i);
+    }
+    EXPECT_EQ(b[k].num_samples, samples);
+    EXPECT_EQ(b[k].staleness_weight, 1.0);
+    EXPECT_TRUE(at::allclose(b[k].delta, mean));
+  }
+  std::sort(seen.begin(), seen.end());
+  EXPECT_EQ(seen, (std::vector<int>{0, 1, 2, 3, 4}));
+  // The sample-weighted mean of the buckets is the batch's mean.
+  EXPECT_TRUE(at::allclose(weighted_mean(b), weighted_mean(u)));
+  // Same seed, same buckets; the shuffle does depend on the seed.
+  EXPECT_EQ(bucket_means(u, 2, 42)[0].client_id, b[0].client_id);
+  bool differs = false;
+  for (uint64_t seed = 0; seed < 8 && !differs; ++seed) {
+    differs = bucket_means(u, 2, seed)[0].client_id != b[0].client_id;
+  }
+  EXPECT_TRUE(differs);
+}
+
+TEST(Strategies, ClippingAndBucketingBoundScaledAttackersOnHeterogeneousClients) {
+  // Non-IID honest clients: two camps (deltas near 0 and near 2, honest
+  // mean 1); 2 of 10 send -100x their update.
+  at::manual_seed(5);
+  std::vector<ClientUpdate> u;
+  for (int i = 0; i < 10; ++i) {
+    ClientUpdate c;
+    c.client_id = "c" + std::to_string(i);
+    c.delta = (i % 2 == 0 ? 0.0 : 2.0) + 0.1 * at::randn({1000});
+    if (i >= 8) c.delta = c.delta * -100.0;
+    u.push_back(c);
+  }
+  const at::Tensor zero = at::zeros({1000});
+  auto error = [&](const std::string& name, double clip, int bucket) {
+    StrategyOptions o;
+    o.name = name;
+    o.trim_fraction = 0.2;
+    o.median_norm_clip = clip;
+    o.bucket_size = bucket;
+    auto s = make_strategy(o);
+    const double e = (s->aggregate(zero, u) - 1.0).abs().mean().item<double>();
+    // Ids reported are the clients', never a bucket's joined name.
+    for (const auto& id : s->last_selected()) EXPECT_EQ(id.find('+'), std::string::npos);
+    return e;
+  };
+  EXPECT_GT(error("fedavg", 0, 1), 20.0);
+  // Clipped, each attacker pulls no harder than an honest client.
+  EXPECT_LT(error("fedavg", 1.0, 1), 1.0);
+  for (std::string robust : {"median", "trimmed_mean"}) {
+    EXPECT_LT(error(robust, 1.0, 2), 0.6) << robust;
+  }
+  StrategyOptions o;
+  o.name = "multi_krum";
+  o.byzantine = 1;
+  o.bucket_size = 2;
+  auto mk = make_strategy(o);
+  mk->aggregate(zero, u);
+  EXPECT_EQ(mk->last_selected().size(), 8u);  // 4 of the 5 buckets, 2 clients each
+}
+
 TEST(Strategies, AggregationNeverModifiesItsInputs) {
   std::vector<ClientUpdate> u{upd("a", {1, 2}), upd("b", {3, -4}, 2, 0.5),
                               upd("c", {0, 7}), upd("d", {5, 5}), upd("e", {2, 2})};
@@ -170,6 +259,7 @@ TEST(Strategies, AggregationNeverModifiesItsInputs) {
     StrategyOptions o;
     o.name = name;
     o.server_lr = 0.1;
+    o.median_norm_clip = 1.0;
     make_strategy(o)->aggregate(global, u);
     for (size_t i = 0; i < u.size(); ++i) {
       EXPECT_TRUE(at::equal(u[i].delta, before[i])) << name << " modified update " << i;
