@@ -2,7 +2,9 @@
 // the number of concurrent clients, for a ~1M- and a ~10M-parameter model,
 // next to the loopback TCP bandwidth of this machine.
 //
-//   build/bin/fed_ingest_bench [SECONDS] [CLIENTS,...]     (default 8 1,10,50,100,200)
+//   build/bin/fed_ingest_bench [SECONDS] [CLIENTS,...] [1m|10m|both] [WINDOW_KB,...]
+//   (default 8 1,10,50,100,200 both 0,256: every row with gRPC's adaptive
+//   stream windows (0) and with federated.server.stream_window_kb = 256)
 //
 // The server is a real strata-fedserver process (async mode, buffer 10,
 // every update fsync'ed into SQLite before its ack, an aggregation and a
@@ -72,6 +74,23 @@ double loopback_gbps(double seconds) {
   return static_cast<double>(received) / std::chrono::duration<double>(Clock::now() - t0).count() / 1e9;
 }
 
+// Files of `bytes` each written and fsync'ed back to back in `dir` for
+// `seconds`, as the server's ledger does for every update: MB/s.
+double durable_write_mbps(const std::string& dir, size_t bytes, double seconds) {
+  strata::make_dirs(dir);
+  const std::string data(bytes, 'x');
+  size_t written = 0;
+  int i = 0;
+  const auto t0 = Clock::now();
+  while (std::chrono::duration<double>(Clock::now() - t0).count() < seconds) {
+    strata::atomic_write_file(dir + "/f" + std::to_string(i++ % 8), data);
+    written += bytes;
+  }
+  const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::system(("rm -rf " + dir).c_str());
+  return static_cast<double>(written) / dt / 1e6;
+}
+
 long peak_rss_kib(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   std::string line;
@@ -87,7 +106,8 @@ struct Row {
   int64_t refused = 0;
 };
 
-Row run(const std::string& dir, const std::string& hidden, int clients, double seconds) {
+Row run(const std::string& dir, const std::string& hidden, int clients, double seconds,
+        int window_kb) {
   std::system(("rm -rf " + dir).c_str());
   strata::make_dirs(dir);
   const int port = strata::free_loopback_port();
@@ -98,7 +118,8 @@ Row run(const std::string& dir, const std::string& hidden, int clients, double s
                         << "federated:\n  mode: async\n"
                         << "  async: {versions: 1000000000, buffer_size: 10, max_staleness: 1000000000}\n"
                         << "  server: {address: 127.0.0.1:" << port
-                        << ", eval_every: 1000000000, max_message_mb: 1024}\n";
+                        << ", eval_every: 1000000000, max_message_mb: 1024, stream_window_kb: "
+                        << window_kb << "}\n";
   std::string ids;
   for (int c = 0; c < clients; ++c) ids += " c" + std::to_string(c);
   FILE* p = ::popen((std::string(STRATA_FEDSERVER_BIN) + " enroll " + recipe + ids).c_str(), "r");
@@ -172,21 +193,34 @@ int main(int argc, char** argv) {
     counts.clear();
     for (const auto& s : strata::split(argv[2], ',')) counts.push_back(std::stoi(s));
   }
-  std::cout << "loopback TCP, one connection: " << strata::format_double(loopback_gbps(2.0))
-            << " GB/s\n\n";
-  std::cout << "| model | update MB | clients | updates/s | MB/s | server peak RSS MiB | refused |\n"
-               "|---|---|---|---|---|---|---|\n";
+  const std::string only = argc > 3 && std::string(argv[3]) != "both" ? argv[3] : "";
+  std::vector<int> windows{0, 256};
+  if (argc > 4) {
+    windows.clear();
+    for (const auto& s : strata::split(argv[4], ',')) windows.push_back(std::stoi(s));
+  }
   const std::string tmp = "/tmp/strata_fed_ingest";
+  std::cout << "loopback TCP, one connection: " << strata::format_double(loopback_gbps(2.0))
+            << " GB/s\n";
+  std::cout << "durable writes (4.3 MB files, fsync'ed and renamed, in " << tmp << "): "
+            << strata::format_double(durable_write_mbps(tmp + "_disk", 4280000, 2.0))
+            << " MB/s\n\n";
+  std::cout << "| model | update MB | stream window KiB | clients | updates/s | MB/s | server peak RSS MiB | refused |\n"
+               "|---|---|---|---|---|---|---|---|\n";
   for (const auto& [label, hidden] : std::vector<std::pair<std::string, std::string>>{
            {"mlp 784-1024-256-10 (1.07M)", "[1024, 256]"},
            {"mlp 784-4096-1536-10 (9.5M)", "[4096, 1536]"}}) {
+    if (!only.empty() && label.find(only == "1m" ? "1.07M" : "9.5M") == std::string::npos) continue;
     for (int c : counts) {
-      const Row r = run(tmp, hidden, c, seconds);
-      const double mb = label.find("1.07M") != std::string::npos ? 1.07e6 * 4 / 1e6 : 9.5e6 * 4 / 1e6;
-      std::printf("| %s | %.1f | %d | %.1f | %.1f | %.0f | %lld |\n", label.c_str(), mb, c,
-                  r.updates_per_s, r.mb_per_s, static_cast<double>(r.rss_kib) / 1024.0,
-                  static_cast<long long>(r.refused));
-      std::fflush(stdout);
+      for (int w : windows) {
+        const Row r = run(tmp, hidden, c, seconds, w);
+        const double mb = label.find("1.07M") != std::string::npos ? 1.07e6 * 4 / 1e6 : 9.5e6 * 4 / 1e6;
+        std::printf("| %s | %.1f | %s | %d | %.1f | %.1f | %.0f | %lld |\n", label.c_str(), mb,
+                    w == 0 ? "adaptive" : std::to_string(w).c_str(), c, r.updates_per_s,
+                    r.mb_per_s, static_cast<double>(r.rss_kib) / 1024.0,
+                    static_cast<long long>(r.refused));
+        std::fflush(stdout);
+      }
     }
   }
   std::system(("rm -rf " + tmp).c_str());

@@ -95,7 +95,10 @@ class Slots {
 // Note [Bounded ingest]: an update is held in memory from its first data
 // chunk until it is durable and buffered. At most max_inflight_updates are
 // received at once; other senders block before their tensors are read, and
-// gRPC's flow control keeps their bytes on their side. The model a client
+// gRPC's flow control keeps their bytes on their side beyond one HTTP/2
+// stream window (federated.server.stream_window_kb, fixed: gRPC's default
+// BDP probing grows each stream's window to several MiB, which made the
+// server's memory grow with the number of waiting clients). The model a client
 // fetches is encoded once per version and shared by every GetModel. So the
 // server's memory is bounded by (buffer + in-flight) updates plus a model
 // or two, not by the number of clients.
@@ -224,6 +227,13 @@ class GrpcService final : public RunningService {
     b.RegisterService(&service_);
     b.SetMaxReceiveMessageSize(static_cast<int>(2 * kChunkBytes + (1 << 20)));
     b.SetMaxSendMessageSize(static_cast<int>(2 * kChunkBytes + (1 << 20)));
+    if (cfg.stream_window_kb > 0) {
+      // Note [Bounded ingest]: a fixed window instead of BDP-grown ones
+      // (up to 4-16 MiB per stream), so a waiting sender parks at most this.
+      b.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+      b.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES,
+                           static_cast<int>(cfg.stream_window_kb * 1024));
+    }
     server_ = b.BuildAndStart();
     STRATA_CHECK_T(IoError, server_ != nullptr && port_ > 0, "cannot serve on ",
                    cfg.address, ": the address is invalid or in use");

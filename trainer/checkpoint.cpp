@@ -42,7 +42,8 @@ CheckpointStore::CheckpointStore(std::string dir, int64_t keep)
 
 std::string CheckpointStore::save(const TrainState& state,
                                   torch::nn::Module& model,
-                                  torch::optim::Optimizer& optimizer) const {
+                                  torch::optim::Optimizer& optimizer,
+                                  torch::nn::Module* extra) const {
   torch::serialize::OutputArchive out;
   out.write("format", scalar(kFormatVersion));
   out.write("step", scalar(state.step));
@@ -62,6 +63,11 @@ std::string CheckpointStore::save(const TrainState& state,
   torch::serialize::OutputArchive optimizer_archive;
   optimizer.save(optimizer_archive);
   out.write("optimizer", optimizer_archive);
+  if (extra) {
+    torch::serialize::OutputArchive extra_archive;
+    extra->save(extra_archive);
+    out.write("extra", extra_archive);
+  }
 
   char name[64];
   std::snprintf(name, sizeof(name), "step_%08lld.pt",
@@ -94,7 +100,8 @@ std::string CheckpointStore::newest() const {
 }
 
 TrainState load_checkpoint(const std::string& path, torch::nn::Module& model,
-                           torch::optim::Optimizer& optimizer, c10::Device device) {
+                           torch::optim::Optimizer& optimizer, c10::Device device,
+                           torch::nn::Module* extra) {
   STRATA_CHECK_T(IoError, path_exists(path), "checkpoint '", path,
                  "' does not exist; check train.resume");
   torch::serialize::InputArchive in;
@@ -124,6 +131,11 @@ TrainState load_checkpoint(const std::string& path, torch::nn::Module& model,
     torch::serialize::InputArchive optimizer_archive;
     in.read("optimizer", optimizer_archive);
     optimizer.load(optimizer_archive);
+    if (extra) {
+      torch::serialize::InputArchive extra_archive;
+      in.read("extra", extra_archive);
+      extra->load(extra_archive);
+    }
   } catch (const c10::Error& e) {
     throw ConfigError(str(
         "checkpoint '", path, "' does not match this recipe's model or "

@@ -36,9 +36,11 @@ class CheckpointStore {
   CheckpointStore(std::string dir, int64_t keep);
 
   // Writes step_<state.step>.pt atomically, then deletes all but the newest
-  // `keep`. Returns the path written.
+  // `keep`. Returns the path written. `extra`: other trained modules the
+  // run needs back (distillation hint projections), not part of the model.
   std::string save(const TrainState& state, torch::nn::Module& model,
-                   torch::optim::Optimizer& optimizer) const;
+                   torch::optim::Optimizer& optimizer,
+                   torch::nn::Module* extra = nullptr) const;
 
   // Complete checkpoints, oldest first (full paths).
   std::vector<std::string> list() const;
@@ -50,14 +52,15 @@ class CheckpointStore {
   int64_t keep_;
 };
 
-// Restores `model`, `optimizer` and the generator from `path`. Throws
+// Restores `model`, `optimizer`, `extra` (as saved) and the generator from `path`. Throws
 // IoError when the file is unreadable, ConfigError when it was written for a
 // different model or optimizer (the message says which). Tensors land on
 // `device` (the model's), whatever device wrote them: a GPU run resumes on
 // the CPU and the other way round.
 TrainState load_checkpoint(const std::string& path, torch::nn::Module& model,
                            torch::optim::Optimizer& optimizer,
-                           c10::Device device = c10::Device(c10::kCPU));
+                           c10::Device device = c10::Device(c10::kCPU),
+                           torch::nn::Module* extra = nullptr);
 
 // Writes model's parameters and buffers as a torch.load-able state dict
 // (atomically; tensors copied to the CPU).

@@ -217,6 +217,8 @@ struct DistillSection {
   double alpha = 0.5;
   double temperature = 4.0;
   std::string teacher_precision = "fp32";
+  std::string hints;
+  double hint_weight = 1.0;
 
   template <class V>
   void visit(V& v) {
@@ -225,6 +227,8 @@ struct DistillSection {
     v.field("alpha", alpha, in_range(0, 1), "loss = alpha T^2 KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) CE(s, y)");
     v.field("temperature", temperature, positive(), "T: softens both distributions");
     v.field("teacher_precision", teacher_precision, one_of({"fp32", "bf16", "fp16"}), "the teacher's autocast dtype (it runs without autograd)");
+    v.field("hints", hints, any(), "feature hints: 'STUDENT_UNIT:TEACHER_UNIT,...' (stageN for cnn/resnet_small, blockN for gpt), each adding hint_weight x MSE(learned projection of the student's output, the teacher's); empty: none");
+    v.field("hint_weight", hint_weight, at_least(0), "beta: weight of the mean hint MSE in the loss");
   }
 };
 
@@ -312,6 +316,7 @@ struct FedServerSection {
   int64_t max_num_samples = 1000000;
   int64_t max_message_mb = 256;
   int64_t max_inflight_updates = 4;
+  int64_t stream_window_kb = 256;
   int64_t eval_every = 1;
 
   template <class V>
@@ -325,6 +330,7 @@ struct FedServerSection {
     v.field("max_num_samples", max_num_samples, at_least(1), "largest num_samples a client may claim for one update");
     v.field("max_message_mb", max_message_mb, at_least(1), "largest update a client may send, in MiB");
     v.field("max_inflight_updates", max_inflight_updates, at_least(1), "updates received at the same time; other senders wait (bounds the server's memory whatever the number of clients)");
+    v.field("stream_window_kb", stream_window_kb, at_least(0), "HTTP/2 receive window per stream: what a client waiting for an ingest slot can park in server memory (fixed; 0: gRPC's adaptive windows, several MiB per client)");
     v.field("eval_every", eval_every, at_least(1), "evaluate the global model on the test set every this many versions");
   }
 };

@@ -124,6 +124,8 @@ struct Trainer::Impl {
   std::shared_ptr<Model> model;
   std::shared_ptr<Model> teacher;  // distill.teacher; null: no distillation
   at::ScalarType teacher_dtype = at::kFloat;
+  std::shared_ptr<HintLoss> hints;  // distill.hints; null: none
+  std::vector<at::Tensor> params;   // what the optimizer trains: model (+ hints)
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   std::unique_ptr<LrSchedule> schedule;
   int64_t micro_per_epoch = 0;
@@ -190,6 +192,20 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
   const auto& make_optimizer = registries.optimizers.get(
       recipe.optimizer.name, recipe.where("optimizer.name"), "optimizer.name");
   optimizer = make_optimizer(recipe, *model);
+  params = model->parameters();
+  const auto hint_pairs = parse_hint_pairs(recipe.distill.hints, recipe.where("distill.hints"));
+  if (!hint_pairs.empty()) {
+    STRATA_CHECK_T(ConfigError, teacher != nullptr, recipe.where("distill.hints"),
+                   "distill.hints needs a teacher: set distill.teacher");
+    hints = std::make_shared<HintLoss>(hint_pairs, *model, *teacher,
+                                       eval_inputs.slice(0, 0, 2).to(device));
+    // The projections train with the student, under its optimizer's settings.
+    optimizer->add_param_group(torch::optim::OptimizerParamGroup(
+        hints->parameters(), optimizer->param_groups()[0].options().clone()));
+    for (const auto& p : hints->parameters()) params.push_back(p);
+    log_info("distillation hints ", recipe.distill.hints, " (", parameter_count(*hints),
+             " projection parameters), weight ", format_double(recipe.distill.hint_weight));
+  }
 
   const int64_t per_rank = train_samples / world;
   micro_per_epoch = per_rank / d.batch_size;
@@ -279,7 +295,7 @@ void Trainer::Impl::resume_or_start() {
     path = mode;
   }
   if (!path.empty()) {
-    TrainState saved = load_checkpoint(path, *model, *optimizer, device);
+    TrainState saved = load_checkpoint(path, *model, *optimizer, device, hints.get());
     state.step = saved.step;
     state.micro_batches = map_data_position(saved);
     if (scaler.enabled() && saved.loss_scale > 0) {
@@ -332,6 +348,9 @@ void Trainer::Impl::setup_data_parallel() {
   o.hook = comm_hook(d.comm_hook);
   std::vector<std::pair<std::string, at::Tensor>> params;
   for (auto& p : model->named_parameters()) params.emplace_back(p.key(), p.value());
+  if (hints) {
+    for (auto& p : hints->named_parameters()) params.emplace_back("distill.hints." + p.key(), p.value());
+  }
   reducer = std::make_unique<dist::GradientReducer>(std::move(params), comm, o);
   log_info("data parallel over ", world, " ranks (", comm->backend(), "): ",
            reducer->buckets().size(),
@@ -352,7 +371,7 @@ at::Tensor Trainer::Impl::train_step(BatchSource& loader, int64_t* epoch) {
   // LibTorch 2.x's zero_grad() does by default; 1.13 can only zero-fill):
   // the first backward then stores its gradient instead of adding it to
   // zeros, one memory pass fewer per parameter. Same values.
-  for (auto& p : model->parameters()) p.mutable_grad() = at::Tensor();
+  for (auto& p : params) p.mutable_grad() = at::Tensor();
   if (comm && recipe.distributed.broadcast_buffers) {
     dist::broadcast_buffers(*model, *comm);
   }
@@ -377,6 +396,7 @@ at::Tensor Trainer::Impl::train_step(BatchSource& loader, int64_t* epoch) {
       loss = teacher ? distillation_loss(logits, teacher_logits, targets, recipe.distill.alpha,
                                          recipe.distill.temperature)
                      : F::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+      if (hints) loss = loss + recipe.distill.hint_weight * hints->forward(*model, *teacher);
     }
     at::Tensor scaled = scaler.scale_loss(accum > 1 ? loss / static_cast<double>(accum) : loss);
     if (reducer && i + 1 < accum) {
@@ -391,9 +411,9 @@ at::Tensor Trainer::Impl::train_step(BatchSource& loader, int64_t* epoch) {
   // Note [Mixed precision] in amp.h: unscale after the all-reduce (every
   // rank sees the same gradients, so all skip or step together), before
   // clipping.
-  if (scaler.enabled()) scaler.unscale(model->parameters());
+  if (scaler.enabled()) scaler.unscale(params);
   if (recipe.train.clip_grad_norm > 0) {
-    clip_grad_norm(model->parameters(), recipe.train.clip_grad_norm);
+    clip_grad_norm(params, recipe.train.clip_grad_norm);
   }
   set_learning_rate(*optimizer, schedule->lr(state.step));
   if (scaler.update()) {
@@ -447,7 +467,7 @@ void Trainer::Impl::save_checkpoint() {
   state.micro_per_epoch = micro_per_epoch;
   state.loss_scale = scaler.enabled() ? scaler.scale() : 0.0;
   state.loss_scale_growth = scaler.growth_tracker();
-  const std::string path = store.save(state, *model, *optimizer);
+  const std::string path = store.save(state, *model, *optimizer, hints.get());
   progress.clear();
   log_info("saved checkpoint ", path);
 }

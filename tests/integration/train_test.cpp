@@ -9,6 +9,7 @@
 
 #include "core/fs.h"
 #include "core/json.h"
+#include "trainer/checkpoint.h"
 #include "test_util.h"
 
 namespace {
@@ -112,6 +113,37 @@ TEST(StrataTrain, DistilsFromATeachersModelPt) {
                          " distill.teacher_model.name=mlp");  // default hidden [256,128]
   EXPECT_EQ(bad.exit_code, 2) << bad.output;
   EXPECT_NE(bad.output.find("set teacher_model"), std::string::npos) << bad.output;
+}
+
+TEST(StrataTrain, DistilsWithFeatureHintsAndResumesTheirProjections) {
+  TempDir dir;
+  const std::string base = kBin + " " + kRecipes + "fashion_mnist.yaml data.train_subset=2000"
+                           " data.test_subset=500 run.threads=2 model.fc=32";
+  auto t = run_command(base + " train.epochs=1 model.channels=[8,16] run.dir=" + dir / "teacher");
+  ASSERT_EQ(t.exit_code, 0) << t.output;
+  const std::string student = base + " model.channels=[4,8] run.dir=" + dir / "student" +
+                              " distill.teacher=" + dir / "teacher/model.pt" +
+                              " distill.teacher_model.name=cnn distill.teacher_model.channels=[8,16]"
+                              " distill.teacher_model.fc=32 distill.hints=stage1:stage1,stage2:stage2";
+  auto s = run_command(student + " train.epochs=1");
+  ASSERT_EQ(s.exit_code, 0) << s.output;
+  EXPECT_NE(s.output.find("distillation hints stage1:stage1,stage2:stage2"), std::string::npos)
+      << s.output;
+  // The projections are in the checkpoint (the resume reads them back) but
+  // not in model.pt, which holds the student alone.
+  auto resumed = run_command(student + " train.epochs=2");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed from"), std::string::npos) << resumed.output;
+  for (const auto& [name, tensor] : strata::train::load_state_dict(dir / "student/model.pt")) {
+    EXPECT_EQ(name.find("proj"), std::string::npos) << name;
+  }
+  EXPECT_GT(std::stod(field(read_lines(dir / "student/metrics.jsonl").back(), "accuracy")), 0.5);
+  auto mlp = run_command(kBin + " " + kRecipes + "fashion_mnist_mlp.yaml run.dir=" + dir / "mlp" +
+                         " distill.teacher=" + dir / "teacher/model.pt" +
+                         " distill.teacher_model.name=cnn distill.teacher_model.channels=[8,16]"
+                         " distill.teacher_model.fc=32 distill.hints=stage1:stage1");
+  EXPECT_EQ(mlp.exit_code, 2) << mlp.output;
+  EXPECT_NE(mlp.output.find("this model has: none"), std::string::npos) << mlp.output;
 }
 
 TEST(StrataTrain, GptWithImagesIsARecipeError) {

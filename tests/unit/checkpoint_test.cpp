@@ -66,6 +66,26 @@ TEST(Checkpoint, ResumedTrainingIsBitwiseIdentical) {
   for (size_t i = 0; i < sa.size(); ++i) EXPECT_TRUE(at::equal(sa[i], sb[i])) << i;
 }
 
+TEST(Checkpoint, CarriesAnExtraModuleOnlyWhenAskedTo) {
+  TempDir dir;
+  Rig a = make("mlp", 1);
+  torch::manual_seed(5);
+  torch::nn::Linear extra(3, 2);
+  CheckpointStore store(dir / "ckpt", 2);
+  store.save({1, 1}, *a.model, *a.opt, extra.get());
+  Rig b = make("mlp", 1);
+  torch::manual_seed(6);
+  torch::nn::Linear other(3, 2);
+  ASSERT_FALSE(at::equal(extra->weight, other->weight));
+  load_checkpoint(store.newest(), *b.model, *b.opt, at::kCPU, other.get());
+  EXPECT_TRUE(at::equal(extra->weight, other->weight));
+  EXPECT_TRUE(at::equal(extra->bias, other->bias));
+  // A checkpoint without one cannot restore one: the recipe changed.
+  store.save({2, 2}, *a.model, *a.opt);
+  EXPECT_THROW(load_checkpoint(store.newest(), *b.model, *b.opt, at::kCPU, other.get()),
+               ConfigError);
+}
+
 TEST(Checkpoint, KeepsTheNewestAndIgnoresTemporaries) {
   TempDir dir;
   Rig a = make("mlp", 1);

@@ -75,5 +75,67 @@ TEST(Teacher, LoadsFrozenFromAStateDictAndRefusesAnotherArchitecture) {
   EXPECT_THROW(load_teacher(missing, reg.models, in, at::kCPU), IoError);
 }
 
+std::shared_ptr<Model> small_cnn(std::vector<int64_t> channels) {
+  ModelSection c;
+  c.name = "cnn";
+  c.channels = std::move(channels);
+  c.fc = 16;
+  return builtin_registries().models.get("cnn", "", "")(c, InputShape{1, 28, 28, 10});
+}
+
+TEST(DistillationHints, AreTheMeanMseOfProjectedStudentFeatures) {
+  torch::manual_seed(4);
+  auto student = small_cnn({4, 8});
+  auto teacher = small_cnn({6, 12});
+  teacher->eval();
+  for (auto& p : teacher->parameters()) p.requires_grad_(false);
+  const at::Tensor x = at::randn({3, 1, 28, 28});
+  // stage1 of the student is 14x14 and is pooled to the teacher's 7x7.
+  HintLoss hints({{"stage1", "stage2"}, {"stage2", "stage2"}}, *student, *teacher, x);
+  ASSERT_EQ(hints.parameters().size(), 4u);  // two projections, weight and bias
+  student->forward(x);
+  {
+    torch::NoGradGuard no_grad;
+    teacher->forward(x);
+  }
+  const at::Tensor loss = hints.forward(*student, *teacher);
+
+  // By hand: a 1x1 convolution with each projection's weight and bias.
+  auto np = hints.named_parameters();
+  const at::Tensor t = teacher->taps().at("stage2");
+  auto project = [&](const at::Tensor& s, const char* proj) {
+    const at::Tensor w = np[std::string(proj) + ".weight"];
+    return at::conv2d(s, w.unsqueeze(-1).unsqueeze(-1), np[std::string(proj) + ".bias"]);
+  };
+  const at::Tensor s1 = at::adaptive_avg_pool2d(student->taps().at("stage1"), {7, 7});
+  const at::Tensor expected = ((project(s1, "proj0") - t).pow(2).mean() +
+                               (project(student->taps().at("stage2"), "proj1") - t).pow(2).mean()) / 2;
+  EXPECT_NEAR(loss.item<double>(), expected.item<double>(), 1e-5);
+
+  loss.backward();
+  for (const auto& p : hints.parameters()) EXPECT_TRUE(p.grad().defined());
+  // The student's features get the gradient; its classifier took no part.
+  EXPECT_TRUE(student->named_parameters()["features.0.weight"].grad().defined());
+  EXPECT_FALSE(student->named_parameters()["classifier.0.weight"].grad().defined());
+  for (const auto& p : teacher->parameters()) EXPECT_FALSE(p.grad().defined());
+}
+
+TEST(DistillationHints, BadPairsAndUnknownUnitsSayWhatExists) {
+  EXPECT_EQ(parse_hint_pairs("stage1:stage2,stage2:stage2", "").size(), 2u);
+  EXPECT_TRUE(parse_hint_pairs("", "").empty());
+  for (const char* bad : {"stage1", "stage1:", "a:b:c", "stage1:stage1,"}) {
+    EXPECT_THROW(parse_hint_pairs(bad, ""), ConfigError) << bad;
+  }
+  auto student = small_cnn({4, 8});
+  auto teacher = small_cnn({6, 12});
+  try {
+    HintLoss({{"stage3", "stage1"}}, *student, *teacher, at::randn({2, 1, 28, 28}));
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("this model has: stage1, stage2"), std::string::npos)
+        << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace strata::train

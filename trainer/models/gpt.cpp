@@ -119,12 +119,16 @@ class Gpt final : public Model {
     at::Tensor x = drop(wte_->forward(idx) + wpe_->forward(pos), dropout_, is_training());
     for (size_t i = 0; i < blocks_.size(); ++i) {
       std::shared_ptr<Block> b = blocks_[i];
-      x = checkpointed(i) ? checkpoint([b](const at::Tensor& t) { return b->forward(t); }, x)
-                          : b->forward(x);
+      x = unit_output(i, checkpointed(i)
+                             ? checkpoint([b](const at::Tensor& t) { return b->forward(t); }, x)
+                             : b->forward(x));
     }
     x = ln_f_->forward(x);
     return at::matmul(x, wte_->weight.t());  // tied output projection
   }
+
+ protected:
+  std::string unit_kind() const override { return "block"; }
 
  private:
   void init_weights(int64_t n_layer) {

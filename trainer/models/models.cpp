@@ -3,12 +3,35 @@
 
 #include <torch/nn.h>
 
+#include <algorithm>
+
 #include "core/error.h"
+#include "core/strings.h"
 #include "trainer/activation_checkpoint.h"
 #include "trainer/models/gpt.h"
 
 namespace strata::train {
 namespace nn = torch::nn;
+
+std::vector<std::string> Model::unit_names() const {
+  std::vector<std::string> names;
+  for (int64_t i = 0; i < checkpoint_units(); ++i) names.push_back(unit_name(static_cast<size_t>(i)));
+  return names;
+}
+
+void Model::set_taps(const std::vector<std::string>& names) {
+  const std::vector<std::string> all = unit_names();
+  tapped_.assign(all.size(), false);
+  taps_.clear();
+  for (const auto& n : names) {
+    const auto it = std::find(all.begin(), all.end(), n);
+    STRATA_CHECK_T(ConfigError, it != all.end(), "no layer '", n, "' to take a hint from;",
+                   did_you_mean(n, all), " this model has: ",
+                   all.empty() ? std::string("none") : join(all, ", "));
+    tapped_[static_cast<size_t>(it - all.begin())] = true;
+  }
+}
+
 namespace {
 
 // Modules [begin, end) of `seq` applied to x; checkpointed when asked, with
@@ -83,12 +106,15 @@ class Cnn final : public Model {
   at::Tensor forward(const at::Tensor& x) override {
     at::Tensor y = x;
     for (size_t s = 0; s < stages_; ++s) {
-      y = run_range(features_, 4 * s, 4 * s + 4, y, checkpointed(s));
+      y = unit_output(s, run_range(features_, 4 * s, 4 * s + 4, y, checkpointed(s)));
     }
     return classifier_->forward(y.flatten(1));
   }
   // A stage: conv -> BN -> ReLU -> pool.
   int64_t checkpoint_units() const override { return static_cast<int64_t>(stages_); }
+
+ protected:
+  std::string unit_kind() const override { return "stage"; }
 
  private:
   size_t stages_ = 0;
@@ -163,7 +189,8 @@ class ResNetSmall final : public Model {
   at::Tensor forward(const at::Tensor& x) override {
     at::Tensor y = stem_->forward(x);
     for (size_t s = 0; s + 1 < stage_ends_.size(); ++s) {
-      y = run_range(stages_, stage_ends_[s], stage_ends_[s + 1], y, checkpointed(s));
+      y = unit_output(s, run_range(stages_, stage_ends_[s], stage_ends_[s + 1], y,
+                                   checkpointed(s)));
     }
     return head_->forward(y.mean({2, 3}));
   }
@@ -171,6 +198,9 @@ class ResNetSmall final : public Model {
   int64_t checkpoint_units() const override {
     return static_cast<int64_t>(stage_ends_.size()) - 1;
   }
+
+ protected:
+  std::string unit_kind() const override { return "stage"; }
 
  private:
   std::vector<size_t> stage_ends_;  // stage s: stages_[ends[s], ends[s + 1])

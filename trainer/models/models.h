@@ -9,7 +9,9 @@
 #include <torch/nn/module.h>
 
 #include <functional>
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "trainer/recipe.h"
@@ -39,11 +41,30 @@ class Model : public torch::nn::Module {
   virtual int64_t checkpoint_units() const { return 0; }
   void set_checkpointing(std::vector<bool> plan) { plan_ = std::move(plan); }
 
+  // Feature taps (distillation hints): unit i's output is named
+  // unit_name(i) ("stage1", "block3": 1-based), and the forward keeps the
+  // outputs of the tapped units in taps() until the next forward.
+  std::string unit_name(size_t unit) const { return unit_kind() + std::to_string(unit + 1); }
+  // Every tap name the model has, in order.
+  std::vector<std::string> unit_names() const;
+  // ConfigError naming the valid names for an unknown one.
+  void set_taps(const std::vector<std::string>& names);
+  const std::map<std::string, at::Tensor>& taps() const { return taps_; }
+
  protected:
   bool checkpointed(size_t unit) const { return unit < plan_.size() && plan_[unit]; }
+  // What a unit is called: "stage" (cnn, resnet_small), "block" (gpt).
+  virtual std::string unit_kind() const { return "unit"; }
+  // Models pass every unit's output through this.
+  const at::Tensor& unit_output(size_t unit, const at::Tensor& y) {
+    if (!tapped_.empty() && unit < tapped_.size() && tapped_[unit]) taps_[unit_name(unit)] = y;
+    return y;
+  }
 
  private:
   std::vector<bool> plan_;
+  std::vector<bool> tapped_;
+  std::map<std::string, at::Tensor> taps_;
 };
 
 using ModelFactory = std::function<std::shared_ptr<Model>(
