@@ -7,6 +7,8 @@
 //       issues a token per client, printed once as "CLIENT_ID TOKEN"
 //
 // Exit codes: 0 success, 2 usage/recipe error, 1 runtime failure.
+#include <malloc.h>
+
 #include <csignal>
 #include <iostream>
 
@@ -22,6 +24,19 @@ namespace sf = strata::fed;
 namespace {
 volatile std::sig_atomic_t g_signal = 0;
 void on_signal(int sig) { g_signal = sig; }
+
+// Updates (MiBs each) are received on whichever gRPC thread runs the call.
+// glibc would serve them from per-thread arenas once its dynamic mmap
+// threshold has risen, and keep the freed blocks there, so the heap would
+// grow with the number of threads that ever received one (Note [Bounded
+// ingest] in federated/service.cpp). A fixed threshold returns every block
+// of 4 MiB and more to the system when freed; fewer arenas bound the rest.
+void bound_heap_retention() {
+#ifdef __GLIBC__
+  mallopt(M_MMAP_THRESHOLD, 4 << 20);
+  mallopt(M_ARENA_MAX, 4);
+#endif
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -41,6 +56,7 @@ int main(int argc, char** argv) {
         "  strata-fedserver enroll RECIPE.yaml CLIENT_ID...   issues client tokens");
     if (!loaded) return 0;
     const st::Recipe& recipe = *loaded;
+    bound_heap_retention();
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
     sf::FedServer server(recipe, st::builtin_registries());
