@@ -82,13 +82,21 @@ struct GatherFrom : torch::autograd::Function<GatherFrom> {
   }
 };
 
-// Rows [r n/t, (r+1) n/t) of dim `dim` of `full`, as a trainable copy.
-at::Tensor shard(const at::Tensor& full, int64_t dim, const Communicator& tp, const char* what) {
-  const int64_t n = full.size(dim);
-  STRATA_CHECK_T(ConfigError, n % tp.size() == 0, "tensor parallelism: ", what, " (", n,
+// Rows [r n/t, (r+1) n/t) of dim `dim` of `full`, as a trainable copy; with
+// groups > 1, that slice of each of `groups` equal blocks of dim 0, joined.
+at::Tensor shard(const at::Tensor& full, int64_t dim, const Communicator& tp, const char* what,
+                 int64_t groups = 1) {
+  const int64_t n = full.size(dim) / groups;
+  STRATA_CHECK_T(ConfigError, full.size(dim) % groups == 0 && n % tp.size() == 0,
+                 "tensor parallelism: ", what, " (", n, groups > 1 ? " per block" : "",
                  ") is not divisible by tensor_parallel = ", tp.size(),
                  "; pick a tensor_parallel size that divides it");
-  return full.chunk(tp.size(), dim)[tp.rank()].detach().clone();
+  if (groups == 1) return full.chunk(tp.size(), dim)[tp.rank()].detach().clone();
+  std::vector<at::Tensor> parts;
+  for (const at::Tensor& block : full.chunk(groups, 0)) {
+    parts.push_back(block.chunk(tp.size(), 0)[tp.rank()]);
+  }
+  return at::cat(parts, 0).detach().clone();
 }
 
 struct VocabCrossEntropy : torch::autograd::Function<VocabCrossEntropy> {
@@ -154,10 +162,13 @@ std::pair<at::Tensor, at::Tensor> dense_linear_init(int64_t in, int64_t out, boo
 
 ColumnParallelLinear::ColumnParallelLinear(const at::Tensor& full_weight,
                                            const at::Tensor& full_bias,
-                                           std::shared_ptr<Communicator> tp, bool gather_output)
+                                           std::shared_ptr<Communicator> tp, bool gather_output,
+                                           int64_t groups)
     : tp_(std::move(tp)), gather_output_(gather_output) {
-  weight = register_parameter("weight", shard(full_weight, 0, *tp_, "output features"));
-  if (full_bias.defined()) bias = register_parameter("bias", shard(full_bias, 0, *tp_, "output features"));
+  weight = register_parameter("weight", shard(full_weight, 0, *tp_, "output features", groups));
+  if (full_bias.defined()) {
+    bias = register_parameter("bias", shard(full_bias, 0, *tp_, "output features", groups));
+  }
 }
 
 at::Tensor ColumnParallelLinear::forward(const at::Tensor& x) {

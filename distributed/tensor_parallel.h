@@ -46,9 +46,12 @@ std::pair<at::Tensor, at::Tensor> dense_linear_init(int64_t in, int64_t out, boo
 
 class ColumnParallelLinear : public torch::nn::Module {
  public:
-  // ConfigError when t does not divide O.
+  // ConfigError when t does not divide O / groups. groups > 1: the output
+  // rows are that many equal blocks (attention's q, k, v: groups = 3), each
+  // split over the ranks, so rank r holds its slice of every block.
   ColumnParallelLinear(const at::Tensor& full_weight, const at::Tensor& full_bias,
-                       std::shared_ptr<Communicator> tp, bool gather_output);
+                       std::shared_ptr<Communicator> tp, bool gather_output,
+                       int64_t groups = 1);
   at::Tensor forward(const at::Tensor& x);
   at::Tensor weight, bias;  // O/t x I, O/t (bias may be undefined)
 

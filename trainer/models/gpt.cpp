@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "distributed/tensor_parallel.h"
 #include "trainer/activation_checkpoint.h"
 
 namespace strata::train {
@@ -28,55 +29,77 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k,
 
 namespace {
 
-// at::linear, not nn::Linear::forward: LibTorch's C++ F::linear runs a
-// [B, T, C] input as matmul then a separate in-place bias add, where
-// at::linear folds it into one GEMM with the bias in its epilogue (what
-// Python's nn.Linear calls) -- one full pass over every activation fewer,
-// +10% tokens/s for GPT-2-small on an H100 (bench/results/gpt_h100.md).
-at::Tensor linear(const nn::Linear& l, const at::Tensor& x) {
-  return at::linear(x, l->weight, l->bias);
-}
+using dist::ColumnParallelLinear;
+using dist::Communicator;
+using dist::RowParallelLinear;
+using dist::VocabParallelEmbedding;
+using TpGroup = std::shared_ptr<Communicator>;
 
 // Dropout that costs nothing when off (p = 0 or eval).
 at::Tensor drop(const at::Tensor& x, double p, bool training) {
   return p > 0 && training ? at::dropout(x, p, /*train=*/true) : x;
 }
 
-struct Attention : nn::Module {
-  Attention(int64_t C, int64_t H, double dropout)
-      : heads(H), dropout(dropout),
-        c_attn(register_module("c_attn", nn::Linear(C, 3 * C))),
-        c_proj(register_module("c_proj", nn::Linear(C, C))) {}
-  at::Tensor forward(const at::Tensor& x) {
-    const int64_t B = x.size(0), T = x.size(1), C = x.size(2);
-    auto qkv = linear(c_attn, x).view({B, T, 3, heads, C / heads}).permute({2, 0, 3, 1, 4});
-    at::Tensor y = causal_attention(qkv[0], qkv[1], qkv[2], dropout, is_training());
-    y = y.transpose(1, 2).reshape({B, T, C});
-    return drop(linear(c_proj, y), dropout, is_training());
+// GPT-2's initialisation, drawn whole in one fixed order whatever the
+// tensor-parallel size, so tp = N holds the same full weights as tp = 1.
+struct Init {
+  double proj_std;  // residual projections: 0.02 / sqrt(2 n_layer)
+  at::Tensor normal(std::vector<int64_t> shape, double std) const {
+    return at::empty(shape).normal_(0.0, std);
   }
-  int64_t heads;
+};
+
+// The layers call at::linear (ColumnParallelLinear/RowParallelLinear do):
+// LibTorch's C++ F::linear runs a [B, T, C] input as matmul then a separate
+// bias add, where at::linear folds the bias into the GEMM's epilogue (what
+// Python's nn.Linear calls): +10% tokens/s for GPT-2-small on an H100.
+struct Attention : nn::Module {
+  // Heads are split over the tp group: each rank runs H / t of them.
+  Attention(int64_t C, int64_t H, double dropout, const Init& init, const TpGroup& tp)
+      : heads(H / tp->size()), dropout(dropout) {
+    c_attn = register_module("c_attn", std::make_shared<ColumnParallelLinear>(
+                                           init.normal({3 * C, C}, 0.02), at::zeros({3 * C}), tp,
+                                           /*gather_output=*/false, /*groups=*/3));
+    c_proj = register_module("c_proj", std::make_shared<RowParallelLinear>(
+                                           init.normal({C, C}, init.proj_std), at::zeros({C}), tp,
+                                           /*input_is_parallel=*/true));
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    const int64_t B = x.size(0), T = x.size(1);
+    auto qkv = c_attn->forward(x).view({B, T, 3, heads, -1}).permute({2, 0, 3, 1, 4});
+    at::Tensor y = causal_attention(qkv[0], qkv[1], qkv[2], dropout, is_training());
+    y = y.transpose(1, 2).reshape({B, T, -1});
+    return drop(c_proj->forward(y), dropout, is_training());
+  }
+  int64_t heads;  // on this rank
   double dropout;
-  nn::Linear c_attn, c_proj;
+  std::shared_ptr<ColumnParallelLinear> c_attn;
+  std::shared_ptr<RowParallelLinear> c_proj;
 };
 
 struct Mlp : nn::Module {
-  Mlp(int64_t C, double dropout)
-      : dropout(dropout),
-        c_fc(register_module("c_fc", nn::Linear(C, 4 * C))),
-        c_proj(register_module("c_proj", nn::Linear(4 * C, C))) {}
+  Mlp(int64_t C, double dropout, const Init& init, const TpGroup& tp) : dropout(dropout) {
+    c_fc = register_module("c_fc", std::make_shared<ColumnParallelLinear>(
+                                       init.normal({4 * C, C}, 0.02), at::zeros({4 * C}), tp,
+                                       /*gather_output=*/false));
+    c_proj = register_module("c_proj", std::make_shared<RowParallelLinear>(
+                                           init.normal({C, 4 * C}, init.proj_std), at::zeros({C}),
+                                           tp, /*input_is_parallel=*/true));
+  }
   at::Tensor forward(const at::Tensor& x) {
-    return drop(linear(c_proj, at::gelu(linear(c_fc, x))), dropout, is_training());
+    return drop(c_proj->forward(at::gelu(c_fc->forward(x))), dropout, is_training());
   }
   double dropout;
-  nn::Linear c_fc, c_proj;
+  std::shared_ptr<ColumnParallelLinear> c_fc;
+  std::shared_ptr<RowParallelLinear> c_proj;
 };
 
 struct Block : nn::Module {
-  Block(int64_t C, int64_t H, double dropout)
+  Block(int64_t C, int64_t H, double dropout, const Init& init, const TpGroup& tp)
       : ln_1(register_module("ln_1", nn::LayerNorm(nn::LayerNormOptions({C})))),
-        attn(register_module("attn", std::make_shared<Attention>(C, H, dropout))),
+        attn(register_module("attn", std::make_shared<Attention>(C, H, dropout, init, tp))),
         ln_2(register_module("ln_2", nn::LayerNorm(nn::LayerNormOptions({C})))),
-        mlp(register_module("mlp", std::make_shared<Mlp>(C, dropout))) {}
+        mlp(register_module("mlp", std::make_shared<Mlp>(C, dropout, init, tp))) {}
   at::Tensor forward(at::Tensor x) {
     x = x + attn->forward(ln_1->forward(x));
     return x + mlp->forward(ln_2->forward(x));
@@ -90,23 +113,32 @@ struct Block : nn::Module {
 class Gpt final : public Model {
  public:
   Gpt(const ModelSection& c, const InputShape& in)
-      : seq_len_(c.seq_len), dropout_(c.dropout) {
+      : seq_len_(c.seq_len), dropout_(c.dropout),
+        tp_(in.tp ? in.tp : dist::make_self_communicator("tp")) {
     const int64_t V = c.vocab_size > 0 ? c.vocab_size : in.classes;
+    const int t = tp_->size();
     STRATA_CHECK_T(ConfigError, V >= in.classes, "model.vocab_size = ", c.vocab_size,
                    " is smaller than the data's ", in.classes,
                    " token ids; use 0 (the data's) or more");
     STRATA_CHECK_T(ConfigError, c.d_model % c.n_head == 0, "model.d_model = ", c.d_model,
                    " is not divisible by model.n_head = ", c.n_head,
                    "; pick a multiple, e.g. ", c.n_head * std::max<int64_t>(1, c.d_model / c.n_head));
-    wte_ = register_module("wte", nn::Embedding(V, c.d_model));
+    STRATA_CHECK_T(ConfigError, c.n_head % t == 0 && V % t == 0,
+                   "distributed.tensor_parallel = ", t, " must divide model.n_head (", c.n_head,
+                   ") and the vocabulary (", V, "); pick a tensor_parallel size that divides "
+                   "both, or set model.vocab_size to a multiple of it");
+    torch::NoGradGuard no_grad;
+    const Init init{0.02 / std::sqrt(2.0 * static_cast<double>(c.n_layer))};
+    wte_ = register_module("wte", std::make_shared<VocabParallelEmbedding>(
+                                      init.normal({V, c.d_model}, 0.02), tp_));
     wpe_ = register_module("wpe", nn::Embedding(c.seq_len, c.d_model));
+    wpe_->weight.copy_(init.normal({c.seq_len, c.d_model}, 0.02));
     h_ = register_module("h", nn::ModuleList());
     for (int64_t i = 0; i < c.n_layer; ++i) {
-      blocks_.push_back(std::make_shared<Block>(c.d_model, c.n_head, c.dropout));
+      blocks_.push_back(std::make_shared<Block>(c.d_model, c.n_head, c.dropout, init, tp_));
       h_->push_back(blocks_.back());
     }
     ln_f_ = register_module("ln_f", nn::LayerNorm(nn::LayerNormOptions({c.d_model})));
-    init_weights(c.n_layer);
   }
 
   int64_t checkpoint_units() const override { return static_cast<int64_t>(blocks_.size()); }
@@ -124,33 +156,19 @@ class Gpt final : public Model {
                              : b->forward(x));
     }
     x = ln_f_->forward(x);
-    return at::matmul(x, wte_->weight.t());  // tied output projection
+    // Tied output projection: this rank's vocabulary slice, then gathered.
+    return dist::gather_from_tp(at::matmul(dist::copy_to_tp(x, tp_), wte_->weight.t()), tp_);
   }
 
  protected:
   std::string unit_kind() const override { return "block"; }
 
  private:
-  void init_weights(int64_t n_layer) {
-    torch::NoGradGuard no_grad;
-    const double proj_std = 0.02 / std::sqrt(2.0 * static_cast<double>(n_layer));
-    for (auto& p : named_parameters()) {
-      const std::string& name = p.key();
-      at::Tensor& t = p.value();
-      if (name.find("ln_") != std::string::npos) continue;  // LayerNorm: 1 and 0
-      if (t.dim() == 1) {
-        t.zero_();
-      } else if (name.size() > 13 && name.compare(name.size() - 13, 13, "c_proj.weight") == 0) {
-        t.normal_(0.0, proj_std);
-      } else {
-        t.normal_(0.0, 0.02);
-      }
-    }
-  }
-
   int64_t seq_len_;
   double dropout_;
-  nn::Embedding wte_{nullptr}, wpe_{nullptr};
+  TpGroup tp_;
+  std::shared_ptr<VocabParallelEmbedding> wte_;
+  nn::Embedding wpe_{nullptr};
   nn::ModuleList h_{nullptr};
   std::vector<std::shared_ptr<Block>> blocks_;
   nn::LayerNorm ln_f_{nullptr};

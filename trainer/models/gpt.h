@@ -12,6 +12,14 @@
 // a Python user can load model.pt into the same network. Initialisation is
 // GPT-2's: N(0, 0.02), residual projections N(0, 0.02 / sqrt(2 n_layer)),
 // zero biases.
+//
+// Tensor parallelism (InputShape::tp of t ranks): attention heads, the MLP's
+// hidden units and the vocabulary are split over the group (Megatron-style:
+// c_attn and c_fc column-parallel, the c_proj layers row-parallel, wte
+// vocab-parallel); the logits are gathered, so forward's contract is the
+// same. Parameters keep their names and hold this rank's slice. The full
+// weights are drawn in one order whatever t, so tp = t and tp = 1 from the
+// same seed hold the same model.
 #pragma once
 
 #include "trainer/models/models.h"

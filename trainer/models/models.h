@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "distributed/communicator.h"
 #include "trainer/recipe.h"
 #include "trainer/registry.h"
 
@@ -26,6 +27,9 @@ struct InputShape {
   int64_t height = 28;   // H
   int64_t width = 28;    // W
   int64_t classes = 10;  // K
+  // The tensor-parallel group the model is built for (null: none). Models
+  // that support tensor parallelism (gpt) split their layers over it.
+  std::shared_ptr<dist::Communicator> tp = nullptr;
 };
 
 // A model: a torch Module with a typed forward. Classifiers map [B, C, H, W]
