@@ -24,6 +24,7 @@ StrategyOptions strategy_options(const FederatedSection& f) {
   o.name = f.strategy;
   o.server_optimizer = f.server_optimizer;
   o.server_lr = f.server_lr;
+  o.server_momentum = f.server_momentum;
   o.beta1 = f.beta1;
   o.beta2 = f.beta2;
   o.tau = f.tau;

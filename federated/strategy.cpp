@@ -215,7 +215,8 @@ class ComposedStrategy final : public Strategy {
   }
 
   std::vector<std::pair<std::string, at::Tensor>> state() const override {
-    if (opt_ == Optimizer::kSgd || !m_.defined()) return {};
+    if (!m_.defined()) return {};
+    if (opt_ == Optimizer::kSgd) return {{"m", m_}};  // FedAvgM's momentum
     return {{"m", m_}, {"v", v_}, {"steps", at::tensor({steps_}, at::kLong)}};
   }
 
@@ -267,7 +268,14 @@ class ComposedStrategy final : public Strategy {
   }
 
   at::Tensor apply(const at::Tensor& x, const at::Tensor& d) {
-    if (opt_ == Optimizer::kSgd) return x + d * o_.server_lr;
+    if (opt_ == Optimizer::kSgd && o_.server_momentum == 0) return x + d * o_.server_lr;
+    if (opt_ == Optimizer::kSgd) {
+      if (!m_.defined()) m_ = at::zeros_like(x);
+      STRATA_CHECK_T(DataError, m_.numel() == x.numel(), "strategy ", o_.name,
+                     ": saved momentum has ", m_.numel(), " elements, the model ", x.numel());
+      m_.mul_(o_.server_momentum).add_(d);
+      return x + m_ * o_.server_lr;
+    }
     if (!m_.defined()) {
       m_ = at::zeros_like(x);
       v_ = at::full_like(x, o_.tau * o_.tau);
@@ -328,6 +336,11 @@ std::unique_ptr<Strategy> make_strategy(const StrategyOptions& o) {
   else STRATA_CHECK_T(ConfigError, so == "auto", "unknown server optimizer '", so,
                       "'; valid: auto, sgd, adam, yogi, adagrad");
   STRATA_CHECK_T(ConfigError, o.server_lr > 0, "server_lr ", o.server_lr, " must be > 0");
+  STRATA_CHECK_T(ConfigError, o.server_momentum >= 0 && o.server_momentum < 1,
+                 "server_momentum ", o.server_momentum, " must be in [0, 1)");
+  STRATA_CHECK_T(ConfigError, o.server_momentum == 0 || opt == Optimizer::kSgd,
+                 "server_momentum is FedAvgM's, for the sgd server optimizer; strategy ", n,
+                 " uses an adaptive one (its beta1 is its momentum)");
   STRATA_CHECK_T(ConfigError, o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1,
                  "beta1 ", o.beta1, " and beta2 ", o.beta2, " must be in [0, 1)");
   STRATA_CHECK_T(ConfigError, o.tau > 0, "tau ", o.tau, " must be > 0");

@@ -15,7 +15,8 @@
 //                   closest (Blanchard et al. 2017); multi_krum averages
 //                   the m best-scored (p_i-weighted)
 //   server optimiser  applies Δ to the global parameters x
-//     sgd       x += η Δ
+//     sgd       x += η Δ;  with server_momentum β > 0 (FedAvgM, Hsu et al.
+//               2019): m = β m + Δ, x += η m
 //     adagrad   m = β1 m + (1-β1) Δ;  v += Δ²                    ;  x += η m / (√v + τ)
 //     adam      m likewise;           v = β2 v + (1-β2) Δ²
 //     yogi      m likewise;           v -= (1-β2) Δ² sign(v - Δ²)
@@ -67,6 +68,7 @@ struct StrategyOptions {
   std::string name = "fedavg";
   std::string server_optimizer = "auto";  // auto | sgd | adam | yogi | adagrad
   double server_lr = 1.0;                 // η
+  double server_momentum = 0.0;           // β of sgd (FedAvgM); 0: none
   double beta1 = 0.9;
   double beta2 = 0.99;
   double tau = 1e-3;

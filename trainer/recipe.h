@@ -374,6 +374,7 @@ struct FederatedSection {
   std::string strategy = "fedavg";
   std::string server_optimizer = "auto";
   double server_lr = 1.0;
+  double server_momentum = 0.0;
   double beta1 = 0.9;
   double beta2 = 0.99;
   double tau = 1e-3;
@@ -395,6 +396,7 @@ struct FederatedSection {
     v.field("strategy", strategy, one_of({"fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "median", "trimmed_mean", "krum", "multi_krum"}), "aggregation strategy");
     v.field("server_optimizer", server_optimizer, one_of({"auto", "sgd", "adam", "yogi", "adagrad"}), "optimizer applying the aggregate (auto: the strategy's)");
     v.field("server_lr", server_lr, positive(), "server learning rate (1 with sgd is plain FedAvg)");
+    v.field("server_momentum", server_momentum, in_range(0, 0.999999), "sgd server optimizer: momentum beta on the aggregate (FedAvgM); 0: none");
     v.field("beta1", beta1, in_range(0, 0.999999), "fedadam/fedyogi/fedadagrad: first-moment decay");
     v.field("beta2", beta2, in_range(0, 0.999999), "fedadam/fedyogi: second-moment decay");
     v.field("tau", tau, positive(), "fedadam/fedyogi/fedadagrad: adaptivity (denominator offset)");

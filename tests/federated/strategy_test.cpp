@@ -116,6 +116,22 @@ TEST(Strategies, AdaptiveServerOptimisersMatchTheAlgorithm) {
   }
 }
 
+TEST(Strategies, ServerMomentumIsFedAvgM) {
+  StrategyOptions o;
+  o.server_lr = 0.5;
+  o.server_momentum = 0.9;
+  auto s = make_strategy(o);
+  // m = 1; x = 2 + 0.5 * 1 = 2.5.  m = 0.9 + (-2) = -1.1; x = 2.5 - 0.55 = 1.95.
+  at::Tensor x = s->aggregate(at::tensor({2.0f}), {upd("a", {1.0f})});
+  EXPECT_NEAR(x.item<double>(), 2.5, 1e-6);
+  auto restored = make_strategy(o);
+  restored->load_state(s->state());
+  x = restored->aggregate(x, {upd("a", {-2.0f})});
+  EXPECT_NEAR(x.item<double>(), 1.95, 1e-6);
+  o.name = "fedadam";
+  EXPECT_THROW(make_strategy(o), ConfigError);  // adam has its own momentum
+}
+
 TEST(Strategies, OptimiserStateRoundTrips) {
   StrategyOptions o;
   o.name = "fedadam";
