@@ -37,6 +37,7 @@ TensorLayout TensorLayout::of(const torch::nn::Module& model) {
     l.numel_ += s.numel;
     l.slots_.push_back(std::move(s));
   }
+  for (const auto& p : model.parameters()) l.parameters_numel_ += p.numel();
   return l;
 }
 

@@ -30,6 +30,9 @@ class TensorLayout {
 
   const std::vector<TensorSlot>& slots() const { return slots_; }
   int64_t numel() const { return numel_; }
+  // The parameters' share of the flat vector, its prefix; the floating
+  // buffers (BatchNorm statistics) follow.
+  int64_t parameters_numel() const { return parameters_numel_; }
 
   // The model's state as a flat float32 vector (a copy).
   at::Tensor flatten(const torch::nn::Module& model) const;
@@ -50,6 +53,7 @@ class TensorLayout {
  private:
   std::vector<TensorSlot> slots_;
   int64_t numel_ = 0;
+  int64_t parameters_numel_ = 0;
 };
 
 }  // namespace strata::fed

@@ -76,7 +76,6 @@ FedServer::FedServer(train::Recipe recipe, const train::Registries& registries)
                    "clients_per_round/min_updates (sync) or buffer_size (async), or lower "
                    "federated.byzantine or federated.bucket_size");
   }
-  strategy_ = make_strategy(strategy_options(f));
   policy_.max_staleness = f.mode == "sync" ? 0 : f.async.max_staleness;
   policy_.norm_bound = f.server.norm_bound;
   policy_.clip_to_bound = f.server.clip;
@@ -90,6 +89,9 @@ FedServer::FedServer(train::Recipe recipe, const train::Registries& registries)
   model_ = registries.models.get(recipe_.model.name, recipe_.where("model.name"), "model.name")(
       recipe_.model, shape);
   layout_ = TensorLayout::of(*model_);
+  StrategyOptions so = strategy_options(f);
+  so.statistics_offset = layout_.parameters_numel();
+  strategy_ = make_strategy(so);
 
   const std::string dir = recipe_.run_dir();
   store_ = std::make_unique<ServerStore>(dir);

@@ -211,7 +211,12 @@ class ComposedStrategy final : public Strategy {
                            "updates have ", updates[0].delta.numel(),
                            " elements, the model ", global.numel());
     const at::Tensor delta = combine(updates);
-    return apply(global, delta);
+    at::Tensor next = apply(global, delta);
+    const int64_t from = o_.statistics_offset;
+    if (from >= 0 && from < global.numel()) {
+      next.slice(0, from).copy_(global.slice(0, from) + delta.slice(0, from));
+    }
+    return next;
   }
 
   std::vector<std::pair<std::string, at::Tensor>> state() const override {

@@ -77,6 +77,11 @@ struct StrategyOptions {
   int byzantine = 1;              // krum / multi_krum: f tolerated
   int multi_krum_keep = 0;        // multi_krum: m (0: n - f)
   double median_norm_clip = 0.0;  // c: clip to c x median norm (0: off)
+  // Where the model's statistics (BatchNorm running mean/var: buffers, not
+  // parameters) start in the flat vector: they take the aggregate as it is
+  // (x += Δ), never a server optimizer's momentum or adaptive step, which
+  // can drive a variance negative. -1: every element is a parameter.
+  int64_t statistics_offset = -1;
   int bucket_size = 1;            // s: rule over means of s updates (1: off)
 };
 

@@ -132,6 +132,26 @@ TEST(Strategies, ServerMomentumIsFedAvgM) {
   EXPECT_THROW(make_strategy(o), ConfigError);  // adam has its own momentum
 }
 
+TEST(Strategies, StatisticsTakeThePlainAggregateUnderAnyServerOptimizer) {
+  // Element 1 is a BatchNorm statistic: x + Δ whatever the optimizer does
+  // to the parameter (element 0).
+  for (std::string name : {"fedavg", "fedadam", "fedyogi"}) {
+    StrategyOptions o;
+    o.name = name;
+    o.server_lr = 0.5;
+    if (name == "fedavg") o.server_momentum = 0.9;
+    o.statistics_offset = 1;
+    auto s = make_strategy(o);
+    at::Tensor x = at::tensor({1.0f, 1.0f});
+    for (float d : {-0.5f, -0.5f, -0.5f}) {
+      const float before = x[1].item<float>();
+      x = s->aggregate(x, {upd("a", {d, d})});
+      EXPECT_NEAR(x[1].item<float>(), before + d, 1e-6) << name;
+    }
+    EXPECT_GT(std::abs(x[0].item<float>() - x[1].item<float>()), 1e-3) << name;
+  }
+}
+
 TEST(Strategies, OptimiserStateRoundTrips) {
   StrategyOptions o;
   o.name = "fedadam";
