@@ -211,12 +211,12 @@ class ComposedStrategy final : public Strategy {
                            "updates have ", updates[0].delta.numel(),
                            " elements, the model ", global.numel());
     const at::Tensor delta = combine(updates);
-    at::Tensor next = apply(global, delta);
-    const int64_t from = o_.statistics_offset;
-    if (from >= 0 && from < global.numel()) {
-      next.slice(0, from).copy_(global.slice(0, from) + delta.slice(0, from));
-    }
-    return next;
+    // The server optimizer steps the parameters only; the statistics after
+    // them take the aggregate as it is (and never enter its state).
+    const int64_t p = o_.statistics_offset;
+    if (p < 0 || p >= global.numel()) return apply(global, delta);
+    return at::cat({apply(global.slice(0, 0, p), delta.slice(0, 0, p)),
+                    global.slice(0, p) + delta.slice(0, p)});
   }
 
   std::vector<std::pair<std::string, at::Tensor>> state() const override {
@@ -277,7 +277,8 @@ class ComposedStrategy final : public Strategy {
     if (opt_ == Optimizer::kSgd) {
       if (!m_.defined()) m_ = at::zeros_like(x);
       STRATA_CHECK_T(DataError, m_.numel() == x.numel(), "strategy ", o_.name,
-                     ": saved momentum has ", m_.numel(), " elements, the model ", x.numel());
+                     ": saved momentum has ", m_.numel(), " elements, the model's parameters ",
+                     x.numel());
       m_.mul_(o_.server_momentum).add_(d);
       return x + m_ * o_.server_lr;
     }
@@ -287,7 +288,7 @@ class ComposedStrategy final : public Strategy {
     }
     STRATA_CHECK_T(DataError, m_.numel() == x.numel(), "strategy ", o_.name,
                    ": saved optimiser state has ", m_.numel(), " elements, the "
-                   "model ", x.numel());
+                   "model's parameters ", x.numel());
     ++steps_;
     m_.mul_(o_.beta1).add_(d, 1 - o_.beta1);
     const at::Tensor d2 = d * d;

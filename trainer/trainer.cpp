@@ -346,12 +346,12 @@ void Trainer::Impl::setup_data_parallel() {
   o.overlap = d.overlap;
   o.allow_unused = d.find_unused_parameters;
   o.hook = comm_hook(d.comm_hook);
-  std::vector<std::pair<std::string, at::Tensor>> params;
-  for (auto& p : model->named_parameters()) params.emplace_back(p.key(), p.value());
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  for (auto& p : model->named_parameters()) named.emplace_back(p.key(), p.value());
   if (hints) {
-    for (auto& p : hints->named_parameters()) params.emplace_back("distill.hints." + p.key(), p.value());
+    for (auto& p : hints->named_parameters()) named.emplace_back("distill.hints." + p.key(), p.value());
   }
-  reducer = std::make_unique<dist::GradientReducer>(std::move(params), comm, o);
+  reducer = std::make_unique<dist::GradientReducer>(std::move(named), comm, o);
   log_info("data parallel over ", world, " ranks (", comm->backend(), "): ",
            reducer->buckets().size(),
            " gradient bucket(s), overlap ", d.overlap ? "on" : "off");
