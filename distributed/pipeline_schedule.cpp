@@ -1,6 +1,7 @@
 #include "distributed/pipeline_schedule.h"
 
 #include <algorithm>
+#include <limits>
 #include <map>
 
 #include "core/error.h"
@@ -138,6 +139,38 @@ double simulate_pipeline(const std::vector<std::vector<PipeAction>>& stages,
                            " receives");
   }
   return *std::max_element(clock.begin(), clock.end());
+}
+
+std::vector<int64_t> partition_layers(const std::vector<int64_t>& weights, int stages) {
+  const int n = static_cast<int>(weights.size());
+  STRATA_CHECK_T(ConfigError, stages >= 1 && n >= stages, "cannot split ", n,
+                 " layer(s) into ", stages, " pipeline stages; use at most ", n, " stages");
+  std::vector<int64_t> prefix(n + 1, 0);
+  for (int i = 0; i < n; ++i) prefix[i + 1] = prefix[i] + weights[i];
+  // best[s][i]: the lightest heaviest stage splitting the first i layers
+  // into s stages; cut[s][i]: where the last of them starts.
+  constexpr int64_t kInf = std::numeric_limits<int64_t>::max();
+  std::vector<std::vector<int64_t>> best(stages + 1, std::vector<int64_t>(n + 1, kInf));
+  std::vector<std::vector<int>> cut(stages + 1, std::vector<int>(n + 1, 0));
+  best[0][0] = 0;
+  for (int s = 1; s <= stages; ++s) {
+    for (int i = s; i <= n; ++i) {
+      for (int j = s - 1; j < i; ++j) {
+        if (best[s - 1][j] == kInf) continue;
+        const int64_t cost = std::max(best[s - 1][j], prefix[i] - prefix[j]);
+        if (cost < best[s][i]) {
+          best[s][i] = cost;
+          cut[s][i] = j;
+        }
+      }
+    }
+  }
+  std::vector<int64_t> counts(stages);
+  for (int s = stages, i = n; s >= 1; --s) {
+    counts[s - 1] = i - cut[s][i];
+    i = cut[s][i];
+  }
+  return counts;
 }
 
 }  // namespace strata::dist

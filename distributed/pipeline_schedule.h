@@ -20,6 +20,7 @@
 // relative to the m slots of useful work.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,12 @@ std::vector<PipeAction> pipeline_schedule(const std::string& name, int stages, i
 // Most microbatches whose forward ran and whose backward has not: the
 // activations a stage holds at its peak.
 int peak_activations(const std::vector<PipeAction>& actions);
+
+// The layers of a model split into `stages` contiguous non-empty runs that
+// minimise the heaviest stage's weight (parameters per layer; ties: the
+// earliest split). Returns the layer count of each stage. ConfigError when
+// there are fewer layers than stages.
+std::vector<int64_t> partition_layers(const std::vector<int64_t>& weights, int stages);
 
 // Runs every stage's actions against each other with a forward costing
 // `forward_cost`, a backward `backward_cost` and communication free: an

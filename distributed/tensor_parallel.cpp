@@ -135,6 +135,50 @@ struct VocabCrossEntropy : torch::autograd::Function<VocabCrossEntropy> {
 
 }  // namespace
 
+std::map<std::string, TpShard> tensor_parallel_shards(const torch::nn::Module& root) {
+  std::map<std::string, TpShard> out;
+  std::vector<std::pair<std::string, const torch::nn::Module*>> modules{{"", &root}};
+  for (const auto& item : root.named_modules("", /*include_self=*/false)) {
+    modules.emplace_back(item.key() + ".", item.value().get());
+  }
+  for (const auto& [prefix, m] : modules) {
+    if (const auto* c = dynamic_cast<const ColumnParallelLinear*>(m)) {
+      out[prefix + "weight"] = {0, c->groups()};
+      if (c->bias.defined()) out[prefix + "bias"] = {0, c->groups()};
+    } else if (dynamic_cast<const RowParallelLinear*>(m)) {
+      out[prefix + "weight"] = {1, 1};
+    } else if (dynamic_cast<const VocabParallelEmbedding*>(m)) {
+      out[prefix + "weight"] = {0, 1};
+    }
+  }
+  return out;
+}
+
+at::Tensor shard_of(const at::Tensor& full, const TpShard& spec, int rank, int size) {
+  if (!spec.split() || size == 1) return full.detach().clone();
+  STRATA_CHECK_T(ConfigError, full.size(spec.dim) % (spec.groups * size) == 0,
+                 "a tensor of shape ", full.sizes(), " cannot be split ", size, " ways along dim ",
+                 spec.dim, " in ", spec.groups, " block(s); pick a tensor_parallel size that "
+                 "divides it");
+  std::vector<at::Tensor> parts;
+  for (const at::Tensor& block : full.chunk(spec.groups, spec.dim)) {
+    parts.push_back(block.chunk(size, spec.dim)[rank]);
+  }
+  return at::cat(parts, spec.dim).contiguous();
+}
+
+at::Tensor join_shards(const std::vector<at::Tensor>& shards, const TpShard& spec) {
+  STRATA_INTERNAL_ASSERT(!shards.empty(), "join_shards of no shards");
+  if (!spec.split() || shards.size() == 1) return shards[0].detach().clone();
+  std::vector<at::Tensor> blocks;
+  for (int64_t g = 0; g < spec.groups; ++g) {
+    std::vector<at::Tensor> parts;
+    for (const auto& s : shards) parts.push_back(s.chunk(spec.groups, spec.dim)[g]);
+    blocks.push_back(at::cat(parts, spec.dim));
+  }
+  return at::cat(blocks, spec.dim);
+}
+
 at::Tensor copy_to_tp(const at::Tensor& x, const std::shared_ptr<Communicator>& tp) {
   return tp->size() == 1 ? x : CopyTo::apply(x, pack(tp));
 }
@@ -164,7 +208,7 @@ ColumnParallelLinear::ColumnParallelLinear(const at::Tensor& full_weight,
                                            const at::Tensor& full_bias,
                                            std::shared_ptr<Communicator> tp, bool gather_output,
                                            int64_t groups)
-    : tp_(std::move(tp)), gather_output_(gather_output) {
+    : tp_(std::move(tp)), gather_output_(gather_output), groups_(groups) {
   weight = register_parameter("weight", shard(full_weight, 0, *tp_, "output features", groups));
   if (full_bias.defined()) {
     bias = register_parameter("bias", shard(full_bias, 0, *tp_, "output features", groups));

@@ -28,8 +28,11 @@
 
 #include <torch/nn/module.h>
 
+#include <map>
 #include <memory>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "distributed/communicator.h"
 
@@ -53,11 +56,13 @@ class ColumnParallelLinear : public torch::nn::Module {
                        std::shared_ptr<Communicator> tp, bool gather_output,
                        int64_t groups = 1);
   at::Tensor forward(const at::Tensor& x);
+  int64_t groups() const { return groups_; }
   at::Tensor weight, bias;  // O/t x I, O/t (bias may be undefined)
 
  private:
   std::shared_ptr<Communicator> tp_;
   bool gather_output_;
+  int64_t groups_;
 };
 
 class RowParallelLinear : public torch::nn::Module {
@@ -95,5 +100,24 @@ class VocabParallelEmbedding : public torch::nn::Module {
 at::Tensor vocab_parallel_cross_entropy(const at::Tensor& logits, const at::Tensor& targets,
                                         int64_t vocab_start,
                                         const std::shared_ptr<Communicator>& tp);
+
+// How a parameter is split over its tensor-parallel group: along `dim`
+// (-1: replicated, every rank holds all of it), in `groups` equal blocks of
+// that dim each split separately (column-parallel q, k, v: 3).
+struct TpShard {
+  int64_t dim = -1;
+  int64_t groups = 1;
+  bool split() const { return dim >= 0; }
+};
+
+// The split parameters of `root` by name (the names named_parameters()
+// gives): those of every ColumnParallelLinear, RowParallelLinear and
+// VocabParallelEmbedding below it. The rest are replicated.
+std::map<std::string, TpShard> tensor_parallel_shards(const torch::nn::Module& root);
+
+// Rank r's shard of a full tensor (a copy).
+at::Tensor shard_of(const at::Tensor& full, const TpShard& spec, int rank, int size);
+// The full tensor from every rank's shard, in rank order (inverse of shard_of).
+at::Tensor join_shards(const std::vector<at::Tensor>& shards, const TpShard& spec);
 
 }  // namespace strata::dist

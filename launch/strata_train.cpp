@@ -2,17 +2,22 @@
 // process or as one rank of many (mpirun, srun, launch/strata-run, torchrun).
 //
 //   strata-train RECIPE.yaml [section.key=value ...] [--print-recipe]
+//   strata-train --consolidate CHECKPOINT_DIR OUT.pt
+//     (a sharded checkpoint, Note [Sharded checkpoints], joined into one
+//      torch.load-able state dict)
 //
 // Exit codes: 0 success, 2 usage/recipe error, 1 runtime failure.
 #include <cmath>
 #include <iostream>
 #include <memory>
 
+#include "core/error.h"
 #include "core/logging.h"
 #include "core/strings.h"
 #include "distributed/rank_info.h"
 #include "distributed/world.h"
 #include "strata/config.h"
+#include "trainer/checkpoint.h"
 #include "trainer/cli.h"
 #include "trainer/recipe.h"
 #include "trainer/trainer.h"
@@ -26,8 +31,21 @@ namespace sd = strata::dist;
 
 int main(int argc, char** argv) {
   return st::run_main("strata-train", [&] {
-    const auto loaded = st::recipe_or_print(st::parse_command_line(argc, argv), "strata-train",
-                                            "Trains and evaluates the run a YAML recipe describes.");
+    if (argc >= 2 && std::string(argv[1]) == "--consolidate") {
+      STRATA_CHECK_T(UsageError, argc == 4,
+                     "usage: strata-train --consolidate CHECKPOINT_DIR OUT.pt (a sharded "
+                     "checkpoint: runs/<name>/checkpoints/step_<N>)");
+      const auto tensors = st::consolidate_checkpoint(argv[2]);
+      st::save_state_dict(argv[3], tensors);
+      std::cout << "wrote " << tensors.size() << " tensors of " << argv[2] << " to " << argv[3]
+                << "\n";
+      return 0;
+    }
+    const auto loaded = st::recipe_or_print(
+        st::parse_command_line(argc, argv), "strata-train",
+        "Trains and evaluates the run a YAML recipe describes.\n"
+        "  strata-train --consolidate CHECKPOINT_DIR OUT.pt joins a sharded checkpoint "
+        "(tensor/pipeline parallel) into one state dict.");
     if (!loaded) return 0;
     const st::Recipe& recipe = *loaded;
     const sd::RankInfo info = sd::discover_ranks();

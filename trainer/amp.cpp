@@ -106,7 +106,8 @@ at::Tensor LossScaler::scale_loss(const at::Tensor& loss) const {
   return options_.enabled ? loss * scale_ : loss;
 }
 
-bool LossScaler::unscale(const std::vector<at::Tensor>& params) {
+bool LossScaler::unscale(const std::vector<at::Tensor>& params,
+                         const std::function<void(at::Tensor&)>& max_over_model) {
   unscaled_ = true;
   found_inf_ = false;
   if (!options_.enabled) return true;
@@ -114,9 +115,15 @@ bool LossScaler::unscale(const std::vector<at::Tensor>& params) {
   for (const auto& p : params) {
     if (p.grad().defined()) grads.push_back(p.grad());
   }
-  if (grads.empty()) return true;
-  const auto opts = grads[0].options().dtype(at::kFloat);
+  if (grads.empty() && !max_over_model) return true;
+  const auto opts = grads.empty() ? at::TensorOptions(at::kFloat)
+                                  : grads[0].options().dtype(at::kFloat);
   at::Tensor found = at::zeros({1}, opts);
+  if (grads.empty()) {
+    max_over_model(found);
+    found_inf_ = found.item<float>() > 0;
+    return !found_inf_;
+  }
   if (grads[0].is_cuda()) {
     // GradScaler's fused kernel: one pass, one flag, no host sync yet.
     at::_amp_foreach_non_finite_check_and_unscale_(grads, found,
@@ -127,6 +134,7 @@ bool LossScaler::unscale(const std::vector<at::Tensor>& params) {
       g.mul_(1.0 / scale_);
     }
   }
+  if (max_over_model) max_over_model(found);
   found_inf_ = found.item<float>() > 0;  // the one host sync per step
   return !found_inf_;
 }

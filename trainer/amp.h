@@ -21,6 +21,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace strata::train {
@@ -74,7 +75,10 @@ class LossScaler {
   // Divides every defined gradient by S in place and records whether any
   // is inf/NaN. Call once per step, after the gradient all-reduce and before
   // clipping. Returns true when the gradients are finite.
-  bool unscale(const std::vector<at::Tensor>& params);
+  // Model parallelism: max_over_model takes the maximum of a flag over
+  // the ranks holding the model's other parts, so that all skip together.
+  bool unscale(const std::vector<at::Tensor>& params,
+               const std::function<void(at::Tensor&)>& max_over_model = {});
   // After unscale: true when the optimizer should step (finite gradients).
   // Updates S: backoff on overflow, growth after growth_interval clean steps.
   bool update();

@@ -5,10 +5,16 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <set>
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/json.h"
 #include "core/logging.h"
+#include "core/strings.h"
+#include "distributed/tensor_parallel.h"
 
 namespace strata::train {
 namespace {
@@ -27,6 +33,23 @@ int64_t step_of(const std::string& name) {
   return -1;
 }
 
+// step_00001200 (a sharded checkpoint directory) -> 1200; -1 otherwise.
+int64_t dir_step_of(const std::string& name) {
+  long long step = -1;
+  int used = 0;
+  if (std::sscanf(name.c_str(), "step_%lld%n", &step, &used) == 1 &&
+      used == static_cast<int>(name.size())) {
+    return step;
+  }
+  return -1;
+}
+
+std::string step_name(int64_t step) {
+  char name[64];
+  std::snprintf(name, sizeof(name), "step_%08lld", static_cast<long long>(step));
+  return name;
+}
+
 at::Tensor scalar(int64_t v) { return at::full({1}, v, at::kLong); }
 
 int64_t read_scalar(torch::serialize::InputArchive& in, const char* key) {
@@ -35,16 +58,25 @@ int64_t read_scalar(torch::serialize::InputArchive& in, const char* key) {
   return t.item<int64_t>();
 }
 
-}  // namespace
+torch::serialize::InputArchive open_archive(const std::string& path, c10::Device device) {
+  STRATA_CHECK_T(IoError, path_exists(path), "checkpoint '", path,
+                 "' does not exist; check train.resume");
+  torch::serialize::InputArchive in;
+  try {
+    in.load_from(path, device);
+  } catch (const c10::Error& e) {
+    throw IoError(str("cannot read checkpoint '", path, "': ", e.what_without_backtrace()));
+  }
+  const int64_t format = read_scalar(in, "format");
+  STRATA_CHECK_T(IoError, format == kFormatVersion, "checkpoint '", path,
+                 "' has format ", format, "; this Strata reads format ", kFormatVersion);
+  return in;
+}
 
-CheckpointStore::CheckpointStore(std::string dir, int64_t keep)
-    : dir_(std::move(dir)), keep_(keep) {}
-
-std::string CheckpointStore::save(const TrainState& state,
-                                  torch::nn::Module& model,
-                                  torch::optim::Optimizer& optimizer,
-                                  torch::nn::Module* extra) const {
-  torch::serialize::OutputArchive out;
+// Everything but the model: step, data position, loss scale, generator,
+// optimizer, extra modules.
+void write_train_state(torch::serialize::OutputArchive& out, const TrainState& state,
+                       torch::optim::Optimizer& optimizer, torch::nn::Module* extra) {
   out.write("format", scalar(kFormatVersion));
   out.write("step", scalar(state.step));
   out.write("micro_batches", scalar(state.micro_batches));
@@ -57,9 +89,6 @@ std::string CheckpointStore::save(const TrainState& state,
     std::lock_guard<std::mutex> lock(gen.mutex());
     out.write("cpu_rng", gen.get_state());
   }
-  torch::serialize::OutputArchive model_archive;
-  model.save(model_archive);
-  out.write("model", model_archive);
   torch::serialize::OutputArchive optimizer_archive;
   optimizer.save(optimizer_archive);
   out.write("optimizer", optimizer_archive);
@@ -68,18 +97,149 @@ std::string CheckpointStore::save(const TrainState& state,
     extra->save(extra_archive);
     out.write("extra", extra_archive);
   }
+}
 
-  char name[64];
-  std::snprintf(name, sizeof(name), "step_%08lld.pt",
-                static_cast<long long>(state.step));
-  const std::string path = join_path(dir_, name);
+TrainState read_counters(torch::serialize::InputArchive& in) {
+  TrainState state;
+  state.step = read_scalar(in, "step");
+  state.micro_batches = read_scalar(in, "micro_batches");
+  state.world = read_scalar(in, "world");
+  state.micro_per_epoch = read_scalar(in, "micro_per_epoch");
+  // Absent in checkpoints from before mixed precision: no scaler state.
+  at::Tensor scale, growth;
+  if (in.try_read("loss_scale", scale)) state.loss_scale = scale.item<double>();
+  if (in.try_read("loss_scale_growth", growth)) state.loss_scale_growth = growth.item<int64_t>();
+  return state;
+}
+
+void read_generator(torch::serialize::InputArchive& in) {
+  at::Tensor rng;
+  in.read("cpu_rng", rng);
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(rng);
+}
+
+ConfigError mismatch(const std::string& path, const std::string& what) {
+  return ConfigError(str(
+      "checkpoint '", path, "' does not match this recipe's model or "
+      "optimizer (", what, "); resume with the recipe "
+      "that wrote it, or set train.resume=never with a new run.name"));
+}
+
+// The inverse of write_train_state after read_counters: optimizer, extra
+// modules, generator.
+void read_train_state(torch::serialize::InputArchive& in, const std::string& path,
+                      torch::optim::Optimizer& optimizer, torch::nn::Module* extra) {
+  try {
+    torch::serialize::InputArchive optimizer_archive;
+    in.read("optimizer", optimizer_archive);
+    optimizer.load(optimizer_archive);
+    if (extra) {
+      torch::serialize::InputArchive extra_archive;
+      in.read("extra", extra_archive);
+      extra->load(extra_archive);
+    }
+  } catch (const c10::Error& e) {
+    throw mismatch(path, e.what_without_backtrace());
+  }
+  read_generator(in);
+}
+
+// "0/3" -> {0, 3}.
+dist::TpShard parse_split(const std::string& raw) {
+  dist::TpShard spec;
+  long long dim = -1, groups = 1;
+  STRATA_CHECK_T(IoError, std::sscanf(raw.c_str(), "%lld/%lld", &dim, &groups) == 2,
+                 "bad split '", raw, "' in a sharded checkpoint");
+  spec.dim = dim;
+  spec.groups = groups;
+  return spec;
+}
+
+// Copies `tensors` (name -> value) into the model's parameters and buffers
+// of the same names, through `cut` (value, name) -> this rank's part.
+void assign(torch::nn::Module& model, const std::map<std::string, at::Tensor>& tensors,
+            const std::string& path,
+            const std::function<at::Tensor(const at::Tensor&, const std::string&)>& cut) {
+  torch::NoGradGuard no_grad;
+  auto put = [&](const std::string& name, at::Tensor& target) {
+    auto it = tensors.find(name);
+    if (it == tensors.end()) throw mismatch(path, str("no tensor '", name, "'"));
+    const at::Tensor value = cut(it->second, name);
+    if (!value.sizes().equals(target.sizes())) {
+      throw mismatch(path, str("'", name, "' has shape ", value.sizes(), ", the model ",
+                               target.sizes()));
+    }
+    target.copy_(value);
+  };
+  for (auto& p : model.named_parameters()) put(p.key(), p.value());
+  for (auto& b : model.named_buffers()) put(b.key(), b.value());
+}
+
+std::map<std::string, at::Tensor> as_map(std::vector<std::pair<std::string, at::Tensor>> v) {
+  std::map<std::string, at::Tensor> m;
+  for (auto& [k, t] : v) m.emplace(k, std::move(t));
+  return m;
+}
+
+}  // namespace
+
+std::string ShardLayout::tag() const { return str("pp", pp_rank, "-tp", tp_rank); }
+
+CheckpointStore::CheckpointStore(std::string dir, int64_t keep, ShardLayout layout)
+    : dir_(std::move(dir)), keep_(keep), layout_(layout) {}
+
+std::string CheckpointStore::save(const TrainState& state, torch::nn::Module& model,
+                                  torch::optim::Optimizer& optimizer, torch::nn::Module* extra,
+                                  const std::map<std::string, std::string>& splits) const {
+  torch::serialize::OutputArchive out;
+  write_train_state(out, state, optimizer, extra);
+  if (layout_.sharded()) {
+    const std::string dir = join_path(dir_, step_name(state.step));
+    make_dirs(dir);
+    const std::string tag = layout_.tag();
+    atomic_publish(join_path(dir, "train-" + tag + ".pt"),
+                   [&](const std::string& tmp) { out.save_to(tmp); });
+    save_state_dict(join_path(dir, "model-" + tag + ".pt"), model);
+    JsonObject split_json;
+    for (const auto& [name, raw] : splits) split_json.add(name, raw);
+    atomic_write_file(join_path(dir, "split-" + tag + ".json"), split_json.str() + "\n");
+    return dir;
+  }
+  torch::serialize::OutputArchive model_archive;
+  model.save(model_archive);
+  out.write("model", model_archive);
+  const std::string path = join_path(dir_, step_name(state.step) + ".pt");
   atomic_publish(path, [&](const std::string& tmp) { out.save_to(tmp); });
+  prune();
+  return path;
+}
 
+void CheckpointStore::publish(int64_t step) const {
+  JsonObject meta;
+  meta.add("format", kFormatVersion)
+      .add("step", step)
+      .add("dp", layout_.dp)
+      .add("tp", layout_.tp)
+      .add("pp", layout_.pp);
+  atomic_write_file(join_path(join_path(dir_, step_name(step)), "metadata.json"),
+                    meta.str() + "\n");
+  prune();
+}
+
+void CheckpointStore::prune() const {
   std::vector<std::string> all = list();
   for (size_t i = 0; i + static_cast<size_t>(keep_) < all.size(); ++i) {
-    remove_file(all[i]);
+    if (is_sharded_checkpoint(all[i])) {
+      // metadata.json first: a half-deleted directory reads as incomplete.
+      remove_file(join_path(all[i], "metadata.json"));
+      std::error_code ec;
+      std::filesystem::remove_all(all[i], ec);
+    } else {
+      remove_file(all[i]);
+    }
   }
-  return path;
 }
 
 std::vector<std::string> CheckpointStore::list() const {
@@ -87,6 +247,13 @@ std::vector<std::string> CheckpointStore::list() const {
   for (const auto& name : list_files(dir_)) {
     int64_t step = step_of(name);
     if (step >= 0) found.emplace_back(step, join_path(dir_, name));
+  }
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir_, ec)) {
+    const int64_t step = dir_step_of(e.path().filename().string());
+    if (step >= 0 && is_sharded_checkpoint(e.path().string())) {
+      found.emplace_back(step, e.path().string());
+    }
   }
   std::sort(found.begin(), found.end());
   std::vector<std::string> paths;
@@ -102,51 +269,110 @@ std::string CheckpointStore::newest() const {
 TrainState load_checkpoint(const std::string& path, torch::nn::Module& model,
                            torch::optim::Optimizer& optimizer, c10::Device device,
                            torch::nn::Module* extra) {
-  STRATA_CHECK_T(IoError, path_exists(path), "checkpoint '", path,
-                 "' does not exist; check train.resume");
-  torch::serialize::InputArchive in;
-  try {
-    in.load_from(path, device);
-  } catch (const c10::Error& e) {
-    throw IoError(str("cannot read checkpoint '", path, "': ",
-                      e.what_without_backtrace()));
-  }
-  const int64_t format = read_scalar(in, "format");
-  STRATA_CHECK_T(IoError, format == kFormatVersion, "checkpoint '", path,
-                 "' has format ", format, "; this Strata reads format ",
-                 kFormatVersion);
-  TrainState state;
-  state.step = read_scalar(in, "step");
-  state.micro_batches = read_scalar(in, "micro_batches");
-  state.world = read_scalar(in, "world");
-  state.micro_per_epoch = read_scalar(in, "micro_per_epoch");
-  // Absent in checkpoints from before mixed precision: no scaler state.
-  at::Tensor scale, growth;
-  if (in.try_read("loss_scale", scale)) state.loss_scale = scale.item<double>();
-  if (in.try_read("loss_scale_growth", growth)) state.loss_scale_growth = growth.item<int64_t>();
+  STRATA_CHECK_T(ConfigError, !is_sharded_checkpoint(path), "checkpoint '", path,
+                 "' is sharded (written with tensor or pipeline parallelism); resume it "
+                 "with distributed.tensor_parallel / pipeline_parallel set, or consolidate "
+                 "it with strata-train --consolidate");
+  torch::serialize::InputArchive in = open_archive(path, device);
+  TrainState state = read_counters(in);
   try {
     torch::serialize::InputArchive model_archive;
     in.read("model", model_archive);
     model.load(model_archive);
-    torch::serialize::InputArchive optimizer_archive;
-    in.read("optimizer", optimizer_archive);
-    optimizer.load(optimizer_archive);
-    if (extra) {
-      torch::serialize::InputArchive extra_archive;
-      in.read("extra", extra_archive);
-      extra->load(extra_archive);
-    }
   } catch (const c10::Error& e) {
-    throw ConfigError(str(
-        "checkpoint '", path, "' does not match this recipe's model or "
-        "optimizer (", e.what_without_backtrace(), "); resume with the recipe "
-        "that wrote it, or set train.resume=never with a new run.name"));
+    throw mismatch(path, e.what_without_backtrace());
   }
-  at::Tensor rng;
-  in.read("cpu_rng", rng);
-  auto gen = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  gen.set_state(rng);
+  read_train_state(in, path, optimizer, extra);
+  return state;
+}
+
+bool is_sharded_checkpoint(const std::string& path) {
+  return path_exists(join_path(path, "metadata.json"));
+}
+
+ShardLayout sharded_checkpoint_layout(const std::string& dir) {
+  STRATA_CHECK_T(IoError, is_sharded_checkpoint(dir), "'", dir,
+                 "' is not a complete sharded checkpoint (no metadata.json)");
+  const std::string meta = read_file(join_path(dir, "metadata.json"));
+  ShardLayout layout;
+  auto field = [&](const char* key) {
+    std::string raw;
+    STRATA_CHECK_T(IoError, json_field(meta, key, &raw), dir, "/metadata.json has no '", key,
+                   "'");
+    return std::stoll(raw);
+  };
+  STRATA_CHECK_T(IoError, field("format") == kFormatVersion, dir, "/metadata.json has format ",
+                 field("format"), "; this Strata reads format ", kFormatVersion);
+  layout.dp = field("dp");
+  layout.tp = field("tp");
+  layout.pp = field("pp");
+  return layout;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> consolidate_checkpoint(const std::string& dir) {
+  const ShardLayout layout = sharded_checkpoint_layout(dir);
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  std::set<std::string> seen;
+  for (int64_t p = 0; p < layout.pp; ++p) {
+    std::vector<std::vector<std::pair<std::string, at::Tensor>>> shards;
+    for (int64_t t = 0; t < layout.tp; ++t) {
+      const ShardLayout at{layout.dp, layout.tp, layout.pp, t, p};
+      shards.push_back(load_state_dict(join_path(dir, "model-" + at.tag() + ".pt")));
+    }
+    const ShardLayout first{layout.dp, layout.tp, layout.pp, 0, p};
+    const std::string splits = read_file(join_path(dir, "split-" + first.tag() + ".json"));
+    for (size_t i = 0; i < shards[0].size(); ++i) {
+      const std::string& name = shards[0][i].first;
+      if (!seen.insert(name).second) continue;  // a tied copy
+      std::string raw;
+      if (!json_field(splits, name, &raw)) {
+        out.emplace_back(name, shards[0][i].second);
+        continue;
+      }
+      std::vector<at::Tensor> parts;
+      for (const auto& shard : shards) {
+        STRATA_CHECK_T(IoError, i < shard.size() && shard[i].first == name, dir,
+                       ": the shards of stage ", p, " disagree on parameter ", i, " (", name,
+                       ")");
+        parts.push_back(shard[i].second);
+      }
+      out.emplace_back(name, dist::join_shards(parts, parse_split(raw)));
+    }
+  }
+  return out;
+}
+
+TrainState load_sharded_checkpoint(const std::string& dir, const ShardLayout& layout,
+                                   torch::nn::Module& model, torch::optim::Optimizer& optimizer,
+                                   const std::map<std::string, std::string>& splits,
+                                   c10::Device device, torch::nn::Module* extra) {
+  const ShardLayout saved = sharded_checkpoint_layout(dir);
+  if (saved.tp == layout.tp && saved.pp == layout.pp) {
+    const std::string train_path = join_path(dir, "train-" + layout.tag() + ".pt");
+    torch::serialize::InputArchive in = open_archive(train_path, device);
+    TrainState state = read_counters(in);
+    assign(model, as_map(load_state_dict(join_path(dir, "model-" + layout.tag() + ".pt"))), dir,
+           [](const at::Tensor& t, const std::string&) { return t; });
+    read_train_state(in, train_path, optimizer, extra);
+    return state;
+  }
+  const ShardLayout first{saved.dp, saved.tp, saved.pp, 0, 0};
+  torch::serialize::InputArchive in =
+      open_archive(join_path(dir, "train-" + first.tag() + ".pt"), device);
+  TrainState state = read_counters(in);
+  assign(model, as_map(consolidate_checkpoint(dir)), dir,
+         [&](const at::Tensor& full, const std::string& name) {
+           auto it = splits.find(name);
+           if (it == splits.end()) return full;
+           return dist::shard_of(full, parse_split(it->second), static_cast<int>(layout.tp_rank),
+                                 static_cast<int>(layout.tp));
+         });
+  STRATA_CHECK_T(ConfigError, extra == nullptr, "checkpoint '", dir, "' was written with tp=",
+                 saved.tp, " pp=", saved.pp, "; distillation hints resume only in the same "
+                 "layout");
+  log_warn("checkpoint ", dir, " was written with tp=", saved.tp, " x pp=", saved.pp,
+           "; loaded its weights into tp=", layout.tp, " x pp=", layout.pp,
+           " (the optimizer state starts afresh)");
   return state;
 }
 

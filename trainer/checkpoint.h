@@ -16,10 +16,31 @@
 #include <torch/optim/optimizer.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
 namespace strata::train {
+
+// Note [Sharded checkpoints]: under model parallelism (tensor_parallel or
+// pipeline stages > 1) a checkpoint is a directory step_<N>/ holding, for
+// each (pp, tp) coordinate <tag> = pp<p>-tp<t>, written by the rank of that
+// coordinate with data-parallel coordinate 0:
+//   model-<tag>.pt   its parameters and buffers (local names and shapes), a
+//                    torch.load-able state dict
+//   train-<tag>.pt   the rest of a checkpoint file: step, data position,
+//                    optimizer state, generator, loss scale
+//   split-<tag>.json how its split parameters are cut: {"name": "dim/groups"}
+// and metadata.json ({"format", "step", "dp", "tp", "pp"}), which world rank
+// 0 writes last, after every shard is on disk: a directory without it is
+// incomplete and ignored. consolidate_checkpoint joins the shards into the
+// full state dict (what model.pt holds).
+struct ShardLayout {
+  int64_t dp = 1, tp = 1, pp = 1;   // mesh sizes
+  int64_t tp_rank = 0, pp_rank = 0;  // this rank's coordinates
+  bool sharded() const { return tp * pp > 1; }
+  std::string tag() const;  // "pp0-tp1"
+};
 
 struct TrainState {
   int64_t step = 0;             // optimizer steps taken
@@ -32,25 +53,56 @@ struct TrainState {
 
 class CheckpointStore {
  public:
-  // `dir` is created on first save; `keep` >= 1 newest files are kept.
-  CheckpointStore(std::string dir, int64_t keep);
+  // `dir` is created on first save; `keep` >= 1 newest checkpoints are kept.
+  // A sharded layout writes directories (Note [Sharded checkpoints]).
+  CheckpointStore(std::string dir, int64_t keep, ShardLayout layout = {});
 
   // Writes step_<state.step>.pt atomically, then deletes all but the newest
   // `keep`. Returns the path written. `extra`: other trained modules the
   // run needs back (distillation hint projections), not part of the model.
+  // Sharded layout: writes this rank's shard of step_<N>/ (the ranks with
+  // data-parallel coordinate 0 call it); `splits` maps the split
+  // parameters' names to "dim/groups". publish() completes the directory.
   std::string save(const TrainState& state, torch::nn::Module& model,
                    torch::optim::Optimizer& optimizer,
-                   torch::nn::Module* extra = nullptr) const;
+                   torch::nn::Module* extra = nullptr,
+                   const std::map<std::string, std::string>& splits = {}) const;
+  // Sharded layout, world rank 0, once every shard of `step` is written:
+  // writes metadata.json and deletes all but the newest `keep`.
+  void publish(int64_t step) const;
 
-  // Complete checkpoints, oldest first (full paths).
+  // Complete checkpoints (files and sharded directories), oldest first.
   std::vector<std::string> list() const;
   // The newest complete checkpoint, or "" when there is none.
   std::string newest() const;
 
  private:
+  void prune() const;
+
   std::string dir_;
   int64_t keep_;
+  ShardLayout layout_;
 };
+
+// Sharded checkpoints (Note [Sharded checkpoints]).
+bool is_sharded_checkpoint(const std::string& path);
+// The layout a sharded checkpoint was written in (tp_rank, pp_rank 0).
+ShardLayout sharded_checkpoint_layout(const std::string& dir);
+// The full state dict of a sharded checkpoint: every stage's parameters and
+// buffers, split ones joined, each name once (a tied copy on a later stage
+// is dropped), stage order. IoError for a missing or incomplete shard.
+std::vector<std::pair<std::string, at::Tensor>> consolidate_checkpoint(const std::string& dir);
+// Restores this rank's shard. Same layout as written: everything, as
+// load_checkpoint. Another layout: the parameters and buffers, cut for
+// this rank from the consolidated state dict with `splits` (name ->
+// "dim/groups") and `layout`; the step, data position and loss scale; the
+// optimizer starts afresh (a warning says so).
+TrainState load_sharded_checkpoint(const std::string& dir, const ShardLayout& layout,
+                                   torch::nn::Module& model,
+                                   torch::optim::Optimizer& optimizer,
+                                   const std::map<std::string, std::string>& splits,
+                                   c10::Device device = c10::Device(c10::kCPU),
+                                   torch::nn::Module* extra = nullptr);
 
 // Restores `model`, `optimizer`, `extra` (as saved) and the generator from `path`. Throws
 // IoError when the file is unreadable, ConfigError when it was written for a

@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
+
 #include "trainer/models/models.h"
 
 namespace strata::train {
@@ -21,6 +23,14 @@ struct EvalSums {
 // at a time, under autocast to `compute_dtype` when it is not fp32;
 // restores train mode.
 EvalSums evaluate_classifier(Model& model, const at::Tensor& inputs,
+                             const at::Tensor& targets, int64_t batch,
+                             at::ScalarType compute_dtype = at::kFloat);
+
+// The same through `forward` (called without autograd, under autocast, on
+// each batch of inputs), which may return an undefined tensor: a pipeline
+// stage before the last, which counts nothing. The caller sets eval mode.
+using EvalForward = std::function<at::Tensor(const at::Tensor& inputs)>;
+EvalSums evaluate_classifier(const EvalForward& forward, const at::Tensor& inputs,
                              const at::Tensor& targets, int64_t batch,
                              at::ScalarType compute_dtype = at::kFloat);
 

@@ -200,15 +200,35 @@ class Warmup final : public LrSchedule {
 
 }  // namespace
 
-void clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
+void clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm,
+                    const std::vector<double>& weights,
+                    const std::function<void(at::Tensor&)>& sum_over_model) {
+  STRATA_INTERNAL_ASSERT(weights.empty() || weights.size() == params.size(),
+                         "clip_grad_norm: ", weights.size(), " weights for ", params.size(),
+                         " parameters");
   std::vector<at::Tensor> grads;
-  for (const auto& p : params) {
-    if (p.grad().defined()) grads.push_back(p.grad());
+  std::vector<double> w;
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (!params[i].grad().defined()) continue;
+    grads.push_back(params[i].grad());
+    w.push_back(weights.empty() ? 1.0 : weights[i]);
   }
-  if (grads.empty()) return;
+  if (grads.empty() && !sum_over_model) return;
   torch::NoGradGuard no_grad;
-  const std::vector<at::Tensor> norms = at::_foreach_norm(grads, 2);
-  const at::Tensor total = at::stack(norms).to(at::kFloat).norm();
+  at::Tensor total;
+  if (weights.empty() && !sum_over_model) {
+    total = at::stack(at::_foreach_norm(grads, 2)).to(at::kFloat).norm();
+  } else {
+    at::Tensor sq = at::zeros({1}, at::TensorOptions(at::kFloat)
+                                       .device(grads.empty() ? at::Device(at::kCPU)
+                                                             : grads[0].device()));
+    if (!grads.empty()) {
+      const at::Tensor norms = at::stack(at::_foreach_norm(grads, 2)).to(at::kFloat);
+      sq += (norms * norms * at::tensor(w, at::kDouble).to(norms.options())).sum();
+    }
+    if (sum_over_model) sum_over_model(sq);
+    total = sq.sqrt();
+  }
   const at::Tensor coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
   at::_foreach_mul_(grads, coef);

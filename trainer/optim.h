@@ -50,7 +50,15 @@ std::unique_ptr<LrSchedule> make_schedule(const ScheduleRegistry& registry,
 // torch.nn.utils.clip_grad_norm_ does) without a host synchronisation: the
 // norm stays on the device, unlike LibTorch's C++ clip_grad_norm_, which
 // returns it as a double and so stalls a GPU step.
-void clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm);
+//
+// Model parallelism: the norm is of the whole model, whose parameters are
+// spread over ranks. weights[i] says how much params[i]'s squared norm
+// counts on this rank (1 for a shard; 1/t for a parameter replicated over
+// t ranks; 0 for a copy counted elsewhere), and sum_over_model sums the
+// weighted total over the model-parallel ranks in place.
+void clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm,
+                    const std::vector<double>& weights = {},
+                    const std::function<void(at::Tensor&)>& sum_over_model = {});
 
 // Sets every parameter group's learning rate.
 void set_learning_rate(torch::optim::Optimizer& optimizer, double lr);

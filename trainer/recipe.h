@@ -243,6 +243,22 @@ struct CheckpointSection {
   }
 };
 
+// Pipeline parallelism: the model's layer list split into stages.
+struct PipelineSection {
+  int64_t stages = 1;
+  int64_t microbatches = 1;
+  std::string schedule = "1f1b";
+  std::vector<int64_t> layers;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("stages", stages, at_least(1), "pipeline stages (pp); world = dp x tensor_parallel x stages, dp inferred");
+    v.field("microbatches", microbatches, at_least(1), "microbatches each data.batch_size batch is split into (must divide it); the bubble is (stages - 1) / microbatches");
+    v.field("schedule", schedule, one_of({"gpipe", "1f1b"}), "gpipe: all forwards then all backwards (holds every microbatch's activations); 1f1b: one forward one backward (holds at most stages)");
+    v.field("layers", layers, any(), "layers per stage, first to last (gpt: embedding, n_layer blocks, head; they must sum to n_layer + 2); empty: balanced by parameters");
+  }
+};
+
 struct DistributedSection {
   std::string backend = "auto";
   double timeout_s = 60.0;
@@ -251,6 +267,8 @@ struct DistributedSection {
   bool find_unused_parameters = false;
   std::string comm_hook = "none";
   bool broadcast_buffers = true;
+  int64_t tensor_parallel = 1;
+  PipelineSection pipeline_parallel;
 
   template <class V>
   void visit(V& v) {
@@ -261,6 +279,8 @@ struct DistributedSection {
     v.field("find_unused_parameters", find_unused_parameters, any(), "tolerate parameters that get no gradient (zeros are averaged)");
     v.field("comm_hook", comm_hook, one_of({"none", "fp16", "bf16"}), "compress gradients for the all-reduce");
     v.field("broadcast_buffers", broadcast_buffers, any(), "copy rank 0's buffers (BatchNorm statistics) to all ranks before every step");
+    v.field("tensor_parallel", tensor_parallel, at_least(1), "tensor-parallel ranks per layer (Megatron-style; gpt only; must divide model.n_head and the vocabulary)");
+    v.section("pipeline_parallel", pipeline_parallel, "pipeline parallelism: stages, microbatches, schedule");
   }
 };
 
@@ -441,7 +461,7 @@ struct Recipe {
     v.section("train", train, "loop length, accumulation, clipping, eval, resume");
     v.section("checkpoint", checkpoint, "checkpoint cadence and retention");
     v.section("distill", distill, "knowledge distillation from a frozen teacher");
-    v.section("distributed", distributed, "data parallelism across processes");
+    v.section("distributed", distributed, "data, tensor and pipeline parallelism across processes");
     v.section("federated", federated, "federated server, edge clients and simulation");
   }
 

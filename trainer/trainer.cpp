@@ -17,16 +17,19 @@
 #include "distributed/device_mesh.h"
 #include "distributed/gradient_reducer.h"
 #include "distributed/rank_info.h"
+#include "distributed/tensor_parallel.h"
 #include "trainer/activation_checkpoint.h"
 #include "trainer/amp.h"
 #include "trainer/checkpoint.h"
 #include "trainer/device.h"
 #include "trainer/distill.h"
 #include "trainer/evaluate.h"
+#include "trainer/pipeline.h"
 #include "trainer/data/dataset.h"
 #include "trainer/data/loader.h"
 #include "trainer/data/text.h"
 #include "trainer/metrics.h"
+#include "trainer/models/gpt.h"
 
 namespace strata::train {
 namespace {
@@ -64,6 +67,26 @@ struct EvalResult {
   double accuracy = 0.0;
 };
 
+std::vector<std::string> as_strings(const std::vector<int64_t>& v) {
+  std::vector<std::string> out;
+  for (int64_t x : v) out.push_back(std::to_string(x));
+  return out;
+}
+
+// The job's layout: world = pp x dp x tp (tensor parallelism innermost, on
+// neighbouring ranks; Megatron's order), dp inferred.
+std::vector<dist::MeshAxis> mesh_axes(const Recipe& r, const std::shared_ptr<dist::Communicator>& world) {
+  const int n = world ? world->size() : 1;
+  const int64_t tp = r.distributed.tensor_parallel;
+  const int64_t pp = r.distributed.pipeline_parallel.stages;
+  STRATA_CHECK_T(ConfigError, n % (tp * pp) == 0, r.where("distributed.tensor_parallel"),
+                 ": the job has ", n, " rank(s), not a multiple of distributed.tensor_parallel (",
+                 tp, ") x distributed.pipeline_parallel.stages (", pp, ") = ", tp * pp,
+                 "; launch a multiple of ", tp * pp, " ranks or lower those sizes");
+  return {{"pp", static_cast<int>(pp)}, {"dp", static_cast<int>(n / (tp * pp))},
+          {"tp", static_cast<int>(tp)}};
+}
+
 }  // namespace
 
 Registries builtin_registries() {
@@ -89,10 +112,20 @@ struct Trainer::Impl {
   JsonObject eval_record(const char* kind, const EvalResult& e) const;
   void save_checkpoint();
   void setup_data_parallel();
+  void setup_model_parallel(const Registries& registries);
+  // Model parallelism: reductions over the ranks holding the other parts
+  // of the model (tp, then pp), in place.
+  void over_model(at::Tensor& t, dist::ReduceOp op) const;
+  // The loss of one microbatch's logits (teacher on `inputs`), under autocast.
+  at::Tensor micro_loss(const at::Tensor& logits, const at::Tensor& inputs,
+                        const at::Tensor& targets);
+  std::map<std::string, std::string> split_strings() const;
+  ShardLayout shard_layout() const;
+  bool model_parallel() const { return tp_size * pp_size > 1; }
   int64_t map_data_position(const TrainState& saved) const;
   // Mean over ranks (a collective when data parallel).
   double global_mean(const at::Tensor& local) const;
-  bool writer() const { return rank == 0; }
+  bool writer() const { return mesh.rank() == 0; }
   // Where collectives on small bookkeeping tensors run: NCCL moves only
   // GPU memory, the CPU backends host memory.
   at::Device comm_device() const {
@@ -103,11 +136,16 @@ struct Trainer::Impl {
   }
 
   Recipe recipe;
-  // The job's layout: data parallel only for now (dp = world).
+  // The job's layout: pp x dp x tp.
   dist::DeviceMesh mesh;
   std::shared_ptr<dist::Communicator> comm;  // the dp group; null: dp = 1
   int rank = 0;   // in the dp group
   int world = 1;  // dp size
+  std::shared_ptr<dist::Communicator> tp_group, pp_group;  // size 1: self
+  int tp_size = 1, pp_size = 1;
+  std::unique_ptr<PipelineExecutor> pipe;  // pp > 1
+  std::map<std::string, dist::TpShard> splits;  // the model's split parameters
+  std::vector<double> norm_weights;  // clip_grad_norm's, model parallel
   at::Device device{at::kCPU};  // run.device resolved
   std::unique_ptr<dist::GradientReducer> reducer;
   std::string run_dir;
@@ -143,12 +181,16 @@ struct Trainer::Impl {
 Trainer::Impl::Impl(Recipe r, const Registries& registries,
                     std::shared_ptr<dist::Communicator> c)
     : recipe(std::move(r)),
-      mesh(c, {{"dp", c ? c->size() : 1}}),
+      mesh(c, mesh_axes(recipe, c)),
       comm(mesh.size("dp") > 1 ? mesh.group("dp") : nullptr),
       rank(comm ? comm->rank() : 0),
       world(comm ? comm->size() : 1),
+      tp_group(mesh.group("tp")),
+      pp_group(mesh.group("pp")),
+      tp_size(mesh.size("tp")),
+      pp_size(mesh.size("pp")),
       run_dir(recipe.run_dir()),
-      store(join_path(run_dir, "checkpoints"), recipe.checkpoint.keep),
+      store(join_path(run_dir, "checkpoints"), recipe.checkpoint.keep, shard_layout()),
       progress(ProgressOptions{}) {
   const dist::RankInfo ranks = mesh.size() > 1 ? dist::discover_ranks() : dist::RankInfo{};
   // Ranks on this host share its cores (local_world 0: the launcher did
@@ -173,10 +215,7 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
                     : "text needs a language model: use model.name=gpt");
   load_data();
 
-  torch::manual_seed(static_cast<uint64_t>(recipe.run.seed));
-  const auto& make_model = registries.models.get(
-      recipe.model.name, recipe.where("model.name"), "model.name");
-  model = make_model(recipe.model, input_shape);
+  setup_model_parallel(registries);
   model->set_checkpointing(checkpoint_plan(
       recipe.train.activation_checkpointing, recipe.train.checkpoint_every,
       model->checkpoint_units(), recipe.where("train.activation_checkpointing")));
@@ -197,6 +236,9 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
   if (!hint_pairs.empty()) {
     STRATA_CHECK_T(ConfigError, teacher != nullptr, recipe.where("distill.hints"),
                    "distill.hints needs a teacher: set distill.teacher");
+    STRATA_CHECK_T(ConfigError, pp_size == 1, recipe.where("distill.hints"),
+                   "distill.hints pairs student and teacher layers, which a pipeline splits "
+                   "over ranks; use hints with distributed.pipeline_parallel.stages = 1");
     hints = std::make_shared<HintLoss>(hint_pairs, *model, *teacher,
                                        eval_inputs.slice(0, 0, 2).to(device));
     // The projections train with the student, under its optimizer's settings.
@@ -205,6 +247,17 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
     for (const auto& p : hints->parameters()) params.push_back(p);
     log_info("distillation hints ", recipe.distill.hints, " (", parameter_count(*hints),
              " projection parameters), weight ", format_double(recipe.distill.hint_weight));
+  }
+
+  if (model_parallel()) {
+    // Each parameter's squared gradient norm counted once over the model:
+    // a shard fully, a tensor replicated over tp by 1/tp on each, the tied
+    // embedding's copy on the last stage not at all.
+    for (const auto& p : model->named_parameters()) {
+      const bool tied_copy = pp_size > 1 && !pipe->first() && p.key() == kGptTiedParameter;
+      norm_weights.push_back(tied_copy ? 0.0 : splits.count(p.key()) ? 1.0 : 1.0 / tp_size);
+    }
+    norm_weights.resize(params.size(), 1.0 / tp_size);  // hint projections: replicated
   }
 
   const int64_t per_rank = train_samples / world;
@@ -225,8 +278,74 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
                 : " test samples; ",
            total_steps, " steps of ",
            d.batch_size * recipe.train.grad_accum * world, " samples (",
-           world, " rank(s)) on ", device.str(), " in ", recipe.train.precision, "; ",
-           at::get_num_threads(), " threads per rank");
+           world, " data-parallel rank(s)) on ", device.str(), " in ", recipe.train.precision,
+           "; ", at::get_num_threads(), " threads per rank");
+  if (mesh.size() > 1) log_info("device mesh ", mesh.describe());
+}
+
+void Trainer::Impl::setup_model_parallel(const Registries& registries) {
+  const PipelineSection& pp = recipe.distributed.pipeline_parallel;
+  if (tp_size > 1) input_shape.tp = tp_group;
+  if (pp_size > 1) {
+    STRATA_CHECK_T(ConfigError, recipe.model.name == "gpt",
+                   recipe.where("distributed.pipeline_parallel.stages"),
+                   "distributed.pipeline_parallel.stages = ", pp_size, " splits a model's "
+                   "layer list over stages; only model.name=gpt has one (not ",
+                   recipe.model.name, "); use stages = 1");
+    const std::vector<int64_t> weights = gpt_layer_parameters(recipe.model, input_shape.classes);
+    std::vector<int64_t> counts = pp.layers;
+    if (counts.empty()) {
+      counts = dist::partition_layers(weights, pp_size);
+    } else {
+      int64_t sum = 0;
+      for (int64_t c : counts) sum += c;
+      const bool ok = static_cast<int>(counts.size()) == pp_size &&
+                      *std::min_element(counts.begin(), counts.end()) >= 1 &&
+                      sum == static_cast<int64_t>(weights.size());
+      STRATA_CHECK_T(ConfigError, ok, recipe.where("distributed.pipeline_parallel.layers"),
+                     "distributed.pipeline_parallel.layers = [", join(as_strings(counts), ", "),
+                     "] must "
+                     "give each of the ", pp_size, " stages at least one of the ", weights.size(),
+                     " layers (embedding, ", recipe.model.n_layer, " blocks, head) and sum to ",
+                     weights.size(), "; or leave it empty to balance by parameters");
+    }
+    const int s = pp_group->rank();
+    for (int i = 0; i < s; ++i) input_shape.layer_begin += counts[i];
+    input_shape.layer_end = input_shape.layer_begin + counts[s];
+    pipe = std::make_unique<PipelineExecutor>(pp_group, pp.schedule,
+                                              static_cast<int>(pp.microbatches));
+    STRATA_CHECK_T(ConfigError, recipe.data.batch_size % pp.microbatches == 0,
+                   recipe.where("distributed.pipeline_parallel.microbatches"),
+                   "data.batch_size = ", recipe.data.batch_size, " cannot be split into ",
+                   pp.microbatches, " equal microbatches; pick a divisor of it");
+    log_info("pipeline stage ", s, " of ", pp_size, ": layers [", input_shape.layer_begin, ", ",
+             input_shape.layer_end, ") of ", weights.size(), " (", pp.schedule, ", ",
+             pp.microbatches, " microbatches)");
+  }
+  torch::manual_seed(static_cast<uint64_t>(recipe.run.seed));
+  const auto& make_model = registries.models.get(
+      recipe.model.name, recipe.where("model.name"), "model.name");
+  model = make_model(recipe.model, input_shape);
+  splits = dist::tensor_parallel_shards(*model);
+  STRATA_CHECK_T(ConfigError, tp_size == 1 || !splits.empty(),
+                 recipe.where("distributed.tensor_parallel"), "distributed.tensor_parallel = ",
+                 tp_size, " but model.name=", recipe.model.name, " has no tensor-parallel "
+                 "layers (gpt has); use tensor_parallel = 1");
+}
+
+void Trainer::Impl::over_model(at::Tensor& t, dist::ReduceOp op) const {
+  if (tp_size > 1) tp_group->all_reduce(t, op)->wait();
+  if (pp_size > 1) pp_group->all_reduce(t, op)->wait();
+}
+
+std::map<std::string, std::string> Trainer::Impl::split_strings() const {
+  std::map<std::string, std::string> out;
+  for (const auto& [name, s] : splits) out[name] = str(s.dim, "/", s.groups);
+  return out;
+}
+
+ShardLayout Trainer::Impl::shard_layout() const {
+  return ShardLayout{world, tp_size, pp_size, mesh.coord("tp"), mesh.coord("pp")};
 }
 
 // Evaluation is sharded: each rank scores a contiguous slice, the sums are
@@ -295,7 +414,11 @@ void Trainer::Impl::resume_or_start() {
     path = mode;
   }
   if (!path.empty()) {
-    TrainState saved = load_checkpoint(path, *model, *optimizer, device, hints.get());
+    TrainState saved =
+        is_sharded_checkpoint(path)
+            ? load_sharded_checkpoint(path, shard_layout(), *model, *optimizer, split_strings(),
+                                      device, hints.get())
+            : load_checkpoint(path, *model, *optimizer, device, hints.get());
     state.step = saved.step;
     state.micro_batches = map_data_position(saved);
     if (scaler.enabled() && saved.loss_scale > 0) {
@@ -304,11 +427,11 @@ void Trainer::Impl::resume_or_start() {
     last_saved_step = state.step;
     log_info("resumed from ", path, " at step ", state.step);
   }
-  if (comm) {
+  if (mesh.size() > 1) {
     // Every rank must resume from the same checkpoint.
     at::Tensor step = at::full({1}, state.step, at::TensorOptions(at::kLong).device(comm_device()));
     at::Tensor mine = step.clone();
-    comm->broadcast(step, 0)->wait();
+    mesh.world()->broadcast(step, 0)->wait();
     STRATA_CHECK_T(Error, at::equal(step, mine), "rank ", rank,
                    " resumed at step ", state.step, " but rank 0 at step ",
                    step.item<int64_t>(), "; all ranks must see the same run "
@@ -360,11 +483,30 @@ void Trainer::Impl::setup_data_parallel() {
 double Trainer::Impl::global_mean(const at::Tensor& local) const {
   at::Tensor t = local.to(comm_device(), at::kDouble).reshape({1}).clone();
   if (comm) comm->all_reduce(t, dist::ReduceOp::kAvg)->wait();
+  // Pipeline: only the last stage has the loss.
+  if (pp_size > 1) pp_group->broadcast(t, pp_size - 1)->wait();
   return t.item<double>();
 }
 
-at::Tensor Trainer::Impl::train_step(BatchSource& loader, int64_t* epoch) {
+at::Tensor Trainer::Impl::micro_loss(const at::Tensor& logits, const at::Tensor& inputs,
+                                     const at::Tensor& targets) {
   namespace F = torch::nn::functional;
+  at::Tensor teacher_logits;
+  if (teacher) {  // frozen: no autograd, its own precision
+    torch::NoGradGuard no_grad;
+    AutocastGuard amp(device.type(), teacher_dtype);
+    teacher_logits = teacher->forward(inputs);
+  }
+  AutocastGuard amp(device.type(), compute_dtype);
+  at::Tensor loss =
+      teacher ? distillation_loss(logits, teacher_logits, targets, recipe.distill.alpha,
+                                  recipe.distill.temperature)
+              : F::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+  if (hints) loss = loss + recipe.distill.hint_weight * hints->forward(*model, *teacher);
+  return loss;
+}
+
+at::Tensor Trainer::Impl::train_step(BatchSource& loader, int64_t* epoch) {
   const int64_t accum = recipe.train.grad_accum;
   model->train();
   // Gradients are cleared to undefined rather than zero-filled (what
@@ -383,37 +525,62 @@ at::Tensor Trainer::Impl::train_step(BatchSource& loader, int64_t* epoch) {
     // Pinned batches: the copies overlap the previous step's GPU work.
     at::Tensor inputs = b.inputs.to(device, /*non_blocking=*/true);
     at::Tensor targets = b.targets.to(device, /*non_blocking=*/true);
-    at::Tensor loss;
-    {
-      at::Tensor teacher_logits;
-      if (teacher) {  // frozen: no autograd, its own precision
-        torch::NoGradGuard no_grad;
-        AutocastGuard amp(device.type(), teacher_dtype);
-        teacher_logits = teacher->forward(inputs);
+    const bool last_micro = i + 1 == accum;
+    // Data parallelism: only the step's last backward all-reduces.
+    auto around_backward = [&](const std::function<void()>& backward, bool last) {
+      if (reducer && !(last && last_micro)) {
+        dist::GradientReducer::NoSync no_sync(*reducer);
+        backward();
+      } else {
+        backward();
       }
+    };
+    auto scale = [&](const at::Tensor& l) {
+      return scaler.scale_loss(accum > 1 ? l / static_cast<double>(accum) : l);
+    };
+    if (pipe) {
+      const int64_t mb = inputs.size(0) / pipe->microbatches();
+      StageFunctions fns;
+      fns.forward = [&](const at::Tensor& x, int) {
+        AutocastGuard amp(device.type(), compute_dtype);
+        return model->forward(x);
+      };
+      fns.loss = [&](const at::Tensor& y, int m) {
+        return micro_loss(y, inputs.slice(0, m * mb, (m + 1) * mb),
+                          targets.slice(0, m * mb, (m + 1) * mb));
+      };
+      fns.scale_loss = scale;
+      fns.around_backward = around_backward;
+      at::Tensor loss = pipe->train_step(inputs, fns);
+      if (loss.defined()) loss_sum += loss;
+      continue;
+    }
+    at::Tensor logits;
+    {
       AutocastGuard amp(device.type(), compute_dtype);  // forward and loss only
-      at::Tensor logits = model->forward(inputs);
-      loss = teacher ? distillation_loss(logits, teacher_logits, targets, recipe.distill.alpha,
-                                         recipe.distill.temperature)
-                     : F::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
-      if (hints) loss = loss + recipe.distill.hint_weight * hints->forward(*model, *teacher);
+      logits = model->forward(inputs);
     }
-    at::Tensor scaled = scaler.scale_loss(accum > 1 ? loss / static_cast<double>(accum) : loss);
-    if (reducer && i + 1 < accum) {
-      dist::GradientReducer::NoSync no_sync(*reducer);  // only the last talks
-      scaled.backward();
-    } else {
-      scaled.backward();
-    }
+    at::Tensor loss = micro_loss(logits, inputs, targets);
+    at::Tensor scaled = scale(loss);
+    around_backward([&] { scaled.backward(); }, true);
     loss_sum += loss.detach();
   }
   if (reducer) reducer->finish();
+  if (pipe) sum_tied_gradients(*model, kGptTiedParameter, *pp_group);
   // Note [Mixed precision] in amp.h: unscale after the all-reduce (every
   // rank sees the same gradients, so all skip or step together), before
-  // clipping.
-  if (scaler.enabled()) scaler.unscale(params);
+  // clipping; under model parallelism the ranks holding other parts agree.
+  auto max_over_model = [this](at::Tensor& t) { over_model(t, dist::ReduceOp::kMax); };
+  auto sum_over_model = [this](at::Tensor& t) { over_model(t, dist::ReduceOp::kSum); };
+  if (scaler.enabled()) {
+    scaler.unscale(params, model_parallel() ? max_over_model : std::function<void(at::Tensor&)>());
+  }
   if (recipe.train.clip_grad_norm > 0) {
-    clip_grad_norm(params, recipe.train.clip_grad_norm);
+    if (model_parallel()) {
+      clip_grad_norm(params, recipe.train.clip_grad_norm, norm_weights, sum_over_model);
+    } else {
+      clip_grad_norm(params, recipe.train.clip_grad_norm);
+    }
   }
   set_learning_rate(*optimizer, schedule->lr(state.step));
   if (scaler.update()) {
@@ -427,11 +594,24 @@ at::Tensor Trainer::Impl::train_step(BatchSource& loader, int64_t* epoch) {
 }
 
 EvalResult Trainer::Impl::evaluate() {
-  const EvalSums e = evaluate_classifier(*model, eval_inputs, eval_targets,
-                                         recipe.data.eval_batch_size, compute_dtype);
+  EvalSums e;
+  if (pipe) {
+    model->eval();
+    e = evaluate_classifier(
+        [&](const at::Tensor& x) {
+          return pipe->forward(x, [&](const at::Tensor& in) { return model->forward(in); });
+        },
+        eval_inputs, eval_targets, recipe.data.eval_batch_size, compute_dtype);
+    model->train();
+  } else {
+    e = evaluate_classifier(*model, eval_inputs, eval_targets, recipe.data.eval_batch_size,
+                            compute_dtype);
+  }
   at::Tensor sums = at::tensor({e.loss_sum, static_cast<double>(e.correct),
                                 static_cast<double>(e.count)}, at::kDouble)
                        .to(comm_device());
+  // Pipeline: the last stage scored the samples.
+  if (pp_size > 1) pp_group->broadcast(sums, pp_size - 1)->wait();
   if (comm) comm->all_reduce(sums, dist::ReduceOp::kSum)->wait();
   sums = sums.cpu();
   const double total = sums[2].item<double>();
@@ -462,11 +642,24 @@ void Trainer::Impl::log_eval(const EvalResult& e) {
 void Trainer::Impl::save_checkpoint() {
   if (last_saved_step == state.step) return;
   last_saved_step = state.step;
-  if (!writer()) return;
   state.world = world;
   state.micro_per_epoch = micro_per_epoch;
   state.loss_scale = scaler.enabled() ? scaler.scale() : 0.0;
   state.loss_scale_growth = scaler.growth_tracker();
+  if (model_parallel()) {
+    // Note [Sharded checkpoints]: one shard per (pp, tp) coordinate, from
+    // its dp = 0 rank; metadata once they all are on disk.
+    if (mesh.coord("dp") == 0) {
+      store.save(state, *model, *optimizer, hints.get(), split_strings());
+    }
+    mesh.world()->barrier()->wait();
+    if (!writer()) return;
+    store.publish(state.step);
+    progress.clear();
+    log_info("saved sharded checkpoint ", store.newest());
+    return;
+  }
+  if (!writer()) return;
   const std::string path = store.save(state, *model, *optimizer, hints.get());
   progress.clear();
   log_info("saved checkpoint ", path);
@@ -535,7 +728,14 @@ TrainResult Trainer::Impl::run() {
   progress.finish();
   if (last_eval_step != state.step) log_eval(evaluate());
   save_checkpoint();
-  if (writer()) save_state_dict(join_path(run_dir, "model.pt"), *model);
+  if (writer()) {
+    // Model parallel: the full model, consolidated from the final checkpoint.
+    if (model_parallel()) {
+      save_state_dict(join_path(run_dir, "model.pt"), consolidate_checkpoint(store.newest()));
+    } else {
+      save_state_dict(join_path(run_dir, "model.pt"), *model);
+    }
+  }
 
   TrainResult result{last_eval.loss, last_eval.accuracy, state.step,
                      seconds_since(t0), run_dir};

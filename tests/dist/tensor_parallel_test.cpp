@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <mutex>
+
 #include "core/error.h"
 #include "distributed/tensor_parallel.h"
 #include "thread_ranks.h"
@@ -154,6 +156,48 @@ TEST(TensorParallel, ASizeThatDoesNotDivideSaysSo) {
                 std::string::npos) << e.what();
     }
   });
+}
+
+// What a sharded checkpoint relies on: the split each layer reports, cut
+// from the full tensor by shard_of, is the layer's own shard, and
+// join_shards puts the full tensor back.
+TEST(TensorParallel, ShardSpecsCutAndJoinWhatTheLayersHold) {
+  torch::manual_seed(2);
+  const at::Tensor qkv = at::randn({12, 4}), qkv_bias = at::randn({12});
+  const at::Tensor proj = at::randn({4, 6}), proj_bias = at::randn({4});
+  const at::Tensor table = at::randn({8, 4});
+  const int t = 2;
+  {
+    std::vector<std::map<std::string, at::Tensor>> held(t);
+    std::map<std::string, TpShard> specs;
+    std::mutex mu;
+    test::run_ranks_shared(t, [&](std::shared_ptr<Communicator> g) {
+      torch::nn::Module root;
+      root.register_module("c_attn", std::make_shared<ColumnParallelLinear>(qkv, qkv_bias, g,
+                                                                            false, 3));
+      root.register_module("c_proj", std::make_shared<RowParallelLinear>(proj, proj_bias, g, true));
+      root.register_module("wte", std::make_shared<VocabParallelEmbedding>(table, g));
+      std::lock_guard<std::mutex> lock(mu);
+      specs = tensor_parallel_shards(root);
+      for (const auto& p : root.named_parameters()) held[g->rank()][p.key()] = p.value().detach();
+    });
+    EXPECT_EQ(specs.size(), 4u);  // c_proj.bias is replicated
+    EXPECT_EQ(specs.count("c_proj.bias"), 0u);
+    EXPECT_EQ(specs.at("c_attn.weight").groups, 3);
+    EXPECT_EQ(specs.at("c_proj.weight").dim, 1);
+    const std::map<std::string, at::Tensor> full{{"c_attn.weight", qkv},
+                                                 {"c_attn.bias", qkv_bias},
+                                                 {"c_proj.weight", proj},
+                                                 {"wte.weight", table}};
+    for (const auto& [name, spec] : specs) {
+      std::vector<at::Tensor> shards;
+      for (int r = 0; r < t; ++r) {
+        EXPECT_TRUE(at::equal(shard_of(full.at(name), spec, r, t), held[r].at(name))) << name;
+        shards.push_back(held[r].at(name));
+      }
+      EXPECT_TRUE(at::equal(join_shards(shards, spec), full.at(name))) << name;
+    }
+  }
 }
 
 }  // namespace

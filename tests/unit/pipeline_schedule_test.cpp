@@ -95,5 +95,43 @@ TEST(PipelineSchedule, UnknownNamesAndBadLayoutsAreConfigErrors) {
   EXPECT_THROW(pipeline_schedule("gpipe", 2, 0, 0), ConfigError);
 }
 
+TEST(PartitionLayers, MinimisesTheHeaviestStage) {
+  using V = std::vector<int64_t>;
+  EXPECT_EQ(partition_layers({1, 1, 1, 1}, 2), (V{2, 2}));
+  EXPECT_EQ(partition_layers({1, 1, 1, 1}, 4), (V{1, 1, 1, 1}));
+  // A heavy embedding and head (gpt): the blocks gather in the middle.
+  EXPECT_EQ(partition_layers({10, 3, 3, 3, 3, 10}, 3), (V{1, 4, 1}));
+  EXPECT_EQ(partition_layers({10, 3, 3, 3, 3, 10}, 2), (V{3, 3}));
+  EXPECT_EQ(partition_layers({5}, 1), (V{1}));
+  // Brute force over every split of 7 layers into 3 stages.
+  const V w{4, 1, 7, 2, 2, 6, 3};
+  int64_t best = 1 << 30;
+  for (int a = 1; a < 6; ++a) {
+    for (int b = a + 1; b < 7; ++b) {
+      int64_t s0 = 0, s1 = 0, s2 = 0;
+      for (int i = 0; i < 7; ++i) (i < a ? s0 : i < b ? s1 : s2) += w[i];
+      best = std::min(best, std::max({s0, s1, s2}));
+    }
+  }
+  const V got = partition_layers(w, 3);
+  int64_t heaviest = 0;
+  for (int s = 0, i = 0; s < 3; ++s) {
+    int64_t sum = 0;
+    for (int k = 0; k < got[s]; ++k) sum += w[i++];
+    heaviest = std::max(heaviest, sum);
+  }
+  EXPECT_EQ(heaviest, best);
+}
+
+TEST(PartitionLayers, MoreStagesThanLayersSaysSo) {
+  try {
+    partition_layers({1, 2}, 3);
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot split 2 layer(s) into 3 pipeline stages"),
+              std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace strata::dist

@@ -127,34 +127,53 @@ class Gpt final : public Model {
                    "distributed.tensor_parallel = ", t, " must divide model.n_head (", c.n_head,
                    ") and the vocabulary (", V, "); pick a tensor_parallel size that divides "
                    "both, or set model.vocab_size to a multiple of it");
+    const int64_t layers = c.n_layer + 2;
+    const int64_t begin = in.layer_begin, end = in.layer_end < 0 ? layers : in.layer_end;
+    STRATA_INTERNAL_ASSERT(0 <= begin && begin < end && end <= layers, "gpt: pipeline layers [",
+                           begin, ", ", end, ") of ", layers);
+    embed_ = begin == 0;
+    head_ = end == layers;
+    // Every weight is drawn, in one order, whatever this stage keeps: a
+    // stage holds the same values as the unsplit model.
     torch::NoGradGuard no_grad;
     const Init init{0.02 / std::sqrt(2.0 * static_cast<double>(c.n_layer))};
-    wte_ = register_module("wte", std::make_shared<VocabParallelEmbedding>(
-                                      init.normal({V, c.d_model}, 0.02), tp_));
-    wpe_ = register_module("wpe", nn::Embedding(c.seq_len, c.d_model));
-    wpe_->weight.copy_(init.normal({c.seq_len, c.d_model}, 0.02));
-    h_ = register_module("h", nn::ModuleList());
-    for (int64_t i = 0; i < c.n_layer; ++i) {
-      blocks_.push_back(std::make_shared<Block>(c.d_model, c.n_head, c.dropout, init, tp_));
-      h_->push_back(blocks_.back());
+    at::Tensor wte = init.normal({V, c.d_model}, 0.02);
+    nn::Embedding wpe(c.seq_len, c.d_model);  // draws its own init: keep that draw
+    wpe->weight.copy_(init.normal({c.seq_len, c.d_model}, 0.02));
+    if (embed_ || head_) {
+      wte_ = register_module("wte", std::make_shared<VocabParallelEmbedding>(wte, tp_));
     }
-    ln_f_ = register_module("ln_f", nn::LayerNorm(nn::LayerNormOptions({c.d_model})));
+    if (embed_) wpe_ = register_module("wpe", wpe);
+    h_ = register_module("h", nn::ModuleDict());
+    for (int64_t i = 0; i < c.n_layer; ++i) {
+      auto block = std::make_shared<Block>(c.d_model, c.n_head, c.dropout, init, tp_);
+      if (begin <= i + 1 && i + 1 < end) {
+        blocks_.push_back(block);
+        h_->update(std::vector<std::pair<std::string, std::shared_ptr<nn::Module>>>{{std::to_string(i), block}});
+      }
+    }
+    if (head_) ln_f_ = register_module("ln_f", nn::LayerNorm(nn::LayerNormOptions({c.d_model})));
   }
 
   int64_t checkpoint_units() const override { return static_cast<int64_t>(blocks_.size()); }
 
-  at::Tensor forward(const at::Tensor& idx) override {
-    const int64_t T = idx.size(1);
+  // Token ids [B, T] on the first stage, activations [B, T, C] after it.
+  at::Tensor forward(const at::Tensor& in) override {
+    const int64_t T = in.size(1);
     STRATA_CHECK_T(Error, T <= seq_len_, "gpt: a sequence of ", T,
                    " tokens is longer than model.seq_len = ", seq_len_);
-    at::Tensor pos = at::arange(T, idx.options());
-    at::Tensor x = drop(wte_->forward(idx) + wpe_->forward(pos), dropout_, is_training());
+    at::Tensor x = in;
+    if (embed_) {
+      at::Tensor pos = at::arange(T, in.options());
+      x = drop(wte_->forward(in) + wpe_->forward(pos), dropout_, is_training());
+    }
     for (size_t i = 0; i < blocks_.size(); ++i) {
       std::shared_ptr<Block> b = blocks_[i];
       x = unit_output(i, checkpointed(i)
                              ? checkpoint([b](const at::Tensor& t) { return b->forward(t); }, x)
                              : b->forward(x));
     }
+    if (!head_) return x;
     x = ln_f_->forward(x);
     // Tied output projection: this rank's vocabulary slice, then gathered.
     return dist::gather_from_tp(at::matmul(dist::copy_to_tp(x, tp_), wte_->weight.t()), tp_);
@@ -167,9 +186,10 @@ class Gpt final : public Model {
   int64_t seq_len_;
   double dropout_;
   TpGroup tp_;
+  bool embed_ = true, head_ = true;
   std::shared_ptr<VocabParallelEmbedding> wte_;
   nn::Embedding wpe_{nullptr};
-  nn::ModuleList h_{nullptr};
+  nn::ModuleDict h_{nullptr};
   std::vector<std::shared_ptr<Block>> blocks_;
   nn::LayerNorm ln_f_{nullptr};
 };
@@ -178,6 +198,17 @@ class Gpt final : public Model {
 
 std::shared_ptr<Model> make_gpt(const ModelSection& config, const InputShape& input) {
   return std::make_shared<Gpt>(config, input);
+}
+
+std::vector<int64_t> gpt_layer_parameters(const ModelSection& c, int64_t vocab) {
+  const int64_t C = c.d_model, V = c.vocab_size > 0 ? c.vocab_size : vocab;
+  std::vector<int64_t> w;
+  w.push_back(V * C + c.seq_len * C);         // wte, wpe
+  for (int64_t i = 0; i < c.n_layer; ++i) {
+    w.push_back(12 * C * C + 13 * C);         // attention, MLP, two LayerNorms
+  }
+  w.push_back(2 * C + V * C);                 // ln_f and the tied projection
+  return w;
 }
 
 }  // namespace strata::train

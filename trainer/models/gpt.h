@@ -28,6 +28,16 @@ namespace strata::train {
 
 std::shared_ptr<Model> make_gpt(const ModelSection& config, const InputShape& input);
 
+// Pipeline parallelism (InputShape::layer_begin/layer_end): the layer list
+// is the embedding (wte, wpe), the n_layer blocks, and the head (ln_f and
+// the output projection). A stage holding the head but not the embedding
+// keeps its own copy of wte for the tied projection; the trainer sums the
+// two copies' gradients (tied_parameters). Block i keeps its name h.<i>.
+// Parameters per layer (the partition's weights) for vocabulary V.
+std::vector<int64_t> gpt_layer_parameters(const ModelSection& config, int64_t vocab);
+// The parameter the first and last stage both hold.
+inline constexpr const char* kGptTiedParameter = "wte.weight";
+
 // Causal scaled dot-product attention, q, k, v [B, H, T, D] -> [B, H, T, D].
 // LibTorch 2.x: the fused kernel (flash / memory-efficient on GPUs);
 // 1.13: the explicit softmax(q k^T / sqrt(D) + mask) v. The one place the

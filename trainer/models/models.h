@@ -30,6 +30,13 @@ struct InputShape {
   // The tensor-parallel group the model is built for (null: none). Models
   // that support tensor parallelism (gpt) split their layers over it.
   std::shared_ptr<dist::Communicator> tp = nullptr;
+  // The pipeline stage the model is built for: layers [layer_begin,
+  // layer_end) of its layer list (layer_end -1: to the end). Models that
+  // support pipeline parallelism (gpt) build only those; a stage after the
+  // first takes the previous stage's output as its input, a stage before
+  // the last returns its activations instead of logits.
+  int64_t layer_begin = 0;
+  int64_t layer_end = -1;
 };
 
 // A model: a torch Module with a typed forward. Classifiers map [B, C, H, W]
