@@ -22,19 +22,27 @@ Communicator& unpack(AutogradContext* ctx) {
   return *reinterpret_cast<Communicator*>(static_cast<intptr_t>(ctx->saved_data["tp"].toInt()));
 }
 
+// The dtype a tensor travels in: gloo (in LibTorch 1.13) and MPI have no
+// bf16 (autocast's activations on CPUs), so those carry it as fp32.
+at::ScalarType wire_dtype(const Communicator& c, const at::Tensor& x) {
+  return x.scalar_type() == at::kBFloat16 && std::string(c.backend()) != "nccl"
+             ? at::kFloat
+             : x.scalar_type();
+}
+
 at::Tensor all_reduce_sum(Communicator& c, const at::Tensor& x) {
-  at::Tensor y = x.contiguous().clone();
+  at::Tensor y = x.to(wire_dtype(c, x)).contiguous().clone();
   if (c.size() > 1) c.all_reduce(y, ReduceOp::kSum)->wait();
-  return y;
+  return y.to(x.scalar_type());
 }
 
 at::Tensor all_gather_last(Communicator& c, const at::Tensor& x) {
   if (c.size() == 1) return x.clone();
-  const at::Tensor in = x.contiguous();
+  const at::Tensor in = x.to(wire_dtype(c, x)).contiguous();
   std::vector<at::Tensor> parts;
   for (int r = 0; r < c.size(); ++r) parts.push_back(at::empty_like(in));
   c.all_gather(parts, in)->wait();
-  return at::cat(parts, -1);
+  return at::cat(parts, -1).to(x.scalar_type());
 }
 
 at::Tensor slice_last(Communicator& c, const at::Tensor& x) {

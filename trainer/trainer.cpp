@@ -220,7 +220,9 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
       recipe.train.activation_checkpointing, recipe.train.checkpoint_every,
       model->checkpoint_units(), recipe.where("train.activation_checkpointing")));
   model->to(device);
-  if (!recipe.distill.teacher.empty()) {
+  // The teacher is whole on every rank that computes the loss (a
+  // pipeline's last stage).
+  if (!recipe.distill.teacher.empty() && (!pipe || pipe->last())) {
     teacher = load_teacher(recipe, registries.models, input_shape, device);
     teacher_dtype = precision_dtype(recipe.distill.teacher_precision);
     log_info("distilling from ", recipe.distill.teacher, " (", recipe.distill.teacher_model.name,
@@ -234,11 +236,11 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
   params = model->parameters();
   const auto hint_pairs = parse_hint_pairs(recipe.distill.hints, recipe.where("distill.hints"));
   if (!hint_pairs.empty()) {
-    STRATA_CHECK_T(ConfigError, teacher != nullptr, recipe.where("distill.hints"),
-                   "distill.hints needs a teacher: set distill.teacher");
     STRATA_CHECK_T(ConfigError, pp_size == 1, recipe.where("distill.hints"),
                    "distill.hints pairs student and teacher layers, which a pipeline splits "
                    "over ranks; use hints with distributed.pipeline_parallel.stages = 1");
+    STRATA_CHECK_T(ConfigError, teacher != nullptr, recipe.where("distill.hints"),
+                   "distill.hints needs a teacher: set distill.teacher");
     hints = std::make_shared<HintLoss>(hint_pairs, *model, *teacher,
                                        eval_inputs.slice(0, 0, 2).to(device));
     // The projections train with the student, under its optimizer's settings.
@@ -285,7 +287,9 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
 
 void Trainer::Impl::setup_model_parallel(const Registries& registries) {
   const PipelineSection& pp = recipe.distributed.pipeline_parallel;
-  if (tp_size > 1) input_shape.tp = tp_group;
+  // The student's part; input_shape stays whole (the teacher's).
+  InputShape shape = input_shape;
+  if (tp_size > 1) shape.tp = tp_group;
   if (pp_size > 1) {
     STRATA_CHECK_T(ConfigError, recipe.model.name == "gpt",
                    recipe.where("distributed.pipeline_parallel.stages"),
@@ -310,22 +314,22 @@ void Trainer::Impl::setup_model_parallel(const Registries& registries) {
                      weights.size(), "; or leave it empty to balance by parameters");
     }
     const int s = pp_group->rank();
-    for (int i = 0; i < s; ++i) input_shape.layer_begin += counts[i];
-    input_shape.layer_end = input_shape.layer_begin + counts[s];
+    for (int i = 0; i < s; ++i) shape.layer_begin += counts[i];
+    shape.layer_end = shape.layer_begin + counts[s];
     pipe = std::make_unique<PipelineExecutor>(pp_group, pp.schedule,
                                               static_cast<int>(pp.microbatches));
     STRATA_CHECK_T(ConfigError, recipe.data.batch_size % pp.microbatches == 0,
                    recipe.where("distributed.pipeline_parallel.microbatches"),
                    "data.batch_size = ", recipe.data.batch_size, " cannot be split into ",
                    pp.microbatches, " equal microbatches; pick a divisor of it");
-    log_info("pipeline stage ", s, " of ", pp_size, ": layers [", input_shape.layer_begin, ", ",
-             input_shape.layer_end, ") of ", weights.size(), " (", pp.schedule, ", ",
+    log_info("pipeline stage ", s, " of ", pp_size, ": layers [", shape.layer_begin, ", ",
+             shape.layer_end, ") of ", weights.size(), " (", pp.schedule, ", ",
              pp.microbatches, " microbatches)");
   }
   torch::manual_seed(static_cast<uint64_t>(recipe.run.seed));
   const auto& make_model = registries.models.get(
       recipe.model.name, recipe.where("model.name"), "model.name");
-  model = make_model(recipe.model, input_shape);
+  model = make_model(recipe.model, shape);
   splits = dist::tensor_parallel_shards(*model);
   STRATA_CHECK_T(ConfigError, tp_size == 1 || !splits.empty(),
                  recipe.where("distributed.tensor_parallel"), "distributed.tensor_parallel = ",
