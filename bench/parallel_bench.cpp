@@ -6,7 +6,7 @@
 // Ranks are threads of this process talking gloo over TCP loopback (the
 // tests' harness), so one binary needs no launcher.
 //
-// pipeline: the executor (trainer/pipeline.h) runs gpipe and 1f1b over p
+// pipeline: the executor (distributed/pipeline_executor.h) runs gpipe and 1f1b over p
 // stages and m microbatches. Each stage times its own forwards and
 // backwards (busy); the step's wall time minus busy, over busy, is the idle
 // share the bubble theory predicts as (p - 1) / m for equal stages. Two
@@ -36,7 +36,7 @@
 #include "core/strings.h"
 #include "distributed/communicator.h"
 #include "trainer/models/gpt.h"
-#include "trainer/pipeline.h"
+#include "distributed/pipeline_executor.h"
 
 namespace st = strata::train;
 namespace sd = strata::dist;
@@ -116,9 +116,9 @@ BubbleResult measure_bubble(bool synthetic, const std::string& schedule, int p, 
         net->push_back(torch::nn::GELU());
       }
     }
-    st::PipelineExecutor pipe(pp, schedule, m);
+    sd::PipelineExecutor pipe(pp, schedule, m);
     double busy = 0.0;
-    st::StageFunctions fns;
+    sd::StageFunctions fns;
     fns.forward = [&](const at::Tensor& x, int) {
       const auto t0 = Clock::now();
       at::Tensor y = synthetic ? Sleep::apply(x.requires_grad() ? x : x.detach().requires_grad_(),

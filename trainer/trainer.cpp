@@ -24,7 +24,7 @@
 #include "trainer/device.h"
 #include "trainer/distill.h"
 #include "trainer/evaluate.h"
-#include "trainer/pipeline.h"
+#include "distributed/pipeline_executor.h"
 #include "trainer/data/dataset.h"
 #include "trainer/data/loader.h"
 #include "trainer/data/text.h"
@@ -143,7 +143,7 @@ struct Trainer::Impl {
   int world = 1;  // dp size
   std::shared_ptr<dist::Communicator> tp_group, pp_group;  // size 1: self
   int tp_size = 1, pp_size = 1;
-  std::unique_ptr<PipelineExecutor> pipe;  // pp > 1
+  std::unique_ptr<dist::PipelineExecutor> pipe;  // pp > 1
   std::map<std::string, dist::TpShard> splits;  // the model's split parameters
   std::vector<double> norm_weights;  // clip_grad_norm's, model parallel
   at::Device device{at::kCPU};  // run.device resolved
@@ -316,7 +316,7 @@ void Trainer::Impl::setup_model_parallel(const Registries& registries) {
     const int s = pp_group->rank();
     for (int i = 0; i < s; ++i) shape.layer_begin += counts[i];
     shape.layer_end = shape.layer_begin + counts[s];
-    pipe = std::make_unique<PipelineExecutor>(pp_group, pp.schedule,
+    pipe = std::make_unique<dist::PipelineExecutor>(pp_group, pp.schedule,
                                               static_cast<int>(pp.microbatches));
     STRATA_CHECK_T(ConfigError, recipe.data.batch_size % pp.microbatches == 0,
                    recipe.where("distributed.pipeline_parallel.microbatches"),
@@ -544,7 +544,7 @@ at::Tensor Trainer::Impl::train_step(BatchSource& loader, int64_t* epoch) {
     };
     if (pipe) {
       const int64_t mb = inputs.size(0) / pipe->microbatches();
-      StageFunctions fns;
+      dist::StageFunctions fns;
       fns.forward = [&](const at::Tensor& x, int) {
         AutocastGuard amp(device.type(), compute_dtype);
         return model->forward(x);
@@ -570,7 +570,7 @@ at::Tensor Trainer::Impl::train_step(BatchSource& loader, int64_t* epoch) {
     loss_sum += loss.detach();
   }
   if (reducer) reducer->finish();
-  if (pipe) sum_tied_gradients(*model, kGptTiedParameter, *pp_group);
+  if (pipe) dist::sum_tied_gradients(*model, kGptTiedParameter, *pp_group);
   // Note [Mixed precision] in amp.h: unscale after the all-reduce (every
   // rank sees the same gradients, so all skip or step together), before
   // clipping; under model parallelism the ranks holding other parts agree.

@@ -11,7 +11,7 @@
 #include "distributed/pipeline_schedule.h"
 #include "thread_ranks.h"
 #include "trainer/models/gpt.h"
-#include "trainer/pipeline.h"
+#include "distributed/pipeline_executor.h"
 
 namespace strata::train {
 namespace {
@@ -59,16 +59,16 @@ void run_stage(std::shared_ptr<dist::Communicator> pp, const std::string& schedu
     torch::manual_seed(3);
     model = make_gpt(cfg, shape);
   }
-  PipelineExecutor pipe(pp, schedule, m);
+  dist::PipelineExecutor pipe(pp, schedule, m);
   const int64_t mb = ids.size(0) / m;
-  StageFunctions fns;
+  dist::StageFunctions fns;
   fns.forward = [&](const at::Tensor& x, int) { return model->forward(x); };
   fns.loss = [&](const at::Tensor& y, int i) {
     return at::cross_entropy_loss(y.reshape({-1, 64}),
                                   targets.slice(0, i * mb, (i + 1) * mb).reshape({-1}));
   };
   const at::Tensor loss = pipe.train_step(ids, fns);
-  sum_tied_gradients(*model, kGptTiedParameter, *pp);
+  dist::sum_tied_gradients(*model, kGptTiedParameter, *pp);
   const std::string where = schedule + " pp " + std::to_string(pp->size()) + " m " +
                             std::to_string(m) + " stage " + std::to_string(pp->rank());
   EXPECT_EQ(loss.defined(), pipe.last()) << where;
@@ -109,8 +109,8 @@ TEST(Pipeline, MatchesTheUnsplitModelForEveryScheduleStagesAndMicrobatches) {
 
 TEST(Pipeline, ABatchThatTheMicrobatchesDoNotDivideSaysSo) {
   test::run_ranks_shared(1, [&](std::shared_ptr<dist::Communicator> g) {
-    PipelineExecutor pipe(g, "1f1b", 3);
-    StageFunctions fns;
+    dist::PipelineExecutor pipe(g, "1f1b", 3);
+    dist::StageFunctions fns;
     fns.forward = [](const at::Tensor& x, int) { return x; };
     fns.loss = [](const at::Tensor& y, int) { return y.sum(); };
     try {

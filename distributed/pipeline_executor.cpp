@@ -1,4 +1,4 @@
-#include "trainer/pipeline.h"
+#include "distributed/pipeline_executor.h"
 
 #include <torch/autograd.h>
 
@@ -6,7 +6,7 @@
 
 #include "core/error.h"
 
-namespace strata::train {
+namespace strata::dist {
 namespace {
 
 // Note [Pipeline messages].
@@ -24,11 +24,11 @@ struct Held {  // one microbatch between its forward and its backward
 
 }  // namespace
 
-PipelineExecutor::PipelineExecutor(std::shared_ptr<dist::Communicator> pp, std::string schedule,
+PipelineExecutor::PipelineExecutor(std::shared_ptr<Communicator> pp, std::string schedule,
                                    int microbatches)
-    : pp_(pp ? std::move(pp) : dist::make_self_communicator("pp")),
+    : pp_(pp ? std::move(pp) : make_self_communicator("pp")),
       microbatches_(microbatches),
-      actions_(dist::pipeline_schedule(schedule, pp_->size(), pp_->rank(), microbatches)) {}
+      actions_(pipeline_schedule(schedule, pp_->size(), pp_->rank(), microbatches)) {}
 
 void PipelineExecutor::send_activation(const at::Tensor& y) {
   const at::Tensor data = y.detach().contiguous();
@@ -77,13 +77,13 @@ at::Tensor PipelineExecutor::train_step(const at::Tensor& inputs, const StageFun
   at::Tensor loss_sum;
   peak_ = 0;
   int backwards_left = m;
-  for (const dist::PipeAction& a : actions_) {
+  for (const PipeAction& a : actions_) {
     Held& h = held[a.microbatch];
     switch (a.op) {
-      case dist::PipeOp::kRecvActivation:
+      case PipeOp::kRecvActivation:
         h.input = recv_activation().requires_grad_(true);
         break;
-      case dist::PipeOp::kForward: {
+      case PipeOp::kForward: {
         at::Tensor y = fns.forward(first() ? chunks[a.microbatch] : h.input, a.microbatch);
         if (last()) {
           const at::Tensor loss = fns.loss(y, a.microbatch);
@@ -97,14 +97,14 @@ at::Tensor PipelineExecutor::train_step(const at::Tensor& inputs, const StageFun
         peak_ = std::max(peak_, static_cast<int>(held.size()));
         break;
       }
-      case dist::PipeOp::kSendActivation:
+      case PipeOp::kSendActivation:
         send_activation(h.output);
         break;
-      case dist::PipeOp::kRecvGrad:
+      case PipeOp::kRecvGrad:
         h.grad = at::empty_like(h.output, at::MemoryFormat::Contiguous);
         pp_->recv(h.grad, stage() + 1, kGrad)->wait();
         break;
-      case dist::PipeOp::kBackward: {
+      case PipeOp::kBackward: {
         const bool final_backward = --backwards_left == 0;
         std::function<void()> backward = [&h] {
           if (h.grad.defined()) {
@@ -123,7 +123,7 @@ at::Tensor PipelineExecutor::train_step(const at::Tensor& inputs, const StageFun
         if (first()) held.erase(a.microbatch);
         break;
       }
-      case dist::PipeOp::kSendGrad: {
+      case PipeOp::kSendGrad: {
         at::Tensor g = h.input.grad();
         g = g.defined() ? g.contiguous() : at::zeros_like(h.input);
         sends_.emplace_back(pp_->send(g, stage() - 1, kGrad), g);
@@ -148,7 +148,7 @@ at::Tensor PipelineExecutor::forward(const at::Tensor& inputs,
 }
 
 void sum_tied_gradients(torch::nn::Module& stage, const std::string& name,
-                        dist::Communicator& pp) {
+                        Communicator& pp) {
   const int p = pp.size(), s = pp.rank();
   if (p == 1 || (s != 0 && s != p - 1)) return;
   auto params = stage.named_parameters();
@@ -163,4 +163,4 @@ void sum_tied_gradients(torch::nn::Module& stage, const std::string& name,
   w->mutable_grad() = mine + theirs;
 }
 
-}  // namespace strata::train
+}  // namespace strata::dist

@@ -27,7 +27,7 @@
 #include "distributed/communicator.h"
 #include "distributed/pipeline_schedule.h"
 
-namespace strata::train {
+namespace strata::dist {
 
 struct StageFunctions {
   // The stage's forward of microbatch `mb`: x is the inputs' microbatch on
@@ -45,7 +45,7 @@ struct StageFunctions {
 class PipelineExecutor {
  public:
   // ConfigError for an unknown schedule or microbatches < 1.
-  PipelineExecutor(std::shared_ptr<dist::Communicator> pp, std::string schedule,
+  PipelineExecutor(std::shared_ptr<Communicator> pp, std::string schedule,
                    int microbatches);
 
   int stage() const { return pp_->rank(); }
@@ -74,12 +74,12 @@ class PipelineExecutor {
   at::Tensor recv_activation();
   void wait_sends();
 
-  std::shared_ptr<dist::Communicator> pp_;
+  std::shared_ptr<Communicator> pp_;
   int microbatches_;
-  std::vector<dist::PipeAction> actions_;
+  std::vector<PipeAction> actions_;
   at::Device device_{at::kCPU};  // where activations land: the inputs' device
   // Sends in flight and the tensors they read.
-  std::vector<std::pair<std::unique_ptr<dist::Work>, at::Tensor>> sends_;
+  std::vector<std::pair<std::unique_ptr<Work>, at::Tensor>> sends_;
   int peak_ = 0;
 };
 
@@ -88,6 +88,6 @@ class PipelineExecutor {
 // each; after backward, the two copies' gradients are summed so that both
 // take the same step. Call on every stage (a no-op between the ends).
 void sum_tied_gradients(torch::nn::Module& stage, const std::string& name,
-                        dist::Communicator& pp);
+                        Communicator& pp);
 
-}  // namespace strata::train
+}  // namespace strata::dist
