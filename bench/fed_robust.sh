@@ -13,8 +13,9 @@
 # empty round would wait out its deadline. Prints the final, mean-of-last-5
 # and best test accuracy per run.
 #
-#   [KEEP=DIR] bench/fed_robust.sh [ROUNDS] [extra overrides...]   (after launch/build;
-#   default 50 rounds; KEEP keeps each run's metrics.jsonl)
+#   [KEEP=DIR] [RUNS="name ..."] bench/fed_robust.sh [ROUNDS] [extra overrides...]
+#   (after launch/build; default 50 rounds; KEEP keeps each run's
+#   metrics.jsonl; RUNS runs only the runs it names)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-50}
@@ -24,6 +25,7 @@ trap 'rm -rf "$TMP"' EXIT
 
 run() {  # NAME overrides...
   local name=$1; shift
+  if [[ -n ${RUNS:-} && " $RUNS " != *" $name "* ]]; then return 0; fi
   build/bin/strata-fedsim recipes/fed_fmnist_sync.yaml "run.dir=$TMP/$name" \
     "federated.sync.rounds=$ROUNDS" "$@" >"$TMP/$name.out" 2>"$TMP/$name.err"
   local acc final last5 best

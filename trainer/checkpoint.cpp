@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <set>
 
 #include "core/error.h"
@@ -15,6 +16,7 @@
 #include "core/logging.h"
 #include "core/strings.h"
 #include "distributed/tensor_parallel.h"
+#include "trainer/optim.h"
 
 namespace strata::train {
 namespace {
@@ -76,7 +78,7 @@ torch::serialize::InputArchive open_archive(const std::string& path, c10::Device
 // Everything but the model: step, data position, loss scale, generator,
 // optimizer, extra modules.
 void write_train_state(torch::serialize::OutputArchive& out, const TrainState& state,
-                       torch::optim::Optimizer& optimizer, torch::nn::Module* extra) {
+                       torch::optim::Optimizer* optimizer, torch::nn::Module* extra) {
   out.write("format", scalar(kFormatVersion));
   out.write("step", scalar(state.step));
   out.write("micro_batches", scalar(state.micro_batches));
@@ -89,9 +91,11 @@ void write_train_state(torch::serialize::OutputArchive& out, const TrainState& s
     std::lock_guard<std::mutex> lock(gen.mutex());
     out.write("cpu_rng", gen.get_state());
   }
-  torch::serialize::OutputArchive optimizer_archive;
-  optimizer.save(optimizer_archive);
-  out.write("optimizer", optimizer_archive);
+  if (optimizer) {
+    torch::serialize::OutputArchive optimizer_archive;
+    optimizer->save(optimizer_archive);
+    out.write("optimizer", optimizer_archive);
+  }
   if (extra) {
     torch::serialize::OutputArchive extra_archive;
     extra->save(extra_archive);
@@ -130,11 +134,13 @@ ConfigError mismatch(const std::string& path, const std::string& what) {
 // The inverse of write_train_state after read_counters: optimizer, extra
 // modules, generator.
 void read_train_state(torch::serialize::InputArchive& in, const std::string& path,
-                      torch::optim::Optimizer& optimizer, torch::nn::Module* extra) {
+                      torch::optim::Optimizer* optimizer, torch::nn::Module* extra) {
   try {
-    torch::serialize::InputArchive optimizer_archive;
-    in.read("optimizer", optimizer_archive);
-    optimizer.load(optimizer_archive);
+    if (optimizer) {
+      torch::serialize::InputArchive optimizer_archive;
+      in.read("optimizer", optimizer_archive);
+      optimizer->load(optimizer_archive);
+    }
     if (extra) {
       torch::serialize::InputArchive extra_archive;
       in.read("extra", extra_archive);
@@ -158,23 +164,44 @@ dist::TpShard parse_split(const std::string& raw) {
 }
 
 // Copies `tensors` (name -> value) into the model's parameters and buffers
-// of the same names, through `cut` (value, name) -> this rank's part.
+// of the same names.
 void assign(torch::nn::Module& model, const std::map<std::string, at::Tensor>& tensors,
-            const std::string& path,
-            const std::function<at::Tensor(const at::Tensor&, const std::string&)>& cut) {
+            const std::string& path) {
   torch::NoGradGuard no_grad;
   auto put = [&](const std::string& name, at::Tensor& target) {
     auto it = tensors.find(name);
     if (it == tensors.end()) throw mismatch(path, str("no tensor '", name, "'"));
-    const at::Tensor value = cut(it->second, name);
-    if (!value.sizes().equals(target.sizes())) {
-      throw mismatch(path, str("'", name, "' has shape ", value.sizes(), ", the model ",
+    if (!it->second.sizes().equals(target.sizes())) {
+      throw mismatch(path, str("'", name, "' has shape ", it->second.sizes(), ", the model ",
                                target.sizes()));
     }
-    target.copy_(value);
+    target.copy_(it->second);
   };
   for (auto& p : model.named_parameters()) put(p.key(), p.value());
   for (auto& b : model.named_buffers()) put(b.key(), b.value());
+}
+
+// The trained tensors by name: the model's parameters and the extra
+// modules' (as "distill.hints.<name>"), as the optimizer state is keyed.
+std::vector<std::pair<std::string, at::Tensor>> trained(torch::nn::Module& model,
+                                                        torch::nn::Module* extra) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (auto& p : model.named_parameters()) out.emplace_back(p.key(), p.value());
+  if (extra) {
+    for (auto& p : extra->named_parameters()) out.emplace_back("distill.hints." + p.key(), p.value());
+  }
+  return out;
+}
+
+// The split of a checkpoint entry: a parameter's, or for optimizer state
+// "<name>/<field>" its parameter's (0-dim entries, a step count, are whole).
+std::optional<dist::TpShard> split_of(const std::string& splits_json, const std::string& entry,
+                                      const at::Tensor& value) {
+  std::string raw;
+  if (value.dim() == 0 || !json_field(splits_json, entry.substr(0, entry.find('/')), &raw)) {
+    return std::nullopt;
+  }
+  return parse_split(raw);
 }
 
 std::map<std::string, at::Tensor> as_map(std::vector<std::pair<std::string, at::Tensor>> v) {
@@ -194,19 +221,24 @@ std::string CheckpointStore::save(const TrainState& state, torch::nn::Module& mo
                                   torch::optim::Optimizer& optimizer, torch::nn::Module* extra,
                                   const std::map<std::string, std::string>& splits) const {
   torch::serialize::OutputArchive out;
-  write_train_state(out, state, optimizer, extra);
   if (layout_.sharded()) {
+    // The optimizer state goes by parameter name (optim-<tag>.pt), so that
+    // it can be cut for another layout like the parameters.
+    write_train_state(out, state, nullptr, extra);
     const std::string dir = join_path(dir_, step_name(state.step));
     make_dirs(dir);
     const std::string tag = layout_.tag();
     atomic_publish(join_path(dir, "train-" + tag + ".pt"),
                    [&](const std::string& tmp) { out.save_to(tmp); });
     save_state_dict(join_path(dir, "model-" + tag + ".pt"), model);
+    save_state_dict(join_path(dir, "optim-" + tag + ".pt"),
+                    optimizer_state_dict(optimizer, trained(model, extra)));
     JsonObject split_json;
     for (const auto& [name, raw] : splits) split_json.add(name, raw);
     atomic_write_file(join_path(dir, "split-" + tag + ".json"), split_json.str() + "\n");
     return dir;
   }
+  write_train_state(out, state, &optimizer, extra);
   torch::serialize::OutputArchive model_archive;
   model.save(model_archive);
   out.write("model", model_archive);
@@ -282,7 +314,7 @@ TrainState load_checkpoint(const std::string& path, torch::nn::Module& model,
   } catch (const c10::Error& e) {
     throw mismatch(path, e.what_without_backtrace());
   }
-  read_train_state(in, path, optimizer, extra);
+  read_train_state(in, path, &optimizer, extra);
   return state;
 }
 
@@ -309,7 +341,12 @@ ShardLayout sharded_checkpoint_layout(const std::string& dir) {
   return layout;
 }
 
-std::vector<std::pair<std::string, at::Tensor>> consolidate_checkpoint(const std::string& dir) {
+namespace {
+
+// Every stage's `kind`-<tag>.pt files joined: split entries across the tp
+// shards, each name once (a tied copy on a later stage dropped), stage order.
+std::vector<std::pair<std::string, at::Tensor>> consolidate(const std::string& dir,
+                                                            const std::string& kind) {
   const ShardLayout layout = sharded_checkpoint_layout(dir);
   std::vector<std::pair<std::string, at::Tensor>> out;
   std::set<std::string> seen;
@@ -317,29 +354,35 @@ std::vector<std::pair<std::string, at::Tensor>> consolidate_checkpoint(const std
     std::vector<std::vector<std::pair<std::string, at::Tensor>>> shards;
     for (int64_t t = 0; t < layout.tp; ++t) {
       const ShardLayout at{layout.dp, layout.tp, layout.pp, t, p};
-      shards.push_back(load_state_dict(join_path(dir, "model-" + at.tag() + ".pt")));
+      shards.push_back(load_state_dict(join_path(dir, kind + "-" + at.tag() + ".pt")));
     }
     const ShardLayout first{layout.dp, layout.tp, layout.pp, 0, p};
     const std::string splits = read_file(join_path(dir, "split-" + first.tag() + ".json"));
     for (size_t i = 0; i < shards[0].size(); ++i) {
-      const std::string& name = shards[0][i].first;
+      const auto& [name, value] = shards[0][i];
       if (!seen.insert(name).second) continue;  // a tied copy
-      std::string raw;
-      if (!json_field(splits, name, &raw)) {
-        out.emplace_back(name, shards[0][i].second);
+      const auto spec = split_of(splits, name, value);
+      if (!spec) {
+        out.emplace_back(name, value);
         continue;
       }
       std::vector<at::Tensor> parts;
       for (const auto& shard : shards) {
         STRATA_CHECK_T(IoError, i < shard.size() && shard[i].first == name, dir,
-                       ": the shards of stage ", p, " disagree on parameter ", i, " (", name,
-                       ")");
+                       ": the ", kind, " shards of stage ", p, " disagree on entry ", i, " (",
+                       name, ")");
         parts.push_back(shard[i].second);
       }
-      out.emplace_back(name, dist::join_shards(parts, parse_split(raw)));
+      out.emplace_back(name, dist::join_shards(parts, *spec));
     }
   }
   return out;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, at::Tensor>> consolidate_checkpoint(const std::string& dir) {
+  return consolidate(dir, "model");
 }
 
 TrainState load_sharded_checkpoint(const std::string& dir, const ShardLayout& layout,
@@ -347,32 +390,49 @@ TrainState load_sharded_checkpoint(const std::string& dir, const ShardLayout& la
                                    const std::map<std::string, std::string>& splits,
                                    c10::Device device, torch::nn::Module* extra) {
   const ShardLayout saved = sharded_checkpoint_layout(dir);
-  if (saved.tp == layout.tp && saved.pp == layout.pp) {
-    const std::string train_path = join_path(dir, "train-" + layout.tag() + ".pt");
-    torch::serialize::InputArchive in = open_archive(train_path, device);
-    TrainState state = read_counters(in);
-    assign(model, as_map(load_state_dict(join_path(dir, "model-" + layout.tag() + ".pt"))), dir,
-           [](const at::Tensor& t, const std::string&) { return t; });
-    read_train_state(in, train_path, optimizer, extra);
-    return state;
-  }
-  const ShardLayout first{saved.dp, saved.tp, saved.pp, 0, 0};
-  torch::serialize::InputArchive in =
-      open_archive(join_path(dir, "train-" + first.tag() + ".pt"), device);
+  const bool same = saved.tp == layout.tp && saved.pp == layout.pp;
+  STRATA_CHECK_T(ConfigError, same || extra == nullptr, "checkpoint '", dir,
+                 "' was written with tp=", saved.tp, " pp=", saved.pp,
+                 "; distillation hints resume only in the same layout");
+  // Same layout: this rank's own shard. Another: cut from the whole.
+  const ShardLayout from = same ? layout : ShardLayout{saved.dp, saved.tp, saved.pp, 0, 0};
+  const std::string train_path = join_path(dir, "train-" + from.tag() + ".pt");
+  torch::serialize::InputArchive in = open_archive(train_path, device);
   TrainState state = read_counters(in);
-  assign(model, as_map(consolidate_checkpoint(dir)), dir,
-         [&](const at::Tensor& full, const std::string& name) {
-           auto it = splits.find(name);
-           if (it == splits.end()) return full;
-           return dist::shard_of(full, parse_split(it->second), static_cast<int>(layout.tp_rank),
-                                 static_cast<int>(layout.tp));
-         });
-  STRATA_CHECK_T(ConfigError, extra == nullptr, "checkpoint '", dir, "' was written with tp=",
-                 saved.tp, " pp=", saved.pp, "; distillation hints resume only in the same "
-                 "layout");
-  log_warn("checkpoint ", dir, " was written with tp=", saved.tp, " x pp=", saved.pp,
-           "; loaded its weights into tp=", layout.tp, " x pp=", layout.pp,
-           " (the optimizer state starts afresh)");
+  std::map<std::string, at::Tensor> weights, moments;
+  if (same) {
+    weights = as_map(load_state_dict(join_path(dir, "model-" + layout.tag() + ".pt")));
+    moments = as_map(load_state_dict(join_path(dir, "optim-" + layout.tag() + ".pt")));
+  } else {
+    // A split entry (a parameter, or its "<name>/<field>" state) is cut for
+    // this rank as the model splits the parameter.
+    auto cut = [&](std::vector<std::pair<std::string, at::Tensor>> all) {
+      std::map<std::string, at::Tensor> mine;
+      for (auto& [name, value] : all) {
+        auto it = splits.find(name.substr(0, name.find('/')));
+        mine[name] = it == splits.end() || value.dim() == 0
+                         ? value
+                         : dist::shard_of(value, parse_split(it->second),
+                                          static_cast<int>(layout.tp_rank),
+                                          static_cast<int>(layout.tp));
+      }
+      return mine;
+    };
+    weights = cut(consolidate(dir, "model"));
+    moments = cut(consolidate(dir, "optim"));
+  }
+  assign(model, weights, dir);
+  try {
+    load_optimizer_state_dict(optimizer, trained(model, extra), moments);
+  } catch (const ConfigError& e) {
+    throw mismatch(dir, e.what());
+  }
+  read_train_state(in, train_path, nullptr, extra);
+  if (!same) {
+    log_warn("checkpoint ", dir, " was written with tp=", saved.tp, " x pp=", saved.pp,
+             "; loaded its weights and optimizer state into tp=", layout.tp, " x pp=",
+             layout.pp);
+  }
   return state;
 }
 

@@ -28,8 +28,10 @@ namespace strata::train {
 // coordinate with data-parallel coordinate 0:
 //   model-<tag>.pt   its parameters and buffers (local names and shapes), a
 //                    torch.load-able state dict
-//   train-<tag>.pt   the rest of a checkpoint file: step, data position,
-//                    optimizer state, generator, loss scale
+//   train-<tag>.pt   step, data position, generator, loss scale (a
+//                    checkpoint file without model and optimizer)
+//   optim-<tag>.pt   its optimizer state by parameter name, a state dict of
+//                    "<name>/<field>" (optimizer_state_dict in optim.h)
 //   split-<tag>.json how its split parameters are cut: {"name": "dim/groups"}
 // and metadata.json ({"format", "step", "dp", "tp", "pp"}), which world rank
 // 0 writes last, after every shard is on disk: a directory without it is
@@ -92,11 +94,12 @@ ShardLayout sharded_checkpoint_layout(const std::string& dir);
 // buffers, split ones joined, each name once (a tied copy on a later stage
 // is dropped), stage order. IoError for a missing or incomplete shard.
 std::vector<std::pair<std::string, at::Tensor>> consolidate_checkpoint(const std::string& dir);
-// Restores this rank's shard. Same layout as written: everything, as
-// load_checkpoint. Another layout: the parameters and buffers, cut for
-// this rank from the consolidated state dict with `splits` (name ->
-// "dim/groups") and `layout`; the step, data position and loss scale; the
-// optimizer starts afresh (a warning says so).
+// Restores this rank's shard: parameters, buffers, optimizer state, the
+// step, data position, loss scale and generator. Written in the same layout:
+// this rank's files as they are. In another (or without model parallelism):
+// the parameters and their optimizer state consolidated and cut for this
+// rank with `splits` (name -> "dim/groups") and `layout`, a warning saying
+// so; distillation hints resume only in the same layout (ConfigError).
 TrainState load_sharded_checkpoint(const std::string& dir, const ShardLayout& layout,
                                    torch::nn::Module& model,
                                    torch::optim::Optimizer& optimizer,

@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "core/error.h"
+#include "core/strings.h"
 
 namespace strata::train {
 namespace optim = torch::optim;
@@ -52,6 +53,20 @@ std::unique_ptr<optim::Optimizer> make_sgd(const Recipe& r,
   return std::make_unique<optim::SGD>(param_groups(model, c, o), o);
 }
 
+// LibTorch keys per-parameter optimizer state by the TensorImpl: as its
+// address printed (1.13) or the address itself (2.x).
+template <class Map>
+typename Map::key_type key_of(const Map&, const at::Tensor& p) {
+  using Key = typename Map::key_type;
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream key;  // what LibTorch 1.13's c10::guts::to_string wrote
+    key << static_cast<const void*>(p.unsafeGetTensorImpl());
+    return key.str();
+  } else {
+    return static_cast<Key>(p.unsafeGetTensorImpl());
+  }
+}
+
 // AdamW (Loshchilov & Hutter) with LibTorch's state and options -- so its
 // checkpoints are torch::optim::AdamW's -- but a step made of multi-tensor
 // (_foreach) kernels: ~10 launches per parameter group instead of ~10 per
@@ -62,19 +77,6 @@ class ForeachAdamW final : public optim::AdamW {
  public:
   using optim::AdamW::AdamW;
 
-  // LibTorch keys per-parameter state by the TensorImpl: as its address
-  // printed (1.13) or the address itself (2.x).
-  template <class Map>
-  static typename Map::key_type key_of(const Map&, const at::Tensor& p) {
-    using Key = typename Map::key_type;
-    if constexpr (std::is_same_v<Key, std::string>) {
-      std::ostringstream key;  // what LibTorch 1.13's c10::guts::to_string wrote
-      key << static_cast<const void*>(p.unsafeGetTensorImpl());
-      return key.str();
-    } else {
-      return static_cast<Key>(p.unsafeGetTensorImpl());
-    }
-  }
   auto state_key(const at::Tensor& p) { return key_of(state(), p); }
 
   at::Tensor step(LossClosure closure = nullptr) override {
@@ -235,6 +237,67 @@ void clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm,
 #else
   for (auto& g : grads) g.mul_(coef);  // no tensor-scalar foreach before 2.1
 #endif
+}
+
+std::vector<std::pair<std::string, at::Tensor>> optimizer_state_dict(
+    torch::optim::Optimizer& optimizer,
+    const std::vector<std::pair<std::string, at::Tensor>>& named) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  auto& state = optimizer.state();
+  for (const auto& [name, p] : named) {
+    auto it = state.find(key_of(state, p));
+    if (it == state.end()) continue;
+    if (const auto* a = dynamic_cast<const optim::AdamWParamState*>(it->second.get())) {
+      out.emplace_back(name + "/step", at::scalar_tensor(a->step(), at::kLong));
+      out.emplace_back(name + "/exp_avg", a->exp_avg());
+      out.emplace_back(name + "/exp_avg_sq", a->exp_avg_sq());
+    } else if (const auto* m = dynamic_cast<const optim::SGDParamState*>(it->second.get())) {
+      if (m->momentum_buffer().defined()) out.emplace_back(name + "/momentum_buffer", m->momentum_buffer());
+    } else {
+      throw ConfigError(str("optimizer state of '", name, "' is of a kind this checkpoint "
+                            "format does not carry (sgd and adamw are carried)"));
+    }
+  }
+  return out;
+}
+
+void load_optimizer_state_dict(torch::optim::Optimizer& optimizer,
+                               const std::vector<std::pair<std::string, at::Tensor>>& named,
+                               const std::map<std::string, at::Tensor>& entries) {
+  torch::NoGradGuard no_grad;
+  auto& state = optimizer.state();
+  const bool adamw = dynamic_cast<optim::AdamW*>(&optimizer) != nullptr;
+  const bool sgd = dynamic_cast<optim::SGD*>(&optimizer) != nullptr;
+  STRATA_CHECK_T(ConfigError, adamw || sgd, "only sgd and adamw optimizer state can be loaded "
+                 "by parameter name");
+  auto get = [&](const std::string& key, const at::Tensor& like) -> at::Tensor {
+    auto it = entries.find(key);
+    if (it == entries.end()) return at::Tensor();
+    STRATA_CHECK_T(ConfigError, it->second.sizes().equals(like.sizes()), "optimizer state '",
+                   key, "' has shape ", it->second.sizes(), ", the parameter ", like.sizes());
+    return it->second.to(like.options(), /*non_blocking=*/false, /*copy=*/true);
+  };
+  state.clear();
+  for (const auto& [name, p] : named) {
+    if (adamw) {
+      auto step = entries.find(name + "/step");
+      if (step == entries.end()) continue;
+      auto st = std::make_unique<optim::AdamWParamState>();
+      st->step(step->second.item<int64_t>());
+      st->exp_avg(get(name + "/exp_avg", p));
+      st->exp_avg_sq(get(name + "/exp_avg_sq", p));
+      STRATA_CHECK_T(ConfigError, st->exp_avg().defined() && st->exp_avg_sq().defined(),
+                     "optimizer state of '", name, "' lacks exp_avg or exp_avg_sq; was it "
+                     "written by adamw?");
+      state[key_of(state, p)] = std::move(st);
+    } else {
+      at::Tensor buf = get(name + "/momentum_buffer", p);
+      if (!buf.defined()) continue;
+      auto st = std::make_unique<optim::SGDParamState>();
+      st->momentum_buffer(buf);
+      state[key_of(state, p)] = std::move(st);
+    }
+  }
 }
 
 void register_builtin_optimizers(OptimizerRegistry& registry) {

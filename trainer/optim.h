@@ -8,7 +8,11 @@
 #include <torch/optim/optimizer.h>
 
 #include <functional>
+#include <map>
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "trainer/recipe.h"
 #include "trainer/registry.h"
@@ -56,6 +60,20 @@ std::unique_ptr<LrSchedule> make_schedule(const ScheduleRegistry& registry,
 // counts on this rank (1 for a shard; 1/t for a parameter replicated over
 // t ranks; 0 for a copy counted elsewhere), and sum_over_model sums the
 // weighted total over the model-parallel ranks in place.
+// An optimizer's per-parameter state by parameter name, for checkpoints
+// that move between layouts: "<name>/<field>" for each of `named`'s
+// parameters with state (sgd: momentum_buffer; adamw: step as a 0-dim
+// long tensor, exp_avg, exp_avg_sq). ConfigError for other state kinds.
+std::vector<std::pair<std::string, at::Tensor>> optimizer_state_dict(
+    torch::optim::Optimizer& optimizer,
+    const std::vector<std::pair<std::string, at::Tensor>>& named);
+// The inverse: replaces the optimizer's state with `entries` (copied onto
+// each parameter's device). ConfigError for a shape that does not match
+// or an optimizer other than sgd and adamw.
+void load_optimizer_state_dict(torch::optim::Optimizer& optimizer,
+                               const std::vector<std::pair<std::string, at::Tensor>>& named,
+                               const std::map<std::string, at::Tensor>& entries);
+
 void clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm,
                     const std::vector<double>& weights = {},
                     const std::function<void(at::Tensor&)>& sum_over_model = {});
