@@ -219,7 +219,7 @@ CheckpointStore::CheckpointStore(std::string dir, int64_t keep, ShardLayout layo
 
 std::string CheckpointStore::save(const TrainState& state, torch::nn::Module& model,
                                   torch::optim::Optimizer& optimizer, torch::nn::Module* extra,
-                                  const std::map<std::string, std::string>& splits) const {
+                                  const std::map<std::string, dist::TpShard>& splits) const {
   torch::serialize::OutputArchive out;
   if (layout_.sharded()) {
     // The optimizer state goes by parameter name (optim-<tag>.pt), so that
@@ -234,7 +234,7 @@ std::string CheckpointStore::save(const TrainState& state, torch::nn::Module& mo
     save_state_dict(join_path(dir, "optim-" + tag + ".pt"),
                     optimizer_state_dict(optimizer, trained(model, extra)));
     JsonObject split_json;
-    for (const auto& [name, raw] : splits) split_json.add(name, raw);
+    for (const auto& [name, spec] : splits) split_json.add(name, str(spec.dim, "/", spec.groups));
     atomic_write_file(join_path(dir, "split-" + tag + ".json"), split_json.str() + "\n");
     return dir;
   }
@@ -387,7 +387,7 @@ std::vector<std::pair<std::string, at::Tensor>> consolidate_checkpoint(const std
 
 TrainState load_sharded_checkpoint(const std::string& dir, const ShardLayout& layout,
                                    torch::nn::Module& model, torch::optim::Optimizer& optimizer,
-                                   const std::map<std::string, std::string>& splits,
+                                   const std::map<std::string, dist::TpShard>& splits,
                                    c10::Device device, torch::nn::Module* extra) {
   const ShardLayout saved = sharded_checkpoint_layout(dir);
   const bool same = saved.tp == layout.tp && saved.pp == layout.pp;
@@ -412,7 +412,7 @@ TrainState load_sharded_checkpoint(const std::string& dir, const ShardLayout& la
         auto it = splits.find(name.substr(0, name.find('/')));
         mine[name] = it == splits.end() || value.dim() == 0
                          ? value
-                         : dist::shard_of(value, parse_split(it->second),
+                         : dist::shard_of(value, it->second,
                                           static_cast<int>(layout.tp_rank),
                                           static_cast<int>(layout.tp));
       }

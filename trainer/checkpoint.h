@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "distributed/tensor_parallel.h"
+
 namespace strata::train {
 
 // Note [Sharded checkpoints]: under model parallelism (tensor_parallel or
@@ -63,12 +65,12 @@ class CheckpointStore {
   // `keep`. Returns the path written. `extra`: other trained modules the
   // run needs back (distillation hint projections), not part of the model.
   // Sharded layout: writes this rank's shard of step_<N>/ (the ranks with
-  // data-parallel coordinate 0 call it); `splits` maps the split
+  // data-parallel coordinate 0 call it); `splits`: the model's split
   // parameters' names to "dim/groups". publish() completes the directory.
   std::string save(const TrainState& state, torch::nn::Module& model,
                    torch::optim::Optimizer& optimizer,
                    torch::nn::Module* extra = nullptr,
-                   const std::map<std::string, std::string>& splits = {}) const;
+                   const std::map<std::string, dist::TpShard>& splits = {}) const;
   // Sharded layout, world rank 0, once every shard of `step` is written:
   // writes metadata.json and deletes all but the newest `keep`.
   void publish(int64_t step) const;
@@ -98,12 +100,12 @@ std::vector<std::pair<std::string, at::Tensor>> consolidate_checkpoint(const std
 // step, data position, loss scale and generator. Written in the same layout:
 // this rank's files as they are. In another (or without model parallelism):
 // the parameters and their optimizer state consolidated and cut for this
-// rank with `splits` (name -> "dim/groups") and `layout`, a warning saying
+// rank with `splits` (the model's split parameters) and `layout`, a warning saying
 // so; distillation hints resume only in the same layout (ConfigError).
 TrainState load_sharded_checkpoint(const std::string& dir, const ShardLayout& layout,
                                    torch::nn::Module& model,
                                    torch::optim::Optimizer& optimizer,
-                                   const std::map<std::string, std::string>& splits,
+                                   const std::map<std::string, dist::TpShard>& splits,
                                    c10::Device device = c10::Device(c10::kCPU),
                                    torch::nn::Module* extra = nullptr);
 

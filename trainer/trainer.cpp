@@ -119,7 +119,6 @@ struct Trainer::Impl {
   // The loss of one microbatch's logits (teacher on `inputs`), under autocast.
   at::Tensor micro_loss(const at::Tensor& logits, const at::Tensor& inputs,
                         const at::Tensor& targets);
-  std::map<std::string, std::string> split_strings() const;
   ShardLayout shard_layout() const;
   bool model_parallel() const { return tp_size * pp_size > 1; }
   int64_t map_data_position(const TrainState& saved) const;
@@ -342,12 +341,6 @@ void Trainer::Impl::over_model(at::Tensor& t, dist::ReduceOp op) const {
   if (pp_size > 1) pp_group->all_reduce(t, op)->wait();
 }
 
-std::map<std::string, std::string> Trainer::Impl::split_strings() const {
-  std::map<std::string, std::string> out;
-  for (const auto& [name, s] : splits) out[name] = str(s.dim, "/", s.groups);
-  return out;
-}
-
 ShardLayout Trainer::Impl::shard_layout() const {
   return ShardLayout{world, tp_size, pp_size, mesh.coord("tp"), mesh.coord("pp")};
 }
@@ -420,7 +413,7 @@ void Trainer::Impl::resume_or_start() {
   if (!path.empty()) {
     TrainState saved =
         is_sharded_checkpoint(path)
-            ? load_sharded_checkpoint(path, shard_layout(), *model, *optimizer, split_strings(),
+            ? load_sharded_checkpoint(path, shard_layout(), *model, *optimizer, splits,
                                       device, hints.get())
             : load_checkpoint(path, *model, *optimizer, device, hints.get());
     state.step = saved.step;
@@ -654,7 +647,7 @@ void Trainer::Impl::save_checkpoint() {
     // Note [Sharded checkpoints]: one shard per (pp, tp) coordinate, from
     // its dp = 0 rank; metadata once they all are on disk.
     if (mesh.coord("dp") == 0) {
-      store.save(state, *model, *optimizer, hints.get(), split_strings());
+      store.save(state, *model, *optimizer, hints.get(), splits);
     }
     mesh.world()->barrier()->wait();
     if (!writer()) return;
