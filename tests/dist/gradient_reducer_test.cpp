@@ -285,6 +285,9 @@ TEST(GradientReducer, ActivationCheckpointingReducesEachGradientOnce) {
         torch::manual_seed(5);
         net = train::builtin_registries().models.get("gpt", "", "")(m, train::InputShape{1, 1, 1, 256});
       }
+      // A checkpointed backward restores the shared generator's state: no
+      // rank may run one while another still draws its initial weights.
+      c->barrier()->wait();
       net->set_checkpointing(train::checkpoint_plan(policy, 2, net->checkpoint_units(), "t"));
       std::vector<std::pair<std::string, at::Tensor>> params;
       for (auto& p : net->named_parameters()) params.emplace_back(p.key(), p.value());
