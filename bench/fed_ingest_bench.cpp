@@ -3,14 +3,17 @@
 // next to the loopback TCP bandwidth of this machine.
 //
 //   build/bin/fed_ingest_bench [SECONDS] [CLIENTS,...] [1m|10m|both] [WINDOW_KB,...]
-//   (default 8 1,10,50,100,200 both 0,256: every row with gRPC's adaptive
-//   stream windows (0) and with federated.server.stream_window_kb = 256)
+//   (default 8 1,10,50,100,200 both 256; window 0 is gRPC's adaptive
+//   stream windows, for comparison with the fixed default)
 //
 // The server is a real strata-fedserver process (async mode, buffer 10,
 // every update fsync'ed into SQLite before its ack, an aggregation and a
-// version file per 10 updates); every client is a thread with its own gRPC
-// channel sending fp32 updates back to back. The server restarts for every
-// row, so its peak RSS (VmHWM) belongs to that row.
+// version file per 10 updates, the default admission limits: 4 updates
+// received at once, 16 senders waiting); every client is a thread with its
+// own gRPC channel sending fp32 updates back to back, retrying when the
+// server says it is busy. The server restarts for every row, so its peak
+// RSS (VmHWM) belongs to that row; its thread count is read at the end of
+// the measured window.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -27,6 +30,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/error.h"
 #include "core/fs.h"
 #include "core/net.h"
 #include "core/strings.h"
@@ -91,18 +95,27 @@ double durable_write_mbps(const std::string& dir, size_t bytes, double seconds) 
   return static_cast<double>(written) / dt / 1e6;
 }
 
-long peak_rss_kib(pid_t pid) {
+// A numeric field of /proc/PID/status ("VmHWM:" in KiB, "Threads:").
+long proc_status(pid_t pid, const std::string& field) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   std::string line;
   while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
+    if (line.rfind(field, 0) == 0) return std::stol(line.substr(field.size()));
   }
   return -1;
 }
 
+// The server's count of busy replies, from GetStatus.
+int64_t busy_replies(sf::EdgeClient& client) {
+  const std::string s = client.status();
+  const std::string key = "rejected.busy ";
+  const size_t at = s.find(key);
+  return at == std::string::npos ? 0 : std::stoll(s.substr(at + key.size()));
+}
+
 struct Row {
-  double updates_per_s = 0, mb_per_s = 0;
-  long rss_kib = 0;
+  double updates_per_s = 0, mb_per_s = 0, busy_per_s = 0;
+  long rss_kib = 0, threads = 0;
   int64_t refused = 0;
 };
 
@@ -161,13 +174,23 @@ Row run(const std::string& dir, const std::string& hidden, int clients, double s
       u.base_version = 1;
       u.num_samples = 1;
       while (!stop) {
-        const auto res = client.submit_encoded(u, encoded);
-        if (!res.accepted) ++refused;
-        if (measuring && res.accepted) ++done;
+        try {
+          const auto res = client.submit_encoded(u, encoded);
+          if (!res.accepted) ++refused;
+          if (measuring && res.accepted) ++done;
+        } catch (const strata::CommError&) {  // retries ran out
+          ++refused;
+        }
       }
     });
   }
   std::this_thread::sleep_for(std::chrono::seconds(3));  // server start + warm-up
+  sf::EdgeClientOptions so;
+  so.address = "127.0.0.1:" + std::to_string(port);
+  so.client_id = "c0";
+  so.token = tokens[0];
+  sf::EdgeClient observer(so);
+  const int64_t busy0 = busy_replies(observer);
   measuring = true;
   const auto t0 = Clock::now();
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
@@ -175,9 +198,11 @@ Row run(const std::string& dir, const std::string& hidden, int clients, double s
   Row row;
   row.updates_per_s = static_cast<double>(done) / dt;
   row.mb_per_s = row.updates_per_s * static_cast<double>(bytes) / 1e6;
+  row.busy_per_s = static_cast<double>(busy_replies(observer) - busy0) / dt;
+  row.threads = proc_status(server, "Threads:");
   stop = true;
   for (auto& t : threads) t.join();
-  row.rss_kib = peak_rss_kib(server);
+  row.rss_kib = proc_status(server, "VmHWM:");
   row.refused = refused;
   ::kill(server, SIGTERM);
   ::waitpid(server, nullptr, 0);
@@ -194,7 +219,7 @@ int main(int argc, char** argv) {
     for (const auto& s : strata::split(argv[2], ',')) counts.push_back(std::stoi(s));
   }
   const std::string only = argc > 3 && std::string(argv[3]) != "both" ? argv[3] : "";
-  std::vector<int> windows{0, 256};
+  std::vector<int> windows{256};
   if (argc > 4) {
     windows.clear();
     for (const auto& s : strata::split(argv[4], ',')) windows.push_back(std::stoi(s));
@@ -205,8 +230,8 @@ int main(int argc, char** argv) {
   std::cout << "durable writes (4.3 MB files, fsync'ed and renamed, in " << tmp << "): "
             << strata::format_double(durable_write_mbps(tmp + "_disk", 4280000, 2.0))
             << " MB/s\n\n";
-  std::cout << "| model | update MB | stream window KiB | clients | updates/s | MB/s | server peak RSS MiB | refused |\n"
-               "|---|---|---|---|---|---|---|---|\n";
+  std::cout << "| model | update MB | stream window KiB | clients | updates/s | MB/s | server peak RSS MiB | server threads | busy replies/s | refused |\n"
+               "|---|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& [label, hidden] : std::vector<std::pair<std::string, std::string>>{
            {"mlp 784-1024-256-10 (1.07M)", "[1024, 256]"},
            {"mlp 784-4096-1536-10 (9.5M)", "[4096, 1536]"}}) {
@@ -215,10 +240,10 @@ int main(int argc, char** argv) {
       for (int w : windows) {
         const Row r = run(tmp, hidden, c, seconds, w);
         const double mb = label.find("1.07M") != std::string::npos ? 1.07e6 * 4 / 1e6 : 9.5e6 * 4 / 1e6;
-        std::printf("| %s | %.1f | %s | %d | %.1f | %.1f | %.0f | %lld |\n", label.c_str(), mb,
-                    w == 0 ? "adaptive" : std::to_string(w).c_str(), c, r.updates_per_s,
-                    r.mb_per_s, static_cast<double>(r.rss_kib) / 1024.0,
-                    static_cast<long long>(r.refused));
+        std::printf("| %s | %.1f | %s | %d | %.1f | %.1f | %.0f | %ld | %.1f | %lld |\n",
+                    label.c_str(), mb, w == 0 ? "adaptive" : std::to_string(w).c_str(), c,
+                    r.updates_per_s, r.mb_per_s, static_cast<double>(r.rss_kib) / 1024.0,
+                    r.threads, r.busy_per_s, static_cast<long long>(r.refused));
         std::fflush(stdout);
       }
     }

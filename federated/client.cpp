@@ -3,7 +3,9 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <mutex>
+#include <random>
 #include <thread>
 
 #include "core/error.h"
@@ -69,16 +71,32 @@ struct EdgeClient::Impl {
     ctx.set_deadline(std::chrono::system_clock::now() + o.rpc_timeout + extra);
   }
 
-  // Runs `call` until it succeeds, fails for good, or retries run out.
+  // Runs `call(attempt, &retry_after)` until it succeeds, fails for good,
+  // or retries run out. A call that sets `retry_after` (the server said it
+  // is busy) is retried until rpc_timeout has passed since the first
+  // attempt, without using up max_retries: being turned away by a busy
+  // server is flow control, not a failure.
   template <class Call>
   grpc::Status with_retries(const char* what, Call&& call) {
     auto backoff = o.first_backoff;
+    const auto give_up = std::chrono::steady_clock::now() + o.rpc_timeout;
+    int failures = 0;
     for (int attempt = 0;; ++attempt) {
-      const grpc::Status s = call(attempt);
-      if (s.ok() || !transient(s.error_code()) || attempt >= o.max_retries) return s;
+      std::chrono::milliseconds retry_after{-1};
+      const grpc::Status s = call(attempt, &retry_after);
+      if (s.ok() || !transient(s.error_code())) return s;
+      const bool busy = retry_after.count() >= 0;
+      if (busy ? std::chrono::steady_clock::now() >= give_up : failures++ >= o.max_retries) {
+        return s;
+      }
+      // Jittered ("equal jitter": half fixed, half random), so clients a
+      // busy or restarted server refused together do not come back together.
+      static thread_local std::mt19937 rng{std::random_device{}()};
+      const auto wait = std::max(retry_after, std::chrono::milliseconds(
+          std::uniform_int_distribution<int64_t>(backoff.count() / 2, backoff.count())(rng)));
       log_debug(o.client_id, ": ", what, " failed (", code_name(s.error_code()), ": ",
-                s.error_message(), "); retrying in ", backoff.count(), " ms");
-      std::this_thread::sleep_for(backoff);
+                s.error_message(), "); retrying in ", wait.count(), " ms");
+      std::this_thread::sleep_for(wait);
       backoff = std::min(backoff * 2, o.max_backoff);
     }
   }
@@ -119,7 +137,7 @@ EdgeClient::~EdgeClient() = default;
 
 FetchedModel EdgeClient::fetch(int64_t have_version, std::chrono::milliseconds wait) {
   FetchedModel m;
-  const grpc::Status s = impl_->with_retries("GetModel", [&](int) {
+  const grpc::Status s = impl_->with_retries("GetModel", [&](int, std::chrono::milliseconds*) {
     m = FetchedModel{};
     grpc::ClientContext ctx;
     impl_->prepare(ctx, wait);
@@ -167,7 +185,7 @@ SubmitResult EdgeClient::submit_encoded(const UpdateToSend& u,
                                         const std::vector<EncodedTensor>& encoded) {
   const int64_t sequence = impl_->next_sequence();
   SubmitResult r;
-  const grpc::Status s = impl_->with_retries("SubmitUpdate", [&](int attempt) {
+  const grpc::Status s = impl_->with_retries("SubmitUpdate", [&](int attempt, std::chrono::milliseconds* retry_after) {
     grpc::ClientContext ctx;
     impl_->prepare(ctx);
     pb::SubmitReply reply;
@@ -187,6 +205,11 @@ SubmitResult EdgeClient::submit_encoded(const UpdateToSend& u,
     }
     writer->WritesDone();
     grpc::Status st = writer->Finish();
+    const auto& trailer = ctx.GetServerTrailingMetadata();
+    if (const auto it = trailer.find(kRetryAfterKey); it != trailer.end()) {
+      *retry_after = std::chrono::milliseconds(
+          std::strtoll(std::string(it->second.data(), it->second.size()).c_str(), nullptr, 10));
+    }
     if (st.ok()) {
       r.accepted = true;
       r.update_id = static_cast<int64_t>(reply.update_id());
@@ -210,7 +233,7 @@ SubmitResult EdgeClient::submit_encoded(const UpdateToSend& u,
 
 std::string EdgeClient::status() {
   pb::StatusReply reply;
-  const grpc::Status s = impl_->with_retries("GetStatus", [&](int) {
+  const grpc::Status s = impl_->with_retries("GetStatus", [&](int, std::chrono::milliseconds*) {
     grpc::ClientContext ctx;
     impl_->prepare(ctx);
     pb::StatusRequest req;

@@ -18,12 +18,6 @@ std::vector<std::pair<std::string, at::Tensor>> state_tensors(const torch::nn::M
   return out;
 }
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::vector<std::string> parts;
-  for (int64_t d : s) parts.push_back(std::to_string(d));
-  return "[" + join(parts, ", ") + "]";
-}
-
 }  // namespace
 
 TensorLayout TensorLayout::of(const torch::nn::Module& model) {
@@ -86,22 +80,6 @@ at::Tensor TensorLayout::from_named(
                    "tensor ", i, " is '", named[i].first, "' with ", named[i].second.numel(),
                    " elements; the model's is '", s.name, "' with ", s.numel);
     flat.slice(0, s.offset, s.offset + s.numel).copy_(named[i].second.reshape({-1}));
-  }
-  return flat;
-}
-
-at::Tensor TensorLayout::assemble(const std::vector<EncodedTensor>& tensors) const {
-  STRATA_CHECK_T(DataError, tensors.size() == slots_.size(), "the update has ",
-                 tensors.size(), " tensors; the model has ", slots_.size());
-  at::Tensor flat = at::empty({numel_}, at::kFloat);
-  for (size_t i = 0; i < slots_.size(); ++i) {
-    const TensorSlot& s = slots_[i];
-    const EncodedTensor& e = tensors[i];
-    STRATA_CHECK_T(DataError, e.name == s.name, "tensor ", i, " is '", e.name,
-                   "'; the model's tensor ", i, " is '", s.name, "'");
-    STRATA_CHECK_T(DataError, e.shape == s.shape, "tensor '", e.name, "' has shape ",
-                   shape_str(e.shape), "; the model's is ", shape_str(s.shape));
-    flat.slice(0, s.offset, s.offset + s.numel).copy_(decode(e).view({-1}));
   }
   return flat;
 }

@@ -11,8 +11,6 @@
 #include <utility>
 #include <vector>
 
-#include "federated/codec.h"
-
 namespace strata::fed {
 
 struct TensorSlot {
@@ -44,11 +42,6 @@ class TensorLayout {
   // Named tensors (e.g. a saved version or a fetched model) in layout order
   // as one flat vector; DataError naming the first name or size mismatch.
   at::Tensor from_named(const std::vector<std::pair<std::string, at::Tensor>>& named) const;
-
-  // Decodes a client's tensors into one flat vector, checking that names,
-  // order, count and shapes are exactly the layout's. DataError naming the
-  // first mismatch (and what the model expects).
-  at::Tensor assemble(const std::vector<EncodedTensor>& tensors) const;
 
  private:
   std::vector<TensorSlot> slots_;

@@ -34,6 +34,7 @@ StrategyOptions strategy_options(const FederatedSection& f) {
   o.multi_krum_keep = static_cast<int>(f.multi_krum_keep);
   o.median_norm_clip = f.median_norm_clip;
   o.bucket_size = static_cast<int>(f.bucket_size);
+  o.nnm_fraction = f.nnm_fraction;
   return o;
 }
 
@@ -215,7 +216,7 @@ std::optional<Rejection> FedServer::check_round_locked(const SubmitMeta& m) cons
   return std::nullopt;
 }
 
-SubmitOutcome FedServer::submit(const SubmitMeta& m, const std::vector<EncodedTensor>& tensors) {
+SubmitOutcome FedServer::submit(const SubmitMeta& m, at::Tensor delta) {
   SubmitOutcome out;
   const auto reject = [&](Rejection r) {
     ++rejected_;
@@ -259,16 +260,12 @@ SubmitOutcome FedServer::submit(const SubmitMeta& m, const std::vector<EncodedTe
       return reject(*r);
     }
   }
-  // Decoding and the value checks run without the lock.
-  at::Tensor delta;
+  // The value checks run without the lock.
+  STRATA_INTERNAL_ASSERT(delta.defined() && delta.numel() == layout_.numel() &&
+                         delta.scalar_type() == at::kFloat);
   Accepted acc;
   std::optional<Rejection> bad;
-  try {
-    delta = layout_.assemble(tensors);
-  } catch (const DataError& e) {
-    bad = Rejection{RejectCode::kInvalidArgument, "malformed", e.what()};
-  }
-  if (!bad && m.is_gradient) {
+  if (m.is_gradient) {
     if (!(std::isfinite(m.learning_rate) && m.learning_rate > 0)) {
       bad = Rejection{RejectCode::kInvalidArgument, "malformed",
                       str("a GRADIENT update needs a positive learning_rate, got ", m.learning_rate)};

@@ -105,9 +105,12 @@ class FedServer {
   ModelView get_model(const std::string& client_id, int64_t have_version,
                       std::chrono::milliseconds wait);
 
-  // Validates, durably records and buffers one update (the caller has
-  // authenticated the client). Returns only once the update is durable.
-  SubmitOutcome submit(const SubmitMeta& meta, const std::vector<EncodedTensor>& tensors);
+  // Validates, durably records and buffers one update, `delta` as a flat
+  // vector in layout() order (the caller has authenticated the client and
+  // received the tensors with wire.h's UpdateReceiver, which checked their
+  // names and shapes). Returns only once the update is durable. Takes
+  // `delta` over: it is clipped in place and buffered.
+  SubmitOutcome submit(const SubmitMeta& meta, at::Tensor delta);
 
   ServerStatus status();
   // Blocks until the configured rounds/versions are done (true) or `wait`

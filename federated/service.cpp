@@ -64,19 +64,30 @@ std::string bearer_token(const grpc::ServerContext& ctx) {
   return v.rfind(prefix, 0) == 0 ? v.substr(prefix.size()) : "";
 }
 
-// Counts updates being received; the rest wait (Note [Bounded ingest]).
+// Admission to ingest (Note [Bounded ingest]): at most `inflight` updates
+// are received at once and at most `waiting` senders wait for a turn; the
+// rest are told to come back later.
 class Slots {
  public:
-  explicit Slots(int64_t n) : free_(n) {}
-  // False when `ctx` was cancelled or its deadline passed while waiting.
-  bool acquire(grpc::ServerContext* ctx) {
+  enum class Admit { kGranted, kBusy, kCancelled };
+
+  Slots(int64_t inflight, int64_t waiting)
+      : free_(inflight), max_inflight_(inflight), max_waiting_(waiting) {}
+  // kCancelled when `ctx` was cancelled or its deadline passed while waiting.
+  Admit acquire(grpc::ServerContext* ctx) {
     std::unique_lock<std::mutex> lock(mu_);
+    if (free_ == 0 && waiting_ >= max_waiting_) return Admit::kBusy;
+    ++waiting_;
     while (free_ == 0) {
-      if (ctx->IsCancelled()) return false;
+      if (ctx->IsCancelled()) {
+        --waiting_;
+        return Admit::kCancelled;
+      }
       cv_.wait_for(lock, std::chrono::milliseconds(50));
     }
+    --waiting_;
     --free_;
-    return true;
+    return Admit::kGranted;
   }
   void release() {
     {
@@ -85,27 +96,36 @@ class Slots {
     }
     cv_.notify_one();
   }
+  std::pair<int64_t, int64_t> limits() const { return {max_inflight_, max_waiting_}; }
 
  private:
   std::mutex mu_;
   std::condition_variable cv_;
   int64_t free_;
+  const int64_t max_inflight_;
+  const int64_t max_waiting_;
+  int64_t waiting_ = 0;
 };
 
 // Note [Bounded ingest]: an update is held in memory from its first data
-// chunk until it is durable and buffered. At most max_inflight_updates are
-// received at once; other senders block before their tensors are read, and
-// gRPC's flow control keeps their bytes on their side beyond one HTTP/2
-// stream window (federated.server.stream_window_kb, fixed: gRPC's default
-// BDP probing grows each stream's window to several MiB, which made the
-// server's memory grow with the number of waiting clients). The model a client
-// fetches is encoded once per version and shared by every GetModel. So the
-// server's memory is bounded by (buffer + in-flight) updates plus a model
-// or two, not by the number of clients.
+// chunk until it is durable and buffered, as one flat vector that its
+// chunks are copied into (wire.h's UpdateReceiver). At most
+// max_inflight_updates are received at once and at most
+// max_waiting_updates senders wait for a turn, each parking no more than
+// one HTTP/2 stream window (federated.server.stream_window_kb, fixed:
+// gRPC's default BDP probing grows each stream's window to several MiB) and
+// holding one server thread; any further sender is answered UNAVAILABLE
+// ("busy") at once, before its tensors are read, and retries with backoff
+// (EdgeClient does). The model a client fetches is encoded once per version
+// and shared by every GetModel. So the server's memory is bounded by its
+// configuration -- (buffer + in-flight) updates, (in-flight + waiting)
+// windows, a model or two -- and not by the number of clients.
 class FederationService final : public pb::Federation::Service {
  public:
   explicit FederationService(FedServer& core)
-      : core_(core), slots_(core.recipe().federated.server.max_inflight_updates) {}
+      : core_(core),
+        slots_(core.recipe().federated.server.max_inflight_updates,
+               core.recipe().federated.server.max_waiting_updates) {}
 
   grpc::Status GetModel(grpc::ServerContext* ctx, const pb::GetModelRequest* req,
                         grpc::ServerWriter<pb::ModelChunk>* out) override {
@@ -133,13 +153,29 @@ class FederationService final : public pb::Federation::Service {
     }
     const pb::UpdateInfo info = chunk.info();
     if (auto r = core_.authenticate(info.client_id(), bearer_token(*ctx))) return to_status(*r);
-    if (!slots_.acquire(ctx)) return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+    switch (slots_.acquire(ctx)) {
+      case Slots::Admit::kGranted: break;
+      case Slots::Admit::kCancelled:
+        return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
+      case Slots::Admit::kBusy: {
+        // Flow control, not a fault: counted, logged at debug level only.
+        const auto [inflight, waiting] = slots_.limits();
+        const Rejection r{RejectCode::kUnavailable, "busy",
+                          str("the server is busy: ", inflight, " updates are being received and ",
+                              waiting, " senders wait (federated.server.max_inflight_updates, "
+                              "max_waiting_updates); retry with backoff")};
+        core_.count_rejection(r);
+        ctx->AddTrailingMetadata(kRetryAfterKey, "100");
+        log_debug("refused an update from '", info.client_id(), "': ", r.reason);
+        return to_status(r);
+      }
+    }
     struct Release {
       Slots& s;
       ~Release() { s.release(); }
     } release{slots_};
     const uint64_t limit = static_cast<uint64_t>(core_.recipe().federated.server.max_message_mb) << 20;
-    TensorAssembler rx(info.num_tensors(), limit);
+    UpdateReceiver rx(core_.layout(), info.num_tensors(), limit);
     while (in->Read(&chunk)) {
       if (auto e = rx.add(chunk)) return reject(wire_rejection(*e));
     }
@@ -152,7 +188,7 @@ class FederationService final : public pb::Federation::Service {
     m.round = static_cast<int64_t>(info.round());
     m.is_gradient = info.kind() == pb::GRADIENT;
     m.learning_rate = info.learning_rate();
-    const SubmitOutcome o = core_.submit(m, rx.tensors());
+    const SubmitOutcome o = core_.submit(m, rx.take());
     if (o.rejection) return to_status(*o.rejection);
     reply->set_update_id(static_cast<uint64_t>(o.update_id));
     reply->set_current_version(static_cast<uint64_t>(o.current_version));

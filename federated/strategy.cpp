@@ -180,6 +180,32 @@ std::vector<ClientUpdate> bucket_means(const std::vector<ClientUpdate>& u, int s
   return out;
 }
 
+std::vector<ClientUpdate> nearest_neighbor_mix(const std::vector<ClientUpdate>& u,
+                                               double fraction) {
+  check_updates(u);
+  STRATA_CHECK_T(ConfigError, fraction >= 0 && fraction < 0.5, "nnm_fraction ", fraction,
+                 " is outside [0, 0.5)");
+  const int n = static_cast<int>(u.size());
+  const int keep = n - static_cast<int>(std::floor(fraction * n));
+  std::vector<at::Tensor> x;
+  for (const auto& c : u) x.push_back(c.delta * c.staleness_weight);
+  std::vector<std::vector<double>> d(n, std::vector<double>(n, 0.0));
+  for (int i = 0; i < n; ++i) {
+    for (int j = i + 1; j < n; ++j) d[i][j] = d[j][i] = (x[i] - x[j]).norm().item<double>();
+  }
+  std::vector<ClientUpdate> out = u;
+  for (int i = 0; i < n; ++i) {
+    std::vector<int> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return d[i][a] < d[i][b]; });
+    at::Tensor mix = at::zeros_like(x[0]);
+    for (int k = 0; k < keep; ++k) mix.add_(x[order[k]]);
+    out[i].delta = mix.div_(keep);
+    out[i].staleness_weight = 1.0;
+  }
+  return out;
+}
+
 namespace {
 
 // FNV-1a over the update ids: a batch's buckets depend only on who is in it.
@@ -241,6 +267,7 @@ class ComposedStrategy final : public Strategy {
                                       : updates;
     // groups[k]: the indices into `updates` behind u[k].
     std::vector<std::vector<int>> groups;
+    if (o_.nnm_fraction > 0 && rule_ != Rule::kMean) u = nearest_neighbor_mix(u, o_.nnm_fraction);
     if (o_.bucket_size > 1 && rule_ != Rule::kMean) {
       u = bucket_means(u, o_.bucket_size, batch_seed(updates), &groups);
     } else {
@@ -356,6 +383,8 @@ std::unique_ptr<Strategy> make_strategy(const StrategyOptions& o) {
                  " must be >= 0 (0: off)");
   STRATA_CHECK_T(ConfigError, o.bucket_size >= 1, "bucket_size ", o.bucket_size,
                  " must be >= 1 (1: off)");
+  STRATA_CHECK_T(ConfigError, o.nnm_fraction >= 0 && o.nnm_fraction < 0.5, "nnm_fraction ",
+                 o.nnm_fraction, " must be in [0, 0.5) (0: off)");
   return std::make_unique<ComposedStrategy>(o, rule, opt);
 }
 

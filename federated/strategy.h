@@ -23,8 +23,8 @@
 //               (Reddi et al. 2021, "Adaptive Federated Optimization",
 //               Algorithm 2: no bias correction, v starts at τ²)
 //
-// Two optional steps run before the rule, on every strategy (both off by
-// default; they are what makes the robust rules hold up on non-IID clients):
+// Optional steps run before the rule (all off by default; they are what
+// makes the robust rules hold up on non-IID clients):
 //   median_norm_clip c > 0   every Δ_i is scaled down to at most c times the
 //                   batch's median update norm (the ⌈n/2⌉-th smallest), so
 //                   no single update -- however scaled -- pulls harder than
@@ -37,6 +37,15 @@
 //                   averaging shrinks honest heterogeneity, which is what
 //                   coordinate-wise rules otherwise mistake for outliers.
 //                   The mean rule is unchanged by bucketing.
+//   nnm_fraction f > 0   nearest-neighbour mixing (Allouah et al. 2023,
+//                   "Fixing by Mixing"): every s_i Δ_i is replaced by the
+//                   mean of the n - ⌊f n⌋ updates nearest to it (itself
+//                   included). An honest update's neighbours are then
+//                   mostly honest, and the mixed honest updates lie close
+//                   together, so a coordinate-wise rule over them keeps
+//                   nearly the honest mean instead of a skewed middle of
+//                   heterogeneous updates. Runs after clipping and before
+//                   bucketing; the mean rule is unchanged by it.
 //
 // Names: fedavg = mean + sgd; fedprox = fedavg whose clients add the
 // proximal term μ/2 ||w - w_global||²; fedadam / fedyogi / fedadagrad = mean
@@ -83,6 +92,7 @@ struct StrategyOptions {
   // can drive a variance negative. -1: every element is a parameter.
   int64_t statistics_offset = -1;
   int bucket_size = 1;            // s: rule over means of s updates (1: off)
+  double nnm_fraction = 0.0;      // f: mix with the n - ⌊f n⌋ nearest (0: off)
 };
 
 // The strategy names make_strategy accepts.
@@ -107,6 +117,13 @@ std::vector<ClientUpdate> clip_to_median_norm(const std::vector<ClientUpdate>& u
 std::vector<ClientUpdate> bucket_means(const std::vector<ClientUpdate>& updates,
                                        int bucket_size, uint64_t seed,
                                        std::vector<std::vector<int>>* members = nullptr);
+
+// Nearest-neighbour mixing: update i becomes the unweighted mean of
+// s_j Δ_j over the n - ⌊fraction n⌋ updates j nearest to Δ_i in L2 (i
+// itself included; ties by index), staleness weight 1, its num_samples and
+// client_id kept.
+std::vector<ClientUpdate> nearest_neighbor_mix(const std::vector<ClientUpdate>& updates,
+                                               double fraction);
 
 // What the server sends clients with the model.
 struct ClientConfig {

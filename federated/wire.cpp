@@ -1,5 +1,7 @@
 #include "federated/wire.h"
 
+#include <cstring>
+
 #include "core/error.h"
 #include "core/strings.h"
 
@@ -24,6 +26,33 @@ std::optional<Encoding> from_proto(pb::Encoding e) {
     case pb::TOPK: return Encoding::kTopK;
     default: return std::nullopt;
   }
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::vector<std::string> parts;
+  for (int64_t d : s) parts.push_back(std::to_string(d));
+  return "[" + join(parts, ", ") + "]";
+}
+
+// `h` as an EncodedTensor without payload.
+std::optional<WireError> read_header(const pb::TensorHeader& h, EncodedTensor* t) {
+  const auto enc = from_proto(h.encoding());
+  if (!enc) {
+    return WireError{false, str("tensor '", h.name(), "' has unknown encoding ",
+                                static_cast<int>(h.encoding()))};
+  }
+  t->name = h.name();
+  t->shape.assign(h.shape().begin(), h.shape().end());
+  t->encoding = *enc;
+  t->scale = h.scale();
+  t->k = h.k();
+  t->data.clear();
+  return std::nullopt;
+}
+
+WireError over_budget(uint64_t max_bytes) {
+  return WireError{true, str("the update exceeds the server's limit of ", max_bytes >> 20,
+                             " MiB (federated.server.max_message_mb)")};
 }
 
 }  // namespace
@@ -52,21 +81,9 @@ std::optional<WireError> TensorAssembler::header(const pb::TensorHeader& h) {
   if (tensors_.size() >= expected_) {
     return WireError{false, str("more than the announced ", expected_, " tensors")};
   }
-  const auto enc = from_proto(h.encoding());
-  if (!enc) {
-    return WireError{false, str("tensor '", h.name(), "' has unknown encoding ",
-                                static_cast<int>(h.encoding()))};
-  }
-  if (h.payload_bytes() > max_bytes_ - std::min(total_, max_bytes_)) {
-    return WireError{true, str("the update exceeds the server's limit of ", max_bytes_ >> 20,
-                               " MiB (federated.server.max_message_mb)")};
-  }
   EncodedTensor t;
-  t.name = h.name();
-  t.shape.assign(h.shape().begin(), h.shape().end());
-  t.encoding = *enc;
-  t.scale = h.scale();
-  t.k = h.k();
+  if (auto e = read_header(h, &t)) return e;
+  if (h.payload_bytes() > max_bytes_ - std::min(total_, max_bytes_)) return over_budget(max_bytes_);
   t.data.reserve(h.payload_bytes());
   want_ = h.payload_bytes();
   tensors_.push_back(std::move(t));
@@ -90,6 +107,91 @@ std::optional<WireError> TensorAssembler::finish() {
   if (tensors_.size() != expected_) {
     return WireError{false, str("announced ", expected_, " tensors, sent ", tensors_.size())};
   }
+  return std::nullopt;
+}
+
+std::optional<WireError> UpdateReceiver::header(const pb::TensorHeader& h) {
+  if (auto e = close_current()) return e;
+  const auto& slots = layout_.slots();
+  if (received_ >= announced_) {
+    return WireError{false, str("more than the announced ", announced_, " tensors")};
+  }
+  if (received_ >= slots.size()) {
+    return WireError{false, str("the update has more tensors than the model's ", slots.size())};
+  }
+  if (auto e = read_header(h, &current_)) return e;
+  const TensorSlot& s = slots[received_];
+  if (current_.name != s.name) {
+    return WireError{false, str("tensor ", received_, " is '", current_.name,
+                                "'; the model's tensor ", received_, " is '", s.name, "'")};
+  }
+  if (current_.shape != s.shape) {
+    return WireError{false, str("tensor '", s.name, "' has shape ", shape_str(current_.shape),
+                                "; the model's is ", shape_str(s.shape))};
+  }
+  if (h.payload_bytes() > max_bytes_ - std::min(total_, max_bytes_)) return over_budget(max_bytes_);
+  if (current_.encoding == Encoding::kFp32 &&
+      h.payload_bytes() != static_cast<uint64_t>(s.numel) * sizeof(float)) {
+    return WireError{false, str("tensor '", s.name, "' (fp32): ", h.payload_bytes(),
+                                " payload bytes for ", s.numel, " elements; expected ",
+                                s.numel * 4)};
+  }
+  if (!flat_.defined()) flat_ = at::empty({layout_.numel()}, at::kFloat);
+  if (current_.encoding != Encoding::kFp32) current_.data.reserve(h.payload_bytes());
+  want_ = h.payload_bytes();
+  got_ = 0;
+  ++received_;
+  open_ = true;
+  return std::nullopt;
+}
+
+std::optional<WireError> UpdateReceiver::data(const std::string& bytes) {
+  if (!open_) return WireError{false, "data before any tensor header"};
+  if (got_ + bytes.size() > want_) {
+    return WireError{false, str("tensor '", current_.name, "' got more than its announced ",
+                                want_, " payload bytes")};
+  }
+  if (current_.encoding == Encoding::kFp32) {
+    const TensorSlot& s = layout_.slots()[received_ - 1];
+    char* dst = static_cast<char*>(flat_.data_ptr()) + s.offset * sizeof(float) + got_;
+    std::memcpy(dst, bytes.data(), bytes.size());
+  } else {
+    current_.data += bytes;
+  }
+  got_ += bytes.size();
+  total_ += bytes.size();
+  return std::nullopt;
+}
+
+std::optional<WireError> UpdateReceiver::close_current() {
+  if (!open_) return std::nullopt;
+  open_ = false;
+  if (got_ != want_) {
+    return WireError{false, str("tensor '", current_.name, "' announced ", want_,
+                                " payload bytes but ", got_, " arrived")};
+  }
+  if (current_.encoding != Encoding::kFp32) {
+    const TensorSlot& s = layout_.slots()[received_ - 1];
+    try {
+      flat_.slice(0, s.offset, s.offset + s.numel).copy_(decode(current_).view({-1}));
+    } catch (const DataError& e) {
+      return WireError{false, e.what()};
+    }
+    std::string().swap(current_.data);
+  }
+  return std::nullopt;
+}
+
+std::optional<WireError> UpdateReceiver::finish() {
+  if (auto e = close_current()) return e;
+  if (received_ != announced_) {
+    return WireError{false, str("announced ", announced_, " tensors, sent ", received_)};
+  }
+  if (received_ != layout_.slots().size()) {
+    return WireError{false, str("the update has ", received_, " tensors; the model has ",
+                                layout_.slots().size())};
+  }
+  if (!flat_.defined()) flat_ = at::empty({layout_.numel()}, at::kFloat);
   return std::nullopt;
 }
 

@@ -336,6 +336,7 @@ struct FedServerSection {
   int64_t max_num_samples = 1000000;
   int64_t max_message_mb = 256;
   int64_t max_inflight_updates = 4;
+  int64_t max_waiting_updates = 16;
   int64_t stream_window_kb = 256;
   int64_t eval_every = 1;
 
@@ -350,7 +351,8 @@ struct FedServerSection {
     v.field("max_num_samples", max_num_samples, at_least(1), "largest num_samples a client may claim for one update");
     v.field("max_message_mb", max_message_mb, at_least(1), "largest update a client may send, in MiB");
     v.field("max_inflight_updates", max_inflight_updates, at_least(1), "updates received at the same time; other senders wait (bounds the server's memory whatever the number of clients)");
-    v.field("stream_window_kb", stream_window_kb, at_least(0), "HTTP/2 receive window per stream: what a client waiting for an ingest slot can park in server memory (fixed; 0: gRPC's adaptive windows, several MiB per client)");
+    v.field("max_waiting_updates", max_waiting_updates, at_least(0), "senders that may wait for an ingest slot; beyond them a sender is told UNAVAILABLE (busy) and retries with backoff");
+    v.field("stream_window_kb", stream_window_kb, at_least(0), "HTTP/2 receive window per stream: what a waiting sender can park in server memory (fixed; 0: gRPC's adaptive windows, several MiB per stream)");
     v.field("eval_every", eval_every, at_least(1), "evaluate the global model on the test set every this many versions");
   }
 };
@@ -404,6 +406,7 @@ struct FederatedSection {
   int64_t multi_krum_keep = 0;
   double median_norm_clip = 0.0;
   int64_t bucket_size = 1;
+  double nnm_fraction = 0.0;
   FedSyncSection sync;
   FedAsyncSection async;
   FedServerSection server;
@@ -426,6 +429,7 @@ struct FederatedSection {
     v.field("multi_krum_keep", multi_krum_keep, at_least(0), "multi_krum: updates averaged (0: n - f)");
     v.field("median_norm_clip", median_norm_clip, at_least(0), "before aggregating, scale each update down to at most this multiple of the batch's median update norm (0: off)");
     v.field("bucket_size", bucket_size, at_least(1), "robust rules aggregate the means of random buckets of this many updates (Karimireddy et al. 2022; 1: off)");
+    v.field("nnm_fraction", nnm_fraction, in_range(0, 0.499), "robust rules aggregate each update mixed with its nearest neighbours: the mean of the n - floor(f n) updates closest to it, f this fraction of corrupt updates tolerated (Allouah et al. 2023; 0: off)");
     v.section("sync", sync, "sync mode: rounds");
     v.section("async", async, "async mode: buffered aggregation of online updates");
     v.section("server", server, "address, TLS, validation, evaluation");

@@ -1,14 +1,17 @@
-// The server's building blocks: model layout, update validation, and the
-// durable store (real SQLite in a temporary directory), including recovery
-// from files a crash left behind.
+// The server's building blocks: model layout, receiving an update into it,
+// update validation, and the durable store (real SQLite in a temporary
+// directory), including recovery from files a crash left behind.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+
+#include <variant>
 
 #include "core/error.h"
 #include "core/fs.h"
 #include "federated/layout.h"
 #include "federated/server_store.h"
 #include "federated/validator.h"
+#include "federated/wire.h"
 #include "test_util.h"
 
 namespace strata::fed {
@@ -44,31 +47,98 @@ TEST(Layout, ParametersThenFloatBuffersRoundTrip) {
   EXPECT_THROW(l.from_named(renamed), DataError);
 }
 
-TEST(Layout, AssembleChecksNamesShapesAndCount) {
+// An update's chunks as a sender writes them, with each tensor's payload
+// cut at `cut` bytes so data arrives in uneven pieces.
+std::vector<pb::UpdateChunk> chunks_of(const std::vector<EncodedTensor>& tensors, size_t cut) {
+  std::vector<pb::UpdateChunk> out;
+  for (const auto& t : tensors) {
+    pb::UpdateChunk head;
+    to_proto(t, head.mutable_tensor());
+    out.push_back(head);
+    for (size_t off = 0; off < t.data.size(); off += cut) {
+      pb::UpdateChunk c;
+      c.set_data(t.data.substr(off, cut));
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+// Receives `chunks` into `layout`: the flat vector, or the first error.
+std::variant<at::Tensor, WireError> receive(const TensorLayout& layout,
+                                            const std::vector<pb::UpdateChunk>& chunks,
+                                            uint32_t announced, uint64_t max_bytes = 1 << 20) {
+  UpdateReceiver rx(layout, announced, max_bytes);
+  for (const auto& c : chunks) {
+    if (auto e = rx.add(c)) return *e;
+  }
+  if (auto e = rx.finish()) return *e;
+  return rx.take();
+}
+
+TEST(UpdateReceiver, DecodesEveryEncodingInPlaceAndChecksAgainstTheModel) {
   Net net;
   const TensorLayout l = TensorLayout::of(net);
-  std::vector<EncodedTensor> good;
-  for (const auto& [name, t] : l.unflatten(at::ones({l.numel()}))) {
-    good.push_back(encode(name, t, {Encoding::kFp16}));
-  }
-  EXPECT_TRUE(at::equal(l.assemble(good), at::ones({l.numel()})));
-  auto expect = [&](std::vector<EncodedTensor> t, const std::string& msg) {
-    try {
-      l.assemble(t);
-      ADD_FAILURE() << "accepted; expected " << msg;
-    } catch (const DataError& e) {
-      EXPECT_NE(std::string(e.what()).find(msg), std::string::npos) << e.what();
+  const at::Tensor want = at::arange(1, l.numel() + 1, at::kFloat) / 8;  // exact in fp16
+  const auto named = l.unflatten(want);
+  const uint32_t n = static_cast<uint32_t>(named.size());
+  // Every encoding, payloads cut at 1 and 3 bytes (odd, across elements).
+  for (const Encoding enc : {Encoding::kFp32, Encoding::kFp16, Encoding::kInt8, Encoding::kTopK}) {
+    std::vector<EncodedTensor> tensors;
+    for (const auto& [name, t] : named) tensors.push_back(encode(name, t, {enc, 1.0}));
+    for (const size_t cut : {size_t{1}, size_t{3}, size_t{4096}}) {
+      const auto got = receive(l, chunks_of(tensors, cut), n);
+      ASSERT_TRUE(std::holds_alternative<at::Tensor>(got))
+          << encoding_name(enc) << ": " << std::get<WireError>(got).reason;
+      const double tol = enc == Encoding::kInt8 ? 0.5 * (l.numel() / 8.0) / 127 : 0.0;
+      EXPECT_LE((std::get<at::Tensor>(got) - want).abs().max().item<double>(), tol)
+          << encoding_name(enc) << " cut " << cut;
     }
+  }
+  std::vector<EncodedTensor> good;
+  for (const auto& [name, t] : named) good.push_back(encode(name, t, {}));
+  const auto expect = [&](std::vector<EncodedTensor> t, const std::string& msg,
+                          uint32_t announced, bool too_large = false, uint64_t max = 1 << 20) {
+    const auto got = receive(l, chunks_of(t, 5), announced, max);
+    ASSERT_TRUE(std::holds_alternative<WireError>(got)) << "accepted; expected " << msg;
+    const WireError& e = std::get<WireError>(got);
+    EXPECT_NE(e.reason.find(msg), std::string::npos) << e.reason;
+    EXPECT_EQ(e.too_large, too_large) << e.reason;
   };
   auto missing = good;
   missing.pop_back();
-  expect(missing, "the update has 5 tensors; the model has 6");
+  expect(missing, "the update has 5 tensors; the model has 6", 5);
+  expect(missing, "announced 6 tensors, sent 5", 6);
+  auto extra = good;
+  extra.push_back(good.back());
+  expect(extra, "more than the announced 6 tensors", 6);
+  expect(extra, "the update has more tensors than the model's 6", 7);
   auto renamed = good;
   renamed[1].name = "fc.bias2";
-  expect(renamed, "tensor 1 is 'fc.bias2'; the model's tensor 1 is 'fc.bias'");
+  expect(renamed, "tensor 1 is 'fc.bias2'; the model's tensor 1 is 'fc.bias'", n);
   auto reshaped = good;
   reshaped[0] = encode("fc.weight", at::ones({3, 2}), {});
-  expect(reshaped, "tensor 'fc.weight' has shape [3, 2]; the model's is [2, 3]");
+  expect(reshaped, "tensor 'fc.weight' has shape [3, 2]; the model's is [2, 3]", n);
+  auto short_fp32 = good;
+  short_fp32[0].data.pop_back();
+  expect(short_fp32, "tensor 'fc.weight' (fp32): 23 payload bytes for 6 elements; expected 24", n);
+  auto bad_topk = good;
+  bad_topk[0] = encode("fc.weight", at::ones({2, 3}), {Encoding::kTopK, 0.5});
+  std::swap(bad_topk[0].data[0], bad_topk[0].data[4]);  // indices no longer increasing
+  expect(bad_topk, "indices are not strictly increasing", n);
+  expect(good, "exceeds the server's limit", n, /*too_large=*/true, /*max=*/40);
+  // Data that overruns its header, and data before any header.
+  auto chunks = chunks_of(good, 64);
+  chunks.insert(chunks.begin() + 2, chunks[1]);
+  const auto overrun = receive(l, chunks, n);
+  ASSERT_TRUE(std::holds_alternative<WireError>(overrun));
+  EXPECT_NE(std::get<WireError>(overrun).reason.find("got more than its announced 24"),
+            std::string::npos);
+  chunks = chunks_of(good, 64);
+  chunks.erase(chunks.begin());
+  const auto headless = receive(l, chunks, n);
+  ASSERT_TRUE(std::holds_alternative<WireError>(headless));
+  EXPECT_EQ(std::get<WireError>(headless).reason, "data before any tensor header");
 }
 
 TEST(Validator, MetadataRejectionsCarryCodeKeyAndReason) {

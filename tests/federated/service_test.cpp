@@ -168,6 +168,76 @@ TEST(FedService, OversizedUpdatesAreRefusedBeforeTheyAreBuffered) {
                 "exceeds the server's limit of 1 MiB");
 }
 
+// With one update received at a time and nobody allowed to wait, a second
+// sender is turned away at once (UNAVAILABLE, busy, with a retry hint)
+// before its tensors are read; an EdgeClient retries through busy replies
+// and gets in once the slot is free.
+TEST(FedService, ABusyServerTurnsSendersAwayAndClientsRetry) {
+  test::TempDir dir;
+  Fixture f(small_recipe(dir.path(), {"federated.mode=async", "federated.async.buffer_size=100",
+                                      "federated.server.max_inflight_updates=1",
+                                      "federated.server.max_waiting_updates=0"}));
+  // Hold the only slot: a stream that sent its info and nothing more.
+  grpc::ClientContext held_ctx;
+  held_ctx.AddMetadata("authorization", "Bearer " + f.token);
+  pb::SubmitReply held_reply;
+  auto held = f.stub->SubmitUpdate(&held_ctx, &held_reply);
+  pb::UpdateChunk head;
+  *head.mutable_info() = f.info(1);
+  ASSERT_TRUE(held->Write(head));
+  // The server takes the slot once it has read that info.
+  grpc::Status busy;
+  for (int i = 0; i < 100; ++i) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + f.token);
+    pb::SubmitReply reply;
+    auto w = f.stub->SubmitUpdate(&ctx, &reply);
+    pb::UpdateChunk h;
+    *h.mutable_info() = f.info(2 + i);
+    w->Write(h);
+    for (const auto& t : f.delta(0.001f)) write_encoded<pb::UpdateChunk>(t, w.get());
+    w->WritesDone();
+    busy = w->Finish();
+    if (busy.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      const auto& trailer = ctx.GetServerTrailingMetadata();
+      ASSERT_EQ(trailer.count(kRetryAfterKey), 1u);
+      EXPECT_EQ(std::string(trailer.find(kRetryAfterKey)->second.data(),
+                            trailer.find(kRetryAfterKey)->second.size()), "100");
+      break;
+    }
+    ASSERT_TRUE(busy.ok()) << busy.error_message();  // accepted before the slot was taken
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  expect_status(busy, grpc::StatusCode::UNAVAILABLE, "the server is busy: 1 updates are being received");
+  EXPECT_EQ(f.server.status().rejected_by_reason.at("busy"), 1);
+  // An EdgeClient keeps retrying (max_retries 0 does not stop it: busy is
+  // flow control) and gets in when the held stream ends.
+  EdgeClientOptions o;
+  o.address = f.address;
+  o.client_id = "edge-1";
+  o.token = f.token;
+  o.max_retries = 0;
+  o.first_backoff = std::chrono::milliseconds(10);
+  EdgeClient c(o);
+  std::thread release([&] {
+    while (f.server.status().rejected_by_reason.at("busy") < 3) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    held->WritesDone();
+    held->Finish();  // refused: it announced tensors it never sent
+  });
+  UpdateToSend u;
+  u.base_version = 1;
+  u.num_samples = 5;
+  for (const auto& [name, t] : f.server.layout().unflatten(at::zeros({f.server.layout().numel()}))) {
+    u.tensors.emplace_back(name, t);
+  }
+  const SubmitResult r = c.submit(u);
+  release.join();
+  EXPECT_TRUE(r.accepted) << r.code << " " << r.reason;
+  EXPECT_GE(f.server.status().rejected_by_reason.at("busy"), 3);
+}
+
 TEST(FedService, SyncRoundsRefuseClientsThatWereNotSelected) {
   test::TempDir dir;
   Fixture f(small_recipe(dir.path(), {"federated.sync.clients_per_round=1"}));

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iostream>
 
 #include "core/error.h"
 #include "federated/strategy.h"
@@ -245,6 +246,27 @@ TEST(Kernels, BucketMeansPartitionTheBatchAndKeepItsMean) {
   EXPECT_TRUE(differs);
 }
 
+TEST(Kernels, NearestNeighborMixAveragesTheClosest) {
+  // f = floor(0.34 * 3) = 1: each update mixes with its 2 nearest (itself
+  // included); b counts at half weight (staleness), so x_b = {0.5, 0}.
+  const std::vector<ClientUpdate> u{upd("a", {0, 0}, 1), upd("b", {1, 0}, 7, 0.5),
+                                    upd("c", {10, 0}, 2)};
+  const auto m = nearest_neighbor_mix(u, 0.34);
+  ASSERT_EQ(m.size(), 3u);
+  EXPECT_EQ(vec(m[0].delta), (std::vector<float>{0.25f, 0}));   // a, b
+  EXPECT_EQ(vec(m[1].delta), (std::vector<float>{0.25f, 0}));   // b, a
+  EXPECT_EQ(vec(m[2].delta), (std::vector<float>{5.25f, 0}));   // c, b
+  EXPECT_EQ(m[1].num_samples, 7);
+  EXPECT_EQ(m[1].staleness_weight, 1.0);
+  EXPECT_EQ(m[2].client_id, "c");
+  EXPECT_EQ(vec(u[1].delta), (std::vector<float>{1, 0}));  // input untouched
+  // fraction 0 mixes everything: every update becomes the mean of the x.
+  for (const auto& x : nearest_neighbor_mix(u, 0.0)) {
+    EXPECT_TRUE(at::allclose(x.delta, at::tensor({3.5f, 0.0f})));
+  }
+  EXPECT_THROW(nearest_neighbor_mix(u, 0.5), ConfigError);
+}
+
 TEST(Strategies, ClippingAndBucketingBoundScaledAttackersOnHeterogeneousClients) {
   // Non-IID honest clients: two camps (deltas near 0 and near 2, honest
   // mean 1); 2 of 10 send -100x their update.
@@ -258,12 +280,13 @@ TEST(Strategies, ClippingAndBucketingBoundScaledAttackersOnHeterogeneousClients)
     u.push_back(c);
   }
   const at::Tensor zero = at::zeros({1000});
-  auto error = [&](const std::string& name, double clip, int bucket) {
+  auto error = [&](const std::string& name, double clip, int bucket, double nnm = 0.0) {
     StrategyOptions o;
     o.name = name;
     o.trim_fraction = 0.2;
     o.median_norm_clip = clip;
     o.bucket_size = bucket;
+    o.nnm_fraction = nnm;
     auto s = make_strategy(o);
     const double e = (s->aggregate(zero, u) - 1.0).abs().mean().item<double>();
     // Ids reported are the clients', never a bucket's joined name.
@@ -275,6 +298,13 @@ TEST(Strategies, ClippingAndBucketingBoundScaledAttackersOnHeterogeneousClients)
   EXPECT_LT(error("fedavg", 1.0, 1), 1.0);
   for (std::string robust : {"median", "trimmed_mean"}) {
     EXPECT_LT(error(robust, 1.0, 2), 0.6) << robust;
+    // Mixing each update with its 8 nearest keeps both rules near the
+    // honest mean, and takes the median (which picks one camp's side
+    // coordinate by coordinate: error 0.66) much closer to it.
+    const double mixed = error(robust, 1.0, 1, 0.2), plain = error(robust, 1.0, 1);
+    std::cout << robust << ": error " << plain << " plain, " << mixed << " mixed\n";
+    EXPECT_LT(mixed, 0.45) << robust;
+    if (robust == "median") EXPECT_LT(mixed, 0.7 * plain);
   }
   StrategyOptions o;
   o.name = "multi_krum";
