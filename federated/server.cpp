@@ -343,12 +343,16 @@ void FedServer::aggregation_loop() {
     const auto now = Clock::now();
     if (f.mode == "sync") {
       // Select once enough clients checked in, or after a short gathering
-      // time with whoever is there; top up at the deadline.
+      // time with whoever is there; then top up whenever the round has
+      // fewer selected-and-working clients than its target (a selected
+      // client was refused, or few had checked in when the gathering time
+      // ended) and someone is waiting. Topping up only at the deadline left
+      // a round that opened with too few clients waiting out
+      // round_timeout_s although idle clients had checked in meanwhile.
       const int64_t active = static_cast<int64_t>(selected_.size() - submitted_.size());
       const bool gathering = now - round_opened_ < std::chrono::seconds(1);
       if (active + static_cast<int64_t>(buffer_.size()) < select_target && !waiting_.empty() &&
-          (static_cast<int64_t>(waiting_.size()) >= select_target - active || !gathering) &&
-          (selected_.empty() || now >= round_deadline_)) {
+          (static_cast<int64_t>(waiting_.size()) >= select_target - active || !gathering)) {
         select_clients_locked(select_target - active - static_cast<int64_t>(buffer_.size()));
       }
     }

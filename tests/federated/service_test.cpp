@@ -263,6 +263,31 @@ TEST(FedService, SyncRoundsRefuseClientsThatWereNotSelected) {
                 "is not selected for round 1");
 }
 
+// A round that opened with fewer clients checked in than it needs takes a
+// client that checks in later at once, not at the round's deadline.
+TEST(FedService, ASyncRoundTakesClientsThatCheckInLate) {
+  test::TempDir dir;
+  Fixture f(small_recipe(dir.path(), {"federated.sync.clients_per_round=2",
+                                      "federated.sync.over_selection=0",
+                                      "federated.sync.round_timeout_s=60"}));
+  EdgeClientOptions o;
+  o.address = f.address;
+  o.client_id = "edge-1";
+  o.token = f.token;
+  EdgeClient a(o);
+  o.client_id = "edge-2";
+  o.token = f.server.store().enroll("edge-2");
+  EdgeClient b(o);
+  // edge-1 checks in alone and is selected once the gathering second ends.
+  EXPECT_EQ(a.fetch(0, std::chrono::milliseconds(0)).version, 1);
+  EXPECT_EQ(a.fetch(1, std::chrono::milliseconds(5000)).round, 1);
+  // edge-2 checks in afterwards and is selected within its long poll.
+  EXPECT_EQ(b.fetch(0, std::chrono::milliseconds(0)).version, 1);
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(b.fetch(1, std::chrono::milliseconds(5000)).round, 1);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(3));
+}
+
 // A round that cannot fill (here: nobody checks in) is extended
 // max_round_extensions times and then closes without updates: the next
 // version repeats the model, so later rounds are not blocked forever.
