@@ -71,8 +71,7 @@ class Slots {
  public:
   enum class Admit { kGranted, kBusy, kCancelled };
 
-  Slots(int64_t inflight, int64_t waiting)
-      : free_(inflight), max_inflight_(inflight), max_waiting_(waiting) {}
+  Slots(int64_t inflight, int64_t waiting) : free_(inflight), max_waiting_(waiting) {}
   // kCancelled when `ctx` was cancelled or its deadline passed while waiting.
   Admit acquire(grpc::ServerContext* ctx) {
     std::unique_lock<std::mutex> lock(mu_);
@@ -96,13 +95,11 @@ class Slots {
     }
     cv_.notify_one();
   }
-  std::pair<int64_t, int64_t> limits() const { return {max_inflight_, max_waiting_}; }
 
  private:
   std::mutex mu_;
   std::condition_variable cv_;
   int64_t free_;
-  const int64_t max_inflight_;
   const int64_t max_waiting_;
   int64_t waiting_ = 0;
 };
@@ -158,16 +155,13 @@ class FederationService final : public pb::Federation::Service {
       case Slots::Admit::kCancelled:
         return grpc::Status(grpc::StatusCode::CANCELLED, "client went away");
       case Slots::Admit::kBusy: {
-        // Flow control, not a fault: counted, logged at debug level only.
-        const auto [inflight, waiting] = slots_.limits();
-        const Rejection r{RejectCode::kUnavailable, "busy",
-                          str("the server is busy: ", inflight, " updates are being received and ",
-                              waiting, " senders wait (federated.server.max_inflight_updates, "
-                              "max_waiting_updates); retry with backoff")};
-        core_.count_rejection(r);
-        ctx->AddTrailingMetadata(kRetryAfterKey, "100");
-        log_debug("refused an update from '", info.client_id(), "': ", r.reason);
-        return to_status(r);
+        const FedServerSection& cfg = core_.recipe().federated.server;
+        ctx->AddTrailingMetadata(kRetryAfterKey, std::to_string(kBusyRetryAfterMs));
+        return reject({RejectCode::kUnavailable, "busy",
+                       str("the server is busy: ", cfg.max_inflight_updates,
+                           " updates are being received and ", cfg.max_waiting_updates,
+                           " senders wait (federated.server.max_inflight_updates, "
+                           "max_waiting_updates); retry with backoff")});
       }
     }
     struct Release {
@@ -233,9 +227,16 @@ class FederationService final : public pb::Federation::Service {
     return cached_;
   }
 
+  // Counts and logs a refusal; a busy reply is flow control, not a fault,
+  // and is logged at debug level only.
   grpc::Status reject(const Rejection& r) {
     core_.count_rejection(r);
-    log_warn("rejected an update: ", reject_code_name(r.code), " ", r.reason);
+    const std::string what = str("rejected an update: ", reject_code_name(r.code), " ", r.reason);
+    if (r.key == "busy") {
+      log_debug(what);
+    } else {
+      log_warn(what);
+    }
     return to_status(r);
   }
 

@@ -265,10 +265,12 @@ class ComposedStrategy final : public Strategy {
     std::vector<ClientUpdate> u = o_.median_norm_clip > 0
                                       ? clip_to_median_norm(updates, o_.median_norm_clip)
                                       : updates;
-    // groups[k]: the indices into `updates` behind u[k].
+    // groups[k]: the indices into `updates` behind u[k]. Mixing and
+    // bucketing serve the robust rules; the mean is unchanged by bucketing.
     std::vector<std::vector<int>> groups;
-    if (o_.nnm_fraction > 0 && rule_ != Rule::kMean) u = nearest_neighbor_mix(u, o_.nnm_fraction);
-    if (o_.bucket_size > 1 && rule_ != Rule::kMean) {
+    const bool robust = rule_ != Rule::kMean;
+    if (robust && o_.nnm_fraction > 0) u = nearest_neighbor_mix(u, o_.nnm_fraction);
+    if (robust && o_.bucket_size > 1) {
       u = bucket_means(u, o_.bucket_size, batch_seed(updates), &groups);
     } else {
       for (int i = 0; i < static_cast<int>(u.size()); ++i) groups.push_back({i});

@@ -20,6 +20,7 @@ namespace pb = ::strata::fed::v1;
 // Trailing metadata of an UNAVAILABLE reply from a busy server: how many
 // milliseconds to wait at least before retrying (strata_fed.proto).
 constexpr char kRetryAfterKey[] = "retry-after-ms";
+constexpr int kBusyRetryAfterMs = 100;  // what the server suggests
 
 // Largest data chunk a sender writes (messages stay far below gRPC limits).
 constexpr size_t kChunkBytes = size_t{1} << 20;
