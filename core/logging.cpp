@@ -54,8 +54,24 @@ bool log_enabled(LogLevel level) {
 }
 
 void log_line(LogLevel level, const std::string& message) {
+  // One message is one line: a control character that reached a message
+  // (text from outside that a caller did not pass through printable())
+  // cannot forge or split lines.
+  std::string body;
+  body.reserve(message.size());
+  for (char c : message) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      static const char* digits = "0123456789abcdef";
+      body += "\\x";
+      body += digits[u >> 4];
+      body += digits[u & 15];
+    } else {
+      body += c;
+    }
+  }
   std::string line = str("[rank ", g_rank.load(), "/", g_world.load(), "] ",
-                         level_name(level), " ", message, "\n");
+                         level_name(level), " ", body, "\n");
   // One write() per line so lines from threads and ranks do not interleave.
   ssize_t ignored = ::write(STDERR_FILENO, line.data(), line.size());
   (void)ignored;

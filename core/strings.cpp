@@ -91,4 +91,27 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
+std::string printable(const std::string& text, size_t max_bytes) {
+  static const char* digits = "0123456789abcdef";
+  const size_t n = std::min(text.size(), max_bytes);
+  std::string out;
+  out.reserve(n + 16);
+  for (size_t i = 0; i < n; ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      out += "\\x";
+      out += digits[c >> 4];
+      out += digits[c & 15];
+    }
+  }
+  if (text.size() > max_bytes) out += "...(" + std::to_string(text.size()) + " bytes)";
+  return out;
+}
+
+std::string quoted(const std::string& text, size_t max_bytes) {
+  return "'" + printable(text, max_bytes) + "'";
+}
+
 }  // namespace strata

@@ -28,4 +28,14 @@ std::string format_double(double v);
 // "1h02m03s" / "2m05s" / "7s".
 std::string format_duration(double seconds);
 
+// Text from outside (a client, a file) made safe to log or echo: printable
+// ASCII is kept, a backslash and every other byte (control characters,
+// newlines, NUL, bytes >= 0x80) become \xNN, and text longer than
+// `max_bytes` is cut there with "...(N bytes)" appended. The result is one
+// line of printable ASCII of bounded length whatever the input.
+std::string printable(const std::string& text, size_t max_bytes = 80);
+
+// printable(text) in single quotes: 'edge-7', 'a\x0aERROR'.
+std::string quoted(const std::string& text, size_t max_bytes = 80);
+
 }  // namespace strata

@@ -1,5 +1,6 @@
 #include "federated/codec.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -35,7 +36,7 @@ at::Tensor from_bytes(const std::string& data, at::ScalarType dtype,
 }
 
 [[noreturn]] void bad(const EncodedTensor& e, const std::string& what) {
-  throw DataError(str("tensor '", e.name, "' (", encoding_name(e.encoding),
+  throw DataError(str("tensor ", quoted(e.name), " (", encoding_name(e.encoding),
                       "): ", what));
 }
 
@@ -102,6 +103,22 @@ EncodedTensor encode(const std::string& name, const at::Tensor& t,
     }
   }
   return e;
+}
+
+uint64_t expected_payload_bytes(Encoding encoding, int64_t numel, uint64_t k, std::string* why) {
+  const auto n = static_cast<uint64_t>(std::max<int64_t>(0, numel));
+  switch (encoding) {
+    case Encoding::kFp32: return n * 4;
+    case Encoding::kFp16: return n * 2;
+    case Encoding::kInt8: return n;
+    case Encoding::kTopK:
+      if (k > n) {
+        *why = str("k = ", k, " exceeds the ", n, " elements");
+        return 0;
+      }
+      return k * 8;
+  }
+  return 0;
 }
 
 at::Tensor decode(const EncodedTensor& e) {

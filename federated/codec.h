@@ -53,6 +53,12 @@ at::Tensor decode(const EncodedTensor& e);
 // Bytes `e` occupies on the wire for its payload.
 inline size_t payload_bytes(const EncodedTensor& e) { return e.data.size(); }
 
+// The payload size a tensor of `numel` elements has in `encoding` (topk:
+// with `k` entries), or 0 with `why` set when no payload can be right (k
+// above numel). Lets a receiver refuse a header that announces the wrong
+// size before reading any of its payload.
+uint64_t expected_payload_bytes(Encoding encoding, int64_t numel, uint64_t k, std::string* why);
+
 // Limits for shapes a peer sends (a model has at most this many elements
 // per tensor); beyond them decode() refuses before allocating.
 constexpr int64_t kMaxTensorElements = int64_t{1} << 31;

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <iterator>
 
+#include "strata/config.h"
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/logging.h"
@@ -132,11 +133,7 @@ FedServer::FedServer(train::Recipe recipe, const train::Registries& registries)
 }
 
 FedServer::~FedServer() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  changed_.notify_all();
+  stop_serving();
   if (aggregator_.joinable()) aggregator_.join();
 }
 
@@ -148,22 +145,27 @@ std::chrono::milliseconds FedServer::round_timeout() const {
   return std::chrono::milliseconds(static_cast<int64_t>(fed().sync.round_timeout_s * 1000));
 }
 
+// In (0, 1] for every staleness an update can have (0 <= staleness <=
+// max_staleness, checked on submit): a weight is never NaN or infinite.
 double FedServer::staleness_weight(int64_t staleness) const {
-  return std::pow(1.0 + static_cast<double>(staleness), -fed().async.staleness_exponent);
+  STRATA_INTERNAL_ASSERT(staleness >= 0, "negative staleness ", staleness);
+  const double w = std::pow(1.0 + static_cast<double>(staleness), -fed().async.staleness_exponent);
+  STRATA_INTERNAL_ASSERT(std::isfinite(w) && w > 0 && w <= 1, "staleness weight ", w);
+  return w;
 }
 
 std::optional<Rejection> FedServer::authenticate(const std::string& client_id,
                                                  const std::string& token) {
   const auto c = store_->authenticate(client_id, token);
   if (!c) {
-    Rejection r{RejectCode::kUnauthenticated, "auth",
-                str("client '", client_id, "' is not enrolled or its token is wrong")};
-    count_rejection(r);
-    return r;
+    return Rejection{RejectCode::kUnauthenticated, "auth",
+                     str("client ", quoted(client_id), " is not enrolled, is revoked, or its "
+                         "token is wrong")};
   }
   std::lock_guard<std::mutex> lock(mu_);
-  auto [it, inserted] = last_sequence_.emplace(client_id, c->last_sequence);
-  if (!inserted) it->second = std::max(it->second, c->last_sequence);
+  const auto last = static_cast<uint64_t>(c->last_sequence);
+  auto [it, inserted] = last_sequence_.emplace(client_id, last);
+  if (!inserted) it->second = std::max(it->second, last);
   return std::nullopt;
 }
 
@@ -173,40 +175,76 @@ void FedServer::count_rejection(const Rejection& r) {
   ++rejected_by_reason_[r.key];
 }
 
-ModelView FedServer::get_model(const std::string& client_id, int64_t have_version,
-                               std::chrono::milliseconds wait) {
-  std::unique_lock<std::mutex> lock(mu_);
-  const bool sync = fed().mode == "sync";
-  // Selected, not yet submitted, and the round still takes updates.
-  const auto has_work = [&] {
-    return sync && selected_.count(client_id) && !submitted_.count(client_id) &&
-           !aggregating_ && static_cast<int64_t>(buffer_.size()) < fed().sync.clients_per_round;
-  };
-  if (sync && !selected_.count(client_id)) {
-    waiting_.insert(client_id);
-    changed_.notify_all();  // the aggregator may select now
-  }
-  changed_.wait_for(lock, wait, [&] {
-    return finished_ || stop_ || version_ != have_version || has_work();
-  });
+void FedServer::count_auth_failure() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++auth_failures_;
+}
+
+void FedServer::changed_locked() {
+  ++epoch_;
+  changed_.notify_all();
+}
+
+// Selected, not yet submitted, and the round still takes updates.
+bool FedServer::has_work_locked(const std::string& client_id) const {
+  return fed().mode == "sync" && selected_.count(client_id) && !submitted_.count(client_id) &&
+         !aggregating_ && static_cast<int64_t>(buffer_.size()) < fed().sync.clients_per_round;
+}
+
+ModelView FedServer::view_locked(const std::string& client_id) const {
   ModelView v;
   v.version = version_;
   v.flat = global_;
-  v.round = has_work() ? round_ : 0;
+  v.round = has_work_locked(client_id) ? round_ : 0;
   v.finished = finished_;
   return v;
 }
 
+void FedServer::check_in(const std::string& client_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (fed().mode == "sync" && !selected_.count(client_id) && !waiting_.count(client_id)) {
+    waiting_.insert(client_id);
+    changed_locked();  // the aggregator may select now
+  }
+}
+
+std::optional<ModelView> FedServer::model_if_ready(const std::string& client_id,
+                                                   uint64_t have_version) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (finished_ || stop_ || static_cast<uint64_t>(version_) != have_version ||
+      has_work_locked(client_id)) {
+    return view_locked(client_id);
+  }
+  return std::nullopt;
+}
+
+ModelView FedServer::model_view(const std::string& client_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return view_locked(client_id);
+}
+
+uint64_t FedServer::wait_change(uint64_t seen, std::chrono::milliseconds wait) {
+  std::unique_lock<std::mutex> lock(mu_);
+  changed_.wait_for(lock, wait, [&] { return epoch_ != seen || stop_; });
+  return epoch_;
+}
+
+void FedServer::stop_serving() {
+  std::lock_guard<std::mutex> lock(mu_);
+  stop_ = true;
+  changed_locked();
+}
+
 std::optional<Rejection> FedServer::check_round_locked(const SubmitMeta& m) const {
   if (fed().mode != "sync") return std::nullopt;
-  if (m.round != round_ || !selected_.count(m.client_id)) {
+  if (m.round != static_cast<uint64_t>(round_) || !selected_.count(m.client_id)) {
     return Rejection{RejectCode::kFailedPrecondition, "not_selected",
-                     str("client '", m.client_id, "' is not selected for round ", m.round,
+                     str("client ", quoted(m.client_id), " is not selected for round ", m.round,
                          " (open round: ", round_, "); fetch the model and wait to be selected")};
   }
   if (submitted_.count(m.client_id)) {
     return Rejection{RejectCode::kFailedPrecondition, "round_duplicate",
-                     str("client '", m.client_id, "' already submitted in round ", round_)};
+                     str("client ", quoted(m.client_id), " already submitted in round ", round_)};
   }
   if (static_cast<int64_t>(buffer_.size()) >= fed().sync.clients_per_round || aggregating_) {
     return Rejection{RejectCode::kFailedPrecondition, "round_full",
@@ -223,10 +261,10 @@ SubmitOutcome FedServer::submit(const SubmitMeta& m, at::Tensor delta) {
     ++rejected_by_reason_[r.key];
     // Refusals that are part of normal flow (over-selected clients arriving
     // after their round filled, the end of training) are not warnings.
-    const bool flow = r.key == "finished" || r.key == "round_full" ||
+    const bool flow = r.key == "finished" || r.key == "round_full" || r.key == "stopping" ||
                       (fed().mode == "sync" && r.key == "stale");
-    const std::string what = str("rejected an update from '", m.client_id, "': ",
-                                 reject_code_name(r.code), " ", r.reason);
+    const std::string what = str("rejected an update from ", quoted(m.client_id), ": ",
+                                 reject_code_name(r.code), " (", r.key, ") ", r.reason);
     if (flow) {
       log_debug(what);
     } else {
@@ -235,16 +273,21 @@ SubmitOutcome FedServer::submit(const SubmitMeta& m, at::Tensor delta) {
     out.rejection = std::move(r);
     return out;
   };
+  int64_t staleness = 0;
   const auto check_facts_locked = [&]() -> std::optional<Rejection> {
-    if (finished_ || stop_) {
+    if (finished_) {
       return Rejection{RejectCode::kFailedPrecondition, "finished",
                        "training has finished; no more updates are taken"};
     }
+    if (stop_) {
+      return Rejection{RejectCode::kUnavailable, "stopping",
+                       "the server is shutting down; retry later"};
+    }
     const auto seq = last_sequence_.find(m.client_id);
     STRATA_INTERNAL_ASSERT(seq != last_sequence_.end(), "submit before authenticate");
-    UpdateFacts facts{m.client_id, m.base_version, version_, m.sequence, seq->second,
-                      m.num_samples};
-    if (auto r = check_metadata(facts, policy_)) return r;
+    UpdateFacts facts{m.client_id, m.base_version, static_cast<uint64_t>(version_), m.sequence,
+                      seq->second, m.num_samples};
+    if (auto r = check_metadata(facts, policy_, &staleness)) return r;
     return check_round_locked(m);
   };
   // A selected client whose update for the round was refused (round full
@@ -284,12 +327,15 @@ SubmitOutcome FedServer::submit(const SubmitMeta& m, at::Tensor delta) {
     release_selection_locked(*r);
     return reject(*r);
   }
+  // check_metadata bounded these: sequence < 2^63, base_version <=
+  // version_, num_samples <= max_num_samples, and in sync mode round ==
+  // round_.
   UpdateRecord rec;
   rec.client_id = m.client_id;
-  rec.sequence = m.sequence;
-  rec.base_version = m.base_version;
-  rec.num_samples = m.num_samples;
-  rec.round = m.round;
+  rec.sequence = static_cast<int64_t>(m.sequence);
+  rec.base_version = static_cast<int64_t>(m.base_version);
+  rec.num_samples = static_cast<int64_t>(m.num_samples);
+  rec.round = fed().mode == "sync" ? round_ : 0;
   rec.norm = acc.norm;
   rec.clipped = acc.clipped;
   rec.id = store_->append_update(rec, delta);  // durable from here on
@@ -299,10 +345,10 @@ SubmitOutcome FedServer::submit(const SubmitMeta& m, at::Tensor delta) {
   ++accepted_;
   out.update_id = rec.id;
   out.current_version = version_;
-  out.staleness = version_ - m.base_version;
-  out.weight = fed().mode == "async" ? staleness_weight(out.staleness) : 1.0;
+  out.staleness = staleness;
+  out.weight = fed().mode == "async" ? staleness_weight(staleness) : 1.0;
   out.clipped = acc.clipped;
-  changed_.notify_all();
+  changed_locked();
   return out;
 }
 
@@ -316,7 +362,7 @@ void FedServer::select_clients_locked(int64_t count) {
     selected_.insert(pool[i]);
     waiting_.erase(pool[i]);
   }
-  changed_.notify_all();
+  changed_locked();
 }
 
 bool FedServer::aggregation_due(Clock::time_point now) const {
@@ -375,11 +421,12 @@ void FedServer::aggregation_loop() {
         aggregating_ = false;
         error_ = std::current_exception();
         finished_ = true;
-        changed_.notify_all();
+        changed_locked();
         return;
       }
       lock.lock();
       aggregating_ = false;
+      changed_locked();
       continue;
     }
     if (f.mode == "sync" && now >= round_deadline_) {
@@ -411,33 +458,12 @@ void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
   }
   // A round closed without any update repeats the model as its version. A
   // batch the strategy cannot aggregate (a round closed after its extensions
-  // with fewer updates than a robust rule needs) is treated like a
-  // non-finite aggregate below: not applied, its updates consumed, the
-  // reason recorded; the server keeps serving.
-  at::Tensor next;
+  // with fewer updates than a robust rule needs) is not applied: its updates
+  // are consumed, the reason recorded; the server keeps serving.
   std::string refused;
-  if (updates.empty()) {
-    next = global_->clone();
-  } else {
-    try {
-      next = strategy_->aggregate(*global_, updates);
-    } catch (const ConfigError& e) {
-      refused = e.what();
-      log_error("version ", version_ + 1, " keeps the previous parameters: ", refused);
-      next = global_->clone();
-    }
-  }
-  // Unbounded attackers (no norm_bound) can drive a plain mean to inf/NaN;
-  // a non-finite model would make every later update non-finite. Such an
-  // aggregate is not applied: the version keeps the previous parameters,
-  // its updates count as consumed, and the record says so.
-  const bool non_finite = !at::isfinite(next).all().item<bool>();
-  if (non_finite) {
-    log_error("the aggregate of ", batch.size(), " update(s) is not finite; version ",
-              version_ + 1, " keeps the previous parameters (set federated.server.norm_bound "
-              "or a robust strategy)");
-    next = global_->clone();
-  }
+  std::vector<std::string> excluded;
+  at::Tensor next = aggregate_finite(updates, batch, &refused, &excluded);
+  const bool non_finite = !excluded.empty();
   const int64_t version = version_ + 1;
   const bool last = version - 1 >= target_versions();
   double accuracy = NAN, loss = NAN;
@@ -463,6 +489,7 @@ void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
       .add("aggregate_s", std::chrono::duration<double>(Clock::now() - t0).count())
       .add("time_s", std::chrono::duration<double>(Clock::now() - started_).count());
   if (!refused.empty()) rec.add("not_applied", refused);
+  if (!excluded.empty()) rec.add("excluded", join(excluded, ", "));
   if (!std::isnan(accuracy)) rec.add("accuracy", accuracy).add("loss", loss);
   metrics_->write(rec);
   log_info("version ", version, fed().mode == "sync" ? str(" (round ", round, ")") : "",
@@ -491,7 +518,59 @@ void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
                         .add("rejected", rejected_)
                         .add("wall_s", std::chrono::duration<double>(Clock::now() - started_).count()));
   }
-  changed_.notify_all();
+  changed_locked();
+}
+
+// Note [Non-finite aggregates]: every update was finite when it was
+// accepted, but without a norm bound a few huge ones can still overflow a
+// mean (or a server optimizer's moments) to inf, and a non-finite model
+// would make every later update non-finite. Such an aggregate is never
+// applied. The update with the largest norm -- whose contribution is what
+// overflows -- is excluded and the rest aggregated again from the strategy
+// state as it was, until the aggregate is finite: the honest updates of a
+// batch that also holds an attacker's are applied, not discarded. Excluded
+// updates are consumed (a restart does not apply them) and named in the
+// log and the version's metrics record.
+at::Tensor FedServer::aggregate_finite(std::vector<ClientUpdate>& updates,
+                                       const std::vector<Pending>& batch, std::string* refused,
+                                       std::vector<std::string>* excluded) {
+  if (updates.empty()) return global_->clone();
+  std::vector<std::pair<std::string, at::Tensor>> saved;
+  for (const auto& [k, t] : strategy_->state()) saved.emplace_back(k, t.clone());
+  std::vector<int64_t> ids;
+  for (const auto& p : batch) ids.push_back(p.record.id);
+  for (;;) {
+    at::Tensor next;
+    try {
+      next = strategy_->aggregate(*global_, updates);
+    } catch (const ConfigError& e) {
+      *refused = e.what();
+      log_error("version ", version_ + 1, " keeps the previous parameters: ", *refused);
+      strategy_->load_state(saved);
+      return global_->clone();
+    }
+    if (at::isfinite(next).all().item<bool>()) return next;
+    strategy_->load_state(saved);
+    size_t worst = 0;
+    double worst_norm = -1;
+    for (size_t i = 0; i < updates.size(); ++i) {
+      const double n = updates[i].delta.to(at::kDouble).norm().item<double>();
+      if (n > worst_norm || std::isnan(n)) {
+        worst = i;
+        worst_norm = n;
+        if (std::isnan(n)) break;
+      }
+    }
+    excluded->push_back(str(quoted(updates[worst].client_id), " (update ", ids[worst], ")"));
+    log_error("version ", version_ + 1, ": the aggregate of ", updates.size(),
+              " update(s) is not finite; excluding update ", ids[worst], " from client ",
+              quoted(updates[worst].client_id), " (L2 norm ", worst_norm,
+              ", the largest) and aggregating the rest (set federated.server.norm_bound or "
+              "a robust strategy to bound updates)");
+    updates.erase(updates.begin() + static_cast<std::ptrdiff_t>(worst));
+    ids.erase(ids.begin() + static_cast<std::ptrdiff_t>(worst));
+    if (updates.empty()) return global_->clone();
+  }
 }
 
 ServerStatus FedServer::status() {
@@ -504,9 +583,15 @@ ServerStatus FedServer::status() {
   s.accepted = accepted_;
   s.rejected = rejected_;
   s.rejected_by_reason = rejected_by_reason_;
+  s.auth_failures = auth_failures_;
+  s.clients_seen = static_cast<int64_t>(last_sequence_.size());
   s.last_test_accuracy = last_accuracy_;
   s.enrolled_clients = store_->num_clients();
   s.finished = finished_;
+  s.target_versions = target_versions();
+  s.updates_per_aggregation =
+      fed().mode == "sync" ? fed().sync.clients_per_round : fed().async.buffer_size;
+  s.server_version = STRATA_VERSION;
   return s;
 }
 

@@ -50,12 +50,14 @@ struct ModelView {
   bool finished = false;   // no more updates are taken
 };
 
+// An update's metadata as the client sent it (unsigned, as on the wire:
+// validator.h's UpdateFacts).
 struct SubmitMeta {
   std::string client_id;
-  int64_t base_version = 0;
-  int64_t num_samples = 0;
-  int64_t sequence = 0;
-  int64_t round = 0;
+  uint64_t base_version = 0;
+  uint64_t num_samples = 0;
+  uint64_t sequence = 0;
+  uint64_t round = 0;
   bool is_gradient = false;    // GRADIENT: delta = -learning_rate * tensors
   double learning_rate = 0.0;
 };
@@ -75,11 +77,16 @@ struct ServerStatus {
   int64_t round = 0;
   int64_t buffered = 0;
   int64_t accepted = 0;
-  int64_t rejected = 0;
-  std::map<std::string, int64_t> rejected_by_reason;
+  int64_t rejected = 0;                               // updates refused
+  std::map<std::string, int64_t> rejected_by_reason;  // of those, by key
+  int64_t auth_failures = 0;   // GetModel/GetStatus calls refused for their token
+  int64_t clients_seen = 0;    // distinct clients that authenticated since start
   double last_test_accuracy = NAN;
   int64_t enrolled_clients = 0;
   bool finished = false;
+  int64_t target_versions = 0;          // sync: rounds; async: versions to run
+  int64_t updates_per_aggregation = 0;  // sync: clients_per_round; async: buffer_size
+  std::string server_version;           // Strata's version
 };
 
 class FedServer {
@@ -97,13 +104,26 @@ class FedServer {
   ServerStore& store() { return *store_; }
 
   // A Rejection (UNAUTHENTICATED) unless `token` is the client's token.
+  // Counts nothing: a refused update is counted by count_rejection, a
+  // refused fetch or status call by count_auth_failure.
   std::optional<Rejection> authenticate(const std::string& client_id, const std::string& token);
+  void count_auth_failure();
 
-  // The current model for `client_id`. Long poll: when `have_version` is
-  // current and the client has nothing to do, waits up to `wait` for a new
-  // version, a round selection or the end.
-  ModelView get_model(const std::string& client_id, int64_t have_version,
-                      std::chrono::milliseconds wait);
+  // GetModel without blocking (the service long-polls, Note [Long polls]
+  // in service.cpp). check_in: sync mode, the client waits to be selected.
+  // model_if_ready: the model for `client_id` when there is news for a
+  // client holding `have_version` (another version, a round selection, the
+  // end, or the server stopping); nullopt while there is none.
+  // model_view: the model as it is.
+  void check_in(const std::string& client_id);
+  std::optional<ModelView> model_if_ready(const std::string& client_id, uint64_t have_version);
+  ModelView model_view(const std::string& client_id);
+  // Blocks until the state a long poll depends on changed since epoch
+  // `seen`, or `wait` passed; returns the current epoch.
+  uint64_t wait_change(uint64_t seen, std::chrono::milliseconds wait);
+  // No more updates are taken and every waiter is woken: the first step of
+  // shutting down.
+  void stop_serving();
 
   // Validates, durably records and buffers one update, `delta` as a flat
   // vector in layout() order (the caller has authenticated the client and
@@ -130,6 +150,14 @@ class FedServer {
   bool aggregation_due(std::chrono::steady_clock::time_point now) const;
   void aggregate(std::vector<Pending> batch, int64_t round);
   void select_clients_locked(int64_t count);
+  void changed_locked();  // bumps epoch_ and wakes waiters
+  bool has_work_locked(const std::string& client_id) const;
+  ModelView view_locked(const std::string& client_id) const;
+  // The next global parameters from `batch`, excluding updates whose
+  // contribution makes the aggregate non-finite (Note [Non-finite
+  // aggregates] in server.cpp). `excluded` gets "client (update id)".
+  at::Tensor aggregate_finite(std::vector<ClientUpdate>& updates, const std::vector<Pending>& batch,
+                              std::string* refused, std::vector<std::string>* excluded);
   double staleness_weight(int64_t staleness) const;
   std::chrono::milliseconds round_timeout() const;
   std::optional<Rejection> check_round_locked(const SubmitMeta& m) const;
@@ -148,10 +176,11 @@ class FedServer {
 
   mutable std::mutex mu_;
   std::condition_variable changed_;  // version, round, selection, buffer, stop
+  uint64_t epoch_ = 0;               // bumped with every changed_ notification
   int64_t version_ = 0;
   std::shared_ptr<const at::Tensor> global_;
   std::vector<Pending> buffer_;
-  std::map<std::string, int64_t> last_sequence_;  // per client, from the ledger
+  std::map<std::string, uint64_t> last_sequence_;  // per client, from the ledger
   bool aggregating_ = false;
   bool finished_ = false;
   bool stop_ = false;
@@ -167,6 +196,7 @@ class FedServer {
   int64_t accepted_ = 0;
   int64_t rejected_ = 0;
   std::map<std::string, int64_t> rejected_by_reason_;
+  int64_t auth_failures_ = 0;
   double last_accuracy_ = NAN;
   std::exception_ptr error_;  // the aggregation thread's failure
 

@@ -46,13 +46,6 @@ std::string sha256_hex(const std::string& data) {
   return hex(md, len);
 }
 
-bool valid_client_id(const std::string& id) {
-  if (id.empty() || id.size() > 64) return false;
-  for (char c : id) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.')) return false;
-  }
-  return true;
-}
 
 std::string tensor_bytes(const at::Tensor& t) {
   const at::Tensor c = t.detach().to(at::kFloat).contiguous();
@@ -60,6 +53,14 @@ std::string tensor_bytes(const at::Tensor& t) {
 }
 
 }  // namespace
+
+bool valid_client_id(const std::string& id) {
+  if (id.empty() || id.size() > 64) return false;
+  for (char c : id) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.')) return false;
+  }
+  return true;
+}
 
 // A SQLite connection with prepared statements; every public method of
 // ServerStore holds `mu` for its whole transaction.
@@ -170,6 +171,15 @@ ServerStore::ServerStore(const std::string& dir) : dir_(dir), db_(std::make_uniq
 // applied updates, the strategy state of the latest committed version not
 // yet renamed into place.
 void ServerStore::recover() {
+  // A file being written atomically is ".<name>.tmp.<pid>..." beside its
+  // destination (core/fs.h); one left by a killed process is never renamed.
+  for (const std::string& d : {dir_, join_path(dir_, "versions"), join_path(dir_, "updates")}) {
+    for (const auto& f : list_files(d)) {
+      if (f.size() > 1 && f[0] == '.' && f.find(".tmp.") != std::string::npos) {
+        remove_file(join_path(d, f));
+      }
+    }
+  }
   std::vector<std::string> keep;
   {
     std::lock_guard<std::mutex> lock(db_->mu);
@@ -207,20 +217,64 @@ ServerStore::~ServerStore() {
 }
 
 std::string ServerStore::enroll(const std::string& client_id) {
-  STRATA_CHECK_T(ConfigError, valid_client_id(client_id), "client id '", client_id,
-                 "' is not 1-64 characters of letters, digits, '_', '-', '.'");
+  STRATA_CHECK_T(ConfigError, valid_client_id(client_id), "client id ", quoted(client_id),
+                 " is not 1-64 characters of letters, digits, '_', '-', '.'");
   const std::string token = random_hex(32);
   const std::string salt = random_hex(16);
   std::lock_guard<std::mutex> lock(db_->mu);
   db_->transaction([&] {
+    Db::Stmt q(*db_, "SELECT revoked FROM clients WHERE id = ?");
+    q.bind(1, client_id);
+    STRATA_CHECK_T(ConfigError, !q.step(), "client ", quoted(client_id), " is already enrolled",
+                   " (use 'rotate ", client_id, "' to issue it a new token)");
     Db::Stmt(*db_,
-             "INSERT INTO clients(id, salt, token_sha256, enrolled_at) VALUES(?, ?, ?, julianday('now'))"
-             " ON CONFLICT(id) DO UPDATE SET salt = excluded.salt,"
-             " token_sha256 = excluded.token_sha256, revoked = 0")
+             "INSERT INTO clients(id, salt, token_sha256, enrolled_at) VALUES(?, ?, ?, julianday('now'))")
         .bind(1, client_id).bind(2, salt).bind(3, sha256_hex(salt + token))
         .step();
   });
   return token;
+}
+
+std::string ServerStore::rotate(const std::string& client_id) {
+  const std::string token = random_hex(32);
+  const std::string salt = random_hex(16);
+  std::lock_guard<std::mutex> lock(db_->mu);
+  db_->transaction([&] {
+    Db::Stmt(*db_, "UPDATE clients SET salt = ?, token_sha256 = ?, revoked = 0 WHERE id = ?")
+        .bind(1, salt).bind(2, sha256_hex(salt + token)).bind(3, client_id)
+        .step();
+    STRATA_CHECK_T(ConfigError, sqlite3_changes(db_->h) == 1, "client ", quoted(client_id),
+                   " is not enrolled (see 'clients list')");
+  });
+  return token;
+}
+
+void ServerStore::revoke(const std::string& client_id) {
+  std::lock_guard<std::mutex> lock(db_->mu);
+  db_->transaction([&] {
+    Db::Stmt(*db_, "UPDATE clients SET revoked = 1 WHERE id = ?").bind(1, client_id).step();
+    STRATA_CHECK_T(ConfigError, sqlite3_changes(db_->h) == 1, "client ", quoted(client_id),
+                   " is not enrolled (see 'clients list')");
+  });
+}
+
+std::vector<ClientRecord> ServerStore::clients() const {
+  std::lock_guard<std::mutex> lock(db_->mu);
+  Db::Stmt q(*db_,
+             "SELECT c.id, c.last_sequence, c.revoked, strftime('%Y-%m-%dT%H:%M:%SZ', c.enrolled_at),"
+             " (SELECT COUNT(*) FROM updates u WHERE u.client_id = c.id)"
+             " FROM clients c ORDER BY c.id");
+  std::vector<ClientRecord> out;
+  while (q.step()) {
+    ClientRecord c;
+    c.id = q.text(0);
+    c.last_sequence = q.i64(1);
+    c.revoked = q.i64(2) != 0;
+    c.enrolled_at = q.text(3);
+    c.updates = q.i64(4);
+    out.push_back(std::move(c));
+  }
+  return out;
 }
 
 std::optional<ClientRecord> ServerStore::authenticate(const std::string& client_id,
@@ -235,7 +289,10 @@ std::optional<ClientRecord> ServerStore::authenticate(const std::string& client_
       q.i64(3) != 0) {
     return std::nullopt;
   }
-  return ClientRecord{client_id, q.i64(2), false};
+  ClientRecord c;
+  c.id = client_id;
+  c.last_sequence = q.i64(2);
+  return c;
 }
 
 int64_t ServerStore::num_clients() const {

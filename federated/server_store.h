@@ -35,7 +35,12 @@ struct ClientRecord {
   std::string id;
   int64_t last_sequence = 0;
   bool revoked = false;
+  std::string enrolled_at;  // UTC, ISO 8601 (clients() only)
+  int64_t updates = 0;      // in the ledger (clients() only)
 };
+
+// 1-64 characters of letters, digits, '_', '-', '.'.
+bool valid_client_id(const std::string& id);
 
 struct UpdateRecord {
   int64_t id = 0;  // ledger id, assigned by append_update
@@ -72,9 +77,17 @@ class ServerStore {
   const std::string& dir() const { return dir_; }
 
   // --- clients --------------------------------------------------------
-  // Issues a new random token for `client_id` and stores only its salted
-  // SHA-256; re-enrolling replaces the old token. Returns the token.
+  // Issues a new random token for a new client and stores only its salted
+  // SHA-256. Returns the token. ConfigError for an invalid id or one that is
+  // enrolled already (rotate() replaces a token).
   std::string enroll(const std::string& client_id);
+  // A new token for an enrolled client (revoked or not: rotating
+  // reinstates); the old one stops working at once.
+  std::string rotate(const std::string& client_id);
+  // The client's token stops working; its history stays in the ledger.
+  void revoke(const std::string& client_id);
+  // Every client, revoked ones too, by id.
+  std::vector<ClientRecord> clients() const;
   // The client if `token` is its current token (constant-time compare).
   std::optional<ClientRecord> authenticate(const std::string& client_id,
                                            const std::string& token) const;

@@ -17,7 +17,9 @@ class RunningService {
 
 // Serves `core` on recipe federated.server.address, with TLS when tls_cert
 // and tls_key are set (check_transport_security decides what is allowed).
-// IoError when the address cannot be bound.
-std::unique_ptr<RunningService> serve(FedServer& core);
+// GetStatus also accepts `operator_token` (when not empty) without a
+// client id. IoError when the address cannot be bound, saying why (in use:
+// ports are not shared).
+std::unique_ptr<RunningService> serve(FedServer& core, const std::string& operator_token = "");
 
 }  // namespace strata::fed

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <numeric>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "core/error.h"
@@ -56,9 +57,13 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
   std::vector<std::string> errors;
   int64_t accepted = 0, refused = 0;
   std::vector<std::thread> threads;
+  std::set<std::string> enrolled;
+  for (const auto& c : server.store().clients()) enrolled.insert(c.id);
   for (int64_t c = 0; c < sim.clients; ++c) {
     const std::string id = str("client-", c);
-    const std::string token = server.store().enroll(id);
+    // A rerun on the same run directory issues its clients new tokens.
+    const std::string token =
+        enrolled.count(id) ? server.store().rotate(id) : server.store().enroll(id);
     threads.emplace_back([&, c, id, token] {
       try {
         at::set_num_threads(1);

@@ -251,7 +251,11 @@ class ComposedStrategy final : public Strategy {
     return {{"m", m_}, {"v", v_}, {"steps", at::tensor({steps_}, at::kLong)}};
   }
 
+  // Replaces the whole state: an empty `s` is the state before any step.
   void load_state(const std::vector<std::pair<std::string, at::Tensor>>& s) override {
+    m_ = at::Tensor();
+    v_ = at::Tensor();
+    steps_ = 0;
     for (const auto& [k, t] : s) {
       if (k == "m") m_ = t.clone();
       else if (k == "v") v_ = t.clone();

@@ -144,6 +144,7 @@ class Strategy {
   virtual const std::vector<std::string>& last_selected() const = 0;
   // Server-optimiser state (moments and step count), for durability.
   virtual std::vector<std::pair<std::string, at::Tensor>> state() const = 0;
+  // Replaces the state (an empty one: as before the first aggregate).
   virtual void load_state(const std::vector<std::pair<std::string, at::Tensor>>& s) = 0;
 };
 

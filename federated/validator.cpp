@@ -1,5 +1,6 @@
 #include "federated/validator.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -19,30 +20,43 @@ const char* reject_code_name(RejectCode c) {
   return "?";
 }
 
-std::optional<Rejection> check_metadata(const UpdateFacts& f, const ValidationPolicy& p) {
+std::optional<Rejection> check_metadata(const UpdateFacts& f, const ValidationPolicy& p,
+                                        int64_t* staleness_out) {
+  if (f.base_version == 0) {
+    return Rejection{RejectCode::kInvalidArgument, "bad_version",
+                     "base_version 0 is not a model version (versions start at 1); send the "
+                     "version of the model the update was computed from"};
+  }
   if (f.base_version > f.current_version) {
     return Rejection{RejectCode::kFailedPrecondition, "future_version",
                      str("base version ", f.base_version, " is newer than the server's ",
                          f.current_version, "; fetch the model again")};
   }
-  const int64_t staleness = f.current_version - f.base_version;
-  if (staleness > p.max_staleness) {
+  // No wrap-around: base_version <= current_version.
+  const uint64_t staleness = f.current_version - f.base_version;
+  if (staleness > static_cast<uint64_t>(std::max<int64_t>(0, p.max_staleness))) {
     return Rejection{RejectCode::kFailedPrecondition, "stale",
                      str("base version ", f.base_version, " is ", staleness,
                          " versions behind the server's ", f.current_version,
                          " (max_staleness ", p.max_staleness, "); fetch the model again")};
   }
+  if (f.sequence == 0 || f.sequence > kMaxSequence) {
+    return Rejection{RejectCode::kInvalidArgument, "bad_sequence",
+                     str("sequence ", f.sequence, " is outside [1, 2^63 - 1]; a client numbers "
+                         "its updates from 1 up (strata_fed.proto)")};
+  }
   if (f.sequence <= f.last_sequence) {
     return Rejection{RejectCode::kAlreadyExists, "replay",
-                     str("sequence ", f.sequence, " from client '", f.client_id,
-                         "' is not above its last accepted ", f.last_sequence,
+                     str("sequence ", f.sequence, " from client ", quoted(f.client_id),
+                         " is not above its last accepted ", f.last_sequence,
                          " (a replay or a duplicate)")};
   }
-  if (f.num_samples < 1 || f.num_samples > p.max_num_samples) {
+  if (f.num_samples < 1 || f.num_samples > static_cast<uint64_t>(p.max_num_samples)) {
     return Rejection{RejectCode::kInvalidArgument, "num_samples",
                      str("num_samples ", f.num_samples, " is outside [1, ",
-                         p.max_num_samples, "]")};
+                         p.max_num_samples, "] (federated.server.max_num_samples)")};
   }
+  if (staleness_out) *staleness_out = static_cast<int64_t>(staleness);
   return std::nullopt;
 }
 

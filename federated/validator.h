@@ -42,18 +42,26 @@ struct Accepted {
   double norm = 0.0;  // before clipping
 };
 
+// An update's metadata as the wire carries it: unsigned 64-bit, so nothing
+// a client sends can wrap around when read or compared (strata_fed.proto,
+// "Versions and sequences").
 struct UpdateFacts {
   std::string client_id;
-  int64_t base_version = 0;
-  int64_t current_version = 0;
-  int64_t sequence = 0;
-  int64_t last_sequence = 0;  // the client's last accepted one (0: none)
-  int64_t num_samples = 0;
+  uint64_t base_version = 0;     // >= 1: versions start at 1
+  uint64_t current_version = 0;  // the server's
+  uint64_t sequence = 0;         // in [1, 2^63)
+  uint64_t last_sequence = 0;    // the client's last accepted one (0: none)
+  uint64_t num_samples = 0;
 };
 
-// Checks the metadata (staleness, replay, sample count): cheap, done before
-// the tensors are read.
-std::optional<Rejection> check_metadata(const UpdateFacts& f, const ValidationPolicy& p);
+// Sequences are stored as SQLite integers: at most this.
+constexpr uint64_t kMaxSequence = (uint64_t{1} << 63) - 1;
+
+// Checks the metadata (version, staleness, sequence, sample count): cheap,
+// done before the tensors are read. On success `staleness` (when given) is
+// current_version - base_version, at most p.max_staleness.
+std::optional<Rejection> check_metadata(const UpdateFacts& f, const ValidationPolicy& p,
+                                        int64_t* staleness = nullptr);
 
 // Checks the assembled flat delta (finite, norm) and clips it in place when
 // the policy says so; fills `accepted` (norm, clipped).

@@ -24,6 +24,10 @@ constexpr int kBusyRetryAfterMs = 100;  // what the server suggests
 
 // Largest data chunk a sender writes (messages stay far below gRPC limits).
 constexpr size_t kChunkBytes = size_t{1} << 20;
+// Largest message either side accepts: 3 MiB (a data chunk of kChunkBytes
+// leaves room for a client that writes chunks twice as large). A longer
+// message fails with RESOURCE_EXHAUSTED. ClientConfig.max_chunk_bytes.
+constexpr size_t kMaxChunkBytes = 2 * kChunkBytes + (size_t{1} << 20);
 
 void to_proto(const EncodedTensor& e, pb::TensorHeader* h);
 

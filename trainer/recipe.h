@@ -338,6 +338,11 @@ struct FedServerSection {
   int64_t max_inflight_updates = 4;
   int64_t max_waiting_updates = 16;
   int64_t stream_window_kb = 256;
+  int64_t max_uploads_per_client = 1;
+  int64_t max_polls_per_client = 2;
+  double first_message_timeout_s = 10.0;
+  double stream_idle_timeout_s = 30.0;
+  double progress_every_s = 10.0;
   int64_t eval_every = 1;
 
   template <class V>
@@ -353,6 +358,11 @@ struct FedServerSection {
     v.field("max_inflight_updates", max_inflight_updates, at_least(1), "updates received at the same time; other senders wait (bounds the server's memory whatever the number of clients)");
     v.field("max_waiting_updates", max_waiting_updates, at_least(0), "senders that may wait for an ingest slot; beyond them a sender is told UNAVAILABLE (busy) and retries with backoff");
     v.field("stream_window_kb", stream_window_kb, at_least(0), "HTTP/2 receive window per stream: what a waiting sender can park in server memory (fixed; 0: gRPC's adaptive windows, several MiB per stream)");
+    v.field("max_uploads_per_client", max_uploads_per_client, at_least(1), "uploads one client may have open (receiving or waiting) at once; more are told UNAVAILABLE (busy) and retry");
+    v.field("max_polls_per_client", max_polls_per_client, at_least(1), "GetModel long polls one client may have open at once; more are told UNAVAILABLE (busy) and retry");
+    v.field("first_message_timeout_s", first_message_timeout_s, in_range(0.1, 3600), "an upload that sends no first chunk within this long is ended (DEADLINE_EXCEEDED)");
+    v.field("stream_idle_timeout_s", stream_idle_timeout_s, in_range(0.1, 3600), "an upload that sends no chunk for this long is ended (DEADLINE_EXCEEDED) and its slot freed");
+    v.field("progress_every_s", progress_every_s, at_least(0), "the server prints a progress line (round or buffer fill, clients, accepted and refused) this often (0: never)");
     v.field("eval_every", eval_every, at_least(1), "evaluate the global model on the test set every this many versions");
   }
 };

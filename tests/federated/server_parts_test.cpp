@@ -207,16 +207,39 @@ TEST(ServerStore, TokensAreCheckedAndStoredHashed) {
   EXPECT_TRUE(s.authenticate("edge-1", t1));
   EXPECT_FALSE(s.authenticate("edge-1", t1 + "x"));
   EXPECT_FALSE(s.authenticate("edge-2", t1));
-  const std::string t2 = s.enroll("edge-1");  // rotation
+  // Enrolling again does not silently replace a token; rotate does.
+  try {
+    s.enroll("edge-1");
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("already enrolled (use 'rotate edge-1'"),
+              std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(s.authenticate("edge-1", t1));
+  const std::string t2 = s.rotate("edge-1");
   EXPECT_FALSE(s.authenticate("edge-1", t1));
   EXPECT_TRUE(s.authenticate("edge-1", t2));
   EXPECT_EQ(s.num_clients(), 1);
+  // Revoked: the token stops working, the client is still listed; rotating
+  // reinstates it with a new token.
+  s.revoke("edge-1");
+  EXPECT_FALSE(s.authenticate("edge-1", t2));
+  EXPECT_EQ(s.num_clients(), 0);
+  ASSERT_EQ(s.clients().size(), 1u);
+  EXPECT_TRUE(s.clients()[0].revoked);
+  EXPECT_EQ(s.clients()[0].enrolled_at.size(), 20u);  // 2026-12-01T21:00:00Z
+  const std::string t3 = s.rotate("edge-1");
+  EXPECT_TRUE(s.authenticate("edge-1", t3));
+  EXPECT_FALSE(s.clients()[0].revoked);
+  EXPECT_THROW(s.revoke("nobody"), ConfigError);
+  EXPECT_THROW(s.rotate("nobody"), ConfigError);
   // Neither the database nor its write-ahead log holds a token.
   for (const char* f : {"/server.db", "/server.db-wal"}) {
     if (!path_exists(dir.path() + f)) continue;
     const std::string bytes = read_file(dir.path() + f);
     EXPECT_EQ(bytes.find(t1), std::string::npos) << f;
     EXPECT_EQ(bytes.find(t2), std::string::npos) << f;
+    EXPECT_EQ(bytes.find(t3), std::string::npos) << f;
   }
   EXPECT_TRUE(path_exists(dir.path() + "/server.db-wal"));
   EXPECT_THROW(s.enroll("bad id/../x"), ConfigError);
@@ -233,7 +256,7 @@ TEST(ServerStore, LedgerVersionsAndRestart) {
     s.commit_version({0, {}}, {{"w", at::zeros({4})}}, {});
     a = s.append_update(rec("c1", 1), at::full({4}, 1.0f));
     b = s.append_update(rec("c2", 1), at::full({4}, 2.0f));
-    EXPECT_EQ(s.authenticate("c1", s.enroll("c1"))->last_sequence, 1);
+    EXPECT_EQ(s.authenticate("c1", s.rotate("c1"))->last_sequence, 1);
     // Version 1 applies a and b; c arrives after.
     s.commit_version({1, {a, b}, 0.5, 1.2}, {{"w", at::full({4}, 1.5f)}},
                      {{"m", at::ones({4})}});
