@@ -110,7 +110,7 @@ std::string printable(const std::string& text, size_t max_bytes) {
   return out;
 }
 
-std::string quoted(const std::string& text, size_t max_bytes) {
+std::string quote(const std::string& text, size_t max_bytes) {
   return "'" + printable(text, max_bytes) + "'";
 }
 

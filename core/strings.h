@@ -36,6 +36,6 @@ std::string format_duration(double seconds);
 std::string printable(const std::string& text, size_t max_bytes = 80);
 
 // printable(text) in single quotes: 'edge-7', 'a\x0aERROR'.
-std::string quoted(const std::string& text, size_t max_bytes = 80);
+std::string quote(const std::string& text, size_t max_bytes = 80);
 
 }  // namespace strata

@@ -36,7 +36,7 @@ at::Tensor from_bytes(const std::string& data, at::ScalarType dtype,
 }
 
 [[noreturn]] void bad(const EncodedTensor& e, const std::string& what) {
-  throw DataError(str("tensor ", quoted(e.name), " (", encoding_name(e.encoding),
+  throw DataError(str("tensor ", quote(e.name), " (", encoding_name(e.encoding),
                       "): ", what));
 }
 

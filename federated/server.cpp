@@ -159,7 +159,7 @@ std::optional<Rejection> FedServer::authenticate(const std::string& client_id,
   const auto c = store_->authenticate(client_id, token);
   if (!c) {
     return Rejection{RejectCode::kUnauthenticated, "auth",
-                     str("client ", quoted(client_id), " is not enrolled, is revoked, or its "
+                     str("client ", quote(client_id), " is not enrolled, is revoked, or its "
                          "token is wrong")};
   }
   std::lock_guard<std::mutex> lock(mu_);
@@ -239,12 +239,12 @@ std::optional<Rejection> FedServer::check_round_locked(const SubmitMeta& m) cons
   if (fed().mode != "sync") return std::nullopt;
   if (m.round != static_cast<uint64_t>(round_) || !selected_.count(m.client_id)) {
     return Rejection{RejectCode::kFailedPrecondition, "not_selected",
-                     str("client ", quoted(m.client_id), " is not selected for round ", m.round,
+                     str("client ", quote(m.client_id), " is not selected for round ", m.round,
                          " (open round: ", round_, "); fetch the model and wait to be selected")};
   }
   if (submitted_.count(m.client_id)) {
     return Rejection{RejectCode::kFailedPrecondition, "round_duplicate",
-                     str("client ", quoted(m.client_id), " already submitted in round ", round_)};
+                     str("client ", quote(m.client_id), " already submitted in round ", round_)};
   }
   if (static_cast<int64_t>(buffer_.size()) >= fed().sync.clients_per_round || aggregating_) {
     return Rejection{RejectCode::kFailedPrecondition, "round_full",
@@ -263,7 +263,8 @@ SubmitOutcome FedServer::submit(const SubmitMeta& m, at::Tensor delta) {
     // after their round filled, the end of training) are not warnings.
     const bool flow = r.key == "finished" || r.key == "round_full" || r.key == "stopping" ||
                       (fed().mode == "sync" && r.key == "stale");
-    const std::string what = str("rejected an update from ", quoted(m.client_id), ": ",
+    const std::string what = str("rejected an update from ", quote(m.client_id),
+                                 m.peer.empty() ? "" : " at " + quote(m.peer), ": ",
                                  reject_code_name(r.code), " (", r.key, ") ", r.reason);
     if (flow) {
       log_debug(what);
@@ -561,10 +562,10 @@ at::Tensor FedServer::aggregate_finite(std::vector<ClientUpdate>& updates,
         if (std::isnan(n)) break;
       }
     }
-    excluded->push_back(str(quoted(updates[worst].client_id), " (update ", ids[worst], ")"));
+    excluded->push_back(str(quote(updates[worst].client_id), " (update ", ids[worst], ")"));
     log_error("version ", version_ + 1, ": the aggregate of ", updates.size(),
               " update(s) is not finite; excluding update ", ids[worst], " from client ",
-              quoted(updates[worst].client_id), " (L2 norm ", worst_norm,
+              quote(updates[worst].client_id), " (L2 norm ", worst_norm,
               ", the largest) and aggregating the rest (set federated.server.norm_bound or "
               "a robust strategy to bound updates)");
     updates.erase(updates.begin() + static_cast<std::ptrdiff_t>(worst));

@@ -60,6 +60,7 @@ struct SubmitMeta {
   uint64_t round = 0;
   bool is_gradient = false;    // GRADIENT: delta = -learning_rate * tensors
   double learning_rate = 0.0;
+  std::string peer;            // the client's address, for the log
 };
 
 struct SubmitOutcome {

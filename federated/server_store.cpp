@@ -217,7 +217,7 @@ ServerStore::~ServerStore() {
 }
 
 std::string ServerStore::enroll(const std::string& client_id) {
-  STRATA_CHECK_T(ConfigError, valid_client_id(client_id), "client id ", quoted(client_id),
+  STRATA_CHECK_T(ConfigError, valid_client_id(client_id), "client id ", quote(client_id),
                  " is not 1-64 characters of letters, digits, '_', '-', '.'");
   const std::string token = random_hex(32);
   const std::string salt = random_hex(16);
@@ -225,7 +225,7 @@ std::string ServerStore::enroll(const std::string& client_id) {
   db_->transaction([&] {
     Db::Stmt q(*db_, "SELECT revoked FROM clients WHERE id = ?");
     q.bind(1, client_id);
-    STRATA_CHECK_T(ConfigError, !q.step(), "client ", quoted(client_id), " is already enrolled",
+    STRATA_CHECK_T(ConfigError, !q.step(), "client ", quote(client_id), " is already enrolled",
                    " (use 'rotate ", client_id, "' to issue it a new token)");
     Db::Stmt(*db_,
              "INSERT INTO clients(id, salt, token_sha256, enrolled_at) VALUES(?, ?, ?, julianday('now'))")
@@ -243,7 +243,7 @@ std::string ServerStore::rotate(const std::string& client_id) {
     Db::Stmt(*db_, "UPDATE clients SET salt = ?, token_sha256 = ?, revoked = 0 WHERE id = ?")
         .bind(1, salt).bind(2, sha256_hex(salt + token)).bind(3, client_id)
         .step();
-    STRATA_CHECK_T(ConfigError, sqlite3_changes(db_->h) == 1, "client ", quoted(client_id),
+    STRATA_CHECK_T(ConfigError, sqlite3_changes(db_->h) == 1, "client ", quote(client_id),
                    " is not enrolled (see 'clients list')");
   });
   return token;
@@ -253,7 +253,7 @@ void ServerStore::revoke(const std::string& client_id) {
   std::lock_guard<std::mutex> lock(db_->mu);
   db_->transaction([&] {
     Db::Stmt(*db_, "UPDATE clients SET revoked = 1 WHERE id = ?").bind(1, client_id).step();
-    STRATA_CHECK_T(ConfigError, sqlite3_changes(db_->h) == 1, "client ", quoted(client_id),
+    STRATA_CHECK_T(ConfigError, sqlite3_changes(db_->h) == 1, "client ", quote(client_id),
                    " is not enrolled (see 'clients list')");
   });
 }

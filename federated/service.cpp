@@ -346,7 +346,7 @@ class FederationService final
     std::optional<Rejection> r;
     if (!valid_client_id(client_id)) {
       r = Rejection{RejectCode::kUnauthenticated, "auth",
-                    str("client_id ", quoted(client_id, 64), " is not a client id (1-64 letters, "
+                    str("client_id ", quote(client_id, 64), " is not a client id (1-64 letters, "
                         "digits, '_', '-', '.')")};
     } else {
       r = core_.authenticate(client_id, bearer_token(ctx));
@@ -355,8 +355,8 @@ class FederationService final
     if (std::strcmp(call, "SubmitUpdate") != 0) core_.count_auth_failure();
     int64_t held = 0;
     if (auth_log_.allow(&held)) {
-      log_warn("refused a ", call, " from ", quoted(ctx.peer()), " for client ",
-               quoted(client_id, 64), ": UNAUTHENTICATED (not enrolled, revoked or wrong token)",
+      log_warn("refused a ", call, " for client ", quote(client_id, 64), " at ",
+               quote(ctx.peer()), ": UNAUTHENTICATED (not enrolled, revoked or wrong token)",
                held ? str(" (", held, " more auth failures not logged)") : "");
     }
     return r;
@@ -367,9 +367,10 @@ class FederationService final
   void log_rejection(const Rejection& r, const std::string& client,
                      const grpc::CallbackServerContext& ctx) {
     core_.count_rejection(r);
+    if (r.key == "auth") return;  // authenticate() logged it, rate-limited
     const std::string what =
-        str("rejected an update from ", client.empty() ? "an unidentified client" : quoted(client),
-            " at ", quoted(ctx.peer()), ": ", reject_code_name(r.code), " (", r.key, ") ",
+        str("rejected an update from ", client.empty() ? "an unidentified client" : quote(client),
+            " at ", quote(ctx.peer()), ": ", reject_code_name(r.code), " (", r.key, ") ",
             r.reason);
     if (r.key == "busy" || r.key == "busy_client" || r.key == "stopping") {
       log_debug(what);
@@ -404,7 +405,6 @@ class FederationService final
     ++open;
     u->client = client;
     u->counted = true;
-    uploads_.push_back(u);
     if (free_slots_ > 0) {
       --free_slots_;
       u->holds_slot = true;
@@ -439,6 +439,12 @@ class FederationService final
     for (auto& g : grant) {
       if (!g->admitted()) release(*g);
     }
+  }
+
+  // Every upload is watched from its start (first-message deadline).
+  void watch(const std::shared_ptr<Upload>& u) {
+    std::lock_guard<std::mutex> lock(mu_);
+    uploads_.push_back(u);
   }
 
   bool begin_poll(const std::shared_ptr<Poll>& p, const std::string& client) {
@@ -609,6 +615,7 @@ class FederationService final
 
 void Upload::start() {
   self_ = shared_from_this();
+  s_.watch(self_);
   std::lock_guard<std::mutex> lock(mu_);
   deadline_ = Clock::now() + std::chrono::milliseconds(
                                  static_cast<int64_t>(s_.cfg().first_message_timeout_s * 1000));
@@ -704,6 +711,7 @@ void Upload::OnReadDone(bool ok) {
 
 void Upload::on_info(const pb::UpdateInfo& info) {
   if (auto r = s_.authenticate(*ctx_, info.client_id(), "SubmitUpdate")) {
+    client = info.client_id();  // for the log line (escaped and cut there)
     reject(*r);
     return;
   }
@@ -729,7 +737,7 @@ void Upload::on_info(const pb::UpdateInfo& info) {
     case FederationService::Admit::kBusyClient:
       client = info.client_id();
       reject({RejectCode::kUnavailable, "busy_client",
-              str("client ", quoted(info.client_id()), " already has ",
+              str("client ", quote(info.client_id()), " already has ",
                   cfg.max_uploads_per_client, " upload(s) open "
                   "(federated.server.max_uploads_per_client); retry with backoff")});
       return;
@@ -770,7 +778,7 @@ void Upload::expire(Clock::time_point now) {
   const FedServerSection& cfg = s_.cfg();
   if (phase == Phase::kInfo) {
     // Not counted as a refused update: nobody has said who they are.
-    log_debug("ended an upload from ", quoted(ctx_->peer()), " that sent no first chunk in ",
+    log_debug("ended an upload from ", quote(ctx_->peer()), " that sent no first chunk in ",
               format_double(cfg.first_message_timeout_s), " s");
     finish(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
                         str("no first chunk within ", format_double(cfg.first_message_timeout_s),
@@ -791,11 +799,12 @@ void Upload::submit() {
   m.round = info_.round();
   m.is_gradient = info_.kind() == pb::GRADIENT;
   m.learning_rate = info_.learning_rate();
+  m.peer = ctx_->peer();
   SubmitOutcome o;
   try {
     o = s_.core().submit(m, rx_->take());
   } catch (const std::exception& e) {
-    log_error("submitting an update from ", quoted(m.client_id), " failed: ", e.what());
+    log_error("submitting an update from ", quote(m.client_id), " failed: ", e.what());
     finish(grpc::Status(grpc::StatusCode::INTERNAL, "the server could not store the update"));
     return;
   }
@@ -854,7 +863,7 @@ void Poll::start(const grpc::ByteBuffer& request) {
   if (!s_.begin_poll(shared_from_this(), req.client_id())) {
     ctx_->AddTrailingMetadata(kRetryAfterKey, std::to_string(kBusyRetryAfterMs));
     finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                        str("client ", quoted(req.client_id()), " already has ",
+                        str("client ", quote(req.client_id()), " already has ",
                             s_.cfg().max_polls_per_client, " long poll(s) open "
                             "(federated.server.max_polls_per_client), or the server is "
                             "shutting down; retry with backoff")));

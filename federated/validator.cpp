@@ -47,7 +47,7 @@ std::optional<Rejection> check_metadata(const UpdateFacts& f, const ValidationPo
   }
   if (f.sequence <= f.last_sequence) {
     return Rejection{RejectCode::kAlreadyExists, "replay",
-                     str("sequence ", f.sequence, " from client ", quoted(f.client_id),
+                     str("sequence ", f.sequence, " from client ", quote(f.client_id),
                          " is not above its last accepted ", f.last_sequence,
                          " (a replay or a duplicate)")};
   }

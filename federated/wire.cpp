@@ -38,7 +38,7 @@ std::string shape_str(const std::vector<int64_t>& s) {
 std::optional<WireError> read_header(const pb::TensorHeader& h, EncodedTensor* t) {
   const auto enc = from_proto(h.encoding());
   if (!enc) {
-    return WireError{false, str("tensor ", quoted(h.name()), " has unknown encoding ",
+    return WireError{false, str("tensor ", quote(h.name()), " has unknown encoding ",
                                 static_cast<int>(h.encoding()))};
   }
   t->name = h.name();
@@ -70,7 +70,7 @@ std::optional<WireError> TensorAssembler::close_current() {
   if (tensors_.empty()) return std::nullopt;
   const EncodedTensor& t = tensors_.back();
   if (t.data.size() != want_) {
-    return WireError{false, str("tensor ", quoted(t.name), " announced ", want_,
+    return WireError{false, str("tensor ", quote(t.name), " announced ", want_,
                                 " payload bytes but ", t.data.size(), " arrived")};
   }
   return std::nullopt;
@@ -94,7 +94,7 @@ std::optional<WireError> TensorAssembler::data(const std::string& bytes) {
   if (tensors_.empty()) return WireError{false, "data before any tensor header"};
   EncodedTensor& t = tensors_.back();
   if (t.data.size() + bytes.size() > want_) {
-    return WireError{false, str("tensor ", quoted(t.name), " got more than its announced ",
+    return WireError{false, str("tensor ", quote(t.name), " got more than its announced ",
                                 want_, " payload bytes")};
   }
   total_ += bytes.size();
@@ -122,12 +122,12 @@ std::optional<WireError> UpdateReceiver::header(const pb::TensorHeader& h) {
   if (auto e = read_header(h, &current_)) return e;
   const TensorSlot& s = slots[received_];
   if (current_.name != s.name) {
-    return WireError{false, str("tensor ", received_, " is ", quoted(current_.name),
-                                "; the model's tensor ", received_, " is ", quoted(s.name),
+    return WireError{false, str("tensor ", received_, " is ", quote(current_.name),
+                                "; the model's tensor ", received_, " is ", quote(s.name),
                                 " (tensors come in GetModel's order)")};
   }
   if (current_.shape != s.shape) {
-    return WireError{false, str("tensor ", quoted(s.name), " has shape ",
+    return WireError{false, str("tensor ", quote(s.name), " has shape ",
                                 printable(shape_str(current_.shape)), "; the model's is ",
                                 shape_str(s.shape))};
   }
@@ -137,11 +137,11 @@ std::optional<WireError> UpdateReceiver::header(const pb::TensorHeader& h) {
   std::string why;
   const uint64_t expected = expected_payload_bytes(current_.encoding, s.numel, current_.k, &why);
   if (!why.empty()) {
-    return WireError{false, str("tensor ", quoted(s.name), " (", encoding_name(current_.encoding),
+    return WireError{false, str("tensor ", quote(s.name), " (", encoding_name(current_.encoding),
                                 "): ", why)};
   }
   if (h.payload_bytes() != expected) {
-    return WireError{false, str("tensor ", quoted(s.name), " (", encoding_name(current_.encoding),
+    return WireError{false, str("tensor ", quote(s.name), " (", encoding_name(current_.encoding),
                                 "): ", h.payload_bytes(), " payload bytes for ", s.numel,
                                 " elements; expected ", expected)};
   }
@@ -157,7 +157,7 @@ std::optional<WireError> UpdateReceiver::header(const pb::TensorHeader& h) {
 std::optional<WireError> UpdateReceiver::data(const std::string& bytes) {
   if (!open_) return WireError{false, "data before any tensor header"};
   if (got_ + bytes.size() > want_) {
-    return WireError{false, str("tensor ", quoted(current_.name), " got more than its announced ",
+    return WireError{false, str("tensor ", quote(current_.name), " got more than its announced ",
                                 want_, " payload bytes")};
   }
   if (current_.encoding == Encoding::kFp32) {
@@ -176,7 +176,7 @@ std::optional<WireError> UpdateReceiver::close_current() {
   if (!open_) return std::nullopt;
   open_ = false;
   if (got_ != want_) {
-    return WireError{false, str("tensor ", quoted(current_.name), " announced ", want_,
+    return WireError{false, str("tensor ", quote(current_.name), " announced ", want_,
                                 " payload bytes but ", got_, " arrived")};
   }
   if (current_.encoding != Encoding::kFp32) {
