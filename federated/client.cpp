@@ -94,8 +94,16 @@ struct EdgeClient::Impl {
       static thread_local std::mt19937 rng{std::random_device{}()};
       const auto wait = std::max(retry_after, std::chrono::milliseconds(
           std::uniform_int_distribution<int64_t>(backoff.count() / 2, backoff.count())(rng)));
-      log_debug(o.client_id, ": ", what, " failed (", code_name(s.error_code()), ": ",
-                s.error_message(), "); retrying in ", wait.count(), " ms");
+      // The first failure of a call is worth a line (a server that is not
+      // up yet, or a TLS mismatch, would otherwise be ~20 s of silence).
+      const std::string line = str(o.client_id, ": ", what, " on ", o.address, " failed (",
+                                   code_name(s.error_code()), ": ", printable(s.error_message(), 200),
+                                   "); retrying in ", wait.count(), " ms");
+      if (attempt == 0 && !busy) {
+        log_info(line, " (up to ", o.max_retries, " retries)");
+      } else {
+        log_debug(line);
+      }
       std::this_thread::sleep_for(wait);
       backoff = std::min(backoff * 2, o.max_backoff);
     }
@@ -103,7 +111,33 @@ struct EdgeClient::Impl {
 
   [[noreturn]] void fail(const char* what, const grpc::Status& s) const {
     throw CommError(str(o.client_id, ": ", what, " on ", o.address, " failed: ",
-                        code_name(s.error_code()), ": ", s.error_message()));
+                        code_name(s.error_code()), ": ", printable(s.error_message(), 500),
+                        transport_hint(s)));
+  }
+
+  // What a transport failure most likely means, when it looks like a TLS
+  // mismatch (gRPC says only that the connection broke).
+  std::string transport_hint(const grpc::Status& s) const {
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE &&
+        s.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
+      return "";
+    }
+    const std::string& m = s.error_message();
+    const auto has = [&](const char* w) { return m.find(w) != std::string::npos; };
+    if (o.tls_ca.empty() && (has("SETTINGS frame") || has("Socket closed") ||
+                             has("Connection reset") || has("failed to connect"))) {
+      return "; probably the server requires TLS: pass federated.server.tls_ca (the CA "
+             "certificate that signed the server's certificate)";
+    }
+    if (!o.tls_ca.empty() && (has("ssl") || has("SSL") || has("handshake") ||
+                              has("Handshake") || has("failed to connect") ||
+                              has("Socket closed"))) {
+      return "; with federated.server.tls_ca set the client speaks TLS: if the server is "
+             "plaintext (loopback without tls_cert), remove tls_ca; otherwise check that the "
+             "server's certificate is signed by that CA and names this address in its "
+             "subjectAltName";
+    }
+    return "";
   }
 };
 
@@ -241,12 +275,19 @@ std::string EdgeClient::status() {
     return impl_->stub->GetStatus(&ctx, req, &reply);
   });
   if (!s.ok()) impl_->fail("GetStatus", s);
-  std::string out = str("version ", reply.version(), "\nmode ", reply.mode(), "\nround ",
-                        reply.round(), "\nbuffered ", reply.buffered_updates(), "\naccepted ",
-                        reply.accepted_updates(), "\nrejected ", reply.rejected_updates(),
-                        "\nenrolled ", reply.enrolled_clients(), "\nlast_test_accuracy ",
-                        reply.last_test_accuracy(), "\n");
-  for (const auto& [k, n] : reply.rejected_by_reason()) out += str("rejected.", k, " ", n, "\n");
+  // The server's strings are escaped: the reply is as untrusted as any.
+  std::string out = str(
+      "server_version ", printable(reply.server_version()), "\nmode ", printable(reply.mode()),
+      "\nversion ", reply.version(), "\ntarget_versions ", reply.target_versions(),
+      "\nround ", reply.round(), "\nbuffered ", reply.buffered_updates(),
+      "\nupdates_per_aggregation ", reply.updates_per_aggregation(), "\nfinished ",
+      reply.finished() ? "true" : "false", "\nenrolled ", reply.enrolled_clients(),
+      "\nclients_seen ", reply.clients_seen(), "\naccepted ", reply.accepted_updates(),
+      "\nrejected ", reply.rejected_updates(), "\nauth_failures ", reply.auth_failures(),
+      "\nlast_test_accuracy ", format_double(reply.last_test_accuracy()), "\n");
+  for (const auto& [k, n] : reply.rejected_by_reason()) {
+    out += str("rejected.", printable(k), " ", n, "\n");
+  }
   return out;
 }
 

@@ -68,7 +68,14 @@ EdgeRunStats run_edge(EdgeClient& client, train::Model& model, const LocalData& 
     if (async) slot.emplace(o.compute);
     if (stopped()) break;
     FetchedModel m = client.fetch(have, std::chrono::milliseconds(async ? 0 : 2000));
-    if (m.finished) break;
+    if (o.report && have == 0) {
+      log_info(o.name, ": connected; model version ", m.version, " (", m.mode, " mode)",
+               async ? "" : ", waiting to be selected for a round");
+    }
+    if (m.finished) {
+      if (o.report) log_info(o.name, ": the server says training has finished");
+      break;
+    }
     if (m.changed) {
       try {
         global = layout.from_named(m.tensors);
@@ -104,6 +111,16 @@ EdgeRunStats run_edge(EdgeClient& client, train::Model& model, const LocalData& 
       ++st.refused;
       st.last_refusal = res.code + ": " + res.reason;
       log_debug("update refused: ", st.last_refusal);
+    }
+    if (o.report) {
+      log_info(o.name, ": ", async ? "" : str("round ", m.round, ", "), "base version ", have,
+               ": trained on ", lr.num_samples, " samples (mean loss ",
+               format_double(lr.mean_loss), "); update ",
+               res.accepted ? str("accepted (server at version ", res.current_version,
+                                  res.duplicate ? ", a retry of an acknowledged update" : "",
+                                  ")")
+                            : str("refused: ", st.last_refusal),
+               "; ", st.accepted, " accepted so far");
     }
   }
   return st;

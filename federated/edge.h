@@ -50,6 +50,8 @@ struct EdgeRunOptions {
   double attack_scale = 100.0;
   Semaphore* compute = nullptr;           // optional
   const std::atomic<bool>* stop = nullptr;  // optional
+  std::string name;      // for progress lines (strata-edge prints one per round)
+  bool report = false;   // log one INFO line per submitted update
 };
 
 struct EdgeRunStats {

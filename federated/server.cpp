@@ -388,6 +388,11 @@ void FedServer::aggregation_loop() {
       break;
     }
     const auto now = Clock::now();
+    if (f.server.progress_every_s > 0 &&
+        now - last_progress_ >= std::chrono::duration<double>(f.server.progress_every_s)) {
+      last_progress_ = now;
+      log_info(progress_locked());
+    }
     if (f.mode == "sync") {
       // Select once enough clients checked in, or after a short gathering
       // time with whoever is there; then top up whenever the round has
@@ -572,6 +577,23 @@ at::Tensor FedServer::aggregate_finite(std::vector<ClientUpdate>& updates,
     ids.erase(ids.begin() + static_cast<std::ptrdiff_t>(worst));
     if (updates.empty()) return global_->clone();
   }
+}
+
+std::string FedServer::progress_locked() const {
+  std::string refused;
+  for (const auto& [k, n] : rejected_by_reason_) refused += str(refused.empty() ? "" : ", ", k, " ", n);
+  const std::string counts =
+      str(last_sequence_.size(), " client(s) seen; ", accepted_, " update(s) accepted, ", rejected_,
+          " refused", refused.empty() ? "" : " (" + refused + ")");
+  if (fed().mode == "sync") {
+    return str("round ", round_, " of ", fed().sync.rounds, ": ", buffer_.size(), "/",
+               fed().sync.clients_per_round, " updates, ", selected_.size() - submitted_.size(),
+               " selected client(s) training, ", waiting_.size(), " waiting to be selected; ",
+               counts);
+  }
+  return str("version ", version_, " (", version_ - 1, " of ", fed().async.versions,
+             " aggregations): buffer ", buffer_.size(), "/", fed().async.buffer_size, "; ",
+             counts);
 }
 
 ServerStatus FedServer::status() {

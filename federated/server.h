@@ -152,6 +152,7 @@ class FedServer {
   void aggregate(std::vector<Pending> batch, int64_t round);
   void select_clients_locked(int64_t count);
   void changed_locked();  // bumps epoch_ and wakes waiters
+  std::string progress_locked() const;  // the periodic progress line
   bool has_work_locked(const std::string& client_id) const;
   ModelView view_locked(const std::string& client_id) const;
   // The next global parameters from `batch`, excluding updates whose
@@ -199,6 +200,7 @@ class FedServer {
   std::map<std::string, int64_t> rejected_by_reason_;
   int64_t auth_failures_ = 0;
   double last_accuracy_ = NAN;
+  std::chrono::steady_clock::time_point last_progress_;
   std::exception_ptr error_;  // the aggregation thread's failure
 
   std::thread aggregator_;

@@ -4,6 +4,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
 #include <torch/serialize.h>
 
 #include <algorithm>
@@ -275,6 +276,27 @@ std::vector<ClientRecord> ServerStore::clients() const {
     out.push_back(std::move(c));
   }
   return out;
+}
+
+std::string ServerStore::operator_token_path() const { return join_path(dir_, "operator.token"); }
+
+std::string ServerStore::operator_token() {
+  const std::string path = operator_token_path();
+  if (!path_exists(path)) {
+    const mode_t old = ::umask(077);
+    try {
+      atomic_write_file(path, random_hex(32) + "\n");
+    } catch (...) {
+      ::umask(old);
+      throw;
+    }
+    ::umask(old);
+  }
+  std::string t = read_file(path);
+  while (!t.empty() && (t.back() == '\n' || t.back() == ' ')) t.pop_back();
+  STRATA_CHECK_T(IoError, t.size() == 64, path, " does not hold an operator token (64 hex "
+                 "digits); remove it and restart the server to make a new one");
+  return t;
 }
 
 std::optional<ClientRecord> ServerStore::authenticate(const std::string& client_id,

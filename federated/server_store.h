@@ -88,6 +88,11 @@ class ServerStore {
   void revoke(const std::string& client_id);
   // Every client, revoked ones too, by id.
   std::vector<ClientRecord> clients() const;
+
+  // The operator's token for GetStatus (strata-fedserver status): the file
+  // <dir>/operator.token (mode 0600), made on first use.
+  std::string operator_token();
+  std::string operator_token_path() const;
   // The client if `token` is its current token (constant-time compare).
   std::optional<ClientRecord> authenticate(const std::string& client_id,
                                            const std::string& token) const;

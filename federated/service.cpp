@@ -886,11 +886,19 @@ bool Poll::check(bool changed, Clock::time_point now, bool stopping) {
       if (!(changed || fresh) && now < deadline_) return true;
     }
   }
+  FedServer& core = s_.core();
   if (stopping) {
+    // A client waiting when training finished learns that it did (and
+    // stops); any other is told to come back.
+    const ModelView now_view = core.model_view(client);
+    if (now_view.finished) {
+      s_.end_poll(*this);
+      answer(now_view);
+      return true;
+    }
     finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down; retry later"));
     return false;
   }
-  FedServer& core = s_.core();
   v = core.model_if_ready(client, have_);
   if (!v && now >= deadline_) v = core.model_view(client);
   if (!v) return true;

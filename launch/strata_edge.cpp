@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "core/logging.h"
 #include "core/random.h"
 #include "core/strings.h"
 #include "federated/edge.h"
@@ -25,52 +26,80 @@
 namespace st = strata::train;
 namespace sf = strata::fed;
 
+namespace {
+
+// The token in `path`: the file strata-fedserver enroll --out writes (the
+// token alone), or a line "CLIENT_ID TOKEN" of enroll's standard output.
+std::string read_token(const std::string& path, const std::string& client) {
+  const std::vector<std::string> words = [&] {
+    std::vector<std::string> w;
+    for (const auto& part : strata::split(strata::read_file(path), '\n')) {
+      for (const auto& x : strata::split(part, ' ')) {
+        if (!x.empty() && x != "\r") w.push_back(x);
+      }
+    }
+    return w;
+  }();
+  if (words.size() == 1) return words[0];
+  if (words.size() == 2 && words[0] == client) return words[1];
+  if (words.size() == 2) {
+    throw strata::UsageError(strata::str("--token-file ", path, " holds the token of client ",
+                                         strata::quote(words[0]), ", not of --client ", client));
+  }
+  throw strata::UsageError(strata::str("--token-file ", path, " does not hold one token (write it "
+                                       "with strata-fedserver enroll RECIPE ID --out DIR)"));
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   return st::run_main("strata-edge", [&] {
-    // Our flags first; the rest is the usual RECIPE [overrides].
+    auto app = st::make_app(
+        "strata-edge",
+        "One edge client: learns from its shard of the training set (part --shard of the "
+        "recipe's federated.sim partition) and submits updates to a federated server until it "
+        "says training has finished.");
+    st::RecipeArgs args;
+    args.example =
+        "strata-edge recipes/fed_fmnist_sync.yaml --server 127.0.0.1:7070 --client edge-0 "
+        "--token-file tokens/edge-0.token";
+    st::add_recipe_args(*app, args);
     std::string server, client, token_file;
     int64_t shard = 0;
-    std::vector<char*> rest{argv[0]};
-    for (int i = 1; i < argc; ++i) {
-      const std::string a = argv[i];
-      auto value = [&]() -> std::string {
-        if (i + 1 >= argc) throw strata::UsageError(a + " needs a value");
-        return argv[++i];
-      };
-      if (a == "--server") server = value();
-      else if (a == "--client") client = value();
-      else if (a == "--token-file") token_file = value();
-      else if (a == "--shard") shard = std::stoll(value());
-      else rest.push_back(argv[i]);
-    }
-    const st::CommandLine cl = st::parse_command_line(static_cast<int>(rest.size()), rest.data());
-    if (cl.help) {
-      std::cout << "usage: strata-edge RECIPE.yaml --server HOST:PORT --client ID "
-                   "--token-file FILE [--shard I] [section.key=value ...]\n";
-      return 0;
-    }
+    app->add_option("--server", server, "the server")->type_name("HOST:PORT");
+    app->add_option("--client", client, "this client's id, as enrolled")->type_name("ID");
+    app->add_option("--token-file", token_file,
+                    "the client's token (strata-fedserver enroll RECIPE ID --out DIR writes "
+                    "DIR/ID.token)")
+        ->type_name("FILE")
+        ->check(CLI::ExistingFile);
+    app->add_option("--shard", shard, "which part of federated.sim's partition to learn from, "
+                                      "0 .. federated.sim.clients - 1")
+        ->type_name("I");
+    if (!st::parse_args(*app, argc, argv)) return 0;
+    const auto loaded = st::recipe_or_print(args);
+    if (!loaded) return 0;
+    const st::Recipe& recipe = *loaded;
     if (server.empty() || client.empty() || token_file.empty()) {
-      throw strata::UsageError("--server, --client and --token-file are required");
+      throw strata::UsageError("--server, --client and --token-file are required (see "
+                               "strata-edge --help)");
     }
-    const st::Recipe recipe = st::load_recipe(cl.recipe, cl.overrides);
     const auto& sim = recipe.federated.sim;
     if (shard < 0 || shard >= sim.clients) {
-      throw strata::UsageError(strata::str("--shard ", shard, " is outside [0, ",
-                                           sim.clients, ") (federated.sim.clients)"));
+      throw strata::UsageError(strata::str("--shard ", shard, " is outside [0, ", sim.clients,
+                                           ") (federated.sim.clients)"));
     }
+    sf::EdgeClientOptions eo;
+    eo.address = server;
+    eo.client_id = client;
+    eo.token = read_token(token_file, client);
+    eo.tls_ca = recipe.federated.server.tls_ca;
+    eo.max_retries = static_cast<int>(recipe.federated.client.max_retries);
     at::set_num_threads(recipe.run.threads > 0 ? static_cast<int>(recipe.run.threads) : 1);
     const st::ImageDataset train_set =
         st::load_fashion_mnist(recipe.data.root, st::Split::kTrain, recipe.data.train_subset);
     const uint64_t seed = static_cast<uint64_t>(recipe.run.seed);
     const auto parts = sf::partition_clients(train_set, sim, seed);
-    sf::EdgeClientOptions eo;
-    eo.address = server;
-    eo.client_id = client;
-    std::string token = strata::read_file(token_file);
-    while (!token.empty() && (token.back() == '\n' || token.back() == ' ')) token.pop_back();
-    eo.token = token;
-    eo.tls_ca = recipe.federated.server.tls_ca;
-    eo.max_retries = static_cast<int>(recipe.federated.client.max_retries);
     sf::EdgeClient edge(eo);
     const st::Registries registries = st::builtin_registries();
     const st::InputShape shape{train_set.channels, train_set.height, train_set.width,
@@ -80,6 +109,10 @@ int main(int argc, char** argv) {
     sf::EdgeRunOptions ro;
     ro.recipe = &recipe;
     ro.seed = strata::mix_seed(seed, static_cast<uint64_t>(shard), 3);
+    ro.name = client;
+    ro.report = true;
+    strata::log_info(client, ": shard ", shard, " of ", sim.clients, " (", parts[shard].size(),
+                     " samples); server ", server, eo.tls_ca.empty() ? " (plaintext)" : " (TLS)");
     const auto stats = sf::run_edge(edge, *model, sf::local_data(train_set, parts[shard]), ro);
     std::cout << client << ": " << stats.accepted << " updates accepted, " << stats.refused
               << " refused, " << stats.samples << " samples\n";

@@ -14,9 +14,14 @@ namespace st = strata::train;
 
 int main(int argc, char** argv) {
   return st::run_main("strata-fedsim", [&] {
-    const auto recipe = st::recipe_or_print(
-        st::parse_command_line(argc, argv), "strata-fedsim",
-        "Runs a federated server and federated.sim.clients edge clients over loopback gRPC.");
+    auto app = st::make_app("strata-fedsim",
+                            "Runs a federated server and federated.sim.clients edge clients over "
+                            "loopback gRPC, the training set partitioned over the clients.");
+    st::RecipeArgs args;
+    args.example = "strata-fedsim recipes/fed_fmnist_sync.yaml";
+    st::add_recipe_args(*app, args);
+    if (!st::parse_args(*app, argc, argv)) return 0;
+    const auto recipe = st::recipe_or_print(args);
     if (!recipe) return 0;
     const auto r = strata::fed::run_fedsim(*recipe, st::builtin_registries());
     std::cout << "final test accuracy " << strata::format_double(r.test_accuracy) << " after "

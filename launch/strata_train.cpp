@@ -31,21 +31,29 @@ namespace sd = strata::dist;
 
 int main(int argc, char** argv) {
   return st::run_main("strata-train", [&] {
-    if (argc >= 2 && std::string(argv[1]) == "--consolidate") {
-      STRATA_CHECK_T(UsageError, argc == 4,
-                     "usage: strata-train --consolidate CHECKPOINT_DIR OUT.pt (a sharded "
-                     "checkpoint: runs/<name>/checkpoints/step_<N>)");
-      const auto tensors = st::consolidate_checkpoint(argv[2]);
-      st::save_state_dict(argv[3], tensors);
-      std::cout << "wrote " << tensors.size() << " tensors of " << argv[2] << " to " << argv[3]
-                << "\n";
+    auto app = st::make_app(
+        "strata-train",
+        "Trains and evaluates the run a YAML recipe describes, in one process or as one rank of "
+        "many (mpirun, srun, launch/strata-run, torchrun).");
+    st::RecipeArgs args;
+    args.example = "strata-train recipes/fashion_mnist.yaml";
+    st::add_recipe_args(*app, args);
+    std::vector<std::string> consolidate;
+    app->add_option("--consolidate", consolidate,
+                    "join a sharded checkpoint (tensor/pipeline parallel: "
+                    "runs/<name>/checkpoints/step_<N>) into one torch.load-able state dict, "
+                    "and exit")
+        ->expected(2)
+        ->type_name("CHECKPOINT_DIR OUT.pt");
+    if (!st::parse_args(*app, argc, argv)) return 0;
+    if (!consolidate.empty()) {
+      const auto tensors = st::consolidate_checkpoint(consolidate[0]);
+      st::save_state_dict(consolidate[1], tensors);
+      std::cout << "wrote " << tensors.size() << " tensors of " << consolidate[0] << " to "
+                << consolidate[1] << "\n";
       return 0;
     }
-    const auto loaded = st::recipe_or_print(
-        st::parse_command_line(argc, argv), "strata-train",
-        "Trains and evaluates the run a YAML recipe describes.\n"
-        "  strata-train --consolidate CHECKPOINT_DIR OUT.pt joins a sharded checkpoint "
-        "(tensor/pipeline parallel) into one state dict.");
+    const auto loaded = st::recipe_or_print(args);
     if (!loaded) return 0;
     const st::Recipe& recipe = *loaded;
     const sd::RankInfo info = sd::discover_ranks();

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Every binary's command line: --help lists its real options and exits 0,
+# --version names Strata, its commit, LibTorch and the backends, and every
+# malformed argument exits 2 with one "PROGRAM: error: ..." line.
+#   cli_test.sh BIN_DIR SOURCE_DIR
+set -uo pipefail
+BIN=$1
+SRC=$2
+fails=0
+pass=0
+check() {  # check NAME WANT_RC PATTERN -- COMMAND...
+  local name=$1 want=$2 pattern=$3
+  shift 4
+  local out rc
+  out=$("$@" 2>&1 </dev/null)
+  rc=$?
+  if [ "$rc" -ne "$want" ] || ! grep -qE -- "$pattern" <<<"$out"; then
+    echo "FAIL $name: exit $rc (want $want), output:"
+    sed 's/^/    /' <<<"$out" | head -20
+    fails=$((fails + 1))
+  else
+    pass=$((pass + 1))
+  fi
+}
+R=$SRC/recipes/fed_fmnist_sync.yaml
+for b in strata-train strata-fedserver strata-edge strata-fedsim; do
+  check "$b --help" 0 "Usage: $b" -- "$BIN/$b" --help
+  check "$b --version" 0 "^$b [0-9]+\.[0-9]+\.[0-9]+ \(git [0-9a-f]+|unknown\), LibTorch [0-9.]+ \((CPU|CUDA)\), backends:" -- "$BIN/$b" --version
+  check "$b no arguments" 2 "^$b: error: no recipe given; e\.g\. $b " -- "$BIN/$b"
+  check "$b unknown option" 2 "^$b: error: The following argument was not expected: --bogus \(see $b --help\)" -- "$BIN/$b" "$R" --bogus
+  check "$b stray word" 2 "^$b: error: unexpected argument 'stray' after recipe" -- "$BIN/$b" "$R" stray
+  check "$b bad override" 2 "^$b: error: command-line override 'federated.nope=1'" -- "$BIN/$b" "$R" federated.nope=1
+  check "$b --print-schema" 0 "federated.server.max_uploads_per_client" -- "$BIN/$b" --print-schema
+done
+check "strata-train --help lists --consolidate" 0 "--consolidate CHECKPOINT_DIR OUT.pt" -- "$BIN/strata-train" --help
+check "strata-train --consolidate one value" 2 "^strata-train: error: .*consolidate" -- "$BIN/strata-train" --consolidate only-one
+check "strata-edge --help lists its options" 0 "--server HOST:PORT.*" -- "$BIN/strata-edge" --help
+check "strata-edge --shard abc" 2 "^strata-edge: error: Could not convert: --shard = abc" -- "$BIN/strata-edge" "$R" --shard abc
+check "strata-edge --shard out of range" 2 "^strata-edge: error: --shard 100 is outside \[0, 100\)" -- "$BIN/strata-edge" "$R" --server 127.0.0.1:1 --client a --token-file "$R" --shard 100
+check "strata-edge missing --server" 2 "^strata-edge: error: --server, --client and --token-file are required" -- "$BIN/strata-edge" "$R"
+check "strata-edge --token-file missing" 2 "^strata-edge: error: --token-file: File does not exist" -- "$BIN/strata-edge" "$R" --token-file /nonexistent
+check "strata-edge --print-recipe" 0 "^federated:" -- "$BIN/strata-edge" "$R" --print-recipe
+check "strata-fedserver --help lists subcommands" 0 "enroll .*rotate .*revoke .*clients .*status " -- bash -c "'$BIN/strata-fedserver' --help | tr '\n' ' '"
+check "strata-fedserver enroll --help" 0 "--out DIR" -- "$BIN/strata-fedserver" enroll --help
+check "strata-fedserver enroll without ids" 2 "^strata-fedserver: error: enroll: name at least one CLIENT_ID" -- "$BIN/strata-fedserver" enroll "$R"
+check "strata-fedserver clients without list" 2 "^strata-fedserver: error: .*subcommand" -- "$BIN/strata-fedserver" clients "$R"
+check "strata-fedserver enroll bad override" 2 "^strata-fedserver: error: command-line override 'run.nope=1'" -- "$BIN/strata-fedserver" enroll "$R" run.nope=1 edge-1
+echo "cli: $pass passed, $fails failed"
+[ "$fails" -eq 0 ]
