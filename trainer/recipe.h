@@ -342,6 +342,7 @@ struct FedServerSection {
   int64_t max_polls_per_client = 2;
   double first_message_timeout_s = 10.0;
   double stream_idle_timeout_s = 30.0;
+  double contended_idle_timeout_s = 2.0;
   double progress_every_s = 10.0;
   int64_t eval_every = 1;
 
@@ -362,6 +363,7 @@ struct FedServerSection {
     v.field("max_polls_per_client", max_polls_per_client, at_least(1), "GetModel long polls one client may have open at once; more are told UNAVAILABLE (busy) and retry");
     v.field("first_message_timeout_s", first_message_timeout_s, in_range(0.1, 3600), "an upload that sends no first chunk within this long is ended (DEADLINE_EXCEEDED)");
     v.field("stream_idle_timeout_s", stream_idle_timeout_s, in_range(0.1, 3600), "an upload that sends no chunk for this long is ended (DEADLINE_EXCEEDED) and its slot freed");
+    v.field("contended_idle_timeout_s", contended_idle_timeout_s, in_range(0.1, 3600), "while senders wait for an ingest slot, an upload that sent no chunk for this long is ended and its slot handed on (stalled streams cannot hold every slot)");
     v.field("progress_every_s", progress_every_s, at_least(0), "the server prints a progress line (round or buffer fill, clients, accepted and refused) this often (0: never)");
     v.field("eval_every", eval_every, at_least(1), "evaluate the global model on the test set every this many versions");
   }

@@ -401,6 +401,46 @@ TEST(Hostile, StalledUploadsAreBoundedPerClientAndEndedWhenIdle) {
   EXPECT_EQ(f.server.status().accepted, 1);
 }
 
+// Defect 2, several hostile clients: stalled streams of as many clients as
+// there are slots hold them only until somebody waits (plus
+// contended_idle_timeout_s), not for stream_idle_timeout_s.
+TEST(Hostile, StalledUploadsOfManyClientsLoseTheirSlotsWhenOthersWait) {
+  test::TempDir dir;
+  Fixture f(small_recipe(dir.path(), {"federated.mode=async", "federated.async.buffer_size=100",
+                                      "federated.server.max_inflight_updates=4",
+                                      "federated.server.stream_idle_timeout_s=600",
+                                      "federated.server.contended_idle_timeout_s=1"}));
+  pb::TensorHeader first;
+  to_proto(f.delta(0.0f)[0], &first);
+  std::vector<std::unique_ptr<RawUpload>> stalled;
+  for (int c = 0; c < 4; ++c) {
+    const std::string id = str("h", c);
+    const std::string tok = f.server.store().enroll(id);
+    for (int k = 0; k < 50; ++k) {
+      auto u = std::make_unique<RawUpload>(f, tok);
+      auto i = f.info(k + 1);
+      i.set_client_id(id);
+      u->info(i);
+      u->header(first);
+      u->data(std::string(4096, '\0'));
+      stalled.push_back(std::move(u));
+    }
+  }
+  std::this_thread::sleep_for(milliseconds(1500));  // longer than contended_idle_timeout_s
+  const std::string t2 = f.server.store().enroll("edge-2");
+  EdgeClient honest(client_options(f, "edge-2", t2));
+  const auto t0 = Clock::now();
+  const SubmitResult r = honest.submit(zero_update(f, 1));
+  EXPECT_TRUE(r.accepted) << r.code << " " << r.reason;
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(5));
+  // The preempted stalled upload was refused "idle" (the rest were turned
+  // away at once: one upload per client).
+  const ServerStatus st = f.server.status();
+  EXPECT_GE(st.rejected_by_reason.count("idle") ? st.rejected_by_reason.at("idle") : 0, 1);
+  EXPECT_EQ(st.rejected_by_reason.at("busy_client"), 196);
+  for (auto& u : stalled) u->ctx.TryCancel();
+}
+
 // Defect 3: streams without a token that never sent a first message held
 // one server thread each, with no deadline.
 TEST(Hostile, SilentStreamsPinNoThreadsAndEndAtTheFirstMessageDeadline) {
