@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The Python client of examples/python_client against a real strata-fedserver:
+# stubs generated from federated/proto/strata_fed.proto now (grpcio-tools in
+# a venv this script makes under the build directory), a fetch, one NumPy
+# SGD step, a submit, a refused replay and the operator's status call.
+# Exits 77 (ctest: skipped) when PyPI cannot be reached.
+#   python_client_test.sh BUILD_DIR SOURCE_DIR
+set -euo pipefail
+BUILD=$(cd "$1" && pwd)
+SRC=$(cd "$2" && pwd)
+VENV=$BUILD/python-venv
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import grpc, grpc_tools" 2>/dev/null; then
+  rm -rf "$VENV"
+  /usr/bin/python3 -m venv --system-site-packages "$VENV"
+  if ! timeout 600 "$VENV/bin/pip" install -q --disable-pip-version-check grpcio grpcio-tools \
+      > "$BUILD/python-venv.log" 2>&1; then
+    echo "SKIP: cannot install grpcio/grpcio-tools from PyPI into $VENV:"
+    tail -3 "$BUILD/python-venv.log"
+    rm -rf "$VENV"
+    exit 77
+  fi
+fi
+WORK=$(mktemp -d)
+SERVER_PID=
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+mkdir -p "$WORK/stubs"
+"$VENV/bin/python" -m grpc_tools.protoc -I "$SRC/federated/proto" --python_out="$WORK/stubs" \
+  --grpc_python_out="$WORK/stubs" "$SRC/federated/proto/strata_fed.proto"
+PORT=$("$VENV/bin/python" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+R=$SRC/recipes/fed_two_terminals.yaml
+O=(run.dir="$WORK/run" federated.mode=async federated.server.address=127.0.0.1:$PORT)
+"$BUILD/bin/strata-fedserver" enroll "$R" "${O[@]}" py-1 --out "$WORK/tokens" > /dev/null
+"$BUILD/bin/strata-fedserver" "$R" "${O[@]}" > "$WORK/server.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 600); do grep -q "^listening on" "$WORK/server.log" && break; sleep 0.1; done
+if ! "$VENV/bin/python" "$SRC/examples/python_client/fed_client.py" --server "127.0.0.1:$PORT" \
+    --client py-1 --token-file "$WORK/tokens/py-1.token" --stubs "$WORK/stubs" \
+    --operator-token-file "$WORK/run/operator.token" > "$WORK/client.out" 2>&1; then
+  cat "$WORK/client.out" "$WORK/server.log"
+  echo "python_client: 0 passed, 1 failed"
+  exit 1
+fi
+cat "$WORK/client.out"
+for want in "fetched version 1 of model mlp: 6 tensors" "loss .* -> " "submitted: update 1" \
+            "replay refused: ALREADY_EXISTS" "status: version 1, 1 accepted, 1 refused"; do
+  grep -qE -- "$want" "$WORK/client.out" || { echo "no '$want'"; echo "python_client: 0 passed, 1 failed"; exit 1; }
+done
+echo "python_client: 1 passed, 0 failed"
