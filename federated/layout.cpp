@@ -35,6 +35,23 @@ TensorLayout TensorLayout::of(const torch::nn::Module& model) {
   return l;
 }
 
+TensorLayout TensorLayout::of_shapes(
+    const std::vector<std::pair<std::string, std::vector<int64_t>>>& shapes) {
+  TensorLayout l;
+  for (const auto& [name, shape] : shapes) {
+    TensorSlot s;
+    s.name = name;
+    s.shape = shape;
+    s.offset = l.numel_;
+    s.numel = 1;
+    for (int64_t d : shape) s.numel *= d;
+    l.numel_ += s.numel;
+    l.slots_.push_back(std::move(s));
+  }
+  l.parameters_numel_ = l.numel_;
+  return l;
+}
+
 at::Tensor TensorLayout::flatten(const torch::nn::Module& model) const {
   const auto tensors = state_tensors(model);
   STRATA_INTERNAL_ASSERT(tensors.size() == slots_.size(), "model does not match its layout");

@@ -25,6 +25,9 @@ class TensorLayout {
   TensorLayout() = default;
   // Parameters then floating buffers, each in registration order.
   static TensorLayout of(const torch::nn::Module& model);
+  // A layout of these named shapes, in this order, all parameters (tests
+  // and fuzzers that need no model).
+  static TensorLayout of_shapes(const std::vector<std::pair<std::string, std::vector<int64_t>>>& shapes);
 
   const std::vector<TensorSlot>& slots() const { return slots_; }
   int64_t numel() const { return numel_; }

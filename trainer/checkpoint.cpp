@@ -16,6 +16,7 @@
 #include "core/logging.h"
 #include "core/strings.h"
 #include "distributed/tensor_parallel.h"
+#include "trainer/checkpoint_meta.h"
 #include "trainer/optim.h"
 
 namespace strata::train {
@@ -152,17 +153,6 @@ void read_train_state(torch::serialize::InputArchive& in, const std::string& pat
   read_generator(in);
 }
 
-// "0/3" -> {0, 3}.
-dist::TpShard parse_split(const std::string& raw) {
-  dist::TpShard spec;
-  long long dim = -1, groups = 1;
-  STRATA_CHECK_T(IoError, std::sscanf(raw.c_str(), "%lld/%lld", &dim, &groups) == 2,
-                 "bad split '", raw, "' in a sharded checkpoint");
-  spec.dim = dim;
-  spec.groups = groups;
-  return spec;
-}
-
 // Copies `tensors` (name -> value) into the model's parameters and buffers
 // of the same names.
 void assign(torch::nn::Module& model, const std::map<std::string, at::Tensor>& tensors,
@@ -196,12 +186,16 @@ std::vector<std::pair<std::string, at::Tensor>> trained(torch::nn::Module& model
 // The split of a checkpoint entry: a parameter's, or for optimizer state
 // "<name>/<field>" its parameter's (0-dim entries, a step count, are whole).
 std::optional<dist::TpShard> split_of(const std::string& splits_json, const std::string& entry,
-                                      const at::Tensor& value) {
-  std::string raw;
-  if (value.dim() == 0 || !json_field(splits_json, entry.substr(0, entry.find('/')), &raw)) {
-    return std::nullopt;
-  }
-  return parse_split(raw);
+                                      const at::Tensor& value, const std::string& where) {
+  if (value.dim() == 0) return std::nullopt;
+  const auto s = split_entry(splits_json, entry.substr(0, entry.find('/')), where);
+  if (!s) return std::nullopt;
+  STRATA_CHECK_T(IoError, s->dim < value.dim(), where, ": ", quote(entry), " is split along "
+                 "dimension ", s->dim, " but has ", value.dim(), "; the checkpoint is corrupt");
+  dist::TpShard spec;
+  spec.dim = s->dim;
+  spec.groups = s->groups;
+  return spec;
 }
 
 std::map<std::string, at::Tensor> as_map(std::vector<std::pair<std::string, at::Tensor>> v) {
@@ -325,19 +319,14 @@ bool is_sharded_checkpoint(const std::string& path) {
 ShardLayout sharded_checkpoint_layout(const std::string& dir) {
   STRATA_CHECK_T(IoError, is_sharded_checkpoint(dir), "'", dir,
                  "' is not a complete sharded checkpoint (no metadata.json)");
-  const std::string meta = read_file(join_path(dir, "metadata.json"));
+  const std::string where = join_path(dir, "metadata.json");
+  const CheckpointMeta meta = parse_checkpoint_metadata(read_file(where), where);
+  STRATA_CHECK_T(IoError, meta.format == kFormatVersion, where, " has format ", meta.format,
+                 "; this Strata reads format ", kFormatVersion);
   ShardLayout layout;
-  auto field = [&](const char* key) {
-    std::string raw;
-    STRATA_CHECK_T(IoError, json_field(meta, key, &raw), dir, "/metadata.json has no '", key,
-                   "'");
-    return std::stoll(raw);
-  };
-  STRATA_CHECK_T(IoError, field("format") == kFormatVersion, dir, "/metadata.json has format ",
-                 field("format"), "; this Strata reads format ", kFormatVersion);
-  layout.dp = field("dp");
-  layout.tp = field("tp");
-  layout.pp = field("pp");
+  layout.dp = meta.dp;
+  layout.tp = meta.tp;
+  layout.pp = meta.pp;
   return layout;
 }
 
@@ -357,11 +346,12 @@ std::vector<std::pair<std::string, at::Tensor>> consolidate(const std::string& d
       shards.push_back(load_state_dict(join_path(dir, kind + "-" + at.tag() + ".pt")));
     }
     const ShardLayout first{layout.dp, layout.tp, layout.pp, 0, p};
-    const std::string splits = read_file(join_path(dir, "split-" + first.tag() + ".json"));
+    const std::string splits_path = join_path(dir, "split-" + first.tag() + ".json");
+    const std::string splits = read_file(splits_path);
     for (size_t i = 0; i < shards[0].size(); ++i) {
       const auto& [name, value] = shards[0][i];
       if (!seen.insert(name).second) continue;  // a tied copy
-      const auto spec = split_of(splits, name, value);
+      const auto spec = split_of(splits, name, value, splits_path);
       if (!spec) {
         out.emplace_back(name, value);
         continue;

@@ -667,6 +667,15 @@ TEST(Hostile, FailedLoginsOnFetchAndStatusAreNotRejectedUpdates) {
     EXPECT_EQ(f.stub->GetStatus(&ctx, req, &reply).error_code(), grpc::StatusCode::UNAUTHENTICATED);
   }
   expect_status(f.submit(f.info(1), f.delta(0.0f), "wrong"), grpc::StatusCode::UNAUTHENTICATED, "");
+  // The scheme is case-insensitive; spaces around the token do not count.
+  for (const std::string scheme : {"bearer ", "BEARER  "}) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", scheme + f.token + " ");
+    pb::StatusRequest req;
+    req.set_client_id("edge-1");
+    pb::StatusReply reply;
+    EXPECT_TRUE(f.stub->GetStatus(&ctx, req, &reply).ok()) << scheme;
+  }
   const ServerStatus s = f.server.status();
   EXPECT_EQ(s.auth_failures, 5);
   EXPECT_EQ(s.rejected, 1);  // the update

@@ -41,28 +41,34 @@ uint32_t be32(const uint8_t* p) {
 IdxArray read_idx(const std::string& path) {
   STRATA_CHECK_T(DataError, path_exists(path), "dataset file '", path,
                  "' does not exist");
-  std::vector<uint8_t> bytes = read_maybe_gzip(path);
+  return parse_idx(read_maybe_gzip(path), "'" + path + "'");
+}
+
+IdxArray parse_idx(const std::vector<uint8_t>& bytes, const std::string& where) {
   STRATA_CHECK_T(DataError, bytes.size() >= 4 && bytes[0] == 0 && bytes[1] == 0,
-                 "'", path, "' is not an IDX file (bad magic number)");
+                 where, " is not an IDX file (bad magic number)");
   const uint8_t dtype = bytes[2];
   const size_t ndim = bytes[3];
-  STRATA_CHECK_T(DataError, dtype == 0x08, "'", path, "' has IDX dtype 0x",
+  STRATA_CHECK_T(DataError, dtype == 0x08, where, " has IDX dtype 0x",
                  std::hex, int(dtype), "; only unsigned bytes (0x08) are "
                  "supported");
-  STRATA_CHECK_T(DataError, ndim >= 1 && bytes.size() >= 4 + 4 * ndim, "'",
-                 path, "' is truncated in its header");
+  STRATA_CHECK_T(DataError, ndim >= 1 && bytes.size() >= 4 + 4 * ndim, where,
+                 " is truncated in its header");
+  const size_t header = 4 + 4 * ndim;
+  const size_t have = bytes.size() - header;
   IdxArray out;
   size_t count = 1;
   for (size_t d = 0; d < ndim; ++d) {
-    out.dims.push_back(be32(&bytes[4 + 4 * d]));
-    count *= static_cast<size_t>(out.dims.back());
+    const uint32_t dim = be32(&bytes[4 + 4 * d]);
+    out.dims.push_back(dim);
+    STRATA_CHECK_T(DataError, !__builtin_mul_overflow(count, size_t{dim}, &count), where,
+                   " has dimensions whose product overflows; the file is corrupt, reinstall "
+                   "the dataset package");
   }
-  const size_t header = 4 + 4 * ndim;
-  STRATA_CHECK_T(DataError, bytes.size() == header + count, "'", path,
-                 "' holds ", bytes.size() - header, " data bytes but its "
+  STRATA_CHECK_T(DataError, have == count, where, " holds ", have, " data bytes but its "
                  "header promises ", count, "; the file is truncated or "
                  "corrupt, reinstall the dataset package");
-  out.data.assign(bytes.begin() + header, bytes.end());
+  out.data.assign(bytes.begin() + static_cast<std::ptrdiff_t>(header), bytes.end());
   return out;
 }
 

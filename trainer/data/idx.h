@@ -19,6 +19,11 @@ struct IdxArray {
 // Throws DataError naming the file and what is wrong with it (missing,
 // truncated, bad magic, unsupported dtype).
 IdxArray read_idx(const std::string& path);
+// The IDX array in `bytes` (already decompressed); DataError naming `where`
+// for anything that is not a well-formed unsigned-byte IDX array (bad
+// magic, truncated header or data, dimensions whose product overflows or
+// disagrees with the data). Never trusts the header: fuzzed (fuzz/).
+IdxArray parse_idx(const std::vector<uint8_t>& bytes, const std::string& where);
 
 // Encodes `array` as an (uncompressed) IDX byte string; used by tests and
 // tools that produce small datasets.

@@ -1,0 +1,35 @@
+// The text files of a sharded checkpoint (Note [Sharded checkpoints] in
+// checkpoint.h) as read back from disk: metadata.json and split-<tag>.json.
+// They come from a filesystem, so nothing in them is trusted: every field
+// is checked and a bad file is an IoError naming it. No LibTorch here (the
+// readers are fuzzed, fuzz/).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace strata::train {
+
+struct CheckpointMeta {
+  int64_t format = 0;
+  int64_t dp = 1, tp = 1, pp = 1;  // each in [1, kMaxMeshAxis]
+};
+
+constexpr int64_t kMaxMeshAxis = 1 << 16;
+
+// metadata.json's fields; `where` names the file in errors.
+CheckpointMeta parse_checkpoint_metadata(const std::string& text, const std::string& where);
+
+// How a split parameter is cut: along `dim` in `groups` blocks.
+struct SplitSpec {
+  int64_t dim = -1;    // in [0, 8)
+  int64_t groups = 1;  // in [1, 1024]
+};
+
+// The entry `name` of a split-<tag>.json ("dim/groups"), nullopt when the
+// file does not list it (the parameter is replicated).
+std::optional<SplitSpec> split_entry(const std::string& splits_json, const std::string& name,
+                                     const std::string& where);
+
+}  // namespace strata::train
