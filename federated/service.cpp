@@ -1,6 +1,7 @@
 #include "federated/service.h"
 
 #include <google/protobuf/stubs/logging.h>
+#include <grpc/support/log.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/support/proto_buffer_reader.h>
 #include <netdb.h>
@@ -84,6 +85,30 @@ void protobuf_log(google::protobuf::LogLevel level, const char* file, int line,
     log_error("protobuf ", file, ":", line, ": ", printable(message, 200));
   } else {
     log_debug("protobuf: ", printable(message, 200));
+  }
+}
+
+// gRPC's own log lines (a failed TLS handshake: a plaintext client, say)
+// go through Strata's log too, escaped and rate-limited (a client can
+// provoke them at will).
+void grpc_log(gpr_log_func_args* args) {
+  static std::mutex mu;
+  static Clock::time_point window{};
+  static int used = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    const auto now = Clock::now();
+    if (now - window > std::chrono::seconds(10)) {
+      window = now;
+      used = 0;
+    }
+    if (++used > 10) return;
+  }
+  const std::string what = str("gRPC: ", printable(args->message ? args->message : "", 300));
+  if (args->severity == GPR_LOG_SEVERITY_ERROR) {
+    log_warn(what);
+  } else {
+    log_debug(what);
   }
 }
 
@@ -1032,7 +1057,10 @@ class GrpcService final : public RunningService {
   GrpcService(FedServer& core, std::string operator_token)
       : core_(core), service_(core, std::move(operator_token)) {
     static std::once_flag once;
-    std::call_once(once, [] { google::protobuf::SetLogHandler(&protobuf_log); });
+    std::call_once(once, [] {
+      google::protobuf::SetLogHandler(&protobuf_log);
+      gpr_set_log_function(&grpc_log);
+    });
     const FedServerSection& cfg = core.recipe().federated.server;
     std::shared_ptr<grpc::ServerCredentials> creds;
     if (!cfg.tls_cert.empty()) {
