@@ -25,11 +25,13 @@
 #include <thread>
 #include <unordered_map>
 
+#include "core/error.h"
 #include "core/strings.h"
 #include "trainer/activation_checkpoint.h"
 #include "trainer/data/text.h"
 #include "trainer/optim.h"
 #include "trainer/trainer.h"
+#include "trainer/cli.h"
 
 namespace st = strata::train;
 
@@ -102,11 +104,25 @@ double median(std::vector<double> v) {
 
 }  // namespace
 
+int bench(int argc, char** argv);
+
 int main(int argc, char** argv) {
-  const std::string recipe_path = argc > 1 ? argv[1] : "recipes/gpt_tiny.yaml";
-  const int steps = argc > 2 ? std::atoi(argv[2]) : 10;
-  const int reps = argc > 3 ? std::atoi(argv[3]) : 3;
-  std::vector<std::string> overrides(argv + std::min(argc, 4), argv + argc);
+  return st::run_main("activation_memory", [&] { return bench(argc, argv); });
+}
+
+int bench(int argc, char** argv) {
+  auto app = st::make_app("activation_memory",
+                          "Peak step memory and step time with activation checkpointing none / "
+                          "full / every_k on a GPT recipe.");
+  std::string recipe_path = "recipes/gpt_tiny.yaml";
+  int steps = 10, reps = 3;
+  std::vector<std::string> overrides;
+  app->add_option("recipe", recipe_path, "the GPT recipe");
+  app->add_option("steps", steps, "steps per measurement");
+  app->add_option("reps", reps, "repetitions (the median is reported)");
+  app->add_option("overrides", overrides, "section.key=value overrides")->type_name("KEY=VALUE...");
+  if (!st::parse_args(*app, argc, argv)) return 0;
+  STRATA_CHECK_T(UsageError, steps >= 1 && reps >= 1, "steps and reps must be >= 1");
   static CountingAllocator counting(c10::GetCPUAllocator());
   c10::SetCPUAllocator(&counting, /*priority=*/255);
 

@@ -38,6 +38,7 @@
 #include "federated/layout.h"
 #include "trainer/recipe.h"
 #include "trainer/trainer.h"
+#include "trainer/cli.h"
 
 namespace sf = strata::fed;
 namespace st = strata::train;
@@ -211,19 +212,30 @@ Row run(const std::string& dir, const std::string& hidden, int clients, double s
 
 }  // namespace
 
+int bench(int argc, char** argv);
+
 int main(int argc, char** argv) {
-  const double seconds = argc > 1 ? std::stod(argv[1]) : 8.0;
+  return strata::train::run_main("fed_ingest_bench", [&] { return bench(argc, argv); });
+}
+
+int bench(int argc, char** argv) {
+  auto app = strata::train::make_app(
+      "fed_ingest_bench",
+      "Federated server ingest (updates/s, MB/s, peak RSS, threads, busy replies) against "
+      "concurrent clients, next to loopback TCP and durable-write bandwidth.");
+  double seconds = 8.0;
   std::vector<int> counts{1, 10, 50, 100, 200};
-  if (argc > 2) {
-    counts.clear();
-    for (const auto& s : strata::split(argv[2], ',')) counts.push_back(std::stoi(s));
-  }
-  const std::string only = argc > 3 && std::string(argv[3]) != "both" ? argv[3] : "";
+  std::string model = "both";
   std::vector<int> windows{256};
-  if (argc > 4) {
-    windows.clear();
-    for (const auto& s : strata::split(argv[4], ',')) windows.push_back(std::stoi(s));
-  }
+  app->add_option("seconds", seconds, "seconds per configuration");
+  app->add_option("clients", counts, "concurrent client counts")->delimiter(',')->expected(1)
+      ->type_name("N,...");
+  app->add_option("model", model, "which model")->check(CLI::IsMember({"1m", "10m", "both"}));
+  app->add_option("windows", windows, "HTTP/2 stream windows in KiB")->delimiter(',')
+      ->expected(1)->type_name("KB,...");
+  if (!strata::train::parse_args(*app, argc, argv)) return 0;
+  STRATA_CHECK_T(UsageError, seconds > 0, "seconds must be > 0");
+  const std::string only = model == "both" ? "" : model;
   const std::string tmp = "/tmp/strata_fed_ingest";
   std::cout << "loopback TCP, one connection: " << strata::format_double(loopback_gbps(2.0))
             << " GB/s\n";

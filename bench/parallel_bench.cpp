@@ -33,10 +33,12 @@
 #include <sstream>
 #include <thread>
 
+#include "core/error.h"
 #include "core/strings.h"
 #include "distributed/communicator.h"
 #include "trainer/models/gpt.h"
 #include "distributed/pipeline_executor.h"
+#include "trainer/cli.h"
 
 namespace st = strata::train;
 namespace sd = strata::dist;
@@ -305,19 +307,18 @@ void tp_table() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string what = argc > 1 ? argv[1] : "";
-  try {
-    if (what == "pipeline") {
-      pipeline_table(argc > 2 ? std::atoi(argv[2]) : 5);
-    } else if (what == "tp") {
-      tp_table();
-    } else {
-      std::fprintf(stderr, "usage: parallel_bench pipeline [STEPS] | parallel_bench tp\n");
-      return 2;
-    }
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "parallel_bench: error: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+  return strata::train::run_main("parallel_bench", [&] {
+    auto app = strata::train::make_app(
+        "parallel_bench", "Pipeline bubbles vs (p-1)/m, and tensor-parallel bytes per GPT layer.");
+    int steps = 5;
+    auto* pipeline = app->add_subcommand("pipeline", "the pipeline bubble of gpipe and 1f1b");
+    pipeline->add_option("steps", steps, "steps per measurement");
+    auto* tp = app->add_subcommand("tp", "tensor-parallel bytes per GPT layer");
+    app->require_subcommand(1);
+    if (!strata::train::parse_args(*app, argc, argv)) return 0;
+    STRATA_CHECK_T(UsageError, steps >= 1, "steps must be >= 1");
+    if (pipeline->parsed()) pipeline_table(steps);
+    if (tp->parsed()) tp_table();
+    return 0;
+  });
 }
