@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -228,12 +229,26 @@ int bench(int argc, char** argv) {
   std::string model = "both";
   std::vector<int> windows{256};
   app->add_option("seconds", seconds, "seconds per configuration");
-  app->add_option("clients", counts, "concurrent client counts")->delimiter(',')->expected(1)
+  std::string counts_text, windows_text;
+  app->add_option("clients", counts_text, "concurrent client counts (default 1,10,50,100,200)")
       ->type_name("N,...");
   app->add_option("model", model, "which model")->check(CLI::IsMember({"1m", "10m", "both"}));
-  app->add_option("windows", windows, "HTTP/2 stream windows in KiB")->delimiter(',')
-      ->expected(1)->type_name("KB,...");
+  app->add_option("windows", windows_text, "HTTP/2 stream windows in KiB (default 256)")
+      ->type_name("KB,...");
   if (!strata::train::parse_args(*app, argc, argv)) return 0;
+  const auto numbers = [](const std::string& text, const char* what) {
+    std::vector<int> out;
+    for (const auto& s : strata::split(text, ',')) {
+      int v = 0;
+      const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+      STRATA_CHECK_T(UsageError, ec == std::errc() && end == s.data() + s.size() && v > 0,
+                     what, ": '", s, "' is not a positive integer");
+      out.push_back(v);
+    }
+    return out;
+  };
+  if (!counts_text.empty()) counts = numbers(counts_text, "clients");
+  if (!windows_text.empty()) windows = numbers(windows_text, "windows");
   STRATA_CHECK_T(UsageError, seconds > 0, "seconds must be > 0");
   const std::string only = model == "both" ? "" : model;
   const std::string tmp = "/tmp/strata_fed_ingest";
