@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <iterator>
+#include <tuple>
 
 #include "strata/config.h"
 #include "core/error.h"
@@ -448,6 +449,14 @@ void FedServer::aggregation_loop() {
 
 void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
   const auto t0 = Clock::now();
+  // In client order, not arrival order: the same updates give the same
+  // aggregate bit for bit (float sums, krum's ties and bucketing depend on
+  // the order), so a sync run whose rounds take the same clients is
+  // reproducible whatever the threads' timing.
+  std::sort(batch.begin(), batch.end(), [](const Pending& a, const Pending& b) {
+    return std::tie(a.record.client_id, a.record.sequence) <
+           std::tie(b.record.client_id, b.record.sequence);
+  });
   std::vector<ClientUpdate> updates;
   std::vector<int64_t> ids;
   double staleness_sum = 0;
