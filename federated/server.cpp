@@ -457,6 +457,23 @@ void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
     return std::tie(a.record.client_id, a.record.sequence) <
            std::tie(b.record.client_id, b.record.sequence);
   });
+  // Note [Statistics of stale updates]: the model's statistics (BatchNorm
+  // running means and variances, after the parameters in the flat vector)
+  // take the aggregate as it is, x += mean(delta). A stale update's delta
+  // is relative to its base version's statistics, not the current ones:
+  // added to the current ones it can push a variance below zero (seen with
+  // small async buffers: test loss NaN from version 3). So each stale
+  // update's statistics delta is re-based on the current version first --
+  // it becomes (the client's statistics) - (the current ones) -- and the
+  // aggregate is a convex combination of statistics clients really had.
+  const int64_t stats_at = layout_.parameters_numel();
+  if (stats_at < layout_.numel()) {
+    const at::Tensor current = global_->slice(0, stats_at);
+    for (auto& p : batch) {
+      if (p.record.base_version == version_) continue;
+      p.delta.slice(0, stats_at).add_(statistics_of(p.record.base_version) - current);
+    }
+  }
   std::vector<ClientUpdate> updates;
   std::vector<int64_t> ids;
   double staleness_sum = 0;
@@ -510,6 +527,13 @@ void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
   log_info("version ", version, fed().mode == "sync" ? str(" (round ", round, ")") : "",
            ": ", batch.size(), " update(s), mean staleness ", format_double(mean_staleness),
            std::isnan(accuracy) ? "" : str(", test accuracy ", format_double(accuracy)));
+  // The statistics of versions a later update may still be based on.
+  if (layout_.parameters_numel() < layout_.numel()) {
+    statistics_[version_] = global_->slice(0, layout_.parameters_numel()).clone();
+    for (auto it = statistics_.begin(); it != statistics_.end();) {
+      it = it->first < version - policy_.max_staleness ? statistics_.erase(it) : std::next(it);
+    }
+  }
   std::lock_guard<std::mutex> lock(mu_);
   version_ = version;
   global_ = std::make_shared<const at::Tensor>(next);
@@ -603,6 +627,17 @@ std::string FedServer::progress_locked() const {
   return str("version ", version_, " (", version_ - 1, " of ", fed().async.versions,
              " aggregations): buffer ", buffer_.size(), "/", fed().async.buffer_size, "; ",
              counts);
+}
+
+at::Tensor FedServer::statistics_of(int64_t version) {
+  const int64_t stats_at = layout_.parameters_numel();
+  if (version == version_) return global_->slice(0, stats_at);
+  auto it = statistics_.find(version);
+  if (it == statistics_.end()) {
+    const at::Tensor flat = layout_.from_named(store_->load_version(version));
+    it = statistics_.emplace(version, flat.slice(0, stats_at).clone()).first;
+  }
+  return it->second;
 }
 
 ServerStatus FedServer::status() {

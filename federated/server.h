@@ -158,6 +158,9 @@ class FedServer {
   // The next global parameters from `batch`, excluding updates whose
   // contribution makes the aggregate non-finite (Note [Non-finite
   // aggregates] in server.cpp). `excluded` gets "client (update id)".
+  // The statistics part of version `version`'s parameters (aggregation
+  // thread; older versions from a cache or the store).
+  at::Tensor statistics_of(int64_t version);
   at::Tensor aggregate_finite(std::vector<ClientUpdate>& updates, const std::vector<Pending>& batch,
                               std::string* refused, std::vector<std::string>* excluded);
   double staleness_weight(int64_t staleness) const;
@@ -201,6 +204,7 @@ class FedServer {
   int64_t auth_failures_ = 0;
   double last_accuracy_ = NAN;
   std::chrono::steady_clock::time_point last_progress_;
+  std::map<int64_t, at::Tensor> statistics_;  // by version (aggregation thread)
   std::exception_ptr error_;  // the aggregation thread's failure
 
   std::thread aggregator_;

@@ -97,6 +97,42 @@ TEST(FedService, ANonFiniteAggregateIsNotApplied) {
   EXPECT_NE(read_file(dir.path() + "/metrics.jsonl").find("\"non_finite\":true"), std::string::npos);
 }
 
+// A stale update's BatchNorm statistics are re-based on the current
+// version (Note [Statistics of stale updates]): two clients that both
+// lowered the running variances from 1 to 0.1 starting at version 1 leave
+// them at 0.1, not at 1 - 0.9 - 0.9 = -0.8 (a negative variance: NaN test
+// loss, seen with small async buffers).
+TEST(FedService, StaleUpdatesKeepBatchNormStatisticsValid) {
+  test::TempDir dir;
+  Fixture f(small_recipe(dir.path(), {"model.name=cnn", "model.channels=[4]", "model.fc=8",
+                                      "federated.mode=async", "federated.async.buffer_size=1",
+                                      "federated.async.staleness_exponent=0"}));
+  std::vector<EncodedTensor> lower;
+  for (const auto& s : f.server.layout().slots()) {
+    const bool var = s.name.size() > 11 && s.name.substr(s.name.size() - 11) == "running_var";
+    lower.push_back(encode(s.name, at::full(s.shape, var ? -0.9f : 0.0f), {}));
+  }
+  const std::string t2 = f.server.store().enroll("edge-2");
+  EXPECT_TRUE(f.submit(f.info(1, 1), lower, f.token).ok());
+  for (int i = 0; i < 200 && f.server.status().version < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  auto i = f.info(1, 1);  // also based on version 1: stale by one
+  i.set_client_id("edge-2");
+  EXPECT_TRUE(f.submit(i, lower, t2).ok());
+  for (int k = 0; k < 200 && f.server.status().version < 3; ++k) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  ASSERT_EQ(f.server.status().version, 3);
+  int checked = 0;
+  for (const auto& [name, t] : f.server.store().load_version(3)) {
+    if (name.find("running_var") == std::string::npos) continue;
+    EXPECT_TRUE(at::allclose(t, at::full_like(t, 0.1f), 1e-5, 1e-6)) << name << " " << t;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 1);
+}
+
 TEST(FedService, OversizedUpdatesAreRefusedBeforeTheyAreBuffered) {
   test::TempDir dir;
   Fixture f(small_recipe(dir.path(), {"model.name=cnn", "federated.server.max_message_mb=1"}));
