@@ -110,8 +110,9 @@ class FedServer {
   std::optional<Rejection> authenticate(const std::string& client_id, const std::string& token);
   void count_auth_failure();
 
-  // GetModel without blocking (the service long-polls, Note [Long polls]
-  // in service.cpp). check_in: sync mode, the client waits to be selected.
+  // GetModel without blocking (the service long-polls without holding a
+  // thread, Note [Callback service] in service_impl.h). check_in: sync
+  // mode, the client waits to be selected.
   // model_if_ready: the model for `client_id` when there is news for a
   // client holding `have_version` (another version, a round selection, the
   // end, or the server stopping); nullopt while there is none.

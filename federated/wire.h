@@ -94,7 +94,7 @@ class TensorAssembler final : public ChunkReader {
 };
 
 // Receives an update's chunks straight into one flat float32 vector laid
-// out as `layout` (Note [Bounded ingest] in service.cpp). Each header is
+// out as `layout` (Note [Bounded ingest] in service_impl.h). Each header is
 // checked against the model as it arrives (order, name, shape, payload
 // size), so a wrong update is refused at its first wrong header, before its
 // data is read. fp32 payloads are copied from the chunk into place; the

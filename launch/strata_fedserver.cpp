@@ -39,7 +39,7 @@ void on_signal(int sig) { g_signal = sig; }
 // glibc would serve them from per-thread arenas once its dynamic mmap
 // threshold has risen, and keep the freed blocks there, so the heap would
 // grow with the number of threads that ever received one (Note [Bounded
-// ingest] in federated/service.cpp). A fixed threshold returns every block
+// ingest] in federated/service_impl.h). A fixed threshold returns every block
 // of 4 MiB and more to the system when freed; fewer arenas bound the rest.
 void bound_heap_retention() {
 #ifdef __GLIBC__

@@ -57,6 +57,16 @@ inline CommandResult run_command(const std::string& command) {
   return r;
 }
 
+// Threads of process `pid` (from /proc), -1 when it cannot be read.
+inline int64_t thread_count(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("Threads:", 0) == 0) return std::stoll(line.substr(8));
+  }
+  return -1;
+}
+
 inline std::vector<std::string> read_lines(const std::string& path) {
   std::ifstream in(path);
   std::vector<std::string> lines;

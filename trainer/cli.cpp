@@ -61,6 +61,8 @@ void add_recipe_args(CLI::App& app, RecipeArgs& args, const std::string& words, 
 }
 
 bool parse_args(CLI::App& app, int argc, char** argv) {
+  // CLI::App::exit prints the help or version text (it does not end the
+  // process); the caller returns 0.
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -3,7 +3,7 @@
 // are ingest slots), 200 silent unauthenticated streams and 300 long polls
 // cancelled after 0.3 s. An honest client's submit must be accepted within
 // 5 s, the server's thread count must stay within its documented bound
-// (Note [Callback service] in federated/service.cpp), and SIGTERM must end
+// (Note [Callback service] in federated/service_impl.h), and SIGTERM must end
 // the process within 5 s with long polls outstanding.
 #include <gtest/gtest.h>
 #include <grpcpp/grpcpp.h>
@@ -11,7 +11,6 @@
 #include <sys/wait.h>
 
 #include <chrono>
-#include <fstream>
 #include <thread>
 
 #include "core/fs.h"
@@ -30,15 +29,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 const std::string kServer = STRATA_FEDSERVER_BIN;
-
-int64_t threads_of(pid_t pid) {
-  std::ifstream in(str("/proc/", pid, "/status"));
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("Threads:", 0) == 0) return std::stoll(line.substr(8));
-  }
-  return -1;
-}
 
 struct Stream {
   grpc::ClientContext ctx;
@@ -87,7 +77,7 @@ TEST(FedFlood, HonestClientsAreServedAndSigtermEndsInSeconds) {
   const auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
   ASSERT_TRUE(channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(60)));
   auto stub = pb::Federation::NewStub(channel);
-  const int64_t idle_threads = threads_of(pid);
+  const int64_t idle_threads = test::thread_count(pid);
 
   const train::Recipe r = train::load_recipe(recipe);
   auto model = train::builtin_registries().models.get("mlp", "", "model.name")(r.model, {});
@@ -132,10 +122,9 @@ TEST(FedFlood, HonestClientsAreServedAndSigtermEndsInSeconds) {
     grpc::ClientContext ctx;
     std::unique_ptr<grpc::ClientAsyncReader<pb::ModelChunk>> r;
   };
-  std::vector<std::unique_ptr<Poll>> polls;
-  for (int k = 0; k < 300; ++k) {
+  // A long poll of 60 s by client `id` (it waits: version 1 is current).
+  const auto poll = [&](const std::string& id) {
     auto p = std::make_unique<Poll>();
-    const std::string id = str("p", k / 2);
     p->ctx.AddMetadata("authorization", "Bearer " + token(id));
     pb::GetModelRequest req;
     req.set_client_id(id);
@@ -143,12 +132,14 @@ TEST(FedFlood, HonestClientsAreServedAndSigtermEndsInSeconds) {
     req.set_wait_ms(60000);
     p->r = stub->PrepareAsyncGetModel(&p->ctx, req, &cq);
     p->r->StartCall(p.get());
-    polls.push_back(std::move(p));
-  }
+    return p;
+  };
+  std::vector<std::unique_ptr<Poll>> polls;
+  for (int k = 0; k < 300; ++k) polls.push_back(poll(str("p", k / 2)));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   for (auto& p : polls) p->ctx.TryCancel();
   std::this_thread::sleep_for(std::chrono::milliseconds(700));
-  const int64_t flooded_threads = threads_of(pid);
+  const int64_t flooded_threads = test::thread_count(pid);
 
   EdgeClientOptions o;
   o.address = address;
@@ -165,7 +156,7 @@ TEST(FedFlood, HonestClientsAreServedAndSigtermEndsInSeconds) {
   const double submit_s = std::chrono::duration<double>(Clock::now() - t0).count();
   EXPECT_TRUE(res.accepted) << res.code << " " << res.reason;
   EXPECT_LT(submit_s, 5.0);
-  const int64_t peak_threads = std::max(flooded_threads, threads_of(pid));
+  const int64_t peak_threads = std::max(flooded_threads, test::thread_count(pid));
   // The documented bound: main + aggregator + watchdog + max_inflight (4)
   // workers + gRPC's own pollers and executor (a few per core) -- not one
   // per call. 2 cores here; the bound allows 64.
@@ -175,18 +166,7 @@ TEST(FedFlood, HonestClientsAreServedAndSigtermEndsInSeconds) {
 
   // SIGTERM with 10 long polls outstanding.
   std::vector<std::unique_ptr<Poll>> waiting;
-  for (int k = 0; k < 10; ++k) {
-    auto p = std::make_unique<Poll>();
-    const std::string id = str("p", 100 + k);
-    p->ctx.AddMetadata("authorization", "Bearer " + token(id));
-    pb::GetModelRequest req;
-    req.set_client_id(id);
-    req.set_have_version(1);
-    req.set_wait_ms(60000);
-    p->r = stub->PrepareAsyncGetModel(&p->ctx, req, &cq);
-    p->r->StartCall(p.get());
-    waiting.push_back(std::move(p));
-  }
+  for (int k = 0; k < 10; ++k) waiting.push_back(poll(str("p", 100 + k)));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   const auto t1 = Clock::now();
   ASSERT_EQ(::kill(pid, SIGTERM), 0);

@@ -29,16 +29,6 @@ using std::chrono::milliseconds;
 using Clock = std::chrono::steady_clock;
 constexpr uint64_t kTwo63 = uint64_t{1} << 63;
 
-// Threads of this process (server and test client together).
-int64_t thread_count() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("Threads:", 0) == 0) return std::stoll(line.substr(8));
-  }
-  return -1;
-}
-
 // Redirects this process's stderr (the log) into a file until stop().
 class StderrCapture {
  public:
@@ -99,6 +89,21 @@ struct RawUpload {
   pb::SubmitReply reply;
   std::unique_ptr<grpc::ClientWriter<pb::UpdateChunk>> w;
 };
+
+// An upload of `client` that sends its info, the first tensor's header and
+// 4 KiB of its payload, then stalls.
+std::unique_ptr<RawUpload> stalled_upload(Fixture& f, const std::string& client,
+                                          const std::string& token, int64_t sequence) {
+  auto u = std::make_unique<RawUpload>(f, token);
+  auto i = f.info(sequence);
+  i.set_client_id(client);
+  u->info(i);
+  pb::TensorHeader first;
+  to_proto(f.delta(0.0f)[0], &first);
+  u->header(first);
+  u->data(std::string(4096, '\0'));
+  return u;
+}
 
 // Long polls on one completion queue (no client threads, so the process's
 // thread count is the server's).
@@ -224,6 +229,15 @@ UpdateToSend zero_update(const Fixture& f, uint64_t base, float value = 0.0f) {
   u.num_samples = 5;
   for (const auto& s : f.server.layout().slots()) u.tensors.emplace_back(s.name, at::full(s.shape, value));
   return u;
+}
+
+// A newly enrolled honest client's update is accepted within 5 s.
+void expect_honest_submit_within_5s(Fixture& f, const std::string& id) {
+  EdgeClient honest(client_options(f, id, f.server.store().enroll(id)));
+  const auto t0 = Clock::now();
+  const SubmitResult r = honest.submit(zero_update(f, 1));
+  EXPECT_TRUE(r.accepted) << r.code << " " << r.reason;
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(5));
 }
 
 // Waits up to 10 s for the server to reach `version`.
@@ -358,31 +372,16 @@ TEST(Hostile, StalledUploadsAreBoundedPerClientAndEndedWhenIdle) {
   Fixture f(small_recipe(dir.path(), {"federated.mode=async", "federated.async.buffer_size=100",
                                       "federated.server.max_inflight_updates=2",
                                       "federated.server.stream_idle_timeout_s=1.5"}));
-  const int64_t threads_before = thread_count();
-  const pb::TensorHeader first = [&] {
-    pb::TensorHeader h;
-    to_proto(f.delta(0.0f)[0], &h);
-    return h;
-  }();
+  const int64_t threads_before = test::thread_count(::getpid());
   // 200 stalled streams of one enrolled client: one gets a slot, the rest
   // are refused at once.
   std::vector<std::unique_ptr<RawUpload>> stalled;
-  for (int k = 0; k < 200; ++k) {
-    auto u = std::make_unique<RawUpload>(f, f.token);
-    u->info(f.info(k + 1));
-    u->header(first);
-    u->data(std::string(4096, '\0'));
-    stalled.push_back(std::move(u));
-  }
+  for (int k = 0; k < 200; ++k) stalled.push_back(stalled_upload(f, "edge-1", f.token, k + 1));
   std::this_thread::sleep_for(milliseconds(300));
-  EXPECT_LT(thread_count() - threads_before, 20) << "threads grew with stalled streams";
+  EXPECT_LT(test::thread_count(::getpid()) - threads_before, 20)
+      << "threads grew with stalled streams";
   // An honest client is accepted within 5 s.
-  const std::string t2 = f.server.store().enroll("edge-2");
-  EdgeClient honest(client_options(f, "edge-2", t2));
-  const auto t0 = Clock::now();
-  const SubmitResult r = honest.submit(zero_update(f, 1));
-  EXPECT_TRUE(r.accepted) << r.code << " " << r.reason;
-  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(5));
+  expect_honest_submit_within_5s(f, "edge-2");
   int busy = 0, idle = 0;
   for (auto& u : stalled) {
     const grpc::Status st = u->status();
@@ -410,29 +409,14 @@ TEST(Hostile, StalledUploadsOfManyClientsLoseTheirSlotsWhenOthersWait) {
                                       "federated.server.max_inflight_updates=4",
                                       "federated.server.stream_idle_timeout_s=600",
                                       "federated.server.contended_idle_timeout_s=1"}));
-  pb::TensorHeader first;
-  to_proto(f.delta(0.0f)[0], &first);
   std::vector<std::unique_ptr<RawUpload>> stalled;
   for (int c = 0; c < 4; ++c) {
     const std::string id = str("h", c);
     const std::string tok = f.server.store().enroll(id);
-    for (int k = 0; k < 50; ++k) {
-      auto u = std::make_unique<RawUpload>(f, tok);
-      auto i = f.info(k + 1);
-      i.set_client_id(id);
-      u->info(i);
-      u->header(first);
-      u->data(std::string(4096, '\0'));
-      stalled.push_back(std::move(u));
-    }
+    for (int k = 0; k < 50; ++k) stalled.push_back(stalled_upload(f, id, tok, k + 1));
   }
   std::this_thread::sleep_for(milliseconds(1500));  // longer than contended_idle_timeout_s
-  const std::string t2 = f.server.store().enroll("edge-2");
-  EdgeClient honest(client_options(f, "edge-2", t2));
-  const auto t0 = Clock::now();
-  const SubmitResult r = honest.submit(zero_update(f, 1));
-  EXPECT_TRUE(r.accepted) << r.code << " " << r.reason;
-  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(5));
+  expect_honest_submit_within_5s(f, "edge-2");
   // The preempted stalled upload was refused "idle" (the rest were turned
   // away at once: one upload per client).
   const ServerStatus st = f.server.status();
@@ -447,11 +431,11 @@ TEST(Hostile, SilentStreamsPinNoThreadsAndEndAtTheFirstMessageDeadline) {
   test::TempDir dir;
   Fixture f(small_recipe(dir.path(), {"federated.mode=async", "federated.async.buffer_size=100",
                                       "federated.server.first_message_timeout_s=1"}));
-  const int64_t threads_before = thread_count();
+  const int64_t threads_before = test::thread_count(::getpid());
   std::vector<std::unique_ptr<RawUpload>> silent;
   for (int k = 0; k < 200; ++k) silent.push_back(std::make_unique<RawUpload>(f, ""));
   std::this_thread::sleep_for(milliseconds(300));
-  EXPECT_LT(thread_count() - threads_before, 20) << "threads grew with silent streams";
+  EXPECT_LT(test::thread_count(::getpid()) - threads_before, 20) << "threads grew with silent streams";
   EdgeClient honest(client_options(f, "edge-1", f.token));
   const auto t0 = Clock::now();
   EXPECT_TRUE(honest.submit(zero_update(f, 1)).accepted);
@@ -477,11 +461,11 @@ TEST(Hostile, CancelledLongPollsAreReleasedAndBoundedPerClient) {
     who.emplace_back(id, tok);
     who.emplace_back(id, tok);  // two polls per client: the limit
   }
-  const int64_t threads_before = thread_count();
+  const int64_t threads_before = test::thread_count(::getpid());
   {
     AsyncPolls polls(*f.stub, who, /*have*/ 1, /*wait_ms*/ 60000);
     std::this_thread::sleep_for(milliseconds(300));
-    EXPECT_LT(thread_count() - threads_before, 20) << "threads grew with long polls";
+    EXPECT_LT(test::thread_count(::getpid()) - threads_before, 20) << "threads grew with long polls";
     // A third poll of a client that has two open is turned away at once.
     AsyncPolls third(*f.stub, {who[0]}, 1, 60000);
     ASSERT_EQ(third.wait_all(std::chrono::seconds(3)), 1u);
@@ -500,7 +484,7 @@ TEST(Hostile, CancelledLongPollsAreReleasedAndBoundedPerClient) {
   EXPECT_TRUE(again.status(0).ok()) << again.status(0).error_message();
   EdgeClient honest(client_options(f, "edge-1", f.token));
   EXPECT_EQ(honest.fetch(0, milliseconds(0)).version, 1);
-  EXPECT_LT(thread_count() - threads_before, 20);
+  EXPECT_LT(test::thread_count(::getpid()) - threads_before, 20);
 }
 
 // Defect 4: SIGTERM with long polls outstanding took as long as their

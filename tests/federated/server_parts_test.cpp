@@ -161,7 +161,7 @@ TEST(Validator, MetadataRejectionsCarryCodeKeyAndReason) {
   r = check_metadata({"c1", 5, 6, 4, 3, 0}, p);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->key, "num_samples");
-  r = check_metadata({"c1", 5, 6, 4, 3, p.max_num_samples + 1}, p);
+  r = check_metadata({"c1", 5, 6, 4, 3, static_cast<uint64_t>(p.max_num_samples) + 1}, p);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->code, RejectCode::kInvalidArgument);
 }
