@@ -141,10 +141,10 @@ int bench(int argc, char** argv) {
       st::Recipe r = base;
       r.train.activation_checkpointing = policy;
       torch::manual_seed(0);
-      auto model = reg.models.get(m.name, "", "model.name")(m, st::InputShape{1, 1, 1, 256});
+      auto model = reg.models.get(m.name, "", "model.name").build(m, st::InputShape{1, 1, 1, 256}, {});
       model->set_checkpointing(st::checkpoint_plan(policy, r.train.checkpoint_every,
                                                    model->checkpoint_units(), recipe_path));
-      auto opt = reg.optimizers.get(r.optimizer.name, "", "optimizer.name")(r, *model);
+      auto opt = reg.optimizers.get(r.optimizer.name, "", "optimizer.name").make(r, *model);
       st::TextLoaderOptions lo;
       lo.batch_size = r.data.batch_size;
       lo.seq_len = m.seq_len;

@@ -153,7 +153,7 @@ Row run(const std::string& dir, const std::string& hidden, int clients, double s
     ::_exit(127);
   }
   const st::Recipe r = st::load_recipe(recipe);
-  auto model = st::builtin_registries().models.get("mlp", "", "model.name")(r.model, {});
+  auto model = st::builtin_registries().models.get("mlp", "", "model.name").build(r.model, {}, {});
   const sf::TensorLayout layout = sf::TensorLayout::of(*model);
   std::vector<sf::EncodedTensor> encoded;
   for (const auto& [name, t] : layout.unflatten(at::full({layout.numel()}, 1e-6f))) {

@@ -202,6 +202,7 @@ class Counting final : public sd::Communicator {
   int size() const override { return inner_->size(); }
   const std::string& name() const override { return inner_->name(); }
   const char* backend() const override { return inner_->backend(); }
+  bool supports(sd::Capability c) const override { return inner_->supports(c); }
   std::unique_ptr<sd::Work> all_reduce(at::Tensor& t, sd::ReduceOp op) override {
     all_reduce_elements += t.numel();
     ++all_reduces;
@@ -257,13 +258,14 @@ Traffic gpt_step_traffic(int t, int64_t n_layer, int64_t b, int64_t s, int64_t h
   int64_t before = 0, after = 0;
   run_threads(t, [&](std::shared_ptr<sd::Communicator> g) {
     auto counting = std::make_shared<Counting>(g);
-    st::InputShape shape{1, 1, 1, 256};
-    shape.tp = counting;
+    const st::InputShape shape{1, 1, 1, 256};
+    st::ModelPart part;
+    part.tp = counting;
     std::shared_ptr<st::Model> model;
     {
       std::lock_guard<std::mutex> lock(build);
       torch::manual_seed(0);
-      model = st::make_gpt(cfg, shape);
+      model = st::make_gpt(cfg, shape, part);
     }
     g->barrier()->wait();
     if (g->rank() == 0) before = loopback_bytes();

@@ -34,6 +34,12 @@ const char* reduce_op_name(ReduceOp op) {
   return "?";
 }
 
+at::Device transport_device(const Communicator& c, at::Device compute) {
+  const bool moves = compute.is_cpu() ? c.supports(Capability::kHostMemory)
+                                      : c.supports(Capability::kDeviceMemory);
+  return moves ? compute : at::Device(at::kCPU);
+}
+
 std::pair<int, int> split_position(const std::vector<int64_t>& colors,
                                    const std::vector<int64_t>& keys,
                                    int parent_rank) {
@@ -66,6 +72,7 @@ class SelfCommunicator final : public Communicator {
   int size() const override { return 1; }
   const std::string& name() const override { return name_; }
   const char* backend() const override { return "self"; }
+  bool supports(Capability) const override { return true; }
 
   std::unique_ptr<Work> all_reduce(at::Tensor&, ReduceOp) override { return done(); }
   std::unique_ptr<Work> broadcast(at::Tensor&, int root) override {

@@ -27,6 +27,13 @@ namespace strata::dist {
 
 enum class ReduceOp { kSum, kAvg, kMax, kMin };
 
+// What a backend can do; code asks this instead of comparing names.
+enum class Capability {
+  kHostMemory,    // moves CPU tensors (gloo, mpi, self)
+  kDeviceMemory,  // moves GPU tensors (nccl, self)
+  kNative16Bit,   // carries fp16/bf16 as they are (nccl, self); gloo and mpi widen to fp32
+};
+
 const char* reduce_op_name(ReduceOp op);
 
 class Work {
@@ -44,8 +51,9 @@ class Communicator {
   virtual int size() const = 0;
   // The group's name in messages ("world", "dp", "tp", ...).
   virtual const std::string& name() const = 0;
-  // Backend name: "gloo", "mpi", "nccl".
+  // Backend name for messages: "gloo", "mpi", "nccl", "self".
   virtual const char* backend() const = 0;
+  virtual bool supports(Capability capability) const = 0;
 
   // Collective. In place: every rank's `tensor` becomes the reduction over
   // ranks. kAvg divides the sum by size().
@@ -139,5 +147,9 @@ struct NcclOptions {
 };
 
 std::shared_ptr<Communicator> make_nccl_communicator(const NcclOptions& options);
+
+// Where a tensor computed on `compute` has to be to travel over `c`: the
+// compute device when the backend moves it, else the CPU.
+at::Device transport_device(const Communicator& c, at::Device compute);
 
 }  // namespace strata::dist

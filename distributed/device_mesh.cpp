@@ -5,17 +5,27 @@
 
 namespace strata::dist {
 
+const char* axis_name(Axis axis) {
+  switch (axis) {
+    case Axis::kPipeline: return "pp";
+    case Axis::kData: return "dp";
+    case Axis::kTensor: return "tp";
+  }
+  return "?";
+}
+
 DeviceMesh::DeviceMesh(std::shared_ptr<Communicator> world, std::vector<MeshAxis> axes)
     : world_(world ? std::move(world) : make_self_communicator("world")),
-      axes_(std::move(axes)) {
+      axes_(std::move(axes)),
+      self_(make_self_communicator("self")) {
   STRATA_INTERNAL_ASSERT(!axes_.empty(), "a device mesh needs at least one axis");
   int64_t product = 1;
   for (size_t i = 0; i < axes_.size(); ++i) {
     STRATA_CHECK_T(ConfigError, axes_[i].size >= 1, "device mesh axis '",
-                   axes_[i].name, "' has size ", axes_[i].size, "; sizes are >= 1");
+                   axis_name(axes_[i].axis), "' has size ", axes_[i].size, "; sizes are >= 1");
     for (size_t j = 0; j < i; ++j) {
-      STRATA_INTERNAL_ASSERT(axes_[j].name != axes_[i].name,
-                             "device mesh axis '", axes_[i].name, "' listed twice");
+      STRATA_INTERNAL_ASSERT(axes_[j].axis != axes_[i].axis,
+                             "device mesh axis '", axis_name(axes_[i].axis), "' listed twice");
     }
     product *= axes_[i].size;
   }
@@ -40,37 +50,45 @@ DeviceMesh::DeviceMesh(std::shared_ptr<Communicator> world, std::vector<MeshAxis
       return s;
     }();
     if (axes_[i].size == 1) {
-      groups_.push_back(make_self_communicator(axes_[i].name));
+      groups_.push_back(make_self_communicator(axis_name(axes_[i].axis)));
     } else if (axes_[i].size == world_->size()) {
       groups_.push_back(world_);
     } else {
       const int color = world_->rank() - coords_[i] * stride;
-      groups_.push_back(world_->split(color, coords_[i], axes_[i].name));
+      groups_.push_back(world_->split(color, coords_[i], axis_name(axes_[i].axis)));
     }
     STRATA_INTERNAL_ASSERT(groups_.back()->size() == axes_[i].size &&
                            groups_.back()->rank() == coords_[i],
-                           "mesh axis '", axes_[i].name, "': group rank ",
+                           "mesh axis '", axis_name(axes_[i].axis), "': group rank ",
                            groups_.back()->rank(), "/", groups_.back()->size(),
                            ", expected ", coords_[i], "/", axes_[i].size);
   }
 }
 
-size_t DeviceMesh::index(const std::string& axis) const {
+size_t DeviceMesh::index(Axis axis) const {
   for (size_t i = 0; i < axes_.size(); ++i) {
-    if (axes_[i].name == axis) return i;
+    if (axes_[i].axis == axis) return i;
   }
-  throw InternalError(str("device mesh ", describe(), " has no axis '", axis, "'"));
+  return axes_.size();
 }
 
-int DeviceMesh::size(const std::string& axis) const { return axes_[index(axis)].size; }
-int DeviceMesh::coord(const std::string& axis) const { return coords_[index(axis)]; }
-const std::shared_ptr<Communicator>& DeviceMesh::group(const std::string& axis) const {
-  return groups_[index(axis)];
+bool DeviceMesh::has(Axis axis) const { return index(axis) < axes_.size(); }
+int DeviceMesh::size(Axis axis) const {
+  const size_t i = index(axis);
+  return i < axes_.size() ? axes_[i].size : 1;
+}
+int DeviceMesh::coord(Axis axis) const {
+  const size_t i = index(axis);
+  return i < axes_.size() ? coords_[i] : 0;
+}
+const std::shared_ptr<Communicator>& DeviceMesh::group(Axis axis) const {
+  const size_t i = index(axis);
+  return i < axes_.size() ? groups_[i] : self_;
 }
 
 std::string DeviceMesh::describe() const {
   std::vector<std::string> parts;
-  for (const auto& a : axes_) parts.push_back(str(a.name, "=", a.size));
+  for (const auto& a : axes_) parts.push_back(str(axis_name(a.axis), "=", a.size));
   return join(parts, " x ");
 }
 

@@ -1,10 +1,10 @@
 // The ranks of a job laid out on a grid, with one communicator per axis.
 //
-// A mesh of axes {pp: 2, dp: 2, tp: 2} over 8 ranks places rank
+// A mesh of axes {pipeline: 2, data: 2, tensor: 2} over 8 ranks places rank
 // r = (pp_i * 2 + dp_i) * 2 + tp_i: axes are listed outermost first and the
 // last one varies fastest, so the innermost axis (tensor parallelism, the
 // chattiest) gets neighbouring ranks, which launchers put on one host
-// (Megatron-core's order). group("dp") is the communicator of the ranks that
+// (Megatron-core's order). group(Axis::kData) is the communicator of the ranks that
 // share this rank's coordinates on every other axis.
 //
 // Construction is collective over `world`. An axis of size 1 gets a self
@@ -20,9 +20,18 @@
 
 namespace strata::dist {
 
+// The kinds of parallelism a mesh axis can carry.
+enum class Axis {
+  kPipeline,  // "pp": pipeline stages
+  kData,      // "dp": data-parallel replicas
+  kTensor,    // "tp": tensor-parallel shards of each layer
+};
+// "pp", "dp", "tp": in messages and as communicator names.
+const char* axis_name(Axis axis);
+
 struct MeshAxis {
-  std::string name;  // "pp", "dp", "tp", ...
-  int size = 1;      // >= 1
+  Axis axis = Axis::kData;
+  int size = 1;  // >= 1
 };
 
 class DeviceMesh {
@@ -36,18 +45,22 @@ class DeviceMesh {
   int size() const { return world_->size(); }
   const std::shared_ptr<Communicator>& world() const { return world_; }
 
-  // Per axis; InternalError for an axis the mesh does not have.
-  int size(const std::string& axis) const;
-  int coord(const std::string& axis) const;
-  const std::shared_ptr<Communicator>& group(const std::string& axis) const;
+  // Per axis; an axis the mesh does not list has size 1, coordinate 0
+  // and a self group.
+  int size(Axis axis) const;
+  int coord(Axis axis) const;
+  const std::shared_ptr<Communicator>& group(Axis axis) const;
+  bool has(Axis axis) const;
 
   // "pp=1 x dp=2 x tp=1".
   std::string describe() const;
 
  private:
-  size_t index(const std::string& axis) const;
+  // Index into axes_, or axes_.size() when absent.
+  size_t index(Axis axis) const;
 
   std::shared_ptr<Communicator> world_;
+  std::shared_ptr<Communicator> self_;  // the group of an absent axis
   std::vector<MeshAxis> axes_;
   std::vector<int> coords_;
   std::vector<std::shared_ptr<Communicator>> groups_;

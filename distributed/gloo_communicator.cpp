@@ -41,6 +41,7 @@ class GlooCommunicator final : public C10dCommunicator<c10d::ProcessGroupGloo> {
   }
 
   const char* backend() const override { return "gloo"; }
+  bool supports(Capability c) const override { return c == Capability::kHostMemory; }
 
   std::unique_ptr<Work> all_reduce(at::Tensor& t, ReduceOp op) override {
     if (t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16) {

@@ -106,6 +106,7 @@ class MpiCommunicator final : public Communicator {
   int size() const override { return size_; }
   const std::string& name() const override { return name_; }
   const char* backend() const override { return "mpi"; }
+  bool supports(Capability c) const override { return c == Capability::kHostMemory; }
 
   std::unique_ptr<Work> all_reduce(at::Tensor& t, ReduceOp op) override {
     STRATA_INTERNAL_ASSERT(t.is_contiguous(), "all_reduce needs a contiguous tensor");

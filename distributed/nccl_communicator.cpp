@@ -42,6 +42,7 @@ class NcclCommunicator final : public C10dCommunicator<c10d::ProcessGroupNCCL> {
   }
 
   const char* backend() const override { return "nccl"; }
+  bool supports(Capability c) const override { return c != Capability::kHostMemory; }
 
   std::unique_ptr<Work> all_reduce(at::Tensor& t, ReduceOp op) override {
     std::vector<at::Tensor> v{t};

@@ -83,7 +83,7 @@ class PipelineExecutor {
   int peak_ = 0;
 };
 
-// A parameter tied across the pipeline (gpt's wte: the embedding on the
+// A parameter tied across the pipeline (a language model's token embedding, on the
 // first stage, the output projection on the last) lives as one copy on
 // each; after backward, the two copies' gradients are summed so that both
 // take the same step. Call on every stage (a no-op between the ends).

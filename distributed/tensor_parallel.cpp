@@ -13,19 +13,26 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// The group travels through autograd contexts as an address: the layer (or
-// caller) that owns the shared_ptr outlives its backward.
-int64_t pack(const std::shared_ptr<Communicator>& c) {
-  return static_cast<int64_t>(reinterpret_cast<intptr_t>(c.get()));
+// The group travels through autograd's saved state as a capsule holding
+// its shared_ptr: the graph keeps the group alive until its backward ran,
+// whoever dropped the layer meanwhile.
+struct GroupRef : torch::CustomClassHolder {
+  explicit GroupRef(std::shared_ptr<Communicator> c) : group(std::move(c)) {}
+  std::shared_ptr<Communicator> group;
+};
+c10::IValue pack(const std::shared_ptr<Communicator>& c) {
+  STRATA_INTERNAL_ASSERT(c != nullptr, "tensor parallelism without a group");
+  return c10::IValue::make_capsule(c10::make_intrusive<GroupRef>(c));
 }
 Communicator& unpack(AutogradContext* ctx) {
-  return *reinterpret_cast<Communicator*>(static_cast<intptr_t>(ctx->saved_data["tp"].toInt()));
+  const c10::IValue& v = ctx->saved_data.at("tp");
+  return *c10::static_intrusive_pointer_cast<GroupRef>(v.toCapsule())->group;
 }
 
 // The dtype a tensor travels in: gloo (in LibTorch 1.13) and MPI have no
 // bf16 (autocast's activations on CPUs), so those carry it as fp32.
 at::ScalarType wire_dtype(const Communicator& c, const at::Tensor& x) {
-  return x.scalar_type() == at::kBFloat16 && std::string(c.backend()) != "nccl"
+  return x.scalar_type() == at::kBFloat16 && !c.supports(Capability::kNative16Bit)
              ? at::kFloat
              : x.scalar_type();
 }
@@ -53,7 +60,7 @@ at::Tensor slice_last(Communicator& c, const at::Tensor& x) {
 }
 
 struct CopyTo : torch::autograd::Function<CopyTo> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t tp) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const c10::IValue& tp) {
     ctx->saved_data["tp"] = tp;
     return x.view_as(x);
   }
@@ -63,7 +70,7 @@ struct CopyTo : torch::autograd::Function<CopyTo> {
 };
 
 struct ReduceFrom : torch::autograd::Function<ReduceFrom> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t tp) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const c10::IValue& tp) {
     ctx->saved_data["tp"] = tp;
     return all_reduce_sum(unpack(ctx), x);
   }
@@ -71,7 +78,7 @@ struct ReduceFrom : torch::autograd::Function<ReduceFrom> {
 };
 
 struct ScatterTo : torch::autograd::Function<ScatterTo> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t tp) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const c10::IValue& tp) {
     ctx->saved_data["tp"] = tp;
     return slice_last(unpack(ctx), x);
   }
@@ -81,7 +88,7 @@ struct ScatterTo : torch::autograd::Function<ScatterTo> {
 };
 
 struct GatherFrom : torch::autograd::Function<GatherFrom> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t tp) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const c10::IValue& tp) {
     ctx->saved_data["tp"] = tp;
     return all_gather_last(unpack(ctx), x);
   }
@@ -109,7 +116,7 @@ at::Tensor shard(const at::Tensor& full, int64_t dim, const Communicator& tp, co
 
 struct VocabCrossEntropy : torch::autograd::Function<VocabCrossEntropy> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits,
-                            const at::Tensor& targets, int64_t start, int64_t tp) {
+                            const at::Tensor& targets, int64_t start, const c10::IValue& tp) {
     ctx->saved_data["tp"] = tp;
     Communicator& c = unpack(ctx);
     const int64_t vt = logits.size(-1);

@@ -42,17 +42,12 @@ Attack parse_attack(const std::string& name) {
   throw ConfigError(str("unknown attack '", name, "'; valid: scaled, sign_flip, random"));
 }
 
-EdgeRunStats run_edge(EdgeClient& client, train::Model& model, const LocalData& data,
-                      const EdgeRunOptions& o) {
-  STRATA_INTERNAL_ASSERT(o.recipe != nullptr);
+EdgeRunStats run_edge(EdgeClient& client, std::shared_ptr<train::Model> model,
+                      const LocalData& data, const EdgeRunOptions& o) {
+  STRATA_INTERNAL_ASSERT(o.recipe != nullptr && o.registries != nullptr);
   const train::Recipe& r = *o.recipe;
-  const TensorLayout layout = TensorLayout::of(model);
-  LearnOptions learn;
-  learn.lr = r.optimizer.lr;
-  learn.momentum = r.optimizer.momentum;
-  learn.weight_decay = r.optimizer.weight_decay;
-  learn.batch_size = r.data.batch_size;
-  learn.seed = o.seed;
+  Learner learner(r, *o.registries, std::move(model));
+  const TensorLayout& layout = learner.layout();
   SampleStream stream(data, mix_seed(o.seed, 1));
   EncodeOptions enc{parse_encoding(r.federated.client.encoding), r.federated.client.topk_fraction};
   EdgeRunStats st;
@@ -88,11 +83,12 @@ EdgeRunStats run_edge(EdgeClient& client, train::Model& model, const LocalData& 
     if (!global.defined() || (!async && m.round == 0)) continue;  // not selected: poll again
     if (!async) slot.emplace(o.compute);
     if (stopped()) break;
-    learn.proximal_mu = m.proximal_mu;
     const LocalResult lr =
-        async ? learn_online(model, layout, global, stream,
-                             std::min(r.federated.async.samples_per_update, data.size()), learn)
-              : train_local_epochs(model, layout, global, data, m.local_epochs, m.round, learn);
+        async ? learner.learn_online(global, stream,
+                                     std::min(r.federated.async.samples_per_update, data.size()),
+                                     m.proximal_mu)
+              : learner.train_epochs(global, data, m.local_epochs, m.round, o.seed,
+                                     m.proximal_mu);
     slot.reset();
     const at::Tensor delta = corrupt(lr.delta, o.attack, o.attack_scale,
                                      mix_seed(o.seed, static_cast<uint64_t>(st.submitted), 7));

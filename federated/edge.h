@@ -44,7 +44,8 @@ enum class Attack { kNone, kScaled, kSignFlip, kRandom };
 Attack parse_attack(const std::string& name);  // recipe federated.sim.attack
 
 struct EdgeRunOptions {
-  const train::Recipe* recipe = nullptr;  // model, optimizer, data.batch_size, federated
+  const train::Recipe* recipe = nullptr;  // model, optimizer, data.batch_size, train, federated
+  const train::Registries* registries = nullptr;  // the optimizer
   uint64_t seed = 0;
   Attack attack = Attack::kNone;
   double attack_scale = 100.0;
@@ -64,7 +65,7 @@ struct EdgeRunStats {
 
 // Runs until the server reports the end (or *stop). CommError when the
 // server stays unreachable beyond the client's retries.
-EdgeRunStats run_edge(EdgeClient& client, train::Model& model, const LocalData& data,
-                      const EdgeRunOptions& options);
+EdgeRunStats run_edge(EdgeClient& client, std::shared_ptr<train::Model> model,
+                      const LocalData& data, const EdgeRunOptions& options);
 
 }  // namespace strata::fed

@@ -1,54 +1,18 @@
 #include "federated/learner.h"
 
-#include <torch/torch.h>
+#include <torch/optim/optimizer.h>
 
 #include "core/error.h"
 #include "core/random.h"
+#include "trainer/amp.h"
 #include "trainer/data/loader.h"
+#include "trainer/train_step.h"
 
 namespace strata::fed {
 namespace {
 
-// SGD over the given mini-batches from `global`; the FedProx term adds
-// mu (w - w_global) to each parameter's gradient.
-template <class NextBatch>
-LocalResult sgd_from(train::Model& model, const TensorLayout& layout, const at::Tensor& global,
-                     int64_t steps, const LearnOptions& o, NextBatch next_batch) {
-  namespace F = torch::nn::functional;
-  layout.load_into(model, global);
-  model.train();
-  std::vector<at::Tensor> params, anchors;
-  for (auto& p : model.parameters()) {
-    params.push_back(p);
-    if (o.proximal_mu > 0) anchors.push_back(p.detach().clone());
-  }
-  torch::optim::SGD opt(params, torch::optim::SGDOptions(o.lr)
-                                    .momentum(o.momentum)
-                                    .weight_decay(o.weight_decay));
-  LocalResult r;
-  double loss_sum = 0;
-  for (int64_t s = 0; s < steps; ++s) {
-    const LocalData b = next_batch(s);
-    opt.zero_grad();
-    at::Tensor loss = F::cross_entropy(model.forward(b.images), b.labels);
-    loss.backward();
-    if (o.proximal_mu > 0) {
-      torch::NoGradGuard no_grad;
-      for (size_t i = 0; i < params.size(); ++i) {
-        params[i].mutable_grad().add_(params[i].detach() - anchors[i], o.proximal_mu);
-      }
-    }
-    opt.step();
-    loss_sum += loss.item<double>();
-    r.num_samples += b.size();
-  }
-  r.mean_loss = steps > 0 ? loss_sum / static_cast<double>(steps) : 0.0;
-  r.delta = layout.flatten(model) - global;
-  return r;
-}
-
 LocalData rows(const LocalData& d, const at::Tensor& idx) {
-  return {d.images.index_select(0, idx), d.labels.index_select(0, idx)};
+  return {d.inputs.index_select(0, idx), d.targets.index_select(0, idx)};
 }
 
 at::Tensor permutation(int64_t n, uint64_t seed) {
@@ -80,17 +44,77 @@ LocalData local_data(const train::ImageDataset& data, const std::vector<int64_t>
   return {x, y};
 }
 
-LocalResult train_local_epochs(train::Model& model, const TensorLayout& layout,
-                               const at::Tensor& global, const LocalData& data,
-                               int64_t epochs, int64_t round, const LearnOptions& o) {
+Learner::Learner(const train::Recipe& recipe, const train::Registries& registries,
+                 std::shared_ptr<train::Model> model)
+    : recipe_(recipe), registries_(registries), layout_(TensorLayout::of(*model)) {
+  pm_.model = std::move(model);
+  pm_.tp = dist::make_self_communicator("tp");
+  pm_.pp = dist::make_self_communicator("pp");
+  pm_.splits = {};
+}
+
+LocalResult Learner::learn(const at::Tensor& global, int64_t steps, double proximal_mu,
+                           const std::function<LocalData(int64_t)>& next_batch) {
+  train::Model& model = *pm_.model;
+  layout_.load_into(model, global);
+  std::unique_ptr<torch::optim::Optimizer> optimizer =
+      registries_.optimizers
+          .get(recipe_.optimizer.name, recipe_.where("optimizer.name"), "optimizer.name")
+          .make(recipe_, model);
+  train::TrainStepOptions so;
+  so.grad_accum = recipe_.train.grad_accum;
+  so.compute_dtype = train::precision_dtype(recipe_.train.precision);
+  so.clip_grad_norm = recipe_.train.clip_grad_norm;
+  train::TrainStep step(pm_, *optimizer, {},
+                        train::cross_entropy_loss(device_.type(), so.compute_dtype), nullptr,
+                        device_, so);
+  step.set_proximal(proximal_mu);
+  LocalResult r;
+  int64_t s = 0;
+  // Every micro-batch of the update; the loss stays on the device until
+  // the update is done (no host sync per step).
+  const auto next = [&] {
+    const LocalData b = next_batch(s++);
+    r.num_samples += b.size();
+    return train::Batch{b.inputs, b.targets, 0, s - 1};
+  };
+  at::Tensor loss_sum = at::zeros({}, at::TensorOptions(at::kDouble).device(device_));
+  const int64_t updates = steps / so.grad_accum;
+  for (int64_t u = 0; u < updates; ++u) {
+    loss_sum += step.run(next, recipe_.optimizer.lr).loss;
+  }
+  r.mean_loss = updates > 0 ? loss_sum.item<double>() / static_cast<double>(updates) : 0.0;
+  r.delta = layout_.flatten(model) - global;
+  return r;
+}
+
+LocalResult Learner::train_epochs(const at::Tensor& global, const LocalData& data,
+                                  int64_t epochs, int64_t round, uint64_t seed,
+                                  double proximal_mu) {
   const int64_t n = data.size();
   STRATA_CHECK_T(DataError, n > 0, "a client without samples cannot train");
-  const int64_t per_epoch = (n + o.batch_size - 1) / o.batch_size;
+  const int64_t batch = recipe_.data.batch_size;
+  const int64_t per_epoch = (n + batch - 1) / batch;
   at::Tensor order;
-  return sgd_from(model, layout, global, epochs * per_epoch, o, [&](int64_t s) {
+  return learn(global, epochs * per_epoch, proximal_mu, [&](int64_t s) {
     const int64_t epoch = s / per_epoch, i = s % per_epoch;
-    if (i == 0) order = permutation(n, mix_seed(o.seed, static_cast<uint64_t>(round), static_cast<uint64_t>(epoch)));
-    return rows(data, order.slice(0, i * o.batch_size, std::min(n, (i + 1) * o.batch_size)));
+    if (i == 0) {
+      order = permutation(n, mix_seed(seed, static_cast<uint64_t>(round),
+                                      static_cast<uint64_t>(epoch)));
+    }
+    return rows(data, order.slice(0, i * batch, std::min(n, (i + 1) * batch)));
+  });
+}
+
+LocalResult Learner::learn_online(const at::Tensor& global, SampleStream& stream,
+                                  int64_t samples, double proximal_mu) {
+  const int64_t batch = recipe_.data.batch_size;
+  const int64_t steps = (samples + batch - 1) / batch;
+  int64_t left = samples;
+  return learn(global, steps, proximal_mu, [&](int64_t) {
+    const int64_t b = std::min(left, batch);
+    left -= b;
+    return stream.next(b);
   });
 }
 
@@ -115,18 +139,6 @@ LocalData SampleStream::next(int64_t n) {
   }
   consumed_ += n;
   return rows(data_, at::cat(parts));
-}
-
-LocalResult learn_online(train::Model& model, const TensorLayout& layout,
-                         const at::Tensor& global, SampleStream& stream, int64_t samples,
-                         const LearnOptions& o) {
-  const int64_t steps = (samples + o.batch_size - 1) / o.batch_size;
-  int64_t left = samples;
-  return sgd_from(model, layout, global, steps, o, [&](int64_t) {
-    const int64_t b = std::min(left, o.batch_size);
-    left -= b;
-    return stream.next(b);
-  });
 }
 
 }  // namespace strata::fed

@@ -1,36 +1,34 @@
 // What an edge client computes: an update from the global model and its
-// local data. No networking here (see client.h).
+// local data, by the one train::TrainStep strata-train runs (so every
+// registered model, optimizer, precision and clipping works on the edge,
+// and FedProx is the step's proximal term). No networking here (see
+// client.h).
 //
-// Shape legend: N samples, C channels, H height, W width.
+// Shape legend: N samples, C channels, H height, W width, T tokens.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <vector>
 
 #include "federated/layout.h"
 #include "trainer/data/dataset.h"
-#include "trainer/models/models.h"
+#include "trainer/parallelize.h"
+#include "trainer/trainer.h"
 
 namespace strata::fed {
 
-// A client's samples as normalised tensors: images [N, C, H, W], labels [N].
+// A client's samples as tensors: inputs (normalised images [N, C, H, W],
+// or token windows [N, T]) and targets (labels [N], or next tokens [N, T]).
 struct LocalData {
-  at::Tensor images;
-  at::Tensor labels;
-  int64_t size() const { return labels.defined() ? labels.size(0) : 0; }
+  at::Tensor inputs;
+  at::Tensor targets;
+  int64_t size() const { return targets.defined() ? targets.size(0) : 0; }
 };
 LocalData local_data(const train::ImageDataset& data, const std::vector<int64_t>& indices);
-
-struct LearnOptions {
-  double lr = 0.05;
-  double momentum = 0.0;
-  double weight_decay = 0.0;
-  int64_t batch_size = 32;
-  double proximal_mu = 0.0;  // FedProx
-  uint64_t seed = 0;
-};
 
 struct LocalResult {
   at::Tensor delta;         // flat float32: trained state - global state
@@ -38,11 +36,40 @@ struct LocalResult {
   double mean_loss = 0.0;   // over the mini-batches, before each step
 };
 
-// Sync mode: `epochs` passes over `data` (reshuffled per epoch from seed and
-// `round`), starting from `global`. Momentum starts from zero.
-LocalResult train_local_epochs(train::Model& model, const TensorLayout& layout,
-                               const at::Tensor& global, const LocalData& data,
-                               int64_t epochs, int64_t round, const LearnOptions& o);
+class SampleStream;
+
+// One client's learning: its model, the recipe's optimizer (from the
+// registry, fresh for every update: optimizer state starts from zero) and
+// train.precision / clip_grad_norm / grad_accum, at optimizer.lr.
+class Learner {
+ public:
+  // `recipe` and `registries` outlive the learner.
+  Learner(const train::Recipe& recipe, const train::Registries& registries,
+          std::shared_ptr<train::Model> model);
+
+  train::Model& model() { return *pm_.model; }
+  const TensorLayout& layout() const { return layout_; }
+
+  // Sync mode: `epochs` passes over `data` (reshuffled per epoch from seed
+  // and `round`) in mini-batches of data.batch_size, from `global`.
+  // `proximal_mu` > 0: FedProx.
+  LocalResult train_epochs(const at::Tensor& global, const LocalData& data, int64_t epochs,
+                           int64_t round, uint64_t seed, double proximal_mu);
+  // Async mode: online learning, one step per mini-batch, a single pass
+  // over the next `samples` samples of the stream, from `global`.
+  LocalResult learn_online(const at::Tensor& global, SampleStream& stream, int64_t samples,
+                           double proximal_mu);
+
+ private:
+  LocalResult learn(const at::Tensor& global, int64_t steps, double proximal_mu,
+                    const std::function<LocalData(int64_t)>& next_batch);
+
+  const train::Recipe& recipe_;
+  const train::Registries& registries_;
+  train::ParallelModel pm_;
+  TensorLayout layout_;
+  at::Device device_{at::kCPU};
+};
 
 // An endless stream of a client's samples, as online data arrives: the
 // local data in a fresh seeded order on every pass.
@@ -62,10 +89,5 @@ class SampleStream {
   int64_t consumed_ = 0;
 };
 
-// Async mode: online gradient descent, one step per mini-batch, a single
-// pass over the next `samples` samples of the stream, starting from `global`.
-LocalResult learn_online(train::Model& model, const TensorLayout& layout,
-                         const at::Tensor& global, SampleStream& stream, int64_t samples,
-                         const LearnOptions& o);
 
 }  // namespace strata::fed

@@ -89,8 +89,8 @@ FedServer::FedServer(train::Recipe recipe, const train::Registries& registries)
   std::tie(test_images_, test_labels_) = train::dataset_tensors(test, 0, test.size);
   torch::manual_seed(recipe_.run.seed);
   const train::InputShape shape{test.channels, test.height, test.width, test.classes};
-  model_ = registries.models.get(recipe_.model.name, recipe_.where("model.name"), "model.name")(
-      recipe_.model, shape);
+  model_ = registries.models.get(recipe_.model.name, recipe_.where("model.name"), "model.name")
+               .build(recipe_.model, shape, train::ModelPart{});
   layout_ = TensorLayout::of(*model_);
   StrategyOptions so = strategy_options(f);
   so.statistics_offset = layout_.parameters_numel();

@@ -75,15 +75,17 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
         EdgeClient client(eo);
         const train::InputShape shape{train_set.channels, train_set.height, train_set.width,
                                       train_set.classes};
-        auto model = registries.models.get(recipe.model.name, "", "model.name")(recipe.model, shape);
+        auto model = registries.models.get(recipe.model.name, "", "model.name")
+                         .build(recipe.model, shape, train::ModelPart{});
         EdgeRunOptions ro;
         ro.recipe = &recipe;
+        ro.registries = &registries;
         ro.seed = mix_seed(seed, static_cast<uint64_t>(c), 3);
         ro.attack = malicious[c] ? parse_attack(sim.attack) : Attack::kNone;
         ro.attack_scale = sim.attack_scale;
         ro.compute = &compute;
         ro.stop = &stop;
-        const EdgeRunStats st = run_edge(client, *model, local_data(train_set, parts[c]), ro);
+        const EdgeRunStats st = run_edge(client, model, local_data(train_set, parts[c]), ro);
         std::lock_guard<std::mutex> lock(mu);
         accepted += st.accepted;
         refused += st.refused;

@@ -105,15 +105,17 @@ int main(int argc, char** argv) {
     const st::InputShape shape{train_set.channels, train_set.height, train_set.width,
                                train_set.classes};
     auto model = registries.models.get(recipe.model.name, recipe.where("model.name"),
-                                       "model.name")(recipe.model, shape);
+                                       "model.name")
+                     .build(recipe.model, shape, st::ModelPart{});
     sf::EdgeRunOptions ro;
     ro.recipe = &recipe;
+    ro.registries = &registries;
     ro.seed = strata::mix_seed(seed, static_cast<uint64_t>(shard), 3);
     ro.name = client;
     ro.report = true;
     strata::log_info(client, ": shard ", shard, " of ", sim.clients, " (", parts[shard].size(),
                      " samples); server ", server, eo.tls_ca.empty() ? " (plaintext)" : " (TLS)");
-    const auto stats = sf::run_edge(edge, *model, sf::local_data(train_set, parts[shard]), ro);
+    const auto stats = sf::run_edge(edge, model, sf::local_data(train_set, parts[shard]), ro);
     std::cout << client << ": " << stats.accepted << " updates accepted, " << stats.refused
               << " refused, " << stats.samples << " samples\n";
     return 0;

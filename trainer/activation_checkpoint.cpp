@@ -116,7 +116,7 @@ std::vector<bool> checkpoint_plan(const std::string& policy, int64_t every, int6
                  "'; use none, full or every_k");
   STRATA_CHECK_T(ConfigError, policy == "none" || units > 0, where,
                  ": train.activation_checkpointing = ", policy, " but this model has no "
-                 "checkpointable blocks (gpt: transformer blocks; cnn, resnet_small: stages); "
+                 "checkpointable units (a transformer's blocks, a CNN's stages); "
                  "use none");
   STRATA_CHECK_T(ConfigError, every >= 1, where, ": train.checkpoint_every must be >= 1");
   std::vector<bool> plan(static_cast<size_t>(units), policy == "full");

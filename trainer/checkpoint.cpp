@@ -211,35 +211,31 @@ std::string ShardLayout::tag() const { return str("pp", pp_rank, "-tp", tp_rank)
 CheckpointStore::CheckpointStore(std::string dir, int64_t keep, ShardLayout layout)
     : dir_(std::move(dir)), keep_(keep), layout_(layout) {}
 
-std::string CheckpointStore::save(const TrainState& state, torch::nn::Module& model,
-                                  torch::optim::Optimizer& optimizer, torch::nn::Module* extra,
-                                  const std::map<std::string, dist::TpShard>& splits) const {
+std::string CheckpointStore::save(const TrainState& state, const Trained& t) const {
+  // The optimizer state goes by parameter name (optim-<tag>.pt), so that
+  // it can be cut for another layout like the parameters.
   torch::serialize::OutputArchive out;
-  if (layout_.sharded()) {
-    // The optimizer state goes by parameter name (optim-<tag>.pt), so that
-    // it can be cut for another layout like the parameters.
-    write_train_state(out, state, nullptr, extra);
-    const std::string dir = join_path(dir_, step_name(state.step));
-    make_dirs(dir);
-    const std::string tag = layout_.tag();
-    atomic_publish(join_path(dir, "train-" + tag + ".pt"),
-                   [&](const std::string& tmp) { out.save_to(tmp); });
-    save_state_dict(join_path(dir, "model-" + tag + ".pt"), model);
-    save_state_dict(join_path(dir, "optim-" + tag + ".pt"),
-                    optimizer_state_dict(optimizer, trained(model, extra)));
-    JsonObject split_json;
-    for (const auto& [name, spec] : splits) split_json.add(name, str(spec.dim, "/", spec.groups));
-    atomic_write_file(join_path(dir, "split-" + tag + ".json"), split_json.str() + "\n");
-    return dir;
-  }
-  write_train_state(out, state, &optimizer, extra);
-  torch::serialize::OutputArchive model_archive;
-  model.save(model_archive);
-  out.write("model", model_archive);
-  const std::string path = join_path(dir_, step_name(state.step) + ".pt");
-  atomic_publish(path, [&](const std::string& tmp) { out.save_to(tmp); });
-  prune();
-  return path;
+  write_train_state(out, state, nullptr, t.extra);
+  const std::string dir = join_path(dir_, step_name(state.step));
+  make_dirs(dir);
+  const std::string tag = layout_.tag();
+  atomic_publish(join_path(dir, "train-" + tag + ".pt"),
+                 [&](const std::string& tmp) { out.save_to(tmp); });
+  save_state_dict(join_path(dir, "model-" + tag + ".pt"), t.model);
+  save_state_dict(join_path(dir, "optim-" + tag + ".pt"),
+                  optimizer_state_dict(t.optimizer, t.optimizer_state, trained(t.model, t.extra)));
+  JsonObject split_json;
+  for (const auto& [name, spec] : t.splits) split_json.add(name, str(spec.dim, "/", spec.groups));
+  atomic_write_file(join_path(dir, "split-" + tag + ".json"), split_json.str() + "\n");
+  return dir;
+}
+
+std::string CheckpointStore::save_and_publish(const TrainState& state, const Trained& t) const {
+  STRATA_INTERNAL_ASSERT(!layout_.sharded(), "save_and_publish with ", layout_.tp, " x ",
+                         layout_.pp, " shards");
+  const std::string dir = save(state, t);
+  publish(state.step);
+  return dir;
 }
 
 void CheckpointStore::publish(int64_t step) const {
@@ -292,23 +288,23 @@ std::string CheckpointStore::newest() const {
   return all.empty() ? std::string() : all.back();
 }
 
-TrainState load_checkpoint(const std::string& path, torch::nn::Module& model,
-                           torch::optim::Optimizer& optimizer, c10::Device device,
-                           torch::nn::Module* extra) {
-  STRATA_CHECK_T(ConfigError, !is_sharded_checkpoint(path), "checkpoint '", path,
-                 "' is sharded (written with tensor or pipeline parallelism); resume it "
-                 "with distributed.tensor_parallel / pipeline_parallel set, or consolidate "
-                 "it with strata-train --consolidate");
+// The earlier format: one LibTorch archive with the model and the
+// optimizer's own serialisation (so only the optimizer that wrote it reads
+// it).
+TrainState load_archive_checkpoint(const std::string& path, const Trained& t,
+                                   c10::Device device) {
   torch::serialize::InputArchive in = open_archive(path, device);
   TrainState state = read_counters(in);
   try {
     torch::serialize::InputArchive model_archive;
     in.read("model", model_archive);
-    model.load(model_archive);
+    t.model.load(model_archive);
   } catch (const c10::Error& e) {
     throw mismatch(path, e.what_without_backtrace());
   }
-  read_train_state(in, path, &optimizer, extra);
+  read_train_state(in, path, &t.optimizer, t.extra);
+  log_info("checkpoint ", path, " is of the earlier format (one archive); loaded it, and the "
+           "next checkpoint is written in the current one");
   return state;
 }
 
@@ -375,12 +371,21 @@ std::vector<std::pair<std::string, at::Tensor>> consolidate_checkpoint(const std
   return consolidate(dir, "model");
 }
 
-TrainState load_sharded_checkpoint(const std::string& dir, const ShardLayout& layout,
-                                   torch::nn::Module& model, torch::optim::Optimizer& optimizer,
-                                   const std::map<std::string, dist::TpShard>& splits,
-                                   c10::Device device, torch::nn::Module* extra) {
+TrainState load_checkpoint(const std::string& dir, const ShardLayout& layout,
+                           const Trained& t, c10::Device device) {
+  if (!is_sharded_checkpoint(dir) && !std::filesystem::is_directory(dir)) {
+    STRATA_CHECK_T(ConfigError, !layout.sharded(), "checkpoint '", dir, "' is of the earlier "
+                   "format (one archive), which resumes only without model parallelism; "
+                   "resume it with distributed.tensor_parallel = 1 and "
+                   "pipeline_parallel.stages = 1 for one checkpoint, then in any layout");
+    return load_archive_checkpoint(dir, t, device);
+  }
+  torch::nn::Module& model = t.model;
+  torch::nn::Module* extra = t.extra;
+  const std::map<std::string, dist::TpShard>& splits = t.splits;
   const ShardLayout saved = sharded_checkpoint_layout(dir);
   const bool same = saved.tp == layout.tp && saved.pp == layout.pp;
+
   STRATA_CHECK_T(ConfigError, same || extra == nullptr, "checkpoint '", dir,
                  "' was written with tp=", saved.tp, " pp=", saved.pp,
                  "; distillation hints resume only in the same layout");
@@ -413,7 +418,7 @@ TrainState load_sharded_checkpoint(const std::string& dir, const ShardLayout& la
   }
   assign(model, weights, dir);
   try {
-    load_optimizer_state_dict(optimizer, trained(model, extra), moments);
+    load_optimizer_state_dict(t.optimizer, t.optimizer_state, trained(model, extra), moments);
   } catch (const ConfigError& e) {
     throw mismatch(dir, e.what());
   }

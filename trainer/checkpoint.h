@@ -1,9 +1,13 @@
 // Checkpoints and the final model export.
 //
-// A checkpoint (<run>/checkpoints/step_<N>.pt, a LibTorch archive) holds all
-// a run needs to continue bit for bit: model parameters and buffers,
-// optimizer state, the default CPU generator (dropout), the optimizer step and
-// the position in the data stream. The data order and augmentation need no
+// A checkpoint (<run>/checkpoints/step_<N>/, Note [Sharded checkpoints])
+// holds all a run needs to continue bit for bit: model parameters and
+// buffers, optimizer state by parameter name, the default CPU generator
+// (dropout), the optimizer step and the position in the data stream. One
+// format for every layout: a run without model parallelism writes the
+// 1 x 1 x 1 case (one shard, pp0-tp0), and any checkpoint resumes in any
+// layout. Checkpoints of the earlier format (step_<N>.pt, one LibTorch
+// archive) still load, into the model and optimizer that wrote them. The data order and augmentation need no
 // state (Note [Deterministic data]); the LR schedule is a function of the step.
 // Files are written atomically (Note [Atomic files]) so a run killed at any
 // instant leaves only complete checkpoints behind.
@@ -21,19 +25,21 @@
 #include <vector>
 
 #include "distributed/tensor_parallel.h"
+#include "trainer/optim.h"
 
 namespace strata::train {
 
-// Note [Sharded checkpoints]: under model parallelism (tensor_parallel or
-// pipeline stages > 1) a checkpoint is a directory step_<N>/ holding, for
-// each (pp, tp) coordinate <tag> = pp<p>-tp<t>, written by the rank of that
-// coordinate with data-parallel coordinate 0:
+// Note [Sharded checkpoints]: a checkpoint is a directory step_<N>/
+// holding, for each (pp, tp) coordinate <tag> = pp<p>-tp<t> (one, pp0-tp0,
+// without model parallelism), written by the rank of that coordinate with
+// data-parallel coordinate 0:
 //   model-<tag>.pt   its parameters and buffers (local names and shapes), a
 //                    torch.load-able state dict
 //   train-<tag>.pt   step, data position, generator, loss scale (a
 //                    checkpoint file without model and optimizer)
 //   optim-<tag>.pt   its optimizer state by parameter name, a state dict of
-//                    "<name>/<field>" (optimizer_state_dict in optim.h)
+//                    "<name>/<field>" (the optimizer's OptimizerStateCodec,
+//                    optimizer_state_dict in optim.h)
 //   split-<tag>.json how its split parameters are cut: {"name": "dim/groups"}
 // and metadata.json ({"format", "step", "dp", "tp", "pp"}), which world rank
 // 0 writes last, after every shard is on disk: a directory without it is
@@ -44,6 +50,19 @@ struct ShardLayout {
   int64_t tp_rank = 0, pp_rank = 0;  // this rank's coordinates
   bool sharded() const { return tp * pp > 1; }
   std::string tag() const;  // "pp0-tp1"
+};
+
+// What a checkpoint saves and restores besides the counters.
+struct Trained {
+  torch::nn::Module& model;
+  torch::optim::Optimizer& optimizer;
+  const OptimizerStateCodec& optimizer_state;  // the optimizer's (its spec's)
+  // Other trained modules the run needs back (distillation hint
+  // projections), not part of the model; their optimizer state is keyed
+  // "distill.hints.<name>".
+  torch::nn::Module* extra = nullptr;
+  // The model's tensor-parallel parameters and how each is cut.
+  std::map<std::string, dist::TpShard> splits = {};
 };
 
 struct TrainState {
@@ -61,21 +80,18 @@ class CheckpointStore {
   // A sharded layout writes directories (Note [Sharded checkpoints]).
   CheckpointStore(std::string dir, int64_t keep, ShardLayout layout = {});
 
-  // Writes step_<state.step>.pt atomically, then deletes all but the newest
-  // `keep`. Returns the path written. `extra`: other trained modules the
-  // run needs back (distillation hint projections), not part of the model.
-  // Sharded layout: writes this rank's shard of step_<N>/ (the ranks with
-  // data-parallel coordinate 0 call it); `splits`: the model's split
-  // parameters' names to "dim/groups". publish() completes the directory.
-  std::string save(const TrainState& state, torch::nn::Module& model,
-                   torch::optim::Optimizer& optimizer,
-                   torch::nn::Module* extra = nullptr,
-                   const std::map<std::string, dist::TpShard>& splits = {}) const;
-  // Sharded layout, world rank 0, once every shard of `step` is written:
-  // writes metadata.json and deletes all but the newest `keep`.
+  // Writes this rank's shard of step_<state.step>/ (every file atomically;
+  // the ranks with data-parallel coordinate 0 call it) and returns the
+  // directory. publish() completes it.
+  std::string save(const TrainState& state, const Trained& trained) const;
+  // World rank 0, once every shard of `step` is written: writes
+  // metadata.json and deletes all but the newest `keep`.
   void publish(int64_t step) const;
+  // One process: save and publish.
+  std::string save_and_publish(const TrainState& state, const Trained& trained) const;
 
-  // Complete checkpoints (files and sharded directories), oldest first.
+  // Complete checkpoints (directories, and files of the earlier format),
+  // oldest first.
   std::vector<std::string> list() const;
   // The newest complete checkpoint, or "" when there is none.
   std::string newest() const;
@@ -88,36 +104,29 @@ class CheckpointStore {
   ShardLayout layout_;
 };
 
-// Sharded checkpoints (Note [Sharded checkpoints]).
+// Whether `path` is a complete checkpoint directory (it has metadata.json).
 bool is_sharded_checkpoint(const std::string& path);
-// The layout a sharded checkpoint was written in (tp_rank, pp_rank 0).
+// The layout a checkpoint directory was written in (tp_rank, pp_rank 0).
 ShardLayout sharded_checkpoint_layout(const std::string& dir);
-// The full state dict of a sharded checkpoint: every stage's parameters and
-// buffers, split ones joined, each name once (a tied copy on a later stage
-// is dropped), stage order. IoError for a missing or incomplete shard.
+// The full state dict of a checkpoint directory: every stage's parameters
+// and buffers, split ones joined, each name once (a tied copy on a later
+// stage is dropped), stage order. IoError for a missing or incomplete
+// shard.
 std::vector<std::pair<std::string, at::Tensor>> consolidate_checkpoint(const std::string& dir);
-// Restores this rank's shard: parameters, buffers, optimizer state, the
-// step, data position, loss scale and generator. Written in the same layout:
-// this rank's files as they are. In another (or without model parallelism):
-// the parameters and their optimizer state consolidated and cut for this
-// rank with `splits` (the model's split parameters) and `layout`, a warning saying
-// so; distillation hints resume only in the same layout (ConfigError).
-TrainState load_sharded_checkpoint(const std::string& dir, const ShardLayout& layout,
-                                   torch::nn::Module& model,
-                                   torch::optim::Optimizer& optimizer,
-                                   const std::map<std::string, dist::TpShard>& splits,
-                                   c10::Device device = c10::Device(c10::kCPU),
-                                   torch::nn::Module* extra = nullptr);
 
-// Restores `model`, `optimizer`, `extra` (as saved) and the generator from `path`. Throws
-// IoError when the file is unreadable, ConfigError when it was written for a
-// different model or optimizer (the message says which). Tensors land on
-// `device` (the model's), whatever device wrote them: a GPU run resumes on
-// the CPU and the other way round.
-TrainState load_checkpoint(const std::string& path, torch::nn::Module& model,
-                           torch::optim::Optimizer& optimizer,
-                           c10::Device device = c10::Device(c10::kCPU),
-                           torch::nn::Module* extra = nullptr);
+// Restores this rank's part: parameters, buffers, optimizer state, the
+// step, data position, loss scale and generator. A directory written in
+// the same layout: this rank's files as they are; in another: the
+// parameters and their optimizer state consolidated and cut for this rank
+// with trained.splits and `layout`, a warning saying so (distillation
+// hints resume only in the same layout: ConfigError). A file of the
+// earlier format: into the model and optimizer that wrote it, one process
+// (ConfigError otherwise, saying how to continue). Tensors land on
+// `device` (the model's), whatever device wrote them. IoError when
+// unreadable, ConfigError when written for a different model or optimizer
+// (the message says which).
+TrainState load_checkpoint(const std::string& path, const ShardLayout& layout,
+                           const Trained& trained, c10::Device device = c10::Device(c10::kCPU));
 
 // Writes model's parameters and buffers as a torch.load-able state dict
 // (atomically; tensors copied to the CPU).

@@ -34,7 +34,7 @@ std::shared_ptr<Model> load_teacher(const Recipe& recipe, const ModelRegistry& m
                  "recipes/fmnist_teacher.yaml) and point this at its run directory's model.pt");
   const auto& make = models.get(d.teacher_model.name, recipe.where("distill.teacher_model.name"),
                                 "distill.teacher_model.name");
-  std::shared_ptr<Model> teacher = make(d.teacher_model, input);
+  std::shared_ptr<Model> teacher = make.build(d.teacher_model, input, ModelPart{});
   const std::vector<std::pair<std::string, at::Tensor>> saved = load_state_dict(d.teacher);
   std::map<std::string, at::Tensor> by_name(saved.begin(), saved.end());
   std::set<std::string> used;
@@ -71,8 +71,8 @@ std::vector<std::pair<std::string, std::string>> parse_hint_pairs(const std::str
     const std::vector<std::string> st = split(item, ':');
     STRATA_CHECK_T(ConfigError, st.size() == 2 && !st[0].empty() && !st[1].empty(), where,
                    "distill.hints: '", item, "' is not STUDENT_UNIT:TEACHER_UNIT; write "
-                   "pairs like 'stage1:stage1,stage2:stage2' (units are stageN for "
-                   "cnn/resnet_small, blockN for gpt)");
+                   "pairs like 'stage1:stage1,stage2:stage2' (the models' unit names: stageN "
+                   "for CNNs, blockN for transformers)");
     pairs.emplace_back(st[0], st[1]);
   }
   return pairs;

@@ -239,70 +239,114 @@ void clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm,
 #endif
 }
 
+torch::optim::OptimizerParamState* find_param_state(torch::optim::Optimizer& optimizer,
+                                                    const at::Tensor& param) {
+  auto& state = optimizer.state();
+  auto it = state.find(key_of(state, param));
+  return it == state.end() ? nullptr : it->second.get();
+}
+
+void set_param_state(torch::optim::Optimizer& optimizer, const at::Tensor& param,
+                     std::unique_ptr<torch::optim::OptimizerParamState> st) {
+  auto& state = optimizer.state();
+  state[key_of(state, param)] = std::move(st);
+}
+
 std::vector<std::pair<std::string, at::Tensor>> optimizer_state_dict(
-    torch::optim::Optimizer& optimizer,
+    torch::optim::Optimizer& optimizer, const OptimizerStateCodec& codec,
     const std::vector<std::pair<std::string, at::Tensor>>& named) {
   std::vector<std::pair<std::string, at::Tensor>> out;
-  auto& state = optimizer.state();
   for (const auto& [name, p] : named) {
-    auto it = state.find(key_of(state, p));
-    if (it == state.end()) continue;
-    if (const auto* a = dynamic_cast<const optim::AdamWParamState*>(it->second.get())) {
-      out.emplace_back(name + "/step", at::scalar_tensor(a->step(), at::kLong));
-      out.emplace_back(name + "/exp_avg", a->exp_avg());
-      out.emplace_back(name + "/exp_avg_sq", a->exp_avg_sq());
-    } else if (const auto* m = dynamic_cast<const optim::SGDParamState*>(it->second.get())) {
-      if (m->momentum_buffer().defined()) out.emplace_back(name + "/momentum_buffer", m->momentum_buffer());
-    } else {
-      throw ConfigError(str("optimizer state of '", name, "' is of a kind this checkpoint "
-                            "format does not carry (sgd and adamw are carried)"));
-    }
+    const optim::OptimizerParamState* st = find_param_state(optimizer, p);
+    if (st == nullptr) continue;
+    for (auto& [field, value] : codec.save(*st)) out.emplace_back(name + "/" + field, value);
   }
   return out;
 }
 
 void load_optimizer_state_dict(torch::optim::Optimizer& optimizer,
+                               const OptimizerStateCodec& codec,
                                const std::vector<std::pair<std::string, at::Tensor>>& named,
                                const std::map<std::string, at::Tensor>& entries) {
   torch::NoGradGuard no_grad;
-  auto& state = optimizer.state();
-  const bool adamw = dynamic_cast<optim::AdamW*>(&optimizer) != nullptr;
-  const bool sgd = dynamic_cast<optim::SGD*>(&optimizer) != nullptr;
-  STRATA_CHECK_T(ConfigError, adamw || sgd, "only sgd and adamw optimizer state can be loaded "
-                 "by parameter name");
-  auto get = [&](const std::string& key, const at::Tensor& like) -> at::Tensor {
-    auto it = entries.find(key);
-    if (it == entries.end()) return at::Tensor();
-    STRATA_CHECK_T(ConfigError, it->second.sizes().equals(like.sizes()), "optimizer state '",
-                   key, "' has shape ", it->second.sizes(), ", the parameter ", like.sizes());
-    return it->second.to(like.options(), /*non_blocking=*/false, /*copy=*/true);
-  };
-  state.clear();
+  optimizer.state().clear();
   for (const auto& [name, p] : named) {
-    if (adamw) {
-      auto step = entries.find(name + "/step");
-      if (step == entries.end()) continue;
-      auto st = std::make_unique<optim::AdamWParamState>();
-      st->step(step->second.item<int64_t>());
-      st->exp_avg(get(name + "/exp_avg", p));
-      st->exp_avg_sq(get(name + "/exp_avg_sq", p));
-      STRATA_CHECK_T(ConfigError, st->exp_avg().defined() && st->exp_avg_sq().defined(),
-                     "optimizer state of '", name, "' lacks exp_avg or exp_avg_sq; was it "
-                     "written by adamw?");
-      state[key_of(state, p)] = std::move(st);
-    } else {
-      at::Tensor buf = get(name + "/momentum_buffer", p);
-      if (!buf.defined()) continue;
-      auto st = std::make_unique<optim::SGDParamState>();
-      st->momentum_buffer(buf);
-      state[key_of(state, p)] = std::move(st);
+    const std::string prefix = name + "/";
+    std::map<std::string, at::Tensor> fields;
+    for (auto it = entries.lower_bound(prefix);
+         it != entries.end() && it->first.compare(0, prefix.size(), prefix) == 0; ++it) {
+      const at::Tensor& v = it->second;
+      const std::string field = it->first.substr(prefix.size());
+      if (v.dim() == 0) {
+        fields[field] = v;
+        continue;
+      }
+      STRATA_CHECK_T(ConfigError, v.sizes().equals(p.sizes()), "optimizer state '", it->first,
+                     "' has shape ", v.sizes(), ", the parameter ", p.sizes());
+      fields[field] = v.to(p.options(), /*non_blocking=*/false, /*copy=*/true);
     }
+    if (fields.empty()) continue;
+    std::unique_ptr<optim::OptimizerParamState> st;
+    try {
+      st = codec.load(fields, p);
+    } catch (const ConfigError& e) {
+      throw ConfigError(str("optimizer state of '", name, "': ", e.what()));
+    }
+    if (st) set_param_state(optimizer, p, std::move(st));
   }
 }
 
+namespace {
+
+at::Tensor field(const std::map<std::string, at::Tensor>& fields, const char* name,
+                 const char* optimizer) {
+  auto it = fields.find(name);
+  STRATA_CHECK_T(ConfigError, it != fields.end(), "no '", name, "'; was it written by ",
+                 optimizer, "?");
+  return it->second;
+}
+
+// Each built-in optimizer's codec knows its own state type.
+OptimizerStateCodec sgd_codec() {
+  OptimizerStateCodec c;
+  c.save = [](const optim::OptimizerParamState& s) {
+    const auto& st = static_cast<const optim::SGDParamState&>(s);
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    if (st.momentum_buffer().defined()) out.emplace_back("momentum_buffer", st.momentum_buffer());
+    return out;
+  };
+  c.load = [](const std::map<std::string, at::Tensor>& f, const at::Tensor&) {
+    auto st = std::make_unique<optim::SGDParamState>();
+    st->momentum_buffer(field(f, "momentum_buffer", "sgd"));
+    return std::unique_ptr<optim::OptimizerParamState>(std::move(st));
+  };
+  return c;
+}
+
+OptimizerStateCodec adamw_codec() {
+  OptimizerStateCodec c;
+  c.save = [](const optim::OptimizerParamState& s) {
+    const auto& st = static_cast<const optim::AdamWParamState&>(s);
+    return std::vector<std::pair<std::string, at::Tensor>>{
+        {"step", at::scalar_tensor(st.step(), at::kLong)},
+        {"exp_avg", st.exp_avg()},
+        {"exp_avg_sq", st.exp_avg_sq()}};
+  };
+  c.load = [](const std::map<std::string, at::Tensor>& f, const at::Tensor&) {
+    auto st = std::make_unique<optim::AdamWParamState>();
+    st->step(field(f, "step", "adamw").item<int64_t>());
+    st->exp_avg(field(f, "exp_avg", "adamw"));
+    st->exp_avg_sq(field(f, "exp_avg_sq", "adamw"));
+    return std::unique_ptr<optim::OptimizerParamState>(std::move(st));
+  };
+  return c;
+}
+
+}  // namespace
+
 void register_builtin_optimizers(OptimizerRegistry& registry) {
-  registry.add("sgd", make_sgd);
-  registry.add("adamw", make_adamw);
+  registry.add("sgd", {make_sgd, sgd_codec()});
+  registry.add("adamw", {make_adamw, adamw_codec()});
 }
 
 void register_builtin_schedules(ScheduleRegistry& registry) {

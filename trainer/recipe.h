@@ -90,17 +90,17 @@ struct ModelSection {
 
   template <class V>
   void visit(V& v) {
-    v.field("name", name, any(), "registered model: mlp | cnn | resnet_small | gpt");
+    v.field("name", name, any(), "a registered model (built in: mlp, cnn, resnet_small and a transformer language model; strata-train --list prints them all)");
     v.field("hidden", hidden, at_least(1), "mlp: hidden layer widths");
     v.field("channels", channels, at_least(1), "cnn: conv channels per stage; resnet_small: stage widths");
     v.field("fc", fc, at_least(1), "cnn: width of the hidden fully connected layer");
     v.field("blocks", blocks, at_least(1), "resnet_small: residual blocks per stage");
-    v.field("dropout", dropout, in_range(0, 0.99), "dropout before the classifier (mlp: after every hidden layer; gpt: embeddings, attention and residual branches)");
-    v.field("n_layer", n_layer, at_least(1), "gpt: transformer blocks");
-    v.field("n_head", n_head, at_least(1), "gpt: attention heads (divides d_model)");
-    v.field("d_model", d_model, at_least(1), "gpt: embedding width");
-    v.field("seq_len", seq_len, at_least(1), "gpt: context length in tokens (bytes)");
-    v.field("vocab_size", vocab_size, at_least(0), "gpt: embedding rows (0: the data's, 256 for bytes; larger pads, e.g. 50304 for GPT-2-sized benchmarks)");
+    v.field("dropout", dropout, in_range(0, 0.99), "dropout before the classifier (mlp: after every hidden layer; transformers: embeddings, attention and residual branches)");
+    v.field("n_layer", n_layer, at_least(1), "transformers: blocks");
+    v.field("n_head", n_head, at_least(1), "transformers: attention heads (divides d_model)");
+    v.field("d_model", d_model, at_least(1), "transformers: embedding width");
+    v.field("seq_len", seq_len, at_least(1), "transformers: context length in tokens (bytes)");
+    v.field("vocab_size", vocab_size, at_least(0), "transformers: embedding rows (0: the data's, 256 for bytes; larger pads, e.g. 50304 as in the 124M-parameter benchmark recipe)");
   }
 };
 
@@ -204,7 +204,7 @@ struct TrainSection {
     v.field("eval_every", eval_every, at_least(0), "steps between evaluations (0: end of every epoch)");
     v.field("resume", resume, any(), "auto (continue from the newest checkpoint if any) | never | path to a checkpoint");
     v.field("precision", precision, one_of({"fp32", "bf16", "fp16"}), "autocast compute dtype; weights stay fp32; fp16 adds dynamic loss scaling (GPU only)");
-    v.field("activation_checkpointing", activation_checkpointing, one_of({"none", "full", "every_k"}), "recompute activations in backward instead of keeping them: per transformer block (gpt) or stage (cnn, resnet_small); every_k: units 0, k, 2k, ...");
+    v.field("activation_checkpointing", activation_checkpointing, one_of({"none", "full", "every_k"}), "recompute activations in backward instead of keeping them: per unit of the model (transformer block, CNN stage); every_k: units 0, k, 2k, ...");
     v.field("checkpoint_every", checkpoint_every, at_least(1), "k of activation_checkpointing: every_k");
   }
 };
@@ -227,7 +227,7 @@ struct DistillSection {
     v.field("alpha", alpha, in_range(0, 1), "loss = alpha T^2 KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) CE(s, y)");
     v.field("temperature", temperature, positive(), "T: softens both distributions");
     v.field("teacher_precision", teacher_precision, one_of({"fp32", "bf16", "fp16"}), "the teacher's autocast dtype (it runs without autograd)");
-    v.field("hints", hints, any(), "feature hints: 'STUDENT_UNIT:TEACHER_UNIT,...' (stageN for cnn/resnet_small, blockN for gpt), each adding hint_weight x MSE(learned projection of the student's output, the teacher's); empty: none");
+    v.field("hints", hints, any(), "feature hints: 'STUDENT_UNIT:TEACHER_UNIT,...' (the models' unit names: stageN for CNNs, blockN for transformers), each adding hint_weight x MSE(learned projection of the student's output, the teacher's); empty: none");
     v.field("hint_weight", hint_weight, at_least(0), "beta: weight of the mean hint MSE in the loss");
   }
 };
@@ -255,7 +255,7 @@ struct PipelineSection {
     v.field("stages", stages, at_least(1), "pipeline stages (pp); world = dp x tensor_parallel x stages, dp inferred");
     v.field("microbatches", microbatches, at_least(1), "microbatches each data.batch_size batch is split into (must divide it); the bubble is (stages - 1) / microbatches");
     v.field("schedule", schedule, one_of({"gpipe", "1f1b"}), "gpipe: all forwards then all backwards (holds every microbatch's activations); 1f1b: one forward one backward (holds at most stages)");
-    v.field("layers", layers, any(), "layers per stage, first to last (gpt: embedding, n_layer blocks, head; they must sum to n_layer + 2); empty: balanced by parameters");
+    v.field("layers", layers, any(), "layers per stage, first to last, of the model's layer list (transformers: embedding, n_layer blocks, head, so they sum to n_layer + 2); empty: balanced by parameters");
   }
 };
 
@@ -279,7 +279,7 @@ struct DistributedSection {
     v.field("find_unused_parameters", find_unused_parameters, any(), "tolerate parameters that get no gradient (zeros are averaged)");
     v.field("comm_hook", comm_hook, one_of({"none", "fp16", "bf16"}), "compress gradients for the all-reduce");
     v.field("broadcast_buffers", broadcast_buffers, any(), "copy rank 0's buffers (BatchNorm statistics) to all ranks before every step");
-    v.field("tensor_parallel", tensor_parallel, at_least(1), "tensor-parallel ranks per layer (Megatron-style; gpt only; must divide model.n_head and the vocabulary)");
+    v.field("tensor_parallel", tensor_parallel, at_least(1), "tensor-parallel ranks per layer (Megatron-style; models with split layers, e.g. the transformer: must divide model.n_head and the vocabulary)");
     v.section("pipeline_parallel", pipeline_parallel, "pipeline parallelism: stages, microbatches, schedule");
   }
 };

@@ -43,7 +43,7 @@ class Registry {
     return out;
   }
 
- private:
+  // The entry called `name`, or null.
   const Factory* find(const std::string& name) const {
     for (const auto& e : entries_) {
       if (e.first == name) return &e.second;
@@ -51,6 +51,7 @@ class Registry {
     return nullptr;
   }
 
+ private:
   std::string kind_;
   std::vector<std::pair<std::string, Factory>> entries_;
 };

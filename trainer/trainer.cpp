@@ -17,19 +17,17 @@
 #include "distributed/device_mesh.h"
 #include "distributed/gradient_reducer.h"
 #include "distributed/rank_info.h"
-#include "distributed/tensor_parallel.h"
-#include "trainer/activation_checkpoint.h"
 #include "trainer/amp.h"
 #include "trainer/checkpoint.h"
 #include "trainer/device.h"
 #include "trainer/distill.h"
 #include "trainer/evaluate.h"
-#include "distributed/pipeline_executor.h"
 #include "trainer/data/dataset.h"
 #include "trainer/data/loader.h"
 #include "trainer/data/text.h"
 #include "trainer/metrics.h"
-#include "trainer/models/gpt.h"
+#include "trainer/parallelize.h"
+#include "trainer/train_step.h"
 
 namespace strata::train {
 namespace {
@@ -67,24 +65,19 @@ struct EvalResult {
   double accuracy = 0.0;
 };
 
-std::vector<std::string> as_strings(const std::vector<int64_t>& v) {
-  std::vector<std::string> out;
-  for (int64_t x : v) out.push_back(std::to_string(x));
-  return out;
-}
-
-// The job's layout: world = pp x dp x tp (tensor parallelism innermost, on
-// neighbouring ranks; Megatron's order), dp inferred.
-std::vector<dist::MeshAxis> mesh_axes(const Recipe& r, const std::shared_ptr<dist::Communicator>& world) {
-  const int n = world ? world->size() : 1;
-  const int64_t tp = r.distributed.tensor_parallel;
-  const int64_t pp = r.distributed.pipeline_parallel.stages;
-  STRATA_CHECK_T(ConfigError, n % (tp * pp) == 0, r.where("distributed.tensor_parallel"),
-                 ": the job has ", n, " rank(s), not a multiple of distributed.tensor_parallel (",
-                 tp, ") x distributed.pipeline_parallel.stages (", pp, ") = ", tp * pp,
-                 "; launch a multiple of ", tp * pp, " ranks or lower those sizes");
-  return {{"pp", static_cast<int>(pp)}, {"dp", static_cast<int>(n / (tp * pp))},
-          {"tp", static_cast<int>(tp)}};
+TrainStepOptions step_options(const Recipe& r) {
+  const DistributedSection& d = r.distributed;
+  TrainStepOptions o;
+  o.grad_accum = r.train.grad_accum;
+  o.compute_dtype = precision_dtype(r.train.precision);
+  o.clip_grad_norm = r.train.clip_grad_norm;
+  o.broadcast_buffers = d.broadcast_buffers;
+  o.reducer.bucket_cap_bytes = static_cast<int64_t>(d.bucket_mb * (1 << 20));
+  o.reducer.first_bucket_bytes = std::min<int64_t>(o.reducer.bucket_cap_bytes, 1 << 20);
+  o.reducer.overlap = d.overlap;
+  o.reducer.allow_unused = d.find_unused_parameters;
+  o.reducer.hook = comm_hook(d.comm_hook);
+  return o;
 }
 
 }  // namespace
@@ -102,51 +95,42 @@ struct Trainer::Impl {
        std::shared_ptr<dist::Communicator> comm);
   TrainResult run();
 
+  void check_task(const ModelRegistry& models, const ModelSpec& spec) const;
   void resume_or_start();
   void load_data();
   std::unique_ptr<BatchSource> make_loader(int64_t start_batch) const;
-  at::Tensor train_step(BatchSource& loader, int64_t* epoch);
+  void add_hints(std::vector<std::pair<std::string, at::Tensor>>* trained);
   EvalResult evaluate();
   void log_eval(const EvalResult& e);
+  void log_train(int64_t epoch, const at::Tensor& window_loss, int64_t window_steps,
+                 double window_s, double run_s);
   // An eval or summary record: loss, accuracy (and perplexity for text).
   JsonObject eval_record(const char* kind, const EvalResult& e) const;
   void save_checkpoint();
-  void setup_data_parallel();
-  void setup_model_parallel(const Registries& registries);
-  // Model parallelism: reductions over the ranks holding the other parts
-  // of the model (tp, then pp), in place.
-  void over_model(at::Tensor& t, dist::ReduceOp op) const;
-  // The loss of one microbatch's logits (teacher on `inputs`), under autocast.
-  at::Tensor micro_loss(const at::Tensor& logits, const at::Tensor& inputs,
+  // The loss of one microbatch's output (teacher on `inputs`).
+  at::Tensor micro_loss(const at::Tensor& output, const at::Tensor& inputs,
                         const at::Tensor& targets);
   ShardLayout shard_layout() const;
-  bool model_parallel() const { return tp_size * pp_size > 1; }
+  // What checkpoints save and restore.
+  Trained trained() const {
+    return Trained{*pm.model, *optimizer, optimizer_spec->state, hints.get(), pm.splits};
+  }
   int64_t map_data_position(const TrainState& saved) const;
-  // Mean over ranks (a collective when data parallel).
+  // Mean over data-parallel ranks of this rank's value (collective); a
+  // pipeline's last stage has it and tells the others.
   double global_mean(const at::Tensor& local) const;
   bool writer() const { return mesh.rank() == 0; }
-  // Where collectives on small bookkeeping tensors run: NCCL moves only
-  // GPU memory, the CPU backends host memory.
-  at::Device comm_device() const {
-    return comm && std::string(comm->backend()) == "nccl" ? device : at::Device(at::kCPU);
-  }
   bool due(int64_t every) const {
     return state.step % (every > 0 ? every : steps_per_epoch) == 0;
   }
 
   Recipe recipe;
-  // The job's layout: pp x dp x tp.
-  dist::DeviceMesh mesh;
-  std::shared_ptr<dist::Communicator> comm;  // the dp group; null: dp = 1
-  int rank = 0;   // in the dp group
-  int world = 1;  // dp size
-  std::shared_ptr<dist::Communicator> tp_group, pp_group;  // size 1: self
-  int tp_size = 1, pp_size = 1;
-  std::unique_ptr<dist::PipelineExecutor> pipe;  // pp > 1
-  std::map<std::string, dist::TpShard> splits;  // the model's split parameters
-  std::vector<double> norm_weights;  // clip_grad_norm's, model parallel
+  ParallelPlan plan;
+  dist::DeviceMesh mesh;  // pp x dp x tp
+  std::shared_ptr<dist::Communicator> dp_group;  // size dp_size (self when 1)
+  int dp_rank = 0;
+  int dp_size = 1;
   at::Device device{at::kCPU};  // run.device resolved
-  std::unique_ptr<dist::GradientReducer> reducer;
   std::string run_dir;
   // Training data: images, or bytes of text.
   std::shared_ptr<const ImageDataset> images;
@@ -157,13 +141,13 @@ struct Trainer::Impl {
   at::Tensor eval_inputs, eval_targets;  // this rank's evaluation shard
   int64_t eval_samples = 0;              // all ranks
   at::ScalarType compute_dtype = at::kFloat;  // train.precision
-  LossScaler scaler{LossScalerOptions{false}};
-  std::shared_ptr<Model> model;
+  ParallelModel pm;  // this rank's part of the model
   std::shared_ptr<Model> teacher;  // distill.teacher; null: no distillation
   at::ScalarType teacher_dtype = at::kFloat;
   std::shared_ptr<HintLoss> hints;  // distill.hints; null: none
-  std::vector<at::Tensor> params;   // what the optimizer trains: model (+ hints)
+  const OptimizerSpec* optimizer_spec = nullptr;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
+  std::unique_ptr<TrainStep> step;
   std::unique_ptr<LrSchedule> schedule;
   int64_t micro_per_epoch = 0;
   int64_t steps_per_epoch = 0;
@@ -175,19 +159,17 @@ struct Trainer::Impl {
   int64_t last_saved_step = -1;
   int64_t last_eval_step = -1;
   EvalResult last_eval;
+  double shown_loss = std::nan(""), shown_rate = 0.0;  // last logged values
 };
 
 Trainer::Impl::Impl(Recipe r, const Registries& registries,
                     std::shared_ptr<dist::Communicator> c)
     : recipe(std::move(r)),
-      mesh(c, mesh_axes(recipe, c)),
-      comm(mesh.size("dp") > 1 ? mesh.group("dp") : nullptr),
-      rank(comm ? comm->rank() : 0),
-      world(comm ? comm->size() : 1),
-      tp_group(mesh.group("tp")),
-      pp_group(mesh.group("pp")),
-      tp_size(mesh.size("tp")),
-      pp_size(mesh.size("pp")),
+      plan(parallel_plan(recipe)),
+      mesh(make_mesh(std::move(c), plan)),
+      dp_group(mesh.group(dist::Axis::kData)),
+      dp_rank(dp_group->rank()),
+      dp_size(dp_group->size()),
       run_dir(recipe.run_dir()),
       store(join_path(run_dir, "checkpoints"), recipe.checkpoint.keep, shard_layout()),
       progress(ProgressOptions{}) {
@@ -197,31 +179,28 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
   configure_threads(recipe.run.threads, mesh.size() > 1 ? std::max(1, ranks.local_world) : 1);
   device = resolve_device(recipe.run.device, ranks.local_rank, recipe.where("run.device"));
   STRATA_CHECK_T(ConfigError,
-                 !(device.is_cuda() && comm && std::string(comm->backend()) == "mpi"),
-                 recipe.where("distributed.backend"), ": distributed.backend=mpi "
-                 "moves host memory only but run.device is ", device.str(),
-                 "; use nccl (or auto) on GPUs");
+                 !device.is_cuda() || mesh.size() == 1 ||
+                     mesh.world()->supports(dist::Capability::kDeviceMemory),
+                 recipe.where("distributed.backend"), "distributed.backend=",
+                 mesh.world()->backend(), " moves host memory only but run.device is ",
+                 device.str(), "; use nccl (or auto) on GPUs");
   compute_dtype = precision_dtype(recipe.train.precision);
   STRATA_CHECK_T(ConfigError, compute_dtype != at::kHalf || device.is_cuda(),
-                 recipe.where("train.precision"), ": train.precision=fp16 needs a GPU "
+                 recipe.where("train.precision"), "train.precision=fp16 needs a GPU "
                  "(run.device: cuda); use bf16 on the CPU");
-  scaler = LossScaler(LossScalerOptions{compute_dtype == at::kHalf});
-  const DataSection& d = recipe.data;
-  const bool lm = recipe.model.name == "gpt";
-  STRATA_CHECK_T(ConfigError, lm == (d.name == "text"), recipe.where("data.name"),
-                 ": data.name=", d.name, " with model.name=", recipe.model.name, "; ",
-                 lm ? "gpt is a language model: use data.name=text"
-                    : "text needs a language model: use model.name=gpt");
+  const ModelSpec& spec = registries.models.get(recipe.model.name, recipe.where("model.name"),
+                                                "model.name");
+  check_task(registries.models, spec);
   load_data();
 
-  setup_model_parallel(registries);
-  model->set_checkpointing(checkpoint_plan(
-      recipe.train.activation_checkpointing, recipe.train.checkpoint_every,
-      model->checkpoint_units(), recipe.where("train.activation_checkpointing")));
-  model->to(device);
+  torch::manual_seed(static_cast<uint64_t>(recipe.run.seed));
+  pm = parallelize(registries.models, recipe.model, input_shape, mesh, plan,
+                   recipe.where("model.name"));
+  Model& model = *pm.model;
+  model.to(device);
   // The teacher is whole on every rank that computes the loss (a
   // pipeline's last stage).
-  if (!recipe.distill.teacher.empty() && (!pipe || pipe->last())) {
+  if (!recipe.distill.teacher.empty() && pm.computes_loss()) {
     teacher = load_teacher(recipe, registries.models, input_shape, device);
     teacher_dtype = precision_dtype(recipe.distill.teacher_precision);
     log_info("distilling from ", recipe.distill.teacher, " (", recipe.distill.teacher_model.name,
@@ -229,120 +208,85 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
              format_double(recipe.distill.alpha), ", temperature ",
              format_double(recipe.distill.temperature));
   }
-  const auto& make_optimizer = registries.optimizers.get(
-      recipe.optimizer.name, recipe.where("optimizer.name"), "optimizer.name");
-  optimizer = make_optimizer(recipe, *model);
-  params = model->parameters();
-  const auto hint_pairs = parse_hint_pairs(recipe.distill.hints, recipe.where("distill.hints"));
-  if (!hint_pairs.empty()) {
-    STRATA_CHECK_T(ConfigError, pp_size == 1, recipe.where("distill.hints"),
-                   "distill.hints pairs student and teacher layers, which a pipeline splits "
-                   "over ranks; use hints with distributed.pipeline_parallel.stages = 1");
-    STRATA_CHECK_T(ConfigError, teacher != nullptr, recipe.where("distill.hints"),
-                   "distill.hints needs a teacher: set distill.teacher");
-    hints = std::make_shared<HintLoss>(hint_pairs, *model, *teacher,
-                                       eval_inputs.slice(0, 0, 2).to(device));
-    // The projections train with the student, under its optimizer's settings.
-    optimizer->add_param_group(torch::optim::OptimizerParamGroup(
-        hints->parameters(), optimizer->param_groups()[0].options().clone()));
-    for (const auto& p : hints->parameters()) params.push_back(p);
-    log_info("distillation hints ", recipe.distill.hints, " (", parameter_count(*hints),
-             " projection parameters), weight ", format_double(recipe.distill.hint_weight));
-  }
+  optimizer_spec = &registries.optimizers.get(recipe.optimizer.name,
+                                              recipe.where("optimizer.name"), "optimizer.name");
+  optimizer = optimizer_spec->make(recipe, model);
+  std::vector<std::pair<std::string, at::Tensor>> extra;
+  add_hints(&extra);
+  step = std::make_unique<TrainStep>(
+      pm, *optimizer, std::move(extra),
+      [this](const at::Tensor& y, const at::Tensor& x, const at::Tensor& t) {
+        return micro_loss(y, x, t);
+      },
+      dp_group, device, step_options(recipe));
 
-  if (model_parallel()) {
-    // Each parameter's squared gradient norm counted once over the model:
-    // a shard fully, a tensor replicated over tp by 1/tp on each, the tied
-    // embedding's copy on the last stage not at all.
-    for (const auto& p : model->named_parameters()) {
-      const bool tied_copy = pp_size > 1 && !pipe->first() && p.key() == kGptTiedParameter;
-      norm_weights.push_back(tied_copy ? 0.0 : splits.count(p.key()) ? 1.0 : 1.0 / tp_size);
-    }
-    norm_weights.resize(params.size(), 1.0 / tp_size);  // hint projections: replicated
-  }
-
-  const int64_t per_rank = train_samples / world;
+  const DataSection& d = recipe.data;
+  const int64_t per_rank = train_samples / dp_size;
   micro_per_epoch = per_rank / d.batch_size;
   STRATA_CHECK_T(ConfigError, micro_per_epoch >= recipe.train.grad_accum,
                  recipe.where("data.batch_size"), "data.batch_size=",
                  d.batch_size, " x train.grad_accum=", recipe.train.grad_accum,
                  " needs more than the ", per_rank, " training samples each of ",
-                 world, " rank(s) reads per epoch; lower either");
+                 dp_size, " rank(s) reads per epoch; lower either");
   steps_per_epoch = micro_per_epoch / recipe.train.grad_accum;
   total_steps = recipe.train.max_steps > 0
                     ? recipe.train.max_steps
                     : recipe.train.epochs * steps_per_epoch;
   schedule = make_schedule(registries.schedules, recipe, total_steps);
-  log_info("model ", recipe.model.name, " with ", parameter_count(*model),
+  log_info("model ", recipe.model.name, " with ", parameter_count(model),
            " parameters; ", train_samples, " training / ", eval_samples,
            text ? " validation windows of " + std::to_string(tokens_per_sample) + " bytes; "
                 : " test samples; ",
            total_steps, " steps of ",
-           d.batch_size * recipe.train.grad_accum * world, " samples (",
-           world, " data-parallel rank(s)) on ", device.str(), " in ", recipe.train.precision,
+           d.batch_size * recipe.train.grad_accum * dp_size, " samples (",
+           dp_size, " data-parallel rank(s)) on ", device.str(), " in ", recipe.train.precision,
            "; ", at::get_num_threads(), " threads per rank");
   if (mesh.size() > 1) log_info("device mesh ", mesh.describe());
-}
-
-void Trainer::Impl::setup_model_parallel(const Registries& registries) {
-  const PipelineSection& pp = recipe.distributed.pipeline_parallel;
-  // The student's part; input_shape stays whole (the teacher's).
-  InputShape shape = input_shape;
-  if (tp_size > 1) shape.tp = tp_group;
-  if (pp_size > 1) {
-    STRATA_CHECK_T(ConfigError, recipe.model.name == "gpt",
-                   recipe.where("distributed.pipeline_parallel.stages"),
-                   "distributed.pipeline_parallel.stages = ", pp_size, " splits a model's "
-                   "layer list over stages; only model.name=gpt has one (not ",
-                   recipe.model.name, "); use stages = 1");
-    const std::vector<int64_t> weights = gpt_layer_parameters(recipe.model, input_shape.classes);
-    std::vector<int64_t> counts = pp.layers;
-    if (counts.empty()) {
-      counts = dist::partition_layers(weights, pp_size);
-    } else {
-      int64_t sum = 0;
-      for (int64_t c : counts) sum += c;
-      const bool ok = static_cast<int>(counts.size()) == pp_size &&
-                      *std::min_element(counts.begin(), counts.end()) >= 1 &&
-                      sum == static_cast<int64_t>(weights.size());
-      STRATA_CHECK_T(ConfigError, ok, recipe.where("distributed.pipeline_parallel.layers"),
-                     "distributed.pipeline_parallel.layers = [", join(as_strings(counts), ", "),
-                     "] must "
-                     "give each of the ", pp_size, " stages at least one of the ", weights.size(),
-                     " layers (embedding, ", recipe.model.n_layer, " blocks, head) and sum to ",
-                     weights.size(), "; or leave it empty to balance by parameters");
-    }
-    const int s = pp_group->rank();
-    for (int i = 0; i < s; ++i) shape.layer_begin += counts[i];
-    shape.layer_end = shape.layer_begin + counts[s];
-    pipe = std::make_unique<dist::PipelineExecutor>(pp_group, pp.schedule,
-                                              static_cast<int>(pp.microbatches));
-    STRATA_CHECK_T(ConfigError, recipe.data.batch_size % pp.microbatches == 0,
-                   recipe.where("distributed.pipeline_parallel.microbatches"),
-                   "data.batch_size = ", recipe.data.batch_size, " cannot be split into ",
-                   pp.microbatches, " equal microbatches; pick a divisor of it");
-    log_info("pipeline stage ", s, " of ", pp_size, ": layers [", shape.layer_begin, ", ",
-             shape.layer_end, ") of ", weights.size(), " (", pp.schedule, ", ",
-             pp.microbatches, " microbatches)");
+  if (step->data_parallel()) {
+    log_info("data parallel over ", dp_size, " ranks (", dp_group->backend(), "), overlap ",
+             recipe.distributed.overlap ? "on" : "off");
   }
-  torch::manual_seed(static_cast<uint64_t>(recipe.run.seed));
-  const auto& make_model = registries.models.get(
-      recipe.model.name, recipe.where("model.name"), "model.name");
-  model = make_model(recipe.model, shape);
-  splits = dist::tensor_parallel_shards(*model);
-  STRATA_CHECK_T(ConfigError, tp_size == 1 || !splits.empty(),
-                 recipe.where("distributed.tensor_parallel"), "distributed.tensor_parallel = ",
-                 tp_size, " but model.name=", recipe.model.name, " has no tensor-parallel "
-                 "layers (gpt has); use tensor_parallel = 1");
 }
 
-void Trainer::Impl::over_model(at::Tensor& t, dist::ReduceOp op) const {
-  if (tp_size > 1) tp_group->all_reduce(t, op)->wait();
-  if (pp_size > 1) pp_group->all_reduce(t, op)->wait();
+// The data's task must be the model's: text is for language models.
+void Trainer::Impl::check_task(const ModelRegistry& models, const ModelSpec& spec) const {
+  const Task data_task = recipe.data.name == "text" ? Task::kLanguageModel : Task::kClassification;
+  if (spec.task == data_task) return;
+  const std::vector<std::string> fitting = models_where(models, [&](const ModelSpec& m) {
+    return m.task == data_task;
+  });
+  const std::string other_data = spec.task == Task::kLanguageModel ? "data.name=text"
+                                                                   : "data.name=fashion_mnist";
+  throw ConfigError(str(recipe.where("data.name"), "data.name=", recipe.data.name, " is ",
+                        task_name(data_task), " data but model.name=", recipe.model.name,
+                        " is a ", task_name(spec.task), " model; use ", other_data,
+                        ", or a ", task_name(data_task), " model (registered: ",
+                        join(fitting, ", "), ")"));
+}
+
+void Trainer::Impl::add_hints(std::vector<std::pair<std::string, at::Tensor>>* trained) {
+  const auto hint_pairs = parse_hint_pairs(recipe.distill.hints, recipe.where("distill.hints"));
+  if (hint_pairs.empty()) return;
+  STRATA_CHECK_T(ConfigError, !pm.pipe, recipe.where("distill.hints"),
+                 "distill.hints pairs student and teacher layers, which a pipeline splits "
+                 "over ranks; use hints with distributed.pipeline_parallel.stages = 1");
+  STRATA_CHECK_T(ConfigError, teacher != nullptr, recipe.where("distill.hints"),
+                 "distill.hints needs a teacher: set distill.teacher");
+  hints = std::make_shared<HintLoss>(hint_pairs, *pm.model, *teacher,
+                                     eval_inputs.slice(0, 0, 2).to(device));
+  // The projections train with the student, under its optimizer's settings.
+  optimizer->add_param_group(torch::optim::OptimizerParamGroup(
+      hints->parameters(), optimizer->param_groups()[0].options().clone()));
+  for (auto& p : hints->named_parameters()) {
+    trained->emplace_back("distill.hints." + p.key(), p.value());
+  }
+  log_info("distillation hints ", recipe.distill.hints, " (", parameter_count(*hints),
+           " projection parameters), weight ", format_double(recipe.distill.hint_weight));
 }
 
 ShardLayout Trainer::Impl::shard_layout() const {
-  return ShardLayout{world, tp_size, pp_size, mesh.coord("tp"), mesh.coord("pp")};
+  return ShardLayout{dp_size, mesh.size(dist::Axis::kTensor), mesh.size(dist::Axis::kPipeline),
+                     mesh.coord(dist::Axis::kTensor), mesh.coord(dist::Axis::kPipeline)};
 }
 
 // Evaluation is sharded: each rank scores a contiguous slice, the sums are
@@ -354,7 +298,7 @@ void Trainer::Impl::load_data() {
     TextCorpus corpus = load_text_corpus(d.text, d.val_fraction, T, d.train_subset);
     eval_samples = text_window_count(corpus.val, T);
     if (d.test_subset > 0) eval_samples = std::min(eval_samples, d.test_subset);
-    auto [begin, end] = shard_range(eval_samples, rank, world);
+    auto [begin, end] = shard_range(eval_samples, dp_rank, dp_size);
     std::tie(eval_inputs, eval_targets) = text_windows(corpus.val, T, begin, end);
     train_samples = (static_cast<int64_t>(corpus.train.size()) - 1) / T;
     tokens_per_sample = T;
@@ -364,7 +308,7 @@ void Trainer::Impl::load_data() {
     auto train = std::make_shared<ImageDataset>(
         load_fashion_mnist(d.root, Split::kTrain, d.train_subset));
     ImageDataset test = load_fashion_mnist(d.root, Split::kTest, d.test_subset);
-    auto [begin, end] = shard_range(test.size, rank, world);
+    auto [begin, end] = shard_range(test.size, dp_rank, dp_size);
     std::tie(eval_inputs, eval_targets) = dataset_tensors(test, begin, end);
     eval_samples = test.size;
     train_samples = train->size;
@@ -382,8 +326,8 @@ std::unique_ptr<BatchSource> Trainer::Impl::make_loader(int64_t start_batch) con
     o.batch_size = d.batch_size;
     o.seq_len = tokens_per_sample;
     o.seed = static_cast<uint64_t>(recipe.run.seed);
-    o.rank = rank;
-    o.world = world;
+    o.rank = dp_rank;
+    o.world = dp_size;
     o.batches_per_epoch = micro_per_epoch;
     o.pin_memory = device.is_cuda();
     return std::make_unique<TextLoader>(text, o, start_batch);
@@ -391,7 +335,7 @@ std::unique_ptr<BatchSource> Trainer::Impl::make_loader(int64_t start_batch) con
   return std::make_unique<TrainLoader>(
       images,
       LoaderOptions{d.batch_size, d.prefetch, d.shuffle,
-                    static_cast<uint64_t>(recipe.run.seed), rank, world,
+                    static_cast<uint64_t>(recipe.run.seed), dp_rank, dp_size,
                     d.augment.crop_padding, d.augment.hflip, device.is_cuda()},
       start_batch);
 }
@@ -411,27 +355,24 @@ void Trainer::Impl::resume_or_start() {
     path = mode;
   }
   if (!path.empty()) {
-    TrainState saved =
-        is_sharded_checkpoint(path)
-            ? load_sharded_checkpoint(path, shard_layout(), *model, *optimizer, splits,
-                                      device, hints.get())
-            : load_checkpoint(path, *model, *optimizer, device, hints.get());
+    TrainState saved = load_checkpoint(path, shard_layout(), trained(), device);
     state.step = saved.step;
     state.micro_batches = map_data_position(saved);
-    if (scaler.enabled() && saved.loss_scale > 0) {
-      scaler.restore(saved.loss_scale, saved.loss_scale_growth);
+    if (step->scaler().enabled() && saved.loss_scale > 0) {
+      step->scaler().restore(saved.loss_scale, saved.loss_scale_growth);
     }
     last_saved_step = state.step;
     log_info("resumed from ", path, " at step ", state.step);
   }
   if (mesh.size() > 1) {
     // Every rank must resume from the same checkpoint.
-    at::Tensor step = at::full({1}, state.step, at::TensorOptions(at::kLong).device(comm_device()));
-    at::Tensor mine = step.clone();
-    mesh.world()->broadcast(step, 0)->wait();
-    STRATA_CHECK_T(Error, at::equal(step, mine), "rank ", rank,
+    const at::Device on = dist::transport_device(*mesh.world(), device);
+    at::Tensor theirs = at::full({1}, state.step, at::TensorOptions(at::kLong).device(on));
+    at::Tensor mine = theirs.clone();
+    mesh.world()->broadcast(theirs, 0)->wait();
+    STRATA_CHECK_T(Error, at::equal(theirs, mine), "rank ", mesh.rank(),
                    " resumed at step ", state.step, " but rank 0 at step ",
-                   step.item<int64_t>(), "; all ranks must see the same run "
+                   theirs.item<int64_t>(), "; all ranks must see the same run "
                    "directory (run.dir on a shared filesystem)");
   }
   const std::string metrics_path = join_path(run_dir, "metrics.jsonl");
@@ -443,45 +384,26 @@ void Trainer::Impl::resume_or_start() {
 // batch: exact. Otherwise the same epoch and the same fraction of it, since
 // a different number of ranks reads the data in a different order anyway.
 int64_t Trainer::Impl::map_data_position(const TrainState& saved) const {
-  if (saved.world == world && saved.micro_per_epoch == micro_per_epoch) {
+  if (saved.world == dp_size && saved.micro_per_epoch == micro_per_epoch) {
     return saved.micro_batches;
   }
   const int64_t old_per_epoch = std::max<int64_t>(1, saved.micro_per_epoch);
   const int64_t epoch = saved.micro_batches / old_per_epoch;
   const int64_t within = saved.micro_batches % old_per_epoch;
   log_warn("resuming a checkpoint written by ", saved.world, " rank(s) with ",
-           old_per_epoch, " micro-batches per epoch on ", world, " rank(s) with ",
+           old_per_epoch, " micro-batches per epoch on ", dp_size, " rank(s) with ",
            micro_per_epoch, ": continuing at the same point of epoch ", epoch,
            "; the data order differs from an uninterrupted run");
   return epoch * micro_per_epoch + within * micro_per_epoch / old_per_epoch;
 }
 
-void Trainer::Impl::setup_data_parallel() {
-  if (!comm) return;
-  dist::broadcast_parameters(*model, *comm);
-  const DistributedSection& d = recipe.distributed;
-  dist::GradientReducerOptions o;
-  o.bucket_cap_bytes = static_cast<int64_t>(d.bucket_mb * (1 << 20));
-  o.first_bucket_bytes = std::min<int64_t>(o.bucket_cap_bytes, 1 << 20);
-  o.overlap = d.overlap;
-  o.allow_unused = d.find_unused_parameters;
-  o.hook = comm_hook(d.comm_hook);
-  std::vector<std::pair<std::string, at::Tensor>> named;
-  for (auto& p : model->named_parameters()) named.emplace_back(p.key(), p.value());
-  if (hints) {
-    for (auto& p : hints->named_parameters()) named.emplace_back("distill.hints." + p.key(), p.value());
-  }
-  reducer = std::make_unique<dist::GradientReducer>(std::move(named), comm, o);
-  log_info("data parallel over ", world, " ranks (", comm->backend(), "): ",
-           reducer->buckets().size(),
-           " gradient bucket(s), overlap ", d.overlap ? "on" : "off");
-}
-
 double Trainer::Impl::global_mean(const at::Tensor& local) const {
-  at::Tensor t = local.to(comm_device(), at::kDouble).reshape({1}).clone();
-  if (comm) comm->all_reduce(t, dist::ReduceOp::kAvg)->wait();
+  at::Tensor t = local.to(dist::transport_device(*mesh.world(), device), at::kDouble)
+                     .reshape({1})
+                     .clone();
+  if (dp_size > 1) dp_group->all_reduce(t, dist::ReduceOp::kAvg)->wait();
   // Pipeline: only the last stage has the loss.
-  if (pp_size > 1) pp_group->broadcast(t, pp_size - 1)->wait();
+  if (pm.pipe) pm.pp->broadcast(t, pm.pp->size() - 1)->wait();
   return t.item<double>();
 }
 
@@ -499,117 +421,31 @@ at::Tensor Trainer::Impl::micro_loss(const at::Tensor& logits, const at::Tensor&
       teacher ? distillation_loss(logits, teacher_logits, targets, recipe.distill.alpha,
                                   recipe.distill.temperature)
               : F::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
-  if (hints) loss = loss + recipe.distill.hint_weight * hints->forward(*model, *teacher);
+  if (hints) loss = loss + recipe.distill.hint_weight * hints->forward(*pm.model, *teacher);
   return loss;
 }
 
-at::Tensor Trainer::Impl::train_step(BatchSource& loader, int64_t* epoch) {
-  const int64_t accum = recipe.train.grad_accum;
-  model->train();
-  // Gradients are cleared to undefined rather than zero-filled (what
-  // LibTorch 2.x's zero_grad() does by default; 1.13 can only zero-fill):
-  // the first backward then stores its gradient instead of adding it to
-  // zeros, one memory pass fewer per parameter. Same values.
-  for (auto& p : params) p.mutable_grad() = at::Tensor();
-  if (comm && recipe.distributed.broadcast_buffers) {
-    dist::broadcast_buffers(*model, *comm);
-  }
-  at::Tensor loss_sum = at::zeros({}, at::TensorOptions(at::kDouble).device(device));
-  for (int64_t i = 0; i < accum; ++i) {
-    Batch b = loader.next();
-    ++state.micro_batches;
-    *epoch = b.epoch;
-    // Pinned batches: the copies overlap the previous step's GPU work.
-    at::Tensor inputs = b.inputs.to(device, /*non_blocking=*/true);
-    at::Tensor targets = b.targets.to(device, /*non_blocking=*/true);
-    const bool last_micro = i + 1 == accum;
-    // Data parallelism: only the step's last backward all-reduces.
-    auto around_backward = [&](const std::function<void()>& backward, bool last) {
-      if (reducer && !(last && last_micro)) {
-        dist::GradientReducer::NoSync no_sync(*reducer);
-        backward();
-      } else {
-        backward();
-      }
-    };
-    auto scale = [&](const at::Tensor& l) {
-      return scaler.scale_loss(accum > 1 ? l / static_cast<double>(accum) : l);
-    };
-    if (pipe) {
-      const int64_t mb = inputs.size(0) / pipe->microbatches();
-      dist::StageFunctions fns;
-      fns.forward = [&](const at::Tensor& x, int) {
-        AutocastGuard amp(device.type(), compute_dtype);
-        return model->forward(x);
-      };
-      fns.loss = [&](const at::Tensor& y, int m) {
-        return micro_loss(y, inputs.slice(0, m * mb, (m + 1) * mb),
-                          targets.slice(0, m * mb, (m + 1) * mb));
-      };
-      fns.scale_loss = scale;
-      fns.around_backward = around_backward;
-      at::Tensor loss = pipe->train_step(inputs, fns);
-      if (loss.defined()) loss_sum += loss;
-      continue;
-    }
-    at::Tensor logits;
-    {
-      AutocastGuard amp(device.type(), compute_dtype);  // forward and loss only
-      logits = model->forward(inputs);
-    }
-    at::Tensor loss = micro_loss(logits, inputs, targets);
-    at::Tensor scaled = scale(loss);
-    around_backward([&] { scaled.backward(); }, true);
-    loss_sum += loss.detach();
-  }
-  if (reducer) reducer->finish();
-  if (pipe) dist::sum_tied_gradients(*model, kGptTiedParameter, *pp_group);
-  // Note [Mixed precision] in amp.h: unscale after the all-reduce (every
-  // rank sees the same gradients, so all skip or step together), before
-  // clipping; under model parallelism the ranks holding other parts agree.
-  auto max_over_model = [this](at::Tensor& t) { over_model(t, dist::ReduceOp::kMax); };
-  auto sum_over_model = [this](at::Tensor& t) { over_model(t, dist::ReduceOp::kSum); };
-  if (scaler.enabled()) {
-    scaler.unscale(params, model_parallel() ? max_over_model : std::function<void(at::Tensor&)>());
-  }
-  if (recipe.train.clip_grad_norm > 0) {
-    if (model_parallel()) {
-      clip_grad_norm(params, recipe.train.clip_grad_norm, norm_weights, sum_over_model);
-    } else {
-      clip_grad_norm(params, recipe.train.clip_grad_norm);
-    }
-  }
-  set_learning_rate(*optimizer, schedule->lr(state.step));
-  if (scaler.update()) {
-    optimizer->step();
-  } else {
-    log_warn("step ", state.step + 1, ": inf/NaN gradients in fp16; step skipped, "
-             "loss scale lowered to ", format_double(scaler.scale()));
-  }
-  ++state.step;
-  return loss_sum / static_cast<double>(accum);
-}
-
 EvalResult Trainer::Impl::evaluate() {
+  Model& model = *pm.model;
   EvalSums e;
-  if (pipe) {
-    model->eval();
+  if (pm.pipe) {
+    model.eval();
     e = evaluate_classifier(
         [&](const at::Tensor& x) {
-          return pipe->forward(x, [&](const at::Tensor& in) { return model->forward(in); });
+          return pm.pipe->forward(x, [&](const at::Tensor& in) { return model.forward(in); });
         },
         eval_inputs, eval_targets, recipe.data.eval_batch_size, compute_dtype);
-    model->train();
+    model.train();
   } else {
-    e = evaluate_classifier(*model, eval_inputs, eval_targets, recipe.data.eval_batch_size,
+    e = evaluate_classifier(model, eval_inputs, eval_targets, recipe.data.eval_batch_size,
                             compute_dtype);
   }
   at::Tensor sums = at::tensor({e.loss_sum, static_cast<double>(e.correct),
                                 static_cast<double>(e.count)}, at::kDouble)
-                       .to(comm_device());
+                       .to(dist::transport_device(*mesh.world(), device));
   // Pipeline: the last stage scored the samples.
-  if (pp_size > 1) pp_group->broadcast(sums, pp_size - 1)->wait();
-  if (comm) comm->all_reduce(sums, dist::ReduceOp::kSum)->wait();
+  if (pm.pipe) pm.pp->broadcast(sums, pm.pp->size() - 1)->wait();
+  if (dp_size > 1) dp_group->all_reduce(sums, dist::ReduceOp::kSum)->wait();
   sums = sums.cpu();
   const double total = sums[2].item<double>();
   return {sums[0].item<double>() / total, sums[1].item<double>() / total};
@@ -636,30 +472,50 @@ void Trainer::Impl::log_eval(const EvalResult& e) {
            text ? " perplexity " + format_double(std::exp(e.loss)) : std::string());
 }
 
+// A train record: the window's mean loss over all ranks (checked finite)
+// and its rate.
+void Trainer::Impl::log_train(int64_t epoch, const at::Tensor& window_loss, int64_t window_steps,
+                              double window_s, double run_s) {
+  const double loss = global_mean(window_loss) / static_cast<double>(window_steps);
+  STRATA_CHECK_T(Error, std::isfinite(loss), "training loss became ",
+                 loss, " by step ", state.step, "; lower optimizer.lr, "
+                 "enable train.clip_grad_norm, or check the data");
+  const int64_t samples_per_step =  // global, over all ranks
+      recipe.data.batch_size * recipe.train.grad_accum * dp_size;
+  const double rate = static_cast<double>(window_steps * samples_per_step) / window_s;
+  JsonObject record;
+  record.add("kind", "train")
+      .add("step", state.step)
+      .add("epoch", epoch)
+      .add("loss", loss)
+      .add("lr", schedule->lr(state.step - 1))
+      .add("samples_per_s", rate);
+  if (text) record.add("tokens_per_s", rate * static_cast<double>(tokens_per_sample));
+  const LossScaler& scaler = step->scaler();
+  if (scaler.enabled()) {
+    record.add("loss_scale", scaler.scale()).add("skipped_steps", scaler.skipped_steps());
+  }
+  metrics->write(record.add("time_s", run_s));
+  shown_loss = loss;
+  shown_rate = rate;
+}
+
 void Trainer::Impl::save_checkpoint() {
   if (last_saved_step == state.step) return;
   last_saved_step = state.step;
-  state.world = world;
+  const LossScaler& scaler = step->scaler();
+  state.world = dp_size;
   state.micro_per_epoch = micro_per_epoch;
   state.loss_scale = scaler.enabled() ? scaler.scale() : 0.0;
   state.loss_scale_growth = scaler.growth_tracker();
-  if (model_parallel()) {
-    // Note [Sharded checkpoints]: one shard per (pp, tp) coordinate, from
-    // its dp = 0 rank; metadata once they all are on disk.
-    if (mesh.coord("dp") == 0) {
-      store.save(state, *model, *optimizer, hints.get(), splits);
-    }
-    mesh.world()->barrier()->wait();
-    if (!writer()) return;
-    store.publish(state.step);
-    progress.clear();
-    log_info("saved sharded checkpoint ", store.newest());
-    return;
-  }
+  // Note [Sharded checkpoints]: one shard per (pp, tp) coordinate, from
+  // its dp = 0 rank; metadata once they all are on disk.
+  if (dp_rank == 0) store.save(state, trained());
+  if (mesh.size() > 1) mesh.world()->barrier()->wait();
   if (!writer()) return;
-  const std::string path = store.save(state, *model, *optimizer, hints.get());
+  store.publish(state.step);
   progress.clear();
-  log_info("saved checkpoint ", path);
+  log_info("saved checkpoint ", store.newest());
 }
 
 TrainResult Trainer::Impl::run() {
@@ -669,44 +525,32 @@ TrainResult Trainer::Impl::run() {
     atomic_write_file(join_path(run_dir, "recipe.yaml"), to_yaml(recipe));
   }
   resume_or_start();
-  setup_data_parallel();
   progress = Progress(ProgressOptions{total_steps, recipe.run.log_every,
-                                      writer() && stderr_is_terminal(),
-                                      state.step});
-
+                                      writer() && stderr_is_terminal(), state.step});
   std::unique_ptr<BatchSource> loader = make_loader(state.micro_batches);
-  const int64_t samples_per_step =  // global, over all ranks
-      recipe.data.batch_size * recipe.train.grad_accum * world;
+  int64_t epoch = 0;
+  const auto next = [&] {
+    Batch b = loader->next();
+    ++state.micro_batches;
+    epoch = b.epoch;
+    return b;
+  };
   const int64_t start_step = state.step;
   at::Tensor window_loss = at::zeros({}, at::TensorOptions(at::kDouble).device(device));
-  int64_t window_steps = 0, epoch = 0;
-  double shown_loss = std::nan(""), shown_rate = 0.0;  // last logged values
+  int64_t window_steps = 0;
   auto window_t0 = Clock::now();
   while (state.step < total_steps) {
-    window_loss += train_step(*loader, &epoch);
+    const StepResult r = step->run(next, schedule->lr(state.step));
+    if (r.skipped) {
+      log_warn("step ", state.step + 1, ": inf/NaN gradients in fp16; step skipped, "
+               "loss scale lowered to ", format_double(step->scaler().scale()));
+    }
+    if (r.loss.defined()) window_loss += r.loss;
+    ++state.step;
     ++window_steps;
     const bool last = state.step == total_steps;
     if (state.step % recipe.run.log_every == 0 || last) {
-      const double loss = global_mean(window_loss) / window_steps;
-      STRATA_CHECK_T(Error, std::isfinite(loss), "training loss became ",
-                     loss, " by step ", state.step, "; lower optimizer.lr, "
-                     "enable train.clip_grad_norm, or check the data");
-      const double rate = window_steps * samples_per_step / seconds_since(window_t0);
-      const double lr = schedule->lr(state.step - 1);
-      JsonObject record;
-      record.add("kind", "train")
-          .add("step", state.step)
-          .add("epoch", epoch)
-          .add("loss", loss)
-          .add("lr", lr)
-          .add("samples_per_s", rate);
-      if (text) record.add("tokens_per_s", rate * static_cast<double>(tokens_per_sample));
-      if (scaler.enabled()) {
-        record.add("loss_scale", scaler.scale()).add("skipped_steps", scaler.skipped_steps());
-      }
-      metrics->write(record.add("time_s", seconds_since(t0)));
-      shown_loss = loss;
-      shown_rate = rate;
+      log_train(epoch, window_loss, window_steps, seconds_since(window_t0), seconds_since(t0));
       window_loss.zero_();
       window_steps = 0;
       window_t0 = Clock::now();
@@ -727,10 +571,10 @@ TrainResult Trainer::Impl::run() {
   save_checkpoint();
   if (writer()) {
     // Model parallel: the full model, consolidated from the final checkpoint.
-    if (model_parallel()) {
+    if (pm.model_parallel()) {
       save_state_dict(join_path(run_dir, "model.pt"), consolidate_checkpoint(store.newest()));
     } else {
-      save_state_dict(join_path(run_dir, "model.pt"), *model);
+      save_state_dict(join_path(run_dir, "model.pt"), *pm.model);
     }
   }
 

@@ -55,39 +55,43 @@ TEST(GlooSplit, MakesIndependentSubgroupsAndSplitsAgain) {
 
 TEST(DeviceMesh, TwoByTwoGroupsHoldTheRightRanks) {
   test::run_ranks_shared(4, [](std::shared_ptr<Communicator> world) {
-    DeviceMesh mesh(world, {{"dp", 2}, {"tp", 2}});
+    DeviceMesh mesh(world, {{dist::Axis::kData, 2}, {dist::Axis::kTensor, 2}});
     EXPECT_EQ(mesh.describe(), "dp=2 x tp=2");
-    test::check_mesh_groups(mesh, {"dp", "tp"}, {2, 2});
+    test::check_mesh_groups(mesh, {dist::Axis::kData, dist::Axis::kTensor}, {2, 2});
   });
 }
 
 TEST(DeviceMesh, ThreeAxesOverEightRanks) {
   test::run_ranks_shared(8, [](std::shared_ptr<Communicator> world) {
-    DeviceMesh mesh(world, {{"pp", 2}, {"dp", 2}, {"tp", 2}});
-    test::check_mesh_groups(mesh, {"pp", "dp", "tp"}, {2, 2, 2});
+    DeviceMesh mesh(world, {{dist::Axis::kPipeline, 2}, {dist::Axis::kData, 2}, {dist::Axis::kTensor, 2}});
+    test::check_mesh_groups(mesh, {dist::Axis::kPipeline, dist::Axis::kData, dist::Axis::kTensor}, {2, 2, 2});
   }, std::chrono::milliseconds(60000));
 }
 
 TEST(DeviceMesh, AxesOfOneAndOfTheWholeWorld) {
   test::run_ranks_shared(3, [](std::shared_ptr<Communicator> world) {
-    DeviceMesh mesh(world, {{"pp", 1}, {"dp", 3}, {"tp", 1}});
-    EXPECT_EQ(mesh.group("dp"), world);  // no new connections
-    EXPECT_STREQ(mesh.group("tp")->backend(), "self");
-    test::check_mesh_groups(mesh, {"pp", "dp", "tp"}, {1, 3, 1});
+    DeviceMesh mesh(world, {{dist::Axis::kPipeline, 1}, {dist::Axis::kData, 3}, {dist::Axis::kTensor, 1}});
+    EXPECT_EQ(mesh.group(dist::Axis::kData), world);  // no new connections
+    EXPECT_STREQ(mesh.group(dist::Axis::kTensor)->backend(), "self");
+    test::check_mesh_groups(mesh, {dist::Axis::kPipeline, dist::Axis::kData, dist::Axis::kTensor}, {1, 3, 1});
   });
 }
 
 TEST(DeviceMesh, OneProcessWithoutACommunicator) {
-  DeviceMesh mesh(nullptr, {{"dp", 1}});
+  DeviceMesh mesh(nullptr, {{dist::Axis::kData, 1}});
   EXPECT_EQ(mesh.size(), 1);
-  EXPECT_EQ(mesh.group("dp")->size(), 1);
-  EXPECT_THROW(mesh.group("tp"), InternalError);
+  EXPECT_EQ(mesh.group(dist::Axis::kData)->size(), 1);
+  // An axis the mesh does not list is a group of one.
+  EXPECT_EQ(mesh.size(dist::Axis::kTensor), 1);
+  EXPECT_EQ(mesh.coord(dist::Axis::kTensor), 0);
+  EXPECT_EQ(mesh.group(dist::Axis::kTensor)->size(), 1);
+  EXPECT_FALSE(mesh.has(dist::Axis::kTensor));
 }
 
 TEST(DeviceMesh, SizeMismatchSaysTheNumbersAndTheFix) {
   test::run_ranks_shared(4, [](std::shared_ptr<Communicator> world) {
     try {
-      DeviceMesh mesh(world, {{"dp", 3}, {"tp", 2}});
+      DeviceMesh mesh(world, {{dist::Axis::kData, 3}, {dist::Axis::kTensor, 2}});
       ADD_FAILURE() << "no error";
     } catch (const ConfigError& e) {
       EXPECT_NE(std::string(e.what()).find(

@@ -75,13 +75,13 @@ TEST(GptTensorParallel, MatchesTpOneForKStepsAtTp2And4) {
   for (int tp : {2, 4}) {
     std::mutex build;  // the generator is shared by the rank threads
     test::run_ranks_shared(tp, [&](std::shared_ptr<dist::Communicator> g) {
-      InputShape s = shape;
-      s.tp = g;
+      ModelPart part;
+      part.tp = g;
       std::shared_ptr<Model> model;
       {
         std::lock_guard<std::mutex> lock(build);
         torch::manual_seed(5);
-        model = make_gpt(cfg, s);
+        model = make_gpt(cfg, shape, part);
       }
       const int r = g->rank();
       for (const auto& p : model->named_parameters()) {
@@ -103,10 +103,10 @@ TEST(GptTensorParallel, MatchesTpOneForKStepsAtTp2And4) {
 
 TEST(GptTensorParallel, ASizeThatDoesNotDivideTheHeadsSaysSo) {
   test::run_ranks_shared(3, [&](std::shared_ptr<dist::Communicator> g) {
-    InputShape s{1, 1, 1, 256};
-    s.tp = g;
+    ModelPart part;
+    part.tp = g;
     try {
-      make_gpt(tiny_gpt(), s);
+      make_gpt(tiny_gpt(), InputShape{1, 1, 1, 256}, part);
       ADD_FAILURE() << "expected ConfigError";
     } catch (const ConfigError& e) {
       EXPECT_NE(std::string(e.what()).find("distributed.tensor_parallel = 3 must divide "

@@ -283,7 +283,7 @@ TEST(GradientReducer, ActivationCheckpointingReducesEachGradientOnce) {
       {
         std::lock_guard<std::mutex> lock(g_construct);
         torch::manual_seed(5);
-        net = train::builtin_registries().models.get("gpt", "", "")(m, train::InputShape{1, 1, 1, 256});
+        net = train::builtin_registries().models.get("gpt", "", "").build(m, train::InputShape{1, 1, 1, 256}, {});
       }
       // A checkpointed backward restores the shared generator's state: no
       // rank may run one while another still draws its initial weights.

@@ -21,15 +21,15 @@ inline std::vector<int> mesh_coords(int r, const std::vector<int>& sizes) {
 }
 
 inline void check_mesh_groups(const dist::DeviceMesh& mesh,
-                              const std::vector<std::string>& names,
+                              const std::vector<dist::Axis>& names,
                               const std::vector<int>& sizes) {
   const int me = mesh.rank();
   const auto my = mesh_coords(me, sizes);
   for (size_t i = 0; i < names.size(); ++i) {
     auto& g = *mesh.group(names[i]);
-    EXPECT_EQ(g.size(), sizes[i]) << names[i];
-    EXPECT_EQ(g.rank(), my[i]) << names[i];
-    EXPECT_EQ(mesh.coord(names[i]), my[i]) << names[i];
+    EXPECT_EQ(g.size(), sizes[i]) << dist::axis_name(names[i]);
+    EXPECT_EQ(g.rank(), my[i]) << dist::axis_name(names[i]);
+    EXPECT_EQ(mesh.coord(names[i]), my[i]) << dist::axis_name(names[i]);
     // Sum of world ranks over the group vs the ranks equal to me elsewhere.
     double expected = 0;
     for (int r = 0; r < mesh.size(); ++r) {
@@ -40,7 +40,7 @@ inline void check_mesh_groups(const dist::DeviceMesh& mesh,
     at::Tensor t = at::full({5}, double(me), at::kDouble);
     g.all_reduce(t, dist::ReduceOp::kSum)->wait();
     EXPECT_TRUE(at::equal(t, at::full({5}, expected, at::kDouble)))
-        << "axis " << names[i] << " rank " << me << ": got " << t[0].item<double>()
+        << "axis " << dist::axis_name(names[i]) << " rank " << me << ": got " << t[0].item<double>()
         << ", expected " << expected;
     check_all_collectives(g);
   }

@@ -66,8 +66,8 @@ TEST_P(Backends, DeviceMeshGroupsHoldTheRightRanks) {
   const int n = c->size();
   const std::vector<int> sizes = n % 2 == 0 ? std::vector<int>{n / 2, 2}
                                             : std::vector<int>{n, 1};
-  DeviceMesh mesh(c, {{"dp", sizes[0]}, {"tp", sizes[1]}});
-  test::check_mesh_groups(mesh, {"dp", "tp"}, sizes);
+  DeviceMesh mesh(c, {{dist::Axis::kData, sizes[0]}, {dist::Axis::kTensor, sizes[1]}});
+  test::check_mesh_groups(mesh, {dist::Axis::kData, dist::Axis::kTensor}, sizes);
 }
 
 INSTANTIATE_TEST_SUITE_P(CpuBackends, Backends, ::testing::Values("gloo", "mpi"));

@@ -50,14 +50,15 @@ void run_stage(std::shared_ptr<dist::Communicator> pp, const std::string& schedu
                std::mutex& build, int* peak) {
   const ModelSection cfg = tiny_gpt();
   const auto counts = dist::partition_layers(gpt_layer_parameters(cfg, 64), pp->size());
-  InputShape shape{1, 1, 1, 64};
-  for (int i = 0; i < pp->rank(); ++i) shape.layer_begin += counts[i];
-  shape.layer_end = shape.layer_begin + counts[pp->rank()];
+  const InputShape shape{1, 1, 1, 64};
+  ModelPart part;
+  for (int i = 0; i < pp->rank(); ++i) part.layer_begin += counts[i];
+  part.layer_end = part.layer_begin + counts[pp->rank()];
   std::shared_ptr<Model> model;
   {
     std::lock_guard<std::mutex> lock(build);  // the generator is shared
     torch::manual_seed(3);
-    model = make_gpt(cfg, shape);
+    model = make_gpt(cfg, shape, part);
   }
   dist::PipelineExecutor pipe(pp, schedule, m);
   const int64_t mb = ids.size(0) / m;

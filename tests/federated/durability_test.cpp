@@ -69,7 +69,7 @@ TEST(FedDurability, TwentyKillsLoseAndDuplicateNothingAcknowledged) {
 
   // The client's view of the model's tensors (names and shapes).
   const train::Recipe r = train::load_recipe(recipe);
-  auto model = train::builtin_registries().models.get("mlp", "", "model.name")(r.model, {});
+  auto model = train::builtin_registries().models.get("mlp", "", "model.name").build(r.model, {}, {});
   const TensorLayout layout = TensorLayout::of(*model);
 
   EdgeClientOptions o;

@@ -80,7 +80,7 @@ TEST(FedFlood, HonestClientsAreServedAndSigtermEndsInSeconds) {
   const int64_t idle_threads = test::thread_count(pid);
 
   const train::Recipe r = train::load_recipe(recipe);
-  auto model = train::builtin_registries().models.get("mlp", "", "model.name")(r.model, {});
+  auto model = train::builtin_registries().models.get("mlp", "", "model.name").build(r.model, {}, {});
   const TensorLayout layout = TensorLayout::of(*model);
   std::vector<EncodedTensor> zeros;
   for (const auto& [name, t] : layout.unflatten(at::zeros({layout.numel()}))) {

@@ -7,6 +7,8 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <filesystem>
+
 #include "core/fs.h"
 #include "core/json.h"
 #include "trainer/checkpoint.h"
@@ -46,7 +48,7 @@ TEST(StrataTrain, WritesTheRunDirectoryContract) {
   for (const char* f : {"recipe.yaml", "metrics.jsonl", "model.pt"}) {
     EXPECT_TRUE(strata::path_exists(dir / "run/" + f)) << f;
   }
-  EXPECT_FALSE(strata::list_files(dir / "run/checkpoints").empty());
+  EXPECT_FALSE(strata::train::CheckpointStore(dir / "run/checkpoints", 1).newest().empty());
   auto lines = read_lines(dir / "run/metrics.jsonl");
   ASSERT_GE(lines.size(), 3u);
   int train = 0, eval = 0;
@@ -191,7 +193,7 @@ TEST(StrataTrain, NeverResumeRefusesToOverwriteCheckpoints) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.output.find("already holds checkpoints"), std::string::npos)
       << r.output;
-  EXPECT_FALSE(strata::list_files(dir / "run/checkpoints").empty());
+  EXPECT_FALSE(strata::train::CheckpointStore(dir / "run/checkpoints", 1).newest().empty());
 }
 
 // Starts `command`, reads its stderr until `needle` has appeared `count`
@@ -262,3 +264,42 @@ TEST(StrataTrain, SigkillAndResumeIsBitwiseEqualToAnUninterruptedRun) {
 }
 
 }  // namespace
+
+namespace {
+
+// tests/data/legacy_mlp4_step2.pt: a checkpoint of the earlier format (one
+// LibTorch archive), written by Strata at 1849aa7 with this run's recipe
+// and train.max_steps=2. Resuming it to step 4 must give the run that went
+// to step 4 without stopping; on the CPU model that wrote it bit for bit,
+// elsewhere LibTorch may pick other kernels (golden.sh's rule), so 1e-6.
+std::string legacy_run(const std::string& dir) {
+  return kBin + " " + kRecipes + "fashion_mnist_mlp.yaml run.dir=" + dir +
+         " model.hidden=[4] train.max_steps=4 checkpoint.every_steps=2"
+         " data.train_subset=512 data.test_subset=100 data.batch_size=32"
+         " schedule.name=constant schedule.warmup_steps=0 run.threads=1";
+}
+
+}  // namespace
+
+TEST(StrataTrain, ACheckpointOfTheEarlierFormatResumesAndContinuesTheRun) {
+  TempDir dir;
+  auto straight = run_command(legacy_run(dir / "straight"));
+  ASSERT_EQ(straight.exit_code, 0) << straight.output;
+  strata::make_dirs(dir / "old/checkpoints");
+  std::filesystem::copy_file(std::string(STRATA_SOURCE_DIR) + "/tests/data/legacy_mlp4_step2.pt",
+                             dir / "old/checkpoints/step_00000002.pt");
+  auto resumed = run_command(legacy_run(dir / "old"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed from " + dir / "old/checkpoints/step_00000002.pt"),
+            std::string::npos) << resumed.output;
+  EXPECT_NE(resumed.output.find("of the earlier format"), std::string::npos) << resumed.output;
+  auto a = strata::test::load_state_dict(dir / "old/model.pt");
+  auto b = strata::test::load_state_dict(dir / "straight/model.pt");
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& item : b) {
+    const at::Tensor x = a.at(item.key()).toTensor(), y = item.value().toTensor();
+    EXPECT_TRUE(at::allclose(x, y, 0, 1e-6)) << item.key().toStringRef();
+  }
+  // The next checkpoint is of the current format: a directory.
+  EXPECT_TRUE(strata::train::is_sharded_checkpoint(dir / "old/checkpoints/step_00000004"));
+}

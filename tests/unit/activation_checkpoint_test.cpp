@@ -24,7 +24,7 @@ Outcome run(const ModelSection& c, const InputShape& in, const at::Tensor& x, co
         const std::string& policy, int64_t every = 2, bool bf16 = false) {
   Registries reg = builtin_registries();
   torch::manual_seed(0);
-  auto m = reg.models.get(c.name, "", "model.name")(c, in);
+  auto m = reg.models.get(c.name, "", "model.name").build(c, in, {});
   m->set_checkpointing(checkpoint_plan(policy, every, m->checkpoint_units(), "test"));
   m->train();
   torch::manual_seed(42);  // dropout draws
@@ -120,7 +120,7 @@ TEST(ActivationCheckpointing, PlanFollowsThePolicy) {
     checkpoint_plan("full", 2, 0, "recipe.yaml:3");
     FAIL();
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("no checkpointable blocks"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("no checkpointable units"), std::string::npos) << e.what();
   }
 }
 

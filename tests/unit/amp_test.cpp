@@ -10,6 +10,7 @@
 #include "test_util.h"
 #include "trainer/amp.h"
 #include "trainer/checkpoint.h"
+#include "trainer/trainer.h"
 
 namespace strata::train {
 namespace {
@@ -97,8 +98,10 @@ TEST(LossScaler, StateRoundTripsThroughACheckpoint) {
   st.step = 3;
   st.loss_scale = s.scale();
   st.loss_scale_growth = s.growth_tracker();
-  store.save(st, *model, opt);
-  TrainState back = load_checkpoint(store.newest(), *model, opt);
+  const Registries reg = builtin_registries();
+  const Trained trained{*model, opt, reg.optimizers.get("sgd", "", "").state};
+  store.save_and_publish(st, trained);
+  TrainState back = load_checkpoint(store.newest(), {}, trained);
   LossScaler resumed(LossScalerOptions{true, 1024.0, 2.0, 0.5, 5});
   resumed.restore(back.loss_scale, back.loss_scale_growth);
   EXPECT_DOUBLE_EQ(resumed.scale(), 1024.0);

@@ -4,6 +4,8 @@
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
+#include <filesystem>
+
 #include "core/error.h"
 #include "core/fs.h"
 #include "test_util.h"
@@ -18,6 +20,10 @@ using strata::test::TempDir;
 struct Rig {
   std::shared_ptr<Model> model;
   std::unique_ptr<torch::optim::Optimizer> opt;
+  OptimizerStateCodec codec;
+  Trained trained(torch::nn::Module* extra = nullptr) {
+    return Trained{*model, *opt, codec, extra};
+  }
 };
 
 Rig make(const std::string& model_name, uint64_t seed) {
@@ -27,8 +33,10 @@ Rig make(const std::string& model_name, uint64_t seed) {
                           "c.yaml");
   torch::manual_seed(seed);
   Rig s;
-  s.model = reg.models.get(model_name, "", "")(r.model, InputShape{});
-  s.opt = reg.optimizers.get("sgd", "", "")(r, *s.model);
+  s.model = reg.models.get(model_name, "", "").build(r.model, InputShape{}, {});
+  const OptimizerSpec& sgd = reg.optimizers.get("sgd", "", "");
+  s.opt = sgd.make(r, *s.model);
+  s.codec = sgd.state;
   return s;
 }
 
@@ -53,11 +61,11 @@ TEST(Checkpoint, ResumedTrainingIsBitwiseIdentical) {
   Rig a = make("cnn", 1);
   train_steps(a, 3);
   CheckpointStore store(dir / "ckpt", 2);
-  store.save({3, 12}, *a.model, *a.opt);
+  store.save_and_publish({3, 12}, a.trained());
   train_steps(a, 3);  // momentum, BN statistics and dropout all advance
 
   Rig b = make("cnn", 99);  // different initial weights and RNG
-  TrainState st = load_checkpoint(store.newest(), *b.model, *b.opt);
+  TrainState st = load_checkpoint(store.newest(), {}, b.trained());
   EXPECT_EQ(st.step, 3);
   EXPECT_EQ(st.micro_batches, 12);
   train_steps(b, 3);
@@ -72,17 +80,17 @@ TEST(Checkpoint, CarriesAnExtraModuleOnlyWhenAskedTo) {
   torch::manual_seed(5);
   torch::nn::Linear extra(3, 2);
   CheckpointStore store(dir / "ckpt", 2);
-  store.save({1, 1}, *a.model, *a.opt, extra.get());
+  store.save_and_publish({1, 1}, a.trained(extra.get()));
   Rig b = make("mlp", 1);
   torch::manual_seed(6);
   torch::nn::Linear other(3, 2);
   ASSERT_FALSE(at::equal(extra->weight, other->weight));
-  load_checkpoint(store.newest(), *b.model, *b.opt, at::kCPU, other.get());
+  load_checkpoint(store.newest(), {}, b.trained(other.get()));
   EXPECT_TRUE(at::equal(extra->weight, other->weight));
   EXPECT_TRUE(at::equal(extra->bias, other->bias));
   // A checkpoint without one cannot restore one: the recipe changed.
-  store.save({2, 2}, *a.model, *a.opt);
-  EXPECT_THROW(load_checkpoint(store.newest(), *b.model, *b.opt, at::kCPU, other.get()),
+  store.save_and_publish({2, 2}, a.trained());
+  EXPECT_THROW(load_checkpoint(store.newest(), {}, b.trained(other.get())),
                ConfigError);
 }
 
@@ -90,22 +98,24 @@ TEST(Checkpoint, KeepsTheNewestAndIgnoresTemporaries) {
   TempDir dir;
   Rig a = make("mlp", 1);
   CheckpointStore store(dir / "ckpt", 2);
-  for (int64_t step : {10, 20, 30}) store.save({step, step}, *a.model, *a.opt);
+  for (int64_t step : {10, 20, 30}) store.save_and_publish({step, step}, a.trained());
   strata::test::write_text(dir / "ckpt/.step_00000040.pt.tmp.123", "torn");
+  // A directory without metadata.json (a save cut short) is not a checkpoint.
+  std::filesystem::create_directories(dir / "ckpt/step_00000050");
   auto all = store.list();
   ASSERT_EQ(all.size(), 2u);
-  EXPECT_EQ(all[0], dir / "ckpt/step_00000020.pt");
-  EXPECT_EQ(store.newest(), dir / "ckpt/step_00000030.pt");
+  EXPECT_EQ(all[0], dir / "ckpt/step_00000020");
+  EXPECT_EQ(store.newest(), dir / "ckpt/step_00000030");
 }
 
 TEST(Checkpoint, WrongModelIsAConfigErrorWithTheFix) {
   TempDir dir;
   Rig a = make("mlp", 1);
   CheckpointStore store(dir / "ckpt", 1);
-  store.save({1, 1}, *a.model, *a.opt);
+  store.save_and_publish({1, 1}, a.trained());
   Rig b = make("cnn", 1);
   try {
-    load_checkpoint(store.newest(), *b.model, *b.opt);
+    load_checkpoint(store.newest(), {}, b.trained());
     FAIL() << "expected ConfigError";
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("does not match this recipe's model"),
@@ -117,8 +127,7 @@ TEST(Checkpoint, CorruptFileIsAnIoError) {
   TempDir dir;
   strata::test::write_text(dir / "step_00000001.pt", "not a checkpoint");
   Rig a = make("mlp", 1);
-  EXPECT_THROW(load_checkpoint(dir / "step_00000001.pt", *a.model, *a.opt),
-               IoError);
+  EXPECT_THROW(load_checkpoint(dir / "step_00000001.pt", {}, a.trained()), IoError);
 }
 
 TEST(StateDict, IsAPickledDictOfEveryParameterAndBuffer) {

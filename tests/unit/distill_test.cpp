@@ -47,7 +47,7 @@ TEST(Teacher, LoadsFrozenFromAStateDictAndRefusesAnotherArchitecture) {
   cnn.channels = {4, 8};
   cnn.fc = 16;
   torch::manual_seed(3);
-  auto trained = reg.models.get("cnn", "", "")(cnn, in);
+  auto trained = reg.models.get("cnn", "", "").build(cnn, in, {});
   save_state_dict(dir / "teacher.pt", *trained);
 
   Recipe r = parse_recipe("", "r.yaml", {"distill.teacher=" + dir / "teacher.pt",
@@ -80,7 +80,7 @@ std::shared_ptr<Model> small_cnn(std::vector<int64_t> channels) {
   c.name = "cnn";
   c.channels = std::move(channels);
   c.fc = 16;
-  return builtin_registries().models.get("cnn", "", "")(c, InputShape{1, 28, 28, 10});
+  return builtin_registries().models.get("cnn", "", "").build(c, InputShape{1, 28, 28, 10}, {});
 }
 
 TEST(DistillationHints, AreTheMeanMseOfProjectedStudentFeatures) {

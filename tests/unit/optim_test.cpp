@@ -64,8 +64,8 @@ TEST(Schedule, UnknownNamePointsAtTheRecipeLine) {
 TEST(Optimizer, NoWeightDecayOnBiasesAndNormsByDefault) {
   Registries reg = builtin_registries();
   Recipe r = parse_recipe("model: {name: cnn}\noptimizer: {name: sgd}", "o.yaml");
-  auto model = reg.models.get("cnn", "", "model.name")(r.model, InputShape{});
-  auto opt = reg.optimizers.get("sgd", "", "optimizer.name")(r, *model);
+  auto model = reg.models.get("cnn", "", "model.name").build(r.model, InputShape{}, {});
+  auto opt = reg.optimizers.get("sgd", "", "optimizer.name").make(r, *model);
   ASSERT_EQ(opt->param_groups().size(), 2u);
   for (const auto& p : opt->param_groups()[1].params()) EXPECT_EQ(p.dim(), 1);
   auto& no_decay = static_cast<torch::optim::SGDOptions&>(
@@ -79,9 +79,9 @@ TEST(Optimizer, NoWeightDecayOnBiasesAndNormsByDefault) {
 TEST(Optimizer, AdamWNeedsTwoBetas) {
   Registries reg = builtin_registries();
   Recipe r = parse_recipe("optimizer:\n  name: adamw\n  betas: [0.9]\n", "o.yaml");
-  auto model = reg.models.get("mlp", "", "model.name")(r.model, InputShape{});
+  auto model = reg.models.get("mlp", "", "model.name").build(r.model, InputShape{}, {});
   try {
-    reg.optimizers.get("adamw", "", "optimizer.name")(r, *model);
+    reg.optimizers.get("adamw", "", "optimizer.name").make(r, *model);
     FAIL() << "expected ConfigError";
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find(
@@ -95,10 +95,10 @@ TEST(Models, ShapesAndPyTorchStyleNames) {
   Recipe r;
   at::Tensor x = at::randn({3, 1, 28, 28});
   for (const std::string name : {"mlp", "cnn", "resnet_small"}) {
-    auto m = reg.models.get(name, "", "model.name")(r.model, InputShape{});
+    auto m = reg.models.get(name, "", "model.name").build(r.model, InputShape{}, {});
     EXPECT_EQ(m->forward(x).sizes(), (at::IntArrayRef{3, 10})) << name;
   }
-  auto cnn = reg.models.get("cnn", "", "model.name")(r.model, InputShape{});
+  auto cnn = reg.models.get("cnn", "", "model.name").build(r.model, InputShape{}, {});
   std::vector<std::string> names;
   for (const auto& p : cnn->named_parameters()) names.push_back(p.key());
   EXPECT_EQ(names, (std::vector<std::string>{
@@ -127,10 +127,10 @@ TEST(Optimizer, ForeachAdamWMatchesLibTorchAdamW) {
       "optimizer: {name: adamw, lr: 0.01, weight_decay: 0.1, betas: [0.9, 0.95]}\n",
       "r.yaml");
   torch::manual_seed(1);
-  auto a = reg.models.get("mlp", "", "model.name")(r.model, InputShape{1, 4, 4, 3});
+  auto a = reg.models.get("mlp", "", "model.name").build(r.model, InputShape{1, 4, 4, 3}, {});
   torch::manual_seed(1);
-  auto b = reg.models.get("mlp", "", "model.name")(r.model, InputShape{1, 4, 4, 3});
-  auto fast = reg.optimizers.get("adamw", "", "optimizer.name")(r, *a);
+  auto b = reg.models.get("mlp", "", "model.name").build(r.model, InputShape{1, 4, 4, 3}, {});
+  auto fast = reg.optimizers.get("adamw", "", "optimizer.name").make(r, *a);
   std::vector<torch::optim::OptimizerParamGroup> groups;
   std::vector<at::Tensor> decay, no_decay;
   for (auto& p : b->parameters()) (p.dim() > 1 ? decay : no_decay).push_back(p);
@@ -176,8 +176,8 @@ TEST(Optimizer, StateByNameRoundTripsForSgdAndAdamW) {
                                 ", lr: 0.05, momentum: 0.9, weight_decay: 0.01}\n",
                             "r.yaml");
     torch::manual_seed(1);
-    auto a = reg.models.get("mlp", "", "model.name")(r.model, InputShape{1, 4, 4, 3});
-    auto oa = reg.optimizers.get(opt, "", "optimizer.name")(r, *a);
+    auto a = reg.models.get("mlp", "", "model.name").build(r.model, InputShape{1, 4, 4, 3}, {});
+    auto oa = reg.optimizers.get(opt, "", "optimizer.name").make(r, *a);
     const at::Tensor x = at::randn({8, 1, 4, 4}), y = at::randint(0, 3, {8}).to(at::kLong);
     auto step = [&](Model& m, torch::optim::Optimizer& o) {
       m.zero_grad();
@@ -190,17 +190,17 @@ TEST(Optimizer, StateByNameRoundTripsForSgdAndAdamW) {
       return out;
     };
     for (int i = 0; i < 3; ++i) step(*a, *oa);
-    const auto state = optimizer_state_dict(*oa, named(*a));
+    const auto state = optimizer_state_dict(*oa, reg.optimizers.get(opt, "", "").state, named(*a));
     EXPECT_EQ(state.size(), std::string(opt) == "sgd" ? 4u : 12u) << opt;  // 4 params
     torch::manual_seed(2);
-    auto b = reg.models.get("mlp", "", "model.name")(r.model, InputShape{1, 4, 4, 3});
+    auto b = reg.models.get("mlp", "", "model.name").build(r.model, InputShape{1, 4, 4, 3}, {});
     {
       torch::NoGradGuard no_grad;
       for (auto& [name, t] : named(*b)) t.copy_(a->named_parameters()[name]);
     }
-    auto ob = reg.optimizers.get(opt, "", "optimizer.name")(r, *b);
+    auto ob = reg.optimizers.get(opt, "", "optimizer.name").make(r, *b);
     std::map<std::string, at::Tensor> entries(state.begin(), state.end());
-    load_optimizer_state_dict(*ob, named(*b), entries);
+    load_optimizer_state_dict(*ob, reg.optimizers.get(opt, "", "").state, named(*b), entries);
     for (int i = 0; i < 2; ++i) {
       step(*a, *oa);
       step(*b, *ob);
@@ -209,7 +209,7 @@ TEST(Optimizer, StateByNameRoundTripsForSgdAndAdamW) {
       EXPECT_TRUE(at::equal(t, a->named_parameters()[name])) << opt << " " << name;
     }
     entries.begin()->second = at::zeros({7});
-    EXPECT_THROW(load_optimizer_state_dict(*ob, named(*b), entries), ConfigError) << opt;
+    EXPECT_THROW(load_optimizer_state_dict(*ob, reg.optimizers.get(opt, "", "").state, named(*b), entries), ConfigError) << opt;
   }
 }
 

@@ -112,9 +112,9 @@ struct Block : nn::Module {
 
 class Gpt final : public Model {
  public:
-  Gpt(const ModelSection& c, const InputShape& in)
+  Gpt(const ModelSection& c, const InputShape& in, const ModelPart& part)
       : seq_len_(c.seq_len), dropout_(c.dropout),
-        tp_(in.tp ? in.tp : dist::make_self_communicator("tp")) {
+        tp_(part.tp ? part.tp : dist::make_self_communicator("tp")) {
     const int64_t V = c.vocab_size > 0 ? c.vocab_size : in.classes;
     const int t = tp_->size();
     STRATA_CHECK_T(ConfigError, V >= in.classes, "model.vocab_size = ", c.vocab_size,
@@ -128,7 +128,7 @@ class Gpt final : public Model {
                    ") and the vocabulary (", V, "); pick a tensor_parallel size that divides "
                    "both, or set model.vocab_size to a multiple of it");
     const int64_t layers = c.n_layer + 2;
-    const int64_t begin = in.layer_begin, end = in.layer_end < 0 ? layers : in.layer_end;
+    const int64_t begin = part.layer_begin, end = part.layer_end < 0 ? layers : part.layer_end;
     STRATA_INTERNAL_ASSERT(0 <= begin && begin < end && end <= layers, "gpt: pipeline layers [",
                            begin, ", ", end, ") of ", layers);
     embed_ = begin == 0;
@@ -196,8 +196,22 @@ class Gpt final : public Model {
 
 }  // namespace
 
-std::shared_ptr<Model> make_gpt(const ModelSection& config, const InputShape& input) {
-  return std::make_shared<Gpt>(config, input);
+std::shared_ptr<Model> make_gpt(const ModelSection& config, const InputShape& input,
+                                const ModelPart& part) {
+  return std::make_shared<Gpt>(config, input, part);
+}
+
+ModelSpec gpt_spec() {
+  ModelSpec spec;
+  spec.build = make_gpt;
+  spec.task = Task::kLanguageModel;
+  spec.tensor_parallel = true;
+  spec.layer_weights = [](const ModelSection& c, const InputShape& in) {
+    return gpt_layer_parameters(c, in.classes);
+  };
+  spec.layer_list = "embedding, model.n_layer blocks, head";
+  spec.tied_parameters = {kGptTiedParameter};
+  return spec;
 }
 
 std::vector<int64_t> gpt_layer_parameters(const ModelSection& c, int64_t vocab) {

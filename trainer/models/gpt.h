@@ -13,7 +13,7 @@
 // GPT-2's: N(0, 0.02), residual projections N(0, 0.02 / sqrt(2 n_layer)),
 // zero biases.
 //
-// Tensor parallelism (InputShape::tp of t ranks): attention heads, the MLP's
+// Tensor parallelism (ModelPart::tp of t ranks): attention heads, the MLP's
 // hidden units and the vocabulary are split over the group (Megatron-style:
 // c_attn and c_fc column-parallel, the c_proj layers row-parallel, wte
 // vocab-parallel); the logits are gathered, so forward's contract is the
@@ -26,9 +26,13 @@
 
 namespace strata::train {
 
-std::shared_ptr<Model> make_gpt(const ModelSection& config, const InputShape& input);
+std::shared_ptr<Model> make_gpt(const ModelSection& config, const InputShape& input,
+                                const ModelPart& part = {});
+// Its spec (the model seam): language modelling, tensor parallel, the
+// layer list below, wte tied.
+ModelSpec gpt_spec();
 
-// Pipeline parallelism (InputShape::layer_begin/layer_end): the layer list
+// Pipeline parallelism (ModelPart::layer_begin/layer_end): the layer list
 // is the embedding (wte, wpe), the n_layer blocks, and the head (ln_f and
 // the output projection). A stage holding the head but not the embedding
 // keeps its own copy of wte for the tied projection; the trainer sums the

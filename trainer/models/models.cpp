@@ -209,20 +209,37 @@ class ResNetSmall final : public Model {
   nn::Sequential head_;
 };
 
+// A classifier: built whole (no tensor or pipeline parallelism).
 template <class M>
-ModelFactory factory() {
-  return [](const ModelSection& c, const InputShape& in) {
+ModelSpec classifier() {
+  ModelSpec spec;
+  spec.build = [](const ModelSection& c, const InputShape& in, const ModelPart&) {
     return std::static_pointer_cast<Model>(std::make_shared<M>(c, in));
   };
+  spec.task = Task::kClassification;
+  return spec;
 }
 
 }  // namespace
 
 void register_builtin_models(ModelRegistry& registry) {
-  registry.add("mlp", factory<Mlp>());
-  registry.add("cnn", factory<Cnn>());
-  registry.add("resnet_small", factory<ResNetSmall>());
-  registry.add("gpt", make_gpt);
+  registry.add("mlp", classifier<Mlp>());
+  registry.add("cnn", classifier<Cnn>());
+  registry.add("resnet_small", classifier<ResNetSmall>());
+  registry.add("gpt", gpt_spec());
+}
+
+const char* task_name(Task task) {
+  return task == Task::kLanguageModel ? "language modelling" : "classification";
+}
+
+std::vector<std::string> models_where(const ModelRegistry& registry,
+                                      const std::function<bool(const ModelSpec&)>& pred) {
+  std::vector<std::string> out;
+  for (const auto& name : registry.names()) {
+    if (pred(*registry.find(name))) out.push_back(name);
+  }
+  return out;
 }
 
 int64_t parameter_count(const torch::nn::Module& model) {

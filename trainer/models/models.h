@@ -20,21 +20,26 @@
 
 namespace strata::train {
 
-// Images: C x H x W with K classes. Text: classes is the vocabulary (256
-// for bytes); the other fields are unused.
+// What the data looks like to a model. Images: C x H x W with K classes.
+// Text: classes is the vocabulary (256 for bytes); the other fields are
+// unused.
 struct InputShape {
   int64_t channels = 1;  // C
   int64_t height = 28;   // H
   int64_t width = 28;    // W
   int64_t classes = 10;  // K
-  // The tensor-parallel group the model is built for (null: none). Models
-  // that support tensor parallelism (gpt) split their layers over it.
+};
+
+// Which part of a model one rank builds (parallelize() decides it; a model
+// sees only this). Whole by default.
+struct ModelPart {
+  // The tensor-parallel group to split layers over (null: none). Only
+  // models whose spec says tensor_parallel read it.
   std::shared_ptr<dist::Communicator> tp = nullptr;
-  // The pipeline stage the model is built for: layers [layer_begin,
-  // layer_end) of its layer list (layer_end -1: to the end). Models that
-  // support pipeline parallelism (gpt) build only those; a stage after the
-  // first takes the previous stage's output as its input, a stage before
-  // the last returns its activations instead of logits.
+  // The pipeline stage: layers [layer_begin, layer_end) of the model's
+  // layer list (layer_end -1: to the end). A stage after the first takes
+  // the previous stage's output as its input, a stage before the last
+  // returns its activations instead of logits.
   int64_t layer_begin = 0;
   int64_t layer_end = -1;
 };
@@ -78,9 +83,40 @@ class Model : public torch::nn::Module {
   std::map<std::string, at::Tensor> taps_;
 };
 
+// What a model is trained for; it decides the data it takes and the
+// metrics reported (language modelling adds perplexity).
+enum class Task { kClassification, kLanguageModel };
+const char* task_name(Task task);  // "classification", "language modelling"
+
 using ModelFactory = std::function<std::shared_ptr<Model>(
-    const ModelSection& config, const InputShape& input)>;
-using ModelRegistry = Registry<ModelFactory>;
+    const ModelSection& config, const InputShape& input, const ModelPart& part)>;
+
+// Everything the trainer knows about a model (the model seam): how to build
+// it, or one part of it, and how it splits. The trainer, the distributed
+// layer and the federated extension read only this; no file outside a
+// model's own names one.
+struct ModelSpec {
+  ModelFactory build;
+  Task task = Task::kClassification;
+  // Whether build() splits layers over ModelPart::tp (Megatron-style).
+  bool tensor_parallel = false;
+  // Pipeline parallelism: the parameter count of each entry of the layer
+  // list (its length is the number of layers; stages balance by these).
+  // Unset: the model cannot be cut into stages.
+  std::function<std::vector<int64_t>(const ModelSection& config, const InputShape& input)>
+      layer_weights;
+  // What the layer list is, for messages ("embedding, n_layer blocks, head").
+  std::string layer_list;
+  // Parameters that both the first and the last pipeline stage hold (tied
+  // weights); their gradients are summed over the two.
+  std::vector<std::string> tied_parameters;
+  bool pipelined() const { return static_cast<bool>(layer_weights); }
+};
+using ModelRegistry = Registry<ModelSpec>;
+
+// The registered names whose spec satisfies `pred` (for messages).
+std::vector<std::string> models_where(const ModelRegistry& registry,
+                                      const std::function<bool(const ModelSpec&)>& pred);
 
 // mlp: 784-256-128-10 by default; cnn: [conv3x3-BN-ReLU-maxpool] x2 (32, 64
 // channels) -> FC 128 -> FC 10; resnet_small: a CIFAR-style ResNet.
