@@ -130,7 +130,7 @@ int bench(int argc, char** argv) {
   const st::Registries reg = st::builtin_registries();
   const st::ModelSection& m = base.model;
   st::TextCorpus corpus = st::load_text_corpus(base.data.text, base.data.val_fraction, m.seq_len);
-  auto text = std::make_shared<const std::vector<uint8_t>>(std::move(corpus.train));
+  auto text = st::byte_tokens(std::move(corpus.train));
   at::set_num_threads(base.run.threads > 0 ? static_cast<int>(base.run.threads)
                                            : static_cast<int>(std::thread::hardware_concurrency()));
 

@@ -60,10 +60,10 @@ class DeviceMesh {
   size_t index(Axis axis) const;
 
   std::shared_ptr<Communicator> world_;
-  std::shared_ptr<Communicator> self_;  // the group of an absent axis
   std::vector<MeshAxis> axes_;
   std::vector<int> coords_;
   std::vector<std::shared_ptr<Communicator>> groups_;
+  std::shared_ptr<Communicator> self_;  // the group of an absent axis
 };
 
 }  // namespace strata::dist

@@ -119,6 +119,8 @@ struct DataSection {
   std::string name = "fashion_mnist";
   std::string root = "/usr/share/datasets/fashion-mnist";
   std::string text = "/usr/share/games/fortunes";
+  std::string tokens;
+  int64_t vocab_size = 0;
   double val_fraction = 0.1;
   int64_t batch_size = 128;
   int64_t eval_batch_size = 1000;
@@ -130,16 +132,18 @@ struct DataSection {
 
   template <class V>
   void visit(V& v) {
-    v.field("name", name, one_of({"fashion_mnist", "text"}), "dataset: fashion_mnist (images) | text (byte-level language modelling)");
+    v.field("name", name, any(), "a registered dataset: fashion_mnist (images), text (byte-level language modelling), tokens (a pre-tokenised corpus); strata-train --list prints them all");
     v.field("root", root, any(), "fashion_mnist: directory with the IDX files (*-ubyte.gz), e.g. from Debian's dataset-fashion-mnist");
     v.field("text", text, any(), "text: a text file, or a directory whose files are concatenated (default: Debian's fortunes package)");
+    v.field("tokens", tokens, any(), "tokens: a directory holding train.bin and val.bin, uint16 token ids (nanoGPT's raw layout, or llm.c's with its 1024-byte header), memory-mapped");
+    v.field("vocab_size", vocab_size, at_least(0), "tokens: the vocabulary (0: the largest id in the files + 1; e.g. 50257 for the BPE-tokenised files of nanoGPT and llm.c)");
     v.field("val_fraction", val_fraction, in_range(0.001, 0.5), "text: the last fraction of the bytes held out for validation");
     v.field("batch_size", batch_size, at_least(1), "samples per micro-batch per process");
     v.field("eval_batch_size", eval_batch_size, at_least(1), "samples per evaluation batch");
     v.field("shuffle", shuffle, any(), "reshuffle the training set every epoch (seeded by run.seed and the epoch)");
     v.field("prefetch", prefetch, at_least(1), "batches prepared ahead by the loader thread");
-    v.field("train_subset", train_subset, at_least(0), "use only the first N training samples (0: all; text: bytes)");
-    v.field("test_subset", test_subset, at_least(0), "evaluate on only the first N test samples (0: all; text: validation windows)");
+    v.field("train_subset", train_subset, at_least(0), "use only the first N training samples (0: all; text and tokens: tokens)");
+    v.field("test_subset", test_subset, at_least(0), "evaluate on only the first N test samples (0: all; text and tokens: validation windows)");
     v.section("augment", augment, "training-time augmentation");
   }
 };

@@ -31,6 +31,10 @@ std::string describe_registries(const Registries& r) {
     if (m.pipelined()) out << ", pipeline stages (" << m.layer_list << ")";
     out << "\n";
   }
+  out << "datasets:\n";
+  for (const auto& name : r.datasets.names()) {
+    out << "  " << name << "  " << task_name(r.datasets.find(name)->task) << "\n";
+  }
   out << "optimizers: " << join(r.optimizers.names(), ", ") << "\n";
   out << "schedules: " << join(r.schedules.names(), ", ") << "\n";
   return out.str();
@@ -102,10 +106,10 @@ int train_main(const std::string& program, int argc, char** argv, const Registri
     Trainer trainer(recipe, registries, world);
     const TrainResult r = trainer.run();
     if (info.rank == 0) {
-      if (recipe.data.name == "text") {
+      if (r.language_model) {
         std::cout << "final validation loss " << strata::format_double(r.test_loss)
                   << " (perplexity " << strata::format_double(std::exp(r.test_loss))
-                  << ", next-byte accuracy " << strata::format_double(r.test_accuracy) << ")";
+                  << ", next-token accuracy " << strata::format_double(r.test_accuracy) << ")";
       } else {
         std::cout << "final test accuracy " << strata::format_double(r.test_accuracy)
                   << " (loss " << strata::format_double(r.test_loss) << ")";

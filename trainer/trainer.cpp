@@ -22,9 +22,7 @@
 #include "trainer/device.h"
 #include "trainer/distill.h"
 #include "trainer/evaluate.h"
-#include "trainer/data/dataset.h"
-#include "trainer/data/loader.h"
-#include "trainer/data/text.h"
+#include "trainer/data/datasets.h"
 #include "trainer/metrics.h"
 #include "trainer/parallelize.h"
 #include "trainer/train_step.h"
@@ -85,6 +83,7 @@ TrainStepOptions step_options(const Recipe& r) {
 Registries builtin_registries() {
   Registries r;
   register_builtin_models(r.models);
+  register_builtin_datasets(r.datasets);
   register_builtin_optimizers(r.optimizers);
   register_builtin_schedules(r.schedules);
   return r;
@@ -95,16 +94,18 @@ struct Trainer::Impl {
        std::shared_ptr<dist::Communicator> comm);
   TrainResult run();
 
-  void check_task(const ModelRegistry& models, const ModelSpec& spec) const;
+  void check_task(const Registries& registries, const ModelSpec& spec) const;
   void resume_or_start();
-  void load_data();
+  void load_data(const DatasetRegistry& datasets);
   std::unique_ptr<BatchSource> make_loader(int64_t start_batch) const;
   void add_hints(std::vector<std::pair<std::string, at::Tensor>>* trained);
+  void plan_steps(const ScheduleRegistry& schedules);
+  void log_setup() const;
   EvalResult evaluate();
   void log_eval(const EvalResult& e);
   void log_train(int64_t epoch, const at::Tensor& window_loss, int64_t window_steps,
                  double window_s, double run_s);
-  // An eval or summary record: loss, accuracy (and perplexity for text).
+  // An eval or summary record: loss, accuracy (and perplexity for LM).
   JsonObject eval_record(const char* kind, const EvalResult& e) const;
   void save_checkpoint();
   // The loss of one microbatch's output (teacher on `inputs`).
@@ -132,14 +133,9 @@ struct Trainer::Impl {
   int dp_size = 1;
   at::Device device{at::kCPU};  // run.device resolved
   std::string run_dir;
-  // Training data: images, or bytes of text.
-  std::shared_ptr<const ImageDataset> images;
-  std::shared_ptr<const std::vector<uint8_t>> text;
-  InputShape input_shape;
-  int64_t train_samples = 0;      // per epoch, all ranks (text: windows)
-  int64_t tokens_per_sample = 1;  // text: model.seq_len
-  at::Tensor eval_inputs, eval_targets;  // this rank's evaluation shard
-  int64_t eval_samples = 0;              // all ranks
+  LoadedData data;  // the dataset's splits (the data seam)
+  bool lm = false;  // language modelling: perplexity, tokens/s
+  at::Tensor eval_inputs, eval_targets;  // this rank's evaluation shard, on the device
   at::ScalarType compute_dtype = at::kFloat;  // train.precision
   ParallelModel pm;  // this rank's part of the model
   std::shared_ptr<Model> teacher;  // distill.teacher; null: no distillation
@@ -190,18 +186,18 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
                  "(run.device: cuda); use bf16 on the CPU");
   const ModelSpec& spec = registries.models.get(recipe.model.name, recipe.where("model.name"),
                                                 "model.name");
-  check_task(registries.models, spec);
-  load_data();
+  check_task(registries, spec);
+  load_data(registries.datasets);
 
   torch::manual_seed(static_cast<uint64_t>(recipe.run.seed));
-  pm = parallelize(registries.models, recipe.model, input_shape, mesh, plan,
+  pm = parallelize(registries.models, recipe.model, data.shape, mesh, plan,
                    recipe.where("model.name"));
   Model& model = *pm.model;
   model.to(device);
   // The teacher is whole on every rank that computes the loss (a
   // pipeline's last stage).
   if (!recipe.distill.teacher.empty() && pm.computes_loss()) {
-    teacher = load_teacher(recipe, registries.models, input_shape, device);
+    teacher = load_teacher(recipe, registries.models, data.shape, device);
     teacher_dtype = precision_dtype(recipe.distill.teacher_precision);
     log_info("distilling from ", recipe.distill.teacher, " (", recipe.distill.teacher_model.name,
              ", ", parameter_count(*teacher), " parameters): alpha ",
@@ -220,8 +216,14 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
       },
       dp_group, device, step_options(recipe));
 
+  plan_steps(registries.schedules);
+  log_setup();
+}
+
+// Steps per epoch and in all, and the learning-rate schedule over them.
+void Trainer::Impl::plan_steps(const ScheduleRegistry& schedules) {
   const DataSection& d = recipe.data;
-  const int64_t per_rank = train_samples / dp_size;
+  const int64_t per_rank = data.train_samples / dp_size;
   micro_per_epoch = per_rank / d.batch_size;
   STRATA_CHECK_T(ConfigError, micro_per_epoch >= recipe.train.grad_accum,
                  recipe.where("data.batch_size"), "data.batch_size=",
@@ -232,12 +234,13 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
   total_steps = recipe.train.max_steps > 0
                     ? recipe.train.max_steps
                     : recipe.train.epochs * steps_per_epoch;
-  schedule = make_schedule(registries.schedules, recipe, total_steps);
-  log_info("model ", recipe.model.name, " with ", parameter_count(model),
-           " parameters; ", train_samples, " training / ", eval_samples,
-           text ? " validation windows of " + std::to_string(tokens_per_sample) + " bytes; "
-                : " test samples; ",
-           total_steps, " steps of ",
+  schedule = make_schedule(schedules, recipe, total_steps);
+}
+
+void Trainer::Impl::log_setup() const {
+  const DataSection& d = recipe.data;
+  log_info("model ", recipe.model.name, " with ", parameter_count(*pm.model),
+           " parameters; ", recipe.data.name, ": ", data.summary, "; ", total_steps, " steps of ",
            d.batch_size * recipe.train.grad_accum * dp_size, " samples (",
            dp_size, " data-parallel rank(s)) on ", device.str(), " in ", recipe.train.precision,
            "; ", at::get_num_threads(), " threads per rank");
@@ -248,20 +251,23 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
   }
 }
 
-// The data's task must be the model's: text is for language models.
-void Trainer::Impl::check_task(const ModelRegistry& models, const ModelSpec& spec) const {
-  const Task data_task = recipe.data.name == "text" ? Task::kLanguageModel : Task::kClassification;
-  if (spec.task == data_task) return;
-  const std::vector<std::string> fitting = models_where(models, [&](const ModelSpec& m) {
-    return m.task == data_task;
+// The data's task must be the model's.
+void Trainer::Impl::check_task(const Registries& registries, const ModelSpec& spec) const {
+  const DatasetSpec& dataset = registries.datasets.get(recipe.data.name,
+                                                       recipe.where("data.name"), "data.name");
+  if (spec.task == dataset.task) return;
+  const Task task = dataset.task;
+  const std::vector<std::string> models = models_where(registries.models, [&](const ModelSpec& m) {
+    return m.task == task;
   });
-  const std::string other_data = spec.task == Task::kLanguageModel ? "data.name=text"
-                                                                   : "data.name=fashion_mnist";
+  std::vector<std::string> datasets;
+  for (const auto& name : registries.datasets.names()) {
+    if (registries.datasets.find(name)->task == spec.task) datasets.push_back("data.name=" + name);
+  }
   throw ConfigError(str(recipe.where("data.name"), "data.name=", recipe.data.name, " is ",
-                        task_name(data_task), " data but model.name=", recipe.model.name,
-                        " is a ", task_name(spec.task), " model; use ", other_data,
-                        ", or a ", task_name(data_task), " model (registered: ",
-                        join(fitting, ", "), ")"));
+                        task_name(task), " data but model.name=", recipe.model.name, " is a ",
+                        task_name(spec.task), " model; use ", join(datasets, " or "), ", or a ",
+                        task_name(task), " model (registered: ", join(models, ", "), ")"));
 }
 
 void Trainer::Impl::add_hints(std::vector<std::pair<std::string, at::Tensor>>* trained) {
@@ -291,53 +297,17 @@ ShardLayout Trainer::Impl::shard_layout() const {
 
 // Evaluation is sharded: each rank scores a contiguous slice, the sums are
 // all-reduced (every evaluation sample counted exactly once).
-void Trainer::Impl::load_data() {
-  const DataSection& d = recipe.data;
-  if (d.name == "text") {
-    const int64_t T = recipe.model.seq_len;
-    TextCorpus corpus = load_text_corpus(d.text, d.val_fraction, T, d.train_subset);
-    eval_samples = text_window_count(corpus.val, T);
-    if (d.test_subset > 0) eval_samples = std::min(eval_samples, d.test_subset);
-    auto [begin, end] = shard_range(eval_samples, dp_rank, dp_size);
-    std::tie(eval_inputs, eval_targets) = text_windows(corpus.val, T, begin, end);
-    train_samples = (static_cast<int64_t>(corpus.train.size()) - 1) / T;
-    tokens_per_sample = T;
-    input_shape.classes = 256;  // bytes
-    text = std::make_shared<const std::vector<uint8_t>>(std::move(corpus.train));
-  } else {
-    auto train = std::make_shared<ImageDataset>(
-        load_fashion_mnist(d.root, Split::kTrain, d.train_subset));
-    ImageDataset test = load_fashion_mnist(d.root, Split::kTest, d.test_subset);
-    auto [begin, end] = shard_range(test.size, dp_rank, dp_size);
-    std::tie(eval_inputs, eval_targets) = dataset_tensors(test, begin, end);
-    eval_samples = test.size;
-    train_samples = train->size;
-    input_shape = InputShape{train->channels, train->height, train->width, train->classes};
-    images = train;
-  }
-  eval_inputs = eval_inputs.to(device);
-  eval_targets = eval_targets.to(device);
+void Trainer::Impl::load_data(const DatasetRegistry& datasets) {
+  data = datasets.get(recipe.data.name, recipe.where("data.name"), "data.name")
+             .load(recipe, dp_rank, dp_size);
+  lm = data.task == Task::kLanguageModel;
+  eval_inputs = data.eval_inputs.to(device);
+  eval_targets = data.eval_targets.to(device);
 }
 
 std::unique_ptr<BatchSource> Trainer::Impl::make_loader(int64_t start_batch) const {
-  const DataSection& d = recipe.data;
-  if (text) {
-    TextLoaderOptions o;
-    o.batch_size = d.batch_size;
-    o.seq_len = tokens_per_sample;
-    o.seed = static_cast<uint64_t>(recipe.run.seed);
-    o.rank = dp_rank;
-    o.world = dp_size;
-    o.batches_per_epoch = micro_per_epoch;
-    o.pin_memory = device.is_cuda();
-    return std::make_unique<TextLoader>(text, o, start_batch);
-  }
-  return std::make_unique<TrainLoader>(
-      images,
-      LoaderOptions{d.batch_size, d.prefetch, d.shuffle,
-                    static_cast<uint64_t>(recipe.run.seed), dp_rank, dp_size,
-                    d.augment.crop_padding, d.augment.hflip, device.is_cuda()},
-      start_batch);
+  return data.stream(StreamRequest{dp_rank, dp_size, micro_per_epoch, start_batch,
+                                   device.is_cuda()});
 }
 
 void Trainer::Impl::resume_or_start() {
@@ -455,10 +425,10 @@ JsonObject Trainer::Impl::eval_record(const char* kind, const EvalResult& e) con
   JsonObject r;
   r.add("kind", kind)
       .add("step", state.step)
-      .add("split", text ? "validation" : "test")
+      .add("split", data.eval_split)
       .add("loss", e.loss)
       .add("accuracy", e.accuracy);
-  if (text) r.add("perplexity", std::exp(e.loss));
+  if (lm) r.add("perplexity", std::exp(e.loss));
   return r;
 }
 
@@ -467,9 +437,9 @@ void Trainer::Impl::log_eval(const EvalResult& e) {
   last_eval_step = state.step;
   metrics->write(eval_record("eval", e));
   progress.clear();
-  log_info("eval step ", state.step, ": ", text ? "validation" : "test", " loss ",
+  log_info("eval step ", state.step, ": ", data.eval_split, " loss ",
            format_double(e.loss), " accuracy ", format_double(e.accuracy),
-           text ? " perplexity " + format_double(std::exp(e.loss)) : std::string());
+           lm ? " perplexity " + format_double(std::exp(e.loss)) : std::string());
 }
 
 // A train record: the window's mean loss over all ranks (checked finite)
@@ -490,7 +460,7 @@ void Trainer::Impl::log_train(int64_t epoch, const at::Tensor& window_loss, int6
       .add("loss", loss)
       .add("lr", schedule->lr(state.step - 1))
       .add("samples_per_s", rate);
-  if (text) record.add("tokens_per_s", rate * static_cast<double>(tokens_per_sample));
+  if (lm) record.add("tokens_per_s", rate * static_cast<double>(data.tokens_per_sample));
   const LossScaler& scaler = step->scaler();
   if (scaler.enabled()) {
     record.add("loss_scale", scaler.scale()).add("skipped_steps", scaler.skipped_steps());
@@ -578,7 +548,7 @@ TrainResult Trainer::Impl::run() {
     }
   }
 
-  TrainResult result{last_eval.loss, last_eval.accuracy, state.step,
+  TrainResult result{last_eval.loss, last_eval.accuracy, lm, state.step,
                      seconds_since(t0), run_dir};
   metrics->write(eval_record("summary", last_eval)
                      .add("steps_this_run", state.step - start_step)

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "distributed/communicator.h"
+#include "trainer/data/datasets.h"
 #include "trainer/models/models.h"
 #include "trainer/optim.h"
 #include "trainer/recipe.h"
@@ -18,16 +19,18 @@ namespace strata::train {
 
 struct Registries {
   ModelRegistry models{"model"};
+  DatasetRegistry datasets{"dataset"};
   OptimizerRegistry optimizers{"optimizer"};
   ScheduleRegistry schedules{"schedule"};
 };
 
-// Registries holding every built-in model, optimizer and schedule.
+// Registries holding every built-in model, dataset, optimizer and schedule.
 Registries builtin_registries();
 
 struct TrainResult {
-  double test_loss = 0.0;
+  double test_loss = 0.0;      // on the dataset's evaluation split
   double test_accuracy = 0.0;
+  bool language_model = false;  // perplexity = exp(test_loss)
   int64_t steps = 0;
   double wall_s = 0.0;
   std::string run_dir;

@@ -12,6 +12,7 @@
 #include "core/fs.h"
 #include "core/json.h"
 #include "trainer/checkpoint.h"
+#include "trainer/data/text.h"
 #include "test_util.h"
 
 namespace {
@@ -152,6 +153,14 @@ TEST(StrataTrain, GptWithImagesIsARecipeError) {
   auto r = run_command(kBin + " " + kRecipes + "fashion_mnist.yaml model.name=gpt");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.output.find("use data.name=text"), std::string::npos) << r.output;
+}
+
+TEST(StrataTrain, UnknownDatasetExitsTwoListingTheRegisteredOnes) {
+  auto r = run_command(kBin + " " + kRecipes + "fashion_mnist.yaml data.name=cifar");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("data.name: unknown dataset 'cifar'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("Registered: fashion_mnist, text, tokens"), std::string::npos)
+      << r.output;
 }
 
 TEST(StrataTrain, MisspeltOverrideExitsTwoAndSuggests) {
@@ -302,4 +311,46 @@ TEST(StrataTrain, ACheckpointOfTheEarlierFormatResumesAndContinuesTheRun) {
   }
   // The next checkpoint is of the current format: a directory.
   EXPECT_TRUE(strata::train::is_sharded_checkpoint(dir / "old/checkpoints/step_00000004"));
+}
+
+// The token-file dataset, as a nanoGPT user has it: train.bin / val.bin of
+// uint16 ids. Written here from the bytes of a text, a GPT trained on them
+// must log exactly what the same GPT logs on the text itself.
+TEST(StrataTrain, GptOnATokenFileTrainsAsOnItsText) {
+  TempDir dir;
+  std::string body;
+  for (int i = 0; i < 20000; ++i) body += static_cast<char>('a' + (i * 31 + i / 7) % 26);
+  strata::test::write_text(dir / "corpus.txt", body);
+  const auto corpus = strata::train::load_text_corpus(dir / "corpus.txt", 0.05, 32);
+  strata::make_dirs(dir / "tok");
+  auto write = [&](const std::string& path, const std::vector<uint8_t>& bytes) {
+    std::vector<uint16_t> ids(bytes.begin(), bytes.end());
+    strata::test::write_text(path, std::string(reinterpret_cast<const char*>(ids.data()),
+                                               ids.size() * 2));
+  };
+  write(dir / "tok/train.bin", corpus.train);
+  write(dir / "tok/val.bin", corpus.val);
+  const std::string common = kBin + " " + kRecipes + "gpt_tiny.yaml model.n_layer=1 "
+                             "model.d_model=32 model.seq_len=32 data.batch_size=4 "
+                             "data.test_subset=16 train.max_steps=4 run.log_every=1 "
+                             "train.eval_every=2 run.threads=1 schedule.warmup_steps=1";
+  auto a = run_command(common + " run.dir=" + dir / "text data.text=" + dir / "corpus.txt");
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  auto b = run_command(common + " run.dir=" + dir / "tokens data.name=tokens data.tokens=" +
+                       dir / "tok" + " data.vocab_size=256");
+  ASSERT_EQ(b.exit_code, 0) << b.output;
+  EXPECT_NE(b.output.find("next-token accuracy"), std::string::npos) << b.output;
+  const auto ma = read_lines(dir / "text/metrics.jsonl");
+  const auto mb = read_lines(dir / "tokens/metrics.jsonl");
+  ASSERT_EQ(ma.size(), mb.size());
+  for (size_t i = 0; i + 1 < ma.size(); ++i) {  // the summary's wall time differs
+    EXPECT_EQ(field(ma[i], "kind"), field(mb[i], "kind"));
+    EXPECT_EQ(field(ma[i], "loss"), field(mb[i], "loss")) << ma[i] << "\n" << mb[i];
+  }
+  // Without data.vocab_size the vocabulary is the largest id + 1 (26 letters
+  // from 'a' = 97: 123): the model is built for it.
+  auto c = run_command(common + " run.dir=" + dir / "small data.name=tokens data.tokens=" +
+                       dir / "tok");
+  ASSERT_EQ(c.exit_code, 0) << c.output;
+  EXPECT_NE(c.output.find("model gpt with"), std::string::npos) << c.output;
 }

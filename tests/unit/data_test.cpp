@@ -14,6 +14,9 @@
 #include "trainer/data/idx.h"
 #include "trainer/data/loader.h"
 #include "trainer/data/sampler.h"
+#include "trainer/data/text.h"
+#include "trainer/data/tokens.h"
+#include "trainer/trainer.h"
 
 namespace strata::train {
 namespace {
@@ -222,6 +225,101 @@ TEST(Loader, BatchLargerThanShardIsAConfigError) {
   std::string e = message_of([&] { TrainLoader(synthetic(10), o, 0); });
   EXPECT_NE(e.find("data.batch_size=64 is larger than the 10 training samples"),
             std::string::npos) << e;
+}
+
+// Writes uint16 ids, raw (nanoGPT) or behind llm.c's header.
+void write_tokens(const std::string& path, const std::vector<uint16_t>& ids, bool llmc,
+                  int32_t count_override = -1) {
+  std::string bytes;
+  if (llmc) {
+    std::vector<int32_t> header(kLlmcHeaderInts, 0);
+    header[0] = kLlmcMagic;
+    header[1] = 1;
+    header[2] = count_override >= 0 ? count_override : static_cast<int32_t>(ids.size());
+    bytes.append(reinterpret_cast<const char*>(header.data()), header.size() * 4);
+  }
+  bytes.append(reinterpret_cast<const char*>(ids.data()), ids.size() * 2);
+  strata::test::write_text(path, bytes);
+}
+
+TEST(TokenFile, RawAndLlmcLayoutsReadTheSameIds) {
+  TempDir dir;
+  std::vector<uint16_t> ids;
+  for (int i = 0; i < 3000; ++i) ids.push_back(static_cast<uint16_t>((i * 7919) % 50257));
+  write_tokens(dir / "raw.bin", ids, false);
+  write_tokens(dir / "llmc.bin", ids, true);
+  for (const char* f : {"raw.bin", "llmc.bin"}) {
+    auto t = map_token_file(dir / f);
+    ASSERT_EQ(t->size(), 3000) << f;
+    std::vector<int64_t> out(5);
+    t->copy(2995, 5, out.data());
+    for (int i = 0; i < 5; ++i) EXPECT_EQ(out[i], ids[2995 + i]) << f;
+    EXPECT_EQ(t->vocabulary(), *std::max_element(ids.begin(), ids.end()) + 1) << f;
+  }
+}
+
+TEST(TokenFile, TruncatedOrOddFilesAreIoErrors) {
+  TempDir dir;
+  write_tokens(dir / "short.bin", {1, 2, 3}, true, 10);  // header says 10 tokens
+  EXPECT_THROW(map_token_file(dir / "short.bin"), IoError);
+  strata::test::write_text(dir / "odd.bin", "abc");
+  EXPECT_THROW(map_token_file(dir / "odd.bin"), IoError);
+  EXPECT_THROW(map_token_file(dir / "missing.bin"), IoError);
+}
+
+// The tokens dataset over the bytes of a text gives exactly the text
+// dataset's windows, evaluation split and stream.
+TEST(Datasets, TokensOfATextAreThatText) {
+  TempDir dir;
+  std::string body;
+  for (int i = 0; i < 4000; ++i) body += static_cast<char>('a' + (i * 31 + i / 7) % 26);
+  strata::test::write_text(dir / "corpus.txt", body);
+  const std::string seq = "model.seq_len=16";
+  const Recipe as_text = parse_recipe("", "r.yaml", {"data.name=text", "data.text=" + dir / "corpus.txt", seq});
+  const TextCorpus corpus = load_text_corpus(dir / "corpus.txt", as_text.data.val_fraction, 16);
+  make_dirs(dir / "tok");
+  write_tokens(dir / "tok/train.bin", std::vector<uint16_t>(corpus.train.begin(), corpus.train.end()), false);
+  write_tokens(dir / "tok/val.bin", std::vector<uint16_t>(corpus.val.begin(), corpus.val.end()), true);
+  const Recipe as_tokens = parse_recipe("", "r.yaml", {"data.name=tokens", "data.tokens=" + dir / "tok",
+                                                       "data.vocab_size=256", seq});
+  const Registries reg = builtin_registries();
+  for (int rank : {0, 1}) {
+    LoadedData a = reg.datasets.get("text", "", "").load(as_text, rank, 2);
+    LoadedData b = reg.datasets.get("tokens", "", "").load(as_tokens, rank, 2);
+    EXPECT_EQ(a.shape.classes, b.shape.classes);
+    EXPECT_EQ(a.train_samples, b.train_samples);
+    EXPECT_EQ(a.eval_samples, b.eval_samples);
+    EXPECT_TRUE(at::equal(a.eval_inputs, b.eval_inputs)) << rank;
+    EXPECT_TRUE(at::equal(a.eval_targets, b.eval_targets)) << rank;
+    auto sa = a.stream(StreamRequest{rank, 2, 10, 3, false});
+    auto sb = b.stream(StreamRequest{rank, 2, 10, 3, false});
+    for (int i = 0; i < 3; ++i) {
+      const Batch x = sa->next(), y = sb->next();
+      EXPECT_TRUE(at::equal(x.inputs, y.inputs) && at::equal(x.targets, y.targets)) << i;
+    }
+  }
+  // An id beyond data.vocab_size is a data error with the fix.
+  const Recipe small = parse_recipe("", "r.yaml", {"data.name=tokens", "data.tokens=" + dir / "tok",
+                                                   "data.vocab_size=100", seq});
+  try {
+    reg.datasets.get("tokens", "", "").load(small, 0, 1);
+    ADD_FAILURE() << "no error";
+  } catch (const DataError& e) {
+    EXPECT_NE(std::string(e.what()).find("set data.vocab_size to at least"), std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(Datasets, AnUnknownNameListsTheRegisteredOnes) {
+  const Registries reg = builtin_registries();
+  try {
+    reg.datasets.get("fashion_mnst", "r.yaml:3: ", "data.name");
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("did you mean 'fashion_mnist'"), std::string::npos) << m;
+    EXPECT_NE(m.find("tokens"), std::string::npos) << m;
+  }
 }
 
 }  // namespace

@@ -60,8 +60,9 @@ TEST(TextCorpus, MissingOrTooShortTextSaysWhatToDo) {
 }
 
 TEST(TextLoader, TargetsAreInputsShiftedAndBatchesAreAFunctionOfTheirIndex) {
-  auto text = std::make_shared<std::vector<uint8_t>>();
-  for (int i = 0; i < 1000; ++i) text->push_back(static_cast<uint8_t>(i % 251));
+  std::vector<uint8_t> bytes;
+  for (int i = 0; i < 1000; ++i) bytes.push_back(static_cast<uint8_t>(i % 251));
+  const auto text = byte_tokens(bytes);
   TextLoaderOptions o;
   o.batch_size = 4;
   o.seq_len = 16;
@@ -88,10 +89,11 @@ TEST(TextLoader, TargetsAreInputsShiftedAndBatchesAreAFunctionOfTheirIndex) {
 }
 
 TEST(TextWindows, AreConsecutiveAndDoNotOverlap) {
-  std::vector<uint8_t> text(101);
-  for (size_t i = 0; i < text.size(); ++i) text[i] = static_cast<uint8_t>(i);
-  EXPECT_EQ(text_window_count(text, 10), 10);
-  auto [x, y] = text_windows(text, 10, 2, 5);
+  std::vector<uint8_t> bytes(101);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i);
+  const auto text = byte_tokens(bytes);
+  EXPECT_EQ(text_window_count(*text, 10), 10);
+  auto [x, y] = text_windows(*text, 10, 2, 5);
   ASSERT_EQ(x.sizes(), (std::vector<int64_t>{3, 10}));
   EXPECT_EQ(x[0][0].item<int64_t>(), 20);
   EXPECT_EQ(y[2][9].item<int64_t>(), 50);

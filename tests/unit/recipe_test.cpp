@@ -86,8 +86,8 @@ TEST(Recipe, OutOfRangeSaysTheRange) {
   e = error_of("model: {hidden: [64, 0]}\n");
   EXPECT_NE(e.find("model.hidden[1] = 0 is out of range; it must be >= 1"),
             std::string::npos) << e;
-  e = error_of("data: {name: cifar}\n");
-  EXPECT_NE(e.find("data.name: 'cifar' is not allowed"), std::string::npos)
+  e = error_of("train: {activation_checkpointing: some}\n");
+  EXPECT_NE(e.find("train.activation_checkpointing: 'some' is not allowed"), std::string::npos)
       << e;
 }
 

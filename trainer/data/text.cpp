@@ -65,10 +65,10 @@ TextCorpus load_text_corpus(const std::string& path, double val_fraction,
   return c;
 }
 
-TextLoader::TextLoader(std::shared_ptr<const std::vector<uint8_t>> text,
-                       TextLoaderOptions options, int64_t start_batch)
-    : text_(std::move(text)), options_(options), g_(start_batch) {
-  STRATA_INTERNAL_ASSERT(static_cast<int64_t>(text_->size()) > options_.seq_len);
+TextLoader::TextLoader(std::shared_ptr<const Tokens> tokens, TextLoaderOptions options,
+                       int64_t start_batch)
+    : tokens_(std::move(tokens)), options_(options), g_(start_batch) {
+  STRATA_INTERNAL_ASSERT(tokens_->size() > options_.seq_len);
 }
 
 Batch TextLoader::next() {
@@ -81,38 +81,34 @@ Batch TextLoader::next() {
   b.targets = at::empty({B, T}, opts);
   int64_t* x = b.inputs.data_ptr<int64_t>();
   int64_t* y = b.targets.data_ptr<int64_t>();
-  const uint8_t* text = text_->data();
-  const uint64_t starts = text_->size() - static_cast<size_t>(T);  // [0, n - T - 1]
+  const uint64_t starts = static_cast<uint64_t>(tokens_->size() - T);  // [0, n - T - 1]
+  std::vector<int64_t> w(static_cast<size_t>(T + 1));
   for (int64_t i = 0; i < B; ++i) {
     Rng rng(mix_seed(options_.seed, static_cast<uint64_t>(g_),
                      static_cast<uint64_t>(options_.rank * B + i)));
-    const uint8_t* w = text + rng.below(starts);
-    for (int64_t t = 0; t < T; ++t) {
-      x[i * T + t] = w[t];
-      y[i * T + t] = w[t + 1];
-    }
+    tokens_->copy(static_cast<int64_t>(rng.below(starts)), T + 1, w.data());
+    std::copy_n(w.data(), T, x + i * T);
+    std::copy_n(w.data() + 1, T, y + i * T);
   }
   ++g_;
   return b;
 }
 
-int64_t text_window_count(const std::vector<uint8_t>& text, int64_t seq_len) {
-  return (static_cast<int64_t>(text.size()) - 1) / seq_len;
+int64_t text_window_count(const Tokens& tokens, int64_t seq_len) {
+  return (tokens.size() - 1) / seq_len;
 }
 
-std::pair<at::Tensor, at::Tensor> text_windows(const std::vector<uint8_t>& text,
-                                               int64_t seq_len, int64_t begin,
-                                               int64_t end) {
+std::pair<at::Tensor, at::Tensor> text_windows(const Tokens& tokens, int64_t seq_len,
+                                               int64_t begin, int64_t end) {
   STRATA_INTERNAL_ASSERT(0 <= begin && begin <= end &&
-                         end <= text_window_count(text, seq_len));
+                         end <= text_window_count(tokens, seq_len));
   const int64_t n = end - begin, T = seq_len;
   at::Tensor x = at::empty({n, T}, at::kLong), y = at::empty({n, T}, at::kLong);
+  std::vector<int64_t> w(static_cast<size_t>(T + 1));
   for (int64_t i = 0; i < n; ++i) {
-    const uint8_t* w = text.data() + (begin + i) * T;
-    for (int64_t t = 0; t < T; ++t) {
-      x.data_ptr<int64_t>()[i * T + t] = w[t];
-      y.data_ptr<int64_t>()[i * T + t] = w[t + 1];
-    }
+    tokens.copy((begin + i) * T, T + 1, w.data());
+    std::copy_n(w.data(), T, x.data_ptr<int64_t>() + i * T);
+    std::copy_n(w.data() + 1, T, y.data_ptr<int64_t>() + i * T);
   }
   return {x, y};
 }

@@ -6,7 +6,10 @@
 // bytes is the validation split, so no validation window overlaps training
 // text.
 //
-// Training windows: micro-batch g of rank r holds B windows of T + 1 bytes
+// Windows work on any token sequence (trainer/data/tokens.h): the bytes of
+// a text, or a memory-mapped token file.
+//
+// Training windows: micro-batch g of rank r holds B windows of T + 1 tokens
 // (inputs are the first T, targets the last T); window i starts at a
 // position drawn from Rng(mix_seed(seed, g, r * B + i)) -- a pure function
 // of (seed, g, rank, i), so a resumed run sees exactly the windows the
@@ -25,6 +28,7 @@
 #include <vector>
 
 #include "trainer/data/loader.h"
+#include "trainer/data/tokens.h"
 
 namespace strata::train {
 
@@ -51,22 +55,21 @@ struct TextLoaderOptions {
 
 class TextLoader final : public BatchSource {
  public:
-  TextLoader(std::shared_ptr<const std::vector<uint8_t>> text,
-             TextLoaderOptions options, int64_t start_batch);
+  TextLoader(std::shared_ptr<const Tokens> tokens, TextLoaderOptions options,
+             int64_t start_batch);
   // inputs, targets: int64 [B, T].
   Batch next() override;
 
  private:
-  std::shared_ptr<const std::vector<uint8_t>> text_;
+  std::shared_ptr<const Tokens> tokens_;
   TextLoaderOptions options_;
   int64_t g_;  // next global micro-batch
 };
 
-// Non-overlapping evaluation windows [begin, end) of `text` as int64
+// Non-overlapping evaluation windows [begin, end) of `tokens` as int64
 // inputs/targets [N, T]; text_window_count says how many there are.
-int64_t text_window_count(const std::vector<uint8_t>& text, int64_t seq_len);
-std::pair<at::Tensor, at::Tensor> text_windows(const std::vector<uint8_t>& text,
-                                               int64_t seq_len, int64_t begin,
-                                               int64_t end);
+int64_t text_window_count(const Tokens& tokens, int64_t seq_len);
+std::pair<at::Tensor, at::Tensor> text_windows(const Tokens& tokens, int64_t seq_len,
+                                               int64_t begin, int64_t end);
 
 }  // namespace strata::train
