@@ -40,7 +40,9 @@ class SampleStream;
 
 // One client's learning: its model, the recipe's optimizer (from the
 // registry, fresh for every update: optimizer state starts from zero) and
-// train.precision / clip_grad_norm / grad_accum, at optimizer.lr.
+// train.precision / clip_grad_norm / grad_accum, at optimizer.lr. With
+// grad_accum = k an optimizer step takes k mini-batches; the last
+// mini-batches of an update that do not fill a step are not learned from.
 class Learner {
  public:
   // `recipe` and `registries` outlive the learner.
