@@ -61,8 +61,16 @@ void check_transport_security(const FederatedSection& fed) {
                  "(or bind to 127.0.0.1 for local runs)");
 }
 
-FedServer::FedServer(train::Recipe recipe, const train::Registries& registries)
-    : recipe_(std::move(recipe)), started_(Clock::now()), rng_(recipe_.run.seed) {
+EvalData load_eval_data(const train::Recipe& recipe, const train::Registries& registries) {
+  train::LoadedData d = registries.datasets.get(recipe.data.name, recipe.where("data.name"),
+                                                "data.name")
+                            .load(recipe, 0, 1);
+  return EvalData{d.shape, std::move(d.eval_inputs), std::move(d.eval_targets), d.eval_split};
+}
+
+FedServer::FedServer(train::Recipe recipe, const train::Registries& registries, EvalData eval)
+    : recipe_(std::move(recipe)), eval_(std::move(eval)), started_(Clock::now()),
+      rng_(recipe_.run.seed) {
   const FederatedSection& f = fed();
   check_transport_security(f);
   const int64_t k = f.mode == "sync" ? std::min(f.sync.clients_per_round,
@@ -84,13 +92,12 @@ FedServer::FedServer(train::Recipe recipe, const train::Registries& registries)
   policy_.clip_to_bound = f.server.clip;
   policy_.max_num_samples = f.server.max_num_samples;
 
-  const train::ImageDataset test =
-      train::load_fashion_mnist(recipe_.data.root, train::Split::kTest, recipe_.data.test_subset);
-  std::tie(test_images_, test_labels_) = train::dataset_tensors(test, 0, test.size);
+  STRATA_CHECK_T(ConfigError, eval_.targets.defined() && eval_.targets.size(0) > 0,
+                 "the federated server has no evaluation data (data.name=", recipe_.data.name,
+                 "); give it a dataset with an evaluation split");
   torch::manual_seed(recipe_.run.seed);
-  const train::InputShape shape{test.channels, test.height, test.width, test.classes};
   model_ = registries.models.get(recipe_.model.name, recipe_.where("model.name"), "model.name")
-               .build(recipe_.model, shape, train::ModelPart{});
+               .build(recipe_.model, eval_.shape, train::ModelPart{});
   layout_ = TensorLayout::of(*model_);
   StrategyOptions so = strategy_options(f);
   so.statistics_offset = layout_.parameters_numel();
@@ -501,7 +508,7 @@ void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
   double accuracy = NAN, loss = NAN;
   if ((version - 1) % fed().server.eval_every == 0 || last) {
     layout_.load_into(*model_, next);
-    const train::EvalSums e = train::evaluate_classifier(*model_, test_images_, test_labels_,
+    const train::EvalSums e = train::evaluate_classifier(*model_, eval_.inputs, eval_.targets,
                                                           recipe_.data.eval_batch_size);
     accuracy = static_cast<double>(e.correct) / static_cast<double>(e.count);
     loss = e.loss_sum / static_cast<double>(e.count);

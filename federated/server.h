@@ -90,12 +90,23 @@ struct ServerStatus {
   std::string server_version;           // Strata's version
 };
 
+// What the server evaluates every version on, given to it by its launcher
+// (load_eval_data: the recipe's dataset through the data seam; tests may
+// give a small set of their own).
+struct EvalData {
+  train::InputShape shape;     // the model is built for it
+  at::Tensor inputs, targets;  // the evaluation split (CPU)
+  std::string split = "test";
+};
+// The whole evaluation split of the recipe's dataset (data.name).
+EvalData load_eval_data(const train::Recipe& recipe, const train::Registries& registries);
+
 class FedServer {
  public:
   // Opens (or resumes) the server state in the recipe's run directory and
   // starts the aggregation thread. ConfigError for a recipe the server
   // cannot run.
-  FedServer(train::Recipe recipe, const train::Registries& registries);
+  FedServer(train::Recipe recipe, const train::Registries& registries, EvalData eval);
   ~FedServer();
   FedServer(const FedServer&) = delete;
   FedServer& operator=(const FedServer&) = delete;
@@ -176,7 +187,7 @@ class FedServer {
   std::unique_ptr<ServerStore> store_;
   std::unique_ptr<Strategy> strategy_;
   ValidationPolicy policy_;
-  at::Tensor test_images_, test_labels_;
+  EvalData eval_;
   std::unique_ptr<train::MetricsWriter> metrics_;
   std::chrono::steady_clock::time_point started_;
 

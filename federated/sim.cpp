@@ -30,7 +30,7 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
                  "empty (TLS is exercised by strata-fedserver and the tests)");
   train::Recipe server_recipe = recipe;
   server_recipe.federated.server.address = "127.0.0.1:0";
-  FedServer server(server_recipe, registries);
+  FedServer server(server_recipe, registries, load_eval_data(server_recipe, registries));
   auto service = serve(server);
   const std::string address = str("127.0.0.1:", service->port());
 

@@ -54,7 +54,8 @@ int serve(const st::Recipe& recipe) {
   bound_heap_retention();
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
-  sf::FedServer server(recipe, st::builtin_registries());
+  const st::Registries registries = st::builtin_registries();
+  sf::FedServer server(recipe, registries, sf::load_eval_data(recipe, registries));
   auto service = sf::serve(server, server.store().operator_token());
   const std::string& a = recipe.federated.server.address;
   const std::string bound = a.substr(0, a.rfind(':')) + ":" + std::to_string(service->port());

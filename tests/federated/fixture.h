@@ -30,7 +30,8 @@ inline train::Recipe small_recipe(const std::string& dir, std::vector<std::strin
 // A server on loopback plus one enrolled client, for protocol tests.
 struct Fixture {
   explicit Fixture(const train::Recipe& r)
-      : server(r, train::builtin_registries()), service(serve(server)),
+      : server(r, train::builtin_registries(), load_eval_data(r, train::builtin_registries())),
+        service(serve(server)),
         address("127.0.0.1:" + std::to_string(service->port())),
         token(server.store().enroll("edge-1")) {
     channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());

@@ -522,8 +522,8 @@ TEST(Hostile, ShutdownEndsWithinSecondsWhateverIsOutstanding) {
 TEST(Hostile, TwoServersCannotShareAPort) {
   test::TempDir dir;
   Fixture f(small_recipe(dir.path() + "/a"));
-  FedServer second(small_recipe(dir.path() + "/b", {"federated.server.address=" + f.address}),
-                   train::builtin_registries());
+  const train::Recipe r = small_recipe(dir.path() + "/b", {"federated.server.address=" + f.address});
+  FedServer second(r, train::builtin_registries(), load_eval_data(r, train::builtin_registries()));
   try {
     serve(second);
     FAIL() << "a second server bound " << f.address;
