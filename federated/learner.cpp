@@ -61,10 +61,8 @@ LocalResult Learner::learn(const at::Tensor& global, int64_t steps, double proxi
       registries_.optimizers
           .get(recipe_.optimizer.name, recipe_.where("optimizer.name"), "optimizer.name")
           .make(recipe_, model);
-  train::TrainStepOptions so;
-  so.grad_accum = recipe_.train.grad_accum;
-  so.compute_dtype = train::precision_dtype(recipe_.train.precision);
-  so.clip_grad_norm = recipe_.train.clip_grad_norm;
+  // The recipe's step; no data-parallel group, so its reducer settings are unused.
+  const train::TrainStepOptions so = train::train_step_options(recipe_);
   train::TrainStep step(pm_, *optimizer, {},
                         train::cross_entropy_loss(device_.type(), so.compute_dtype), nullptr,
                         device_, so);

@@ -173,7 +173,7 @@ void assign(torch::nn::Module& model, const std::map<std::string, at::Tensor>& t
 
 // The trained tensors by name: the model's parameters and the extra
 // modules' (as "distill.hints.<name>"), as the optimizer state is keyed.
-std::vector<std::pair<std::string, at::Tensor>> trained(torch::nn::Module& model,
+std::vector<std::pair<std::string, at::Tensor>> trained_tensors(torch::nn::Module& model,
                                                         torch::nn::Module* extra) {
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (auto& p : model.named_parameters()) out.emplace_back(p.key(), p.value());
@@ -223,7 +223,7 @@ std::string CheckpointStore::save(const TrainState& state, const Trained& t) con
                  [&](const std::string& tmp) { out.save_to(tmp); });
   save_state_dict(join_path(dir, "model-" + tag + ".pt"), t.model);
   save_state_dict(join_path(dir, "optim-" + tag + ".pt"),
-                  optimizer_state_dict(t.optimizer, t.optimizer_state, trained(t.model, t.extra)));
+                  optimizer_state_dict(t.optimizer, t.optimizer_state, trained_tensors(t.model, t.extra)));
   JsonObject split_json;
   for (const auto& [name, spec] : t.splits) split_json.add(name, str(spec.dim, "/", spec.groups));
   atomic_write_file(join_path(dir, "split-" + tag + ".json"), split_json.str() + "\n");
@@ -418,7 +418,7 @@ TrainState load_checkpoint(const std::string& dir, const ShardLayout& layout,
   }
   assign(model, weights, dir);
   try {
-    load_optimizer_state_dict(t.optimizer, t.optimizer_state, trained(model, extra), moments);
+    load_optimizer_state_dict(t.optimizer, t.optimizer_state, trained_tensors(model, extra), moments);
   } catch (const ConfigError& e) {
     throw mismatch(dir, e.what());
   }

@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "core/logging.h"
 #include "core/strings.h"
+#include "trainer/amp.h"
 #include "trainer/optim.h"
 
 namespace strata::train {
@@ -12,6 +13,31 @@ namespace strata::train {
 at::Tensor cross_entropy(const at::Tensor& output, const at::Tensor& targets) {
   namespace F = torch::nn::functional;
   return F::cross_entropy(output.reshape({-1, output.size(-1)}), targets.reshape({-1}));
+}
+
+namespace {
+
+dist::CommHook comm_hook(const std::string& name) {
+  if (name == "fp16") return dist::CommHook::kFp16;
+  if (name == "bf16") return dist::CommHook::kBf16;
+  return dist::CommHook::kNone;
+}
+
+}  // namespace
+
+TrainStepOptions train_step_options(const Recipe& r) {
+  const DistributedSection& d = r.distributed;
+  TrainStepOptions o;
+  o.grad_accum = r.train.grad_accum;
+  o.compute_dtype = precision_dtype(r.train.precision);
+  o.clip_grad_norm = r.train.clip_grad_norm;
+  o.broadcast_buffers = d.broadcast_buffers;
+  o.reducer.bucket_cap_bytes = static_cast<int64_t>(d.bucket_mb * (1 << 20));
+  o.reducer.first_bucket_bytes = std::min<int64_t>(o.reducer.bucket_cap_bytes, 1 << 20);
+  o.reducer.overlap = d.overlap;
+  o.reducer.allow_unused = d.find_unused_parameters;
+  o.reducer.hook = comm_hook(d.comm_hook);
+  return o;
 }
 
 LossFn cross_entropy_loss(at::DeviceType device_type, at::ScalarType dtype) {

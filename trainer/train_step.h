@@ -29,6 +29,7 @@
 #include "trainer/amp.h"
 #include "trainer/data/loader.h"
 #include "trainer/parallelize.h"
+#include "trainer/recipe.h"
 
 namespace strata::train {
 
@@ -39,6 +40,10 @@ struct TrainStepOptions {
   bool broadcast_buffers = false;             // data parallel: rank 0's buffers each step
   dist::GradientReducerOptions reducer;       // data parallel
 };
+
+// The options the recipe sets: train.grad_accum, train.precision,
+// train.clip_grad_norm and the distributed section's reducer settings.
+TrainStepOptions train_step_options(const Recipe& recipe);
 
 // A micro-batch's loss (a mean) from the model's output for `inputs`.
 // Called outside autocast: it opens its own region (a distillation

@@ -52,31 +52,11 @@ void configure_threads(int64_t requested, int local_world) {
   at::set_num_threads(static_cast<int>(n));
 }
 
-dist::CommHook comm_hook(const std::string& name) {
-  if (name == "fp16") return dist::CommHook::kFp16;
-  if (name == "bf16") return dist::CommHook::kBf16;
-  return dist::CommHook::kNone;
-}
-
 struct EvalResult {
   double loss = 0.0;
   double accuracy = 0.0;
 };
 
-TrainStepOptions step_options(const Recipe& r) {
-  const DistributedSection& d = r.distributed;
-  TrainStepOptions o;
-  o.grad_accum = r.train.grad_accum;
-  o.compute_dtype = precision_dtype(r.train.precision);
-  o.clip_grad_norm = r.train.clip_grad_norm;
-  o.broadcast_buffers = d.broadcast_buffers;
-  o.reducer.bucket_cap_bytes = static_cast<int64_t>(d.bucket_mb * (1 << 20));
-  o.reducer.first_bucket_bytes = std::min<int64_t>(o.reducer.bucket_cap_bytes, 1 << 20);
-  o.reducer.overlap = d.overlap;
-  o.reducer.allow_unused = d.find_unused_parameters;
-  o.reducer.hook = comm_hook(d.comm_hook);
-  return o;
-}
 
 }  // namespace
 
@@ -214,7 +194,7 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
       [this](const at::Tensor& y, const at::Tensor& x, const at::Tensor& t) {
         return micro_loss(y, x, t);
       },
-      dp_group, device, step_options(recipe));
+      dp_group, device, train_step_options(recipe));
 
   plan_steps(registries.schedules);
   log_setup();

@@ -17,6 +17,14 @@ namespace {
 
 // ---- the model ------------------------------------------------------------
 
+// Input size, model.hidden, classes: layer i maps widths[i] to widths[i + 1].
+std::vector<int64_t> layer_widths(const st::ModelSection& c, const st::InputShape& in) {
+  std::vector<int64_t> widths{in.channels * in.height * in.width};
+  widths.insert(widths.end(), c.hidden.begin(), c.hidden.end());
+  widths.push_back(in.classes);
+  return widths;
+}
+
 // Layer list: layer 0 flattens the image and projects it to hidden[0];
 // layer i < n maps hidden[i-1] to hidden[i]; layer n is the head. A stage
 // builds layers [part.layer_begin, part.layer_end) and keeps their names
@@ -26,9 +34,7 @@ class WideMlp final : public st::Model {
   WideMlp(const st::ModelSection& c, const st::InputShape& in, const st::ModelPart& part) {
     const int64_t n = static_cast<int64_t>(c.hidden.size());
     const int64_t end = part.layer_end < 0 ? n + 1 : part.layer_end;
-    std::vector<int64_t> widths{in.channels * in.height * in.width};
-    widths.insert(widths.end(), c.hidden.begin(), c.hidden.end());
-    widths.push_back(in.classes);
+    const std::vector<int64_t> widths = layer_widths(c, in);
     flatten_ = part.layer_begin == 0;
     layers_ = register_module("layers", nn::ModuleDict());
     // Every layer is drawn, in order, whatever this stage keeps: the
@@ -65,9 +71,7 @@ st::ModelSpec wide_mlp_spec() {
   };
   spec.task = st::Task::kClassification;
   spec.layer_weights = [](const st::ModelSection& c, const st::InputShape& in) {
-    std::vector<int64_t> widths{in.channels * in.height * in.width};
-    widths.insert(widths.end(), c.hidden.begin(), c.hidden.end());
-    widths.push_back(in.classes);
+    const std::vector<int64_t> widths = layer_widths(c, in);
     std::vector<int64_t> w;
     for (size_t i = 0; i + 1 < widths.size(); ++i) w.push_back(widths[i] * widths[i + 1]);
     return w;

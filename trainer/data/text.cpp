@@ -82,13 +82,12 @@ Batch TextLoader::next() {
   int64_t* x = b.inputs.data_ptr<int64_t>();
   int64_t* y = b.targets.data_ptr<int64_t>();
   const uint64_t starts = static_cast<uint64_t>(tokens_->size() - T);  // [0, n - T - 1]
-  std::vector<int64_t> w(static_cast<size_t>(T + 1));
   for (int64_t i = 0; i < B; ++i) {
     Rng rng(mix_seed(options_.seed, static_cast<uint64_t>(g_),
                      static_cast<uint64_t>(options_.rank * B + i)));
-    tokens_->copy(static_cast<int64_t>(rng.below(starts)), T + 1, w.data());
-    std::copy_n(w.data(), T, x + i * T);
-    std::copy_n(w.data() + 1, T, y + i * T);
+    const auto start = static_cast<int64_t>(rng.below(starts));
+    tokens_->copy(start, T, x + i * T);
+    tokens_->copy(start + 1, T, y + i * T);
   }
   ++g_;
   return b;
@@ -104,11 +103,9 @@ std::pair<at::Tensor, at::Tensor> text_windows(const Tokens& tokens, int64_t seq
                          end <= text_window_count(tokens, seq_len));
   const int64_t n = end - begin, T = seq_len;
   at::Tensor x = at::empty({n, T}, at::kLong), y = at::empty({n, T}, at::kLong);
-  std::vector<int64_t> w(static_cast<size_t>(T + 1));
   for (int64_t i = 0; i < n; ++i) {
-    tokens.copy((begin + i) * T, T + 1, w.data());
-    std::copy_n(w.data(), T, x.data_ptr<int64_t>() + i * T);
-    std::copy_n(w.data() + 1, T, y.data_ptr<int64_t>() + i * T);
+    tokens.copy((begin + i) * T, T, x.data_ptr<int64_t>() + i * T);
+    tokens.copy((begin + i) * T + 1, T, y.data_ptr<int64_t>() + i * T);
   }
   return {x, y};
 }
