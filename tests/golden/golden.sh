@@ -4,18 +4,25 @@
 # must keep -- every train/eval/version record's kind, step, loss and
 # accuracy, written exactly (Python's shortest round-trip repr).
 #
-#   tests/golden/golden.sh record BUILD_DIR [CASE...]   rewrite tests/golden/<case>.txt
+#   tests/golden/golden.sh record BUILD_DIR [CASE...]   rewrite tests/golden/cpu/<this CPU>/<case>.txt
 #   tests/golden/golden.sh check  BUILD_DIR [CASE...]   compare against them
 #
-# check is exact (bit for bit) for the deterministic cases when run on the
-# CPU model that recorded them (the first line of each file); on another CPU
-# model LibTorch may pick other kernels, so it allows a relative 1e-5 and
-# says so. fed_sync is deterministic too (every round takes all four
-# clients, and the server aggregates in client order). fed_async is not:
-# which updates fill each FedBuff buffer, and how stale each is, depends on
-# the threads' timing (two runs differed by 1% in loss and 0.06 in
-# accuracy), so its numbers are shown next to the golden's, not compared;
-# only the records' kinds and steps must match.
+# Floating-point results depend on the CPU: LibTorch and OpenBLAS pick
+# kernels by microarchitecture, and a 40-step run on a Zen 3 differs from
+# one on another EPYC by up to 2% in loss (38% in the distillation case).
+# So goldens are kept per CPU, under cpu/<key>/ (key: vendor, family, model,
+# stepping and the vector extensions, e.g. AuthenticAMD-25-1-1-avx2),
+# recorded by `record` with the build of the commit *before* a refactor.
+# check is exact (bit for bit) against this CPU's goldens for the
+# deterministic cases. On a CPU without its own goldens it compares with
+# the reference set (the files directly in tests/golden/, recorded in
+# session 8 on an "AMD EPYC" whose model was not noted) within a relative
+# 5% -- enough to catch a broken run, not a refactor's drift -- and says
+# so. fed_sync is deterministic too (every round takes all four clients,
+# and the server aggregates in client order). fed_async is not: which
+# updates fill each FedBuff buffer, and how stale each is, depends on the
+# threads' timing, so its numbers are shown next to the golden's, not
+# compared; only the records' kinds and steps must match.
 set -euo pipefail
 MODE=${1:?usage: golden.sh record|check BUILD_DIR [CASE...]}
 BUILD=$(cd "${2:?usage: golden.sh record|check BUILD_DIR [CASE...]}" && pwd)
@@ -73,6 +80,19 @@ PY
 }
 
 cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+cpu_key=$(/usr/bin/python3 - <<'PY'
+info = {}
+for line in open("/proc/cpuinfo"):
+    if not line.strip():
+        break
+    k, _, v = line.partition(":")
+    info[k.strip()] = v.strip()
+flags = set(info.get("flags", "").split())
+simd = "-".join(f for f in ("avx512f", "avx2") if f in flags) or "nosimd"
+print("-".join([info.get("vendor_id", "cpu"), info.get("cpu family", "0"), info.get("model", "0"),
+                info.get("stepping", "0"), simd]))
+PY
+)
 failed=0
 passed=0
 for c in "${CASES[@]}"; do
@@ -84,24 +104,27 @@ for c in "${CASES[@]}"; do
     continue
   fi
   got=$WORK/$c.txt
-  { echo "# cpu: $cpu"; reduce "$WORK/$c/metrics.jsonl"; } > "$got"
+  { echo "# cpu: $cpu ($cpu_key)"; reduce "$WORK/$c/metrics.jsonl"; } > "$got"
   if [ "$MODE" = record ]; then
-    cp "$got" "$GOLDEN/$c.txt"
-    echo "golden $c: recorded $(($(wc -l < "$got") - 1)) records"
+    mkdir -p "$GOLDEN/cpu/$cpu_key"
+    cp "$got" "$GOLDEN/cpu/$cpu_key/$c.txt"
+    echo "golden $c: recorded $(($(wc -l < "$got") - 1)) records for $cpu_key"
     passed=$((passed + 1))
     continue
   fi
-  want=$GOLDEN/$c.txt
+  want=$GOLDEN/cpu/$cpu_key/$c.txt
+  own=1
+  if [ ! -f "$want" ]; then want=$GOLDEN/$c.txt; own=0; fi
   [ -f "$want" ] || { echo "golden $c: no $want (run record)"; failed=$((failed + 1)); continue; }
-  if /usr/bin/python3 - "$want" "$got" "$c" "$cpu" <<'PY'
+  if /usr/bin/python3 - "$want" "$got" "$c" "$own" <<'PY'
 import sys
-want, got, case, cpu = sys.argv[1:5]
+want, got, case, own = sys.argv[1:5]
 w = open(want).read().splitlines()
 g = open(got).read().splitlines()
-same_cpu = w[0] == g[0]
+same_cpu = own == "1"
 fed = case == "fed_async"
 exact = same_cpu and not fed
-rel = 1e-5
+rel = 0.05
 if len(w) != len(g):
     print(f"golden {case}: {len(g) - 1} records, the golden has {len(w) - 1}")
     sys.exit(1)
@@ -130,7 +153,9 @@ for a, b in zip(w[1:], g[1:]):
             sys.exit(1)
 how = ("bit for bit" if exact else
        f"in kind and step; numbers differ by up to {worst:g} (thread timing, not compared)" if fed
-       else f"within 1e-5 (largest difference {worst:g}; recorded on another CPU model)")
+       else f"within 5% (largest difference {worst:g}): no goldens of this CPU, compared "
+            "with the reference set, recorded on another; bit-for-bit parity needs this CPU's "
+            "goldens (golden.sh record at the commit before the change)")
 print(f"golden {case}: {len(g) - 1} records match {how}")
 PY
   then
