@@ -22,25 +22,8 @@ at::Tensor permutation(int64_t n, uint64_t seed) {
 
 }  // namespace
 
-LocalData local_data(const train::ImageDataset& data, const std::vector<int64_t>& indices) {
-  train::ImageDataset sub;
-  sub.channels = data.channels;
-  sub.height = data.height;
-  sub.width = data.width;
-  sub.classes = data.classes;
-  sub.mean = data.mean;
-  sub.std = data.std;
-  sub.size = static_cast<int64_t>(indices.size());
-  const int64_t sb = data.sample_bytes();
-  sub.pixels.resize(sub.size * sb);
-  sub.labels.resize(sub.size);
-  for (int64_t i = 0; i < sub.size; ++i) {
-    const int64_t s = indices[i];
-    STRATA_INTERNAL_ASSERT(s >= 0 && s < data.size);
-    std::copy_n(data.pixels.begin() + s * sb, sb, sub.pixels.begin() + i * sb);
-    sub.labels[i] = data.labels[s];
-  }
-  auto [x, y] = train::dataset_tensors(sub, 0, sub.size);
+LocalData local_data(const train::LoadedData& data, const std::vector<int64_t>& indices) {
+  auto [x, y] = data.train_rows(indices);
   return {x, y};
 }
 

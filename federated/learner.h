@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "federated/layout.h"
-#include "trainer/data/dataset.h"
+#include "trainer/data/datasets.h"
 #include "trainer/parallelize.h"
 #include "trainer/trainer.h"
 
@@ -28,7 +28,8 @@ struct LocalData {
   at::Tensor targets;
   int64_t size() const { return targets.defined() ? targets.size(0) : 0; }
 };
-LocalData local_data(const train::ImageDataset& data, const std::vector<int64_t>& indices);
+// The training samples at `indices` of a dataset (the data seam).
+LocalData local_data(const train::LoadedData& data, const std::vector<int64_t>& indices);
 
 struct LocalResult {
   at::Tensor delta;         // flat float32: trained state - global state

@@ -21,7 +21,7 @@ std::vector<std::vector<int64_t>> iid_partition(int64_t n, int64_t clients, uint
   return out;
 }
 
-std::vector<std::vector<int64_t>> dirichlet_partition(const std::vector<uint8_t>& labels,
+std::vector<std::vector<int64_t>> dirichlet_partition(const std::vector<int64_t>& labels,
                                                       int64_t classes, int64_t clients,
                                                       double alpha, uint64_t seed,
                                                       int64_t min_per_client) {
@@ -30,7 +30,11 @@ std::vector<std::vector<int64_t>> dirichlet_partition(const std::vector<uint8_t>
                  clients, " clients at least ", min_per_client, " of ", n, " samples each");
   STRATA_CHECK_T(ConfigError, alpha > 0, "dirichlet alpha must be > 0, got ", alpha);
   std::vector<std::vector<int64_t>> by_class(classes);
-  for (int64_t i = 0; i < n; ++i) by_class[labels[i]].push_back(i);
+  for (int64_t i = 0; i < n; ++i) {
+    STRATA_CHECK_T(DataError, labels[i] >= 0 && labels[i] < classes, "sample ", i, " has class ",
+                   labels[i], ", outside [0, ", classes, ")");
+    by_class[labels[i]].push_back(i);
+  }
   std::mt19937_64 rng(seed);
   for (int attempt = 0; attempt < 100; ++attempt) {
     std::vector<std::vector<int64_t>> out(clients);
@@ -66,12 +70,27 @@ std::vector<std::vector<int64_t>> dirichlet_partition(const std::vector<uint8_t>
                         " samples in 100 draws; raise dirichlet_alpha or use fewer clients"));
 }
 
-std::vector<std::vector<int64_t>> partition_clients(const train::ImageDataset& data,
+std::vector<std::vector<int64_t>> partition_clients(const train::LoadedData& data,
                                                     const train::FedSimSection& sim,
                                                     uint64_t seed) {
-  return sim.partition == "iid"
-             ? iid_partition(data.size, sim.clients, seed)
-             : dirichlet_partition(data.labels, data.classes, sim.clients, sim.dirichlet_alpha, seed);
+  if (sim.partition == "iid") return iid_partition(data.train_samples, sim.clients, seed);
+  STRATA_CHECK_T(ConfigError, !data.train_labels.empty(), "federated.sim.partition=",
+                 sim.partition, " skews the classes clients see, but this dataset has no "
+                 "classes (", train::task_name(data.task), "); use federated.sim.partition=iid");
+  return dirichlet_partition(data.train_labels, data.shape.classes, sim.clients,
+                             sim.dirichlet_alpha, seed);
+}
+
+ClientShards load_client_shards(const train::Recipe& recipe, const train::Registries& registries) {
+  ClientShards out;
+  out.data = registries.datasets.get(recipe.data.name, recipe.where("data.name"), "data.name")
+                 .load(recipe, 0, 1);
+  STRATA_CHECK_T(ConfigError, static_cast<bool>(out.data.train_rows), "data.name=",
+                 recipe.data.name, " cannot hand clients their samples (its LoadedData has no "
+                 "train_rows); federated clients need a dataset that does");
+  out.shards = partition_clients(out.data, recipe.federated.sim,
+                                 static_cast<uint64_t>(recipe.run.seed));
+  return out;
 }
 
 }  // namespace strata::fed

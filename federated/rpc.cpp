@@ -105,24 +105,24 @@ bool LogBudget::allow(int64_t* suppressed) {
 }
 
 void fill_model_info(const FedServer& core, const ModelView& v, pb::ModelInfo* info) {
-  const FederatedSection& f = core.recipe().federated;
+  const ServerOptions& o = core.options();
   info->set_version(static_cast<uint64_t>(v.version));
-  info->set_model_name(core.recipe().model.name);
+  info->set_model_name(o.model_name);
   info->set_num_tensors(static_cast<uint32_t>(core.layout().slots().size()));
   info->set_num_parameters(static_cast<uint64_t>(core.layout().numel()));
   info->set_finished(v.finished);
   pb::ClientConfig* c = info->mutable_config();
-  c->set_mode(f.mode);
+  c->set_mode(core.mode());
   c->set_round(static_cast<uint64_t>(v.round));
-  c->set_proximal_mu(f.proximal_mu);
-  c->set_local_epochs(static_cast<uint32_t>(f.sync.local_epochs));
-  c->set_local_batch_size(static_cast<uint32_t>(core.recipe().data.batch_size));
-  c->set_learning_rate(core.recipe().optimizer.lr);
-  c->set_max_staleness(static_cast<uint32_t>(f.async.max_staleness));
-  c->set_max_update_bytes(static_cast<uint64_t>(f.server.max_message_mb) << 20);
+  c->set_proximal_mu(core.client_config().proximal_mu);
+  c->set_local_epochs(static_cast<uint32_t>(o.clients.local_epochs));
+  c->set_local_batch_size(static_cast<uint32_t>(o.clients.local_batch_size));
+  c->set_learning_rate(o.clients.learning_rate);
+  c->set_max_staleness(static_cast<uint32_t>(core.max_staleness()));
+  c->set_max_update_bytes(static_cast<uint64_t>(o.service.max_message_mb) << 20);
   c->set_max_chunk_bytes(kMaxChunkBytes);
-  c->set_max_num_samples(static_cast<uint64_t>(f.server.max_num_samples));
-  c->set_norm_bound(f.server.norm_bound);
+  c->set_max_num_samples(static_cast<uint64_t>(o.validation.max_num_samples));
+  c->set_norm_bound(o.validation.norm_bound);
 }
 
 // Why `address` cannot be bound, from a plain bind() of our own: gRPC says

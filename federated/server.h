@@ -7,7 +7,11 @@
 // gRPC handlers). One lock guards the state; decoding and validating an
 // update's tensors and aggregating run outside it.
 //
-// Run directory (recipe run.dir): the ServerStore files (server.db,
+// Its options come typed (server_options.h), its clock injected (clock.h),
+// its aggregation cadence from a trigger (trigger.h: sync rounds or the
+// async buffer), its rule from a Strategy.
+//
+// Run directory (ServerOptions::run_dir): the ServerStore files (server.db,
 // versions/, updates/), metrics.jsonl with one {"kind":"version"} record per
 // aggregation, recipe.yaml. Restarting on the same directory resumes at the
 // last committed version with every acknowledged, unapplied update pending.
@@ -22,25 +26,22 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <random>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "federated/clock.h"
 #include "federated/layout.h"
+#include "federated/server_options.h"
 #include "federated/server_store.h"
 #include "federated/strategy.h"
+#include "federated/trigger.h"
 #include "federated/validator.h"
 #include "trainer/metrics.h"
 #include "trainer/models/models.h"
-#include "trainer/recipe.h"
-#include "trainer/trainer.h"
 
 namespace strata::fed {
-
-using train::FederatedSection;
-using train::FedServerSection;
 
 // What a client learns from GetModel.
 struct ModelView {
@@ -90,29 +91,23 @@ struct ServerStatus {
   std::string server_version;           // Strata's version
 };
 
-// What the server evaluates every version on, given to it by its launcher
-// (load_eval_data: the recipe's dataset through the data seam; tests may
-// give a small set of their own).
-struct EvalData {
-  train::InputShape shape;     // the model is built for it
-  at::Tensor inputs, targets;  // the evaluation split (CPU)
-  std::string split = "test";
-};
-// The whole evaluation split of the recipe's dataset (data.name).
-EvalData load_eval_data(const train::Recipe& recipe, const train::Registries& registries);
-
 class FedServer {
  public:
-  // Opens (or resumes) the server state in the recipe's run directory and
-  // starts the aggregation thread. ConfigError for a recipe the server
-  // cannot run.
-  FedServer(train::Recipe recipe, const train::Registries& registries, EvalData eval);
+  // Opens (or resumes) the server state in options.run_dir and starts the
+  // aggregation thread; `model` (built for eval.shape) is the global
+  // model's shape and the evaluation copy. ConfigError for options the
+  // server cannot run.
+  FedServer(ServerOptions options, std::shared_ptr<train::Model> model, EvalData eval,
+            std::shared_ptr<ServerClock> clock = steady_clock());
   ~FedServer();
   FedServer(const FedServer&) = delete;
   FedServer& operator=(const FedServer&) = delete;
 
   const TensorLayout& layout() const { return layout_; }
-  const train::Recipe& recipe() const { return recipe_; }
+  const ServerOptions& options() const { return o_; }
+  const std::string& mode() const { return trigger_->mode(); }
+  int64_t max_staleness() const { return trigger_->max_staleness(); }
+  ClientConfig client_config() const { return strategy_->configure(); }
   ServerStore& store() { return *store_; }
 
   // A Rejection (UNAUTHENTICATED) unless `token` is the client's token.
@@ -122,8 +117,8 @@ class FedServer {
   void count_auth_failure();
 
   // GetModel without blocking (the service long-polls without holding a
-  // thread, Note [Callback service] in service_impl.h). check_in: sync
-  // mode, the client waits to be selected.
+  // thread, Note [Callback service] in service_impl.h). check_in: the
+  // client waits for work (sync rounds: to be selected).
   // model_if_ready: the model for `client_id` when there is news for a
   // client holding `have_version` (another version, a round selection, the
   // end, or the server stopping); nullopt while there is none.
@@ -132,8 +127,24 @@ class FedServer {
   std::optional<ModelView> model_if_ready(const std::string& client_id, uint64_t have_version);
   ModelView model_view(const std::string& client_id);
   // Blocks until the state a long poll depends on changed since epoch
-  // `seen`, or `wait` passed; returns the current epoch.
+  // `seen`, or `wait` passed (real time); returns the current epoch.
   uint64_t wait_change(uint64_t seen, std::chrono::milliseconds wait);
+  // Blocks until `done(status())` holds or `wait` passed (real time),
+  // without polling: it wakes on every change. Returns the last status.
+  template <class Pred>
+  ServerStatus wait_status(Pred done, std::chrono::milliseconds wait) {
+    const auto until = std::chrono::steady_clock::now() + wait;
+    uint64_t seen = wait_change(0, std::chrono::milliseconds(0));
+    for (;;) {
+      ServerStatus s = status();
+      const auto now = std::chrono::steady_clock::now();
+      if (done(s) || now >= until) return s;
+      const uint64_t next =
+          wait_change(seen, std::chrono::duration_cast<std::chrono::milliseconds>(until - now));
+      if (next == seen) return status();  // the time is up, or the server stopped
+      seen = next;
+    }
+  }
   // No more updates are taken and every waiter is woken: the first step of
   // shutting down.
   void stop_serving();
@@ -158,38 +169,59 @@ class FedServer {
     UpdateRecord record;
     at::Tensor delta;
   };
+  // A version's evaluation (NaN when it was not evaluated).
+  struct Evaluation {
+    double accuracy = NAN, loss = NAN;
+  };
 
+  void open_store();
   void aggregation_loop();
-  bool aggregation_due(std::chrono::steady_clock::time_point now) const;
   void aggregate(std::vector<Pending> batch, int64_t round);
-  void select_clients_locked(int64_t count);
   void changed_locked();  // bumps epoch_ and wakes waiters
   std::string progress_locked() const;  // the periodic progress line
-  bool has_work_locked(const std::string& client_id) const;
   ModelView view_locked(const std::string& client_id) const;
-  // The next global parameters from `batch`, excluding updates whose
-  // contribution makes the aggregate non-finite (Note [Non-finite
-  // aggregates] in server.cpp). `excluded` gets "client (update id)".
+  std::optional<Rejection> check_submit_locked(const SubmitMeta& m, int64_t* staleness) const;
+  std::optional<Rejection> check_values(const SubmitMeta& m, at::Tensor& delta,
+                                        Accepted* accepted) const;
+  SubmitOutcome refuse_locked(const SubmitMeta& m, Rejection r);
+  SubmitOutcome record_locked(const SubmitMeta& m, at::Tensor delta, const Accepted& acc,
+                              int64_t staleness);
+  // Note [Statistics of stale updates] in server.cpp.
+  void rebase_statistics(std::vector<Pending>& batch);
   // The statistics part of version `version`'s parameters (aggregation
   // thread; older versions from a cache or the store).
   at::Tensor statistics_of(int64_t version);
-  at::Tensor aggregate_finite(std::vector<ClientUpdate>& updates, const std::vector<Pending>& batch,
-                              std::string* refused, std::vector<std::string>* excluded);
-  double staleness_weight(int64_t staleness) const;
-  std::chrono::milliseconds round_timeout() const;
-  std::optional<Rejection> check_round_locked(const SubmitMeta& m) const;
-  int64_t target_versions() const;
+  void remember_statistics(int64_t next_version);
+  // The next global parameters from `updates`, excluding updates whose
+  // contribution makes the aggregate non-finite (Note [Non-finite
+  // aggregates] in server.cpp). `excluded` gets "client (update id)";
+  // `declined` the strategy's reason when it declined the batch.
+  at::Tensor aggregate_finite(std::vector<ClientUpdate>& updates, std::vector<int64_t> ids,
+                              std::string* declined, std::vector<std::string>* excluded);
+  Evaluation evaluate(int64_t version, const at::Tensor& params);
+  // What a version's metrics record says.
+  struct VersionFacts {
+    int64_t version = 0, round = 0, updates = 0, selected = 0;
+    double mean_staleness = 0;
+    std::string declined;
+    std::vector<std::string> excluded;
+    Evaluation eval;
+    double aggregate_s = 0;
+  };
+  void record_version(const VersionFacts& v);
+  void finish_locked(int64_t version, const Evaluation& e);
 
-  train::Recipe recipe_;
-  const FederatedSection& fed() const { return recipe_.federated; }
-  std::shared_ptr<train::Model> model_;       // evaluation (aggregation thread)
+  const ServerOptions o_;
+  std::shared_ptr<train::Model> model_;  // evaluation (aggregation thread)
   TensorLayout layout_;
   std::unique_ptr<ServerStore> store_;
   std::unique_ptr<Strategy> strategy_;
+  std::unique_ptr<AggregationTrigger> trigger_;  // guarded by mu_
   ValidationPolicy policy_;
   EvalData eval_;
+  std::shared_ptr<ServerClock> clock_;
   std::unique_ptr<train::MetricsWriter> metrics_;
-  std::chrono::steady_clock::time_point started_;
+  std::chrono::steady_clock::time_point started_;  // real time, for the records
 
   mutable std::mutex mu_;
   std::condition_variable changed_;  // version, round, selection, buffer, stop
@@ -198,24 +230,15 @@ class FedServer {
   std::shared_ptr<const at::Tensor> global_;
   std::vector<Pending> buffer_;
   std::map<std::string, uint64_t> last_sequence_;  // per client, from the ledger
-  bool aggregating_ = false;
   bool finished_ = false;
   bool stop_ = false;
-  // Sync rounds.
-  int64_t round_ = 0;
-  std::set<std::string> waiting_;   // checked in, not selected
-  std::set<std::string> selected_;  // for round_
-  std::set<std::string> submitted_; // in round_
-  std::chrono::steady_clock::time_point round_opened_, round_deadline_;
-  int64_t round_extensions_ = 0;  // deadlines this round has been extended
-  std::mt19937_64 rng_;
   // Counters.
   int64_t accepted_ = 0;
   int64_t rejected_ = 0;
   std::map<std::string, int64_t> rejected_by_reason_;
   int64_t auth_failures_ = 0;
   double last_accuracy_ = NAN;
-  std::chrono::steady_clock::time_point last_progress_;
+  std::optional<ServerClock::time_point> last_progress_;  // none printed yet
   std::map<int64_t, at::Tensor> statistics_;  // by version (aggregation thread)
   std::exception_ptr error_;  // the aggregation thread's failure
 
@@ -224,6 +247,6 @@ class FedServer {
 
 // ConfigError unless `address` may be served with these TLS settings:
 // plaintext only on loopback.
-void check_transport_security(const FederatedSection& fed);
+void check_transport_security(const ServiceOptions& service);
 
 }  // namespace strata::fed

@@ -13,7 +13,7 @@ class GrpcService final : public RunningService {
   GrpcService(FedServer& core, std::string operator_token)
       : core_(core), service_(core, std::move(operator_token)) {
     rpc::route_library_logs();
-    const FedServerSection& cfg = core.recipe().federated.server;
+    const ServiceOptions& cfg = core.options().service;
     std::shared_ptr<grpc::ServerCredentials> creds;
     if (!cfg.tls_cert.empty()) {
       grpc::SslServerCredentialsOptions ssl;
@@ -47,6 +47,11 @@ class GrpcService final : public RunningService {
   }
   ~GrpcService() override { shutdown(); }
   int port() const override { return port_; }
+  ServiceCounts counts() override { return service_.counts(); }
+  ServiceCounts wait_counts(const std::function<bool(const ServiceCounts&)>& done,
+                            std::chrono::milliseconds wait) override {
+    return service_.wait_counts(done, wait);
+  }
   void shutdown() override {
     if (!server_) return;
     // Waiting senders and long polls are answered at once, updates in

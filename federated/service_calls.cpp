@@ -114,7 +114,7 @@ void Upload::on_info(const pb::UpdateInfo& info) {
     deadline_ = kNever;
     phase_ = Phase::kWaiting;  // until admit() says otherwise
   }
-  const FedServerSection& cfg = s_.cfg();
+  const ServiceOptions& cfg = s_.cfg();
   switch (s_.admit(shared_from_this(), info.client_id())) {
     case FederationService::Admit::kGranted: {
       std::lock_guard<std::mutex> lock(mu_);
@@ -162,7 +162,7 @@ void Upload::read_tensors_locked() {
 }
 
 void Upload::expire(Clock::time_point now, bool contended) {
-  const FedServerSection& cfg = s_.cfg();
+  const ServiceOptions& cfg = s_.cfg();
   Phase phase;
   bool contended_stall = false;
   {

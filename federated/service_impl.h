@@ -25,6 +25,7 @@
 #include "federated/rpc.h"
 #include "federated/server.h"
 #include "federated/server_store.h"
+#include "federated/service.h"
 #include "federated/wire.h"
 #include "strata_fed.grpc.pb.h"
 
@@ -157,7 +158,7 @@ class FederationService final
  public:
   FederationService(FedServer& core, std::string operator_token)
       : core_(core),
-        cfg_(core.recipe().federated.server),
+        cfg_(core.options().service),
         operator_token_(std::move(operator_token)),
         free_slots_(cfg_.max_inflight_updates) {
     watchdog_ = std::thread([this] { watch(); });
@@ -228,7 +229,7 @@ class FederationService final
   // ---- for the reactors ---------------------------------------------
 
   FedServer& core() { return core_; }
-  const FedServerSection& cfg() const { return cfg_; }
+  const ServiceOptions& cfg() const { return cfg_; }
 
   // Validates the id and the token; a refusal is counted (as an auth
   // failure for fetches and status calls: the caller counts refused
@@ -291,6 +292,7 @@ class FederationService final
   // + waiting) windows, a model or two -- and not by the number of clients.
   Admit admit(const std::shared_ptr<Upload>& u, const std::string& client) {
     std::lock_guard<std::mutex> lock(mu_);
+    count_locked(&ServiceCounts::uploads_admitted);
     if (stopping_) return Admit::kStopping;
     int64_t& open = uploads_per_client_[client];
     if (open >= cfg_.max_uploads_per_client) return Admit::kBusyClient;
@@ -339,6 +341,7 @@ class FederationService final
   // Every upload is watched from its start (first-message deadline).
   void watch(const std::shared_ptr<Upload>& u) {
     std::lock_guard<std::mutex> lock(mu_);
+    count_locked(&ServiceCounts::uploads_started);
     uploads_.push_back(u);
   }
 
@@ -353,12 +356,14 @@ class FederationService final
 
   bool begin_poll(const std::shared_ptr<Poll>& p, const std::string& client) {
     std::lock_guard<std::mutex> lock(mu_);
+    count_locked(&ServiceCounts::polls_begun);
     if (stopping_) return false;
     int64_t& open = polls_per_client_[client];
     if (open >= cfg_.max_polls_per_client) return false;
     ++open;
     p->client = client;
     p->counted = true;
+    ++counts_.polls_open;
     polls_.push_back(p);
     return true;
   }
@@ -368,6 +373,19 @@ class FederationService final
     if (!p.counted) return;
     p.counted = false;
     if (--polls_per_client_[p.client] <= 0) polls_per_client_.erase(p.client);
+    --counts_.polls_open;
+    counted_.notify_all();
+  }
+
+  ServiceCounts counts() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return counts_;
+  }
+  ServiceCounts wait_counts(const std::function<bool(const ServiceCounts&)>& done,
+                            std::chrono::milliseconds wait) {
+    std::unique_lock<std::mutex> lock(mu_);
+    counted_.wait_for(lock, wait, [&] { return done(counts_); });
+    return counts_;
   }
 
   void enqueue_submit(std::shared_ptr<Upload> u) {
@@ -489,13 +507,20 @@ class FederationService final
     }
   }
 
+  void count_locked(int64_t ServiceCounts::*which) {
+    ++(counts_.*which);
+    counted_.notify_all();
+  }
+
   FedServer& core_;
-  const FedServerSection cfg_;
+  const ServiceOptions cfg_;
   const std::string operator_token_;
   LogBudget auth_log_{10, std::chrono::seconds(10)};
 
   std::mutex mu_;
   std::condition_variable wake_;
+  ServiceCounts counts_;
+  std::condition_variable counted_;  // counts_ changed
   bool stopping_ = false;
   int64_t free_slots_;
   std::deque<std::weak_ptr<Upload>> waiting_;

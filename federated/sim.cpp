@@ -18,7 +18,6 @@
 #include "federated/partition.h"
 #include "federated/server.h"
 #include "federated/service.h"
-#include "trainer/data/dataset.h"
 
 namespace strata::fed {
 
@@ -28,16 +27,18 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
   STRATA_CHECK_T(ConfigError, recipe.federated.server.tls_cert.empty(),
                  "strata-fedsim serves on loopback in plaintext; leave federated.server.tls_* "
                  "empty (TLS is exercised by strata-fedserver and the tests)");
+  // One load of the dataset: the clients' shards of its training split,
+  // the server's evaluation split.
+  ClientShards shards = load_client_shards(recipe, registries);
+  const train::LoadedData& data = shards.data;
   train::Recipe server_recipe = recipe;
   server_recipe.federated.server.address = "127.0.0.1:0";
-  FedServer server(server_recipe, registries, load_eval_data(server_recipe, registries));
+  FedServer server(server_options(server_recipe),
+                   build_server_model(server_recipe, registries, data.shape),
+                   EvalData{data.shape, data.eval_inputs, data.eval_targets, data.eval_split});
   auto service = serve(server);
   const std::string address = str("127.0.0.1:", service->port());
-
-  const train::ImageDataset train_set = train::load_fashion_mnist(
-      recipe.data.root, train::Split::kTrain, recipe.data.train_subset);
   const uint64_t seed = static_cast<uint64_t>(recipe.run.seed);
-  const auto parts = partition_clients(train_set, sim, seed);
   // Which clients misbehave: a seeded choice of round(fraction x N).
   std::vector<int64_t> order(sim.clients);
   std::iota(order.begin(), order.end(), 0);
@@ -73,10 +74,8 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
         eo.token = token;
         eo.max_retries = static_cast<int>(recipe.federated.client.max_retries);
         EdgeClient client(eo);
-        const train::InputShape shape{train_set.channels, train_set.height, train_set.width,
-                                      train_set.classes};
         auto model = registries.models.get(recipe.model.name, "", "model.name")
-                         .build(recipe.model, shape, train::ModelPart{});
+                         .build(recipe.model, data.shape, train::ModelPart{});
         EdgeRunOptions ro;
         ro.recipe = &recipe;
         ro.registries = &registries;
@@ -85,7 +84,7 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
         ro.attack_scale = sim.attack_scale;
         ro.compute = &compute;
         ro.stop = &stop;
-        const EdgeRunStats st = run_edge(client, model, local_data(train_set, parts[c]), ro);
+        const EdgeRunStats st = run_edge(client, model, local_data(data, shards.shards[c]), ro);
         std::lock_guard<std::mutex> lock(mu);
         accepted += st.accepted;
         refused += st.refused;

@@ -53,14 +53,12 @@ at::Tensor sorted_columns(const std::vector<ClientUpdate>& u, Rule column_rule) 
   return out;
 }
 
-}  // namespace
-
-const std::vector<std::string>& strategy_names() {
-  static const std::vector<std::string> names{
-      "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad",
-      "median", "trimmed_mean", "krum", "multi_krum"};
-  return names;
+// How many updates trimmed_mean drops at each end of n.
+int64_t trimmed(double fraction, int64_t n) {
+  return static_cast<int64_t>(std::ceil(fraction * static_cast<double>(n) - 1e-9));
 }
+
+}  // namespace
 
 at::Tensor weighted_mean(const std::vector<ClientUpdate>& u) {
   check_updates(u);
@@ -85,7 +83,7 @@ at::Tensor trimmed_mean(const std::vector<ClientUpdate>& u, double fraction) {
   STRATA_CHECK_T(ConfigError, fraction >= 0 && fraction < 0.5, "trimmed_mean: "
                  "trim fraction ", fraction, " is outside [0, 0.5)");
   const int64_t n = static_cast<int64_t>(u.size());
-  const int64_t cut = static_cast<int64_t>(std::ceil(fraction * static_cast<double>(n) - 1e-9));
+  const int64_t cut = trimmed(fraction, n);
   STRATA_CHECK_T(ConfigError, n - 2 * cut >= 1, "trimmed_mean: dropping ", cut,
                  " of ", n, " updates at each end leaves none; lower the trim "
                  "fraction or aggregate more updates");
@@ -220,6 +218,28 @@ uint64_t batch_seed(const std::vector<ClientUpdate>& u) {
 enum class Rule { kMean, kMedian, kTrimmedMean, kKrum, kMultiKrum };
 enum class Optimizer { kSgd, kAdam, kYogi, kAdagrad };
 
+// Each name of vocabulary.h's strategy_names(), once: its rule and its
+// default server optimizer.
+struct Kind {
+  const char* name;
+  Rule rule;
+  Optimizer optimizer;
+};
+constexpr Kind kKinds[] = {
+    {"fedavg", Rule::kMean, Optimizer::kSgd},
+    {"fedprox", Rule::kMean, Optimizer::kSgd},
+    {"fedadam", Rule::kMean, Optimizer::kAdam},
+    {"fedyogi", Rule::kMean, Optimizer::kYogi},
+    {"fedadagrad", Rule::kMean, Optimizer::kAdagrad},
+    {"median", Rule::kMedian, Optimizer::kSgd},
+    {"trimmed_mean", Rule::kTrimmedMean, Optimizer::kSgd},
+    {"krum", Rule::kKrum, Optimizer::kSgd},
+    {"multi_krum", Rule::kMultiKrum, Optimizer::kSgd},
+};
+// server_optimizer_names() after "auto", in order.
+constexpr Optimizer kOptimizers[] = {Optimizer::kSgd, Optimizer::kAdam, Optimizer::kYogi,
+                                     Optimizer::kAdagrad};
+
 class ComposedStrategy final : public Strategy {
  public:
   ComposedStrategy(const StrategyOptions& o, Rule rule, Optimizer opt)
@@ -229,9 +249,35 @@ class ComposedStrategy final : public Strategy {
   ClientConfig configure() const override { return {o_.proximal_mu}; }
   const std::vector<std::string>& last_selected() const override { return selected_; }
 
-  at::Tensor aggregate(const at::Tensor& global,
-                       const std::vector<ClientUpdate>& updates) override {
+  std::string cannot_aggregate(int64_t n) const override {
+    if (n < 1) return "no updates";
+    // The robust rules run on bucket means when bucketing.
+    const int64_t inputs = rule_ != Rule::kMean && o_.bucket_size > 1
+                               ? (n + o_.bucket_size - 1) / o_.bucket_size
+                               : n;
+    const std::string what =
+        o_.bucket_size > 1 && rule_ != Rule::kMean
+            ? str(inputs, " bucket mean(s) of ", n, " update(s) (bucket_size ", o_.bucket_size, ")")
+            : str(n, " update(s)");
+    if ((rule_ == Rule::kKrum || rule_ == Rule::kMultiKrum) && inputs < 2 * o_.byzantine + 3) {
+      return str(o_.name, " with byzantine = ", o_.byzantine, " needs at least 2f + 3 = ",
+                 2 * o_.byzantine + 3, " inputs, got ", what);
+    }
+    if (rule_ == Rule::kTrimmedMean) {
+      const int64_t cut = trimmed(o_.trim_fraction, inputs);
+      if (inputs - 2 * cut < 1) {
+        return str("trimmed_mean: dropping ", cut, " of ", what, " at each end leaves none");
+      }
+    }
+    return "";
+  }
+
+  Aggregation aggregate(const at::Tensor& global,
+                        const std::vector<ClientUpdate>& updates) override {
     STRATA_INTERNAL_ASSERT(global.dim() == 1 && global.scalar_type() == at::kFloat);
+    if (std::string why = cannot_aggregate(static_cast<int64_t>(updates.size())); !why.empty()) {
+      return Aggregation::decline(std::move(why));
+    }
     check_updates(updates);
     STRATA_INTERNAL_ASSERT(updates[0].delta.numel() == global.numel(),
                            "updates have ", updates[0].delta.numel(),
@@ -240,9 +286,10 @@ class ComposedStrategy final : public Strategy {
     // The server optimizer steps the parameters only; the statistics after
     // them take the aggregate as it is (and never enter its state).
     const int64_t p = o_.statistics_offset;
-    if (p < 0 || p >= global.numel()) return apply(global, delta);
-    return at::cat({apply(global.slice(0, 0, p), delta.slice(0, 0, p)),
-                    global.slice(0, p) + delta.slice(0, p)});
+    if (p < 0 || p >= global.numel()) return {apply(global, delta), ""};
+    return {at::cat({apply(global.slice(0, 0, p), delta.slice(0, 0, p)),
+                     global.slice(0, p) + delta.slice(0, p)}),
+            ""};
   }
 
   std::vector<std::pair<std::string, at::Tensor>> state() const override {
@@ -344,54 +391,51 @@ class ComposedStrategy final : public Strategy {
 
 }  // namespace
 
+std::vector<std::string> Strategy::select_clients(std::vector<std::string> available,
+                                                  int64_t count, std::mt19937_64& rng) const {
+  std::shuffle(available.begin(), available.end(), rng);
+  if (count < static_cast<int64_t>(available.size())) {
+    available.resize(static_cast<size_t>(std::max<int64_t>(count, 0)));
+  }
+  return available;
+}
+
 std::unique_ptr<Strategy> make_strategy(const StrategyOptions& o) {
   const std::string& n = o.name;
-  Rule rule = Rule::kMean;
-  Optimizer opt = Optimizer::kSgd;
-  if (n == "fedavg" || n == "fedprox") {
-  } else if (n == "fedadam") {
-    opt = Optimizer::kAdam;
-  } else if (n == "fedyogi") {
-    opt = Optimizer::kYogi;
-  } else if (n == "fedadagrad") {
-    opt = Optimizer::kAdagrad;
-  } else if (n == "median") {
-    rule = Rule::kMedian;
-  } else if (n == "trimmed_mean") {
-    rule = Rule::kTrimmedMean;
-  } else if (n == "krum") {
-    rule = Rule::kKrum;
-  } else if (n == "multi_krum") {
-    rule = Rule::kMultiKrum;
-  } else {
-    throw ConfigError(str("unknown strategy '", n, "';", did_you_mean(n, strategy_names()),
-                          " valid: ", join(strategy_names(), ", ")));
-  }
-  const std::string& so = o.server_optimizer;
-  if (so == "sgd") opt = Optimizer::kSgd;
-  else if (so == "adam") opt = Optimizer::kAdam;
-  else if (so == "yogi") opt = Optimizer::kYogi;
-  else if (so == "adagrad") opt = Optimizer::kAdagrad;
-  else STRATA_CHECK_T(ConfigError, so == "auto", "unknown server optimizer '", so,
-                      "'; valid: auto, sgd, adam, yogi, adagrad");
+  const auto kind = std::find_if(std::begin(kKinds), std::end(kKinds),
+                                 [&](const Kind& k) { return n == k.name; });
+  STRATA_CHECK_T(ConfigError, kind != std::end(kKinds), "unknown strategy '", n, "';",
+                 did_you_mean(n, strategy_names()), " valid: ", join(strategy_names(), ", "));
+  Optimizer opt = kind->optimizer;
+  const auto& so_names = server_optimizer_names();
+  const auto so = std::find(so_names.begin(), so_names.end(), o.server_optimizer);
+  STRATA_CHECK_T(ConfigError, so != so_names.end(), "unknown server optimizer '",
+                 o.server_optimizer, "'; valid: ", join(so_names, ", "));
+  if (so != so_names.begin()) opt = kOptimizers[so - so_names.begin() - 1];
+  const auto decay = [](double x) { return x >= 0 && x <= kMaxDecay; };
+  const auto fraction = [](double x) { return x >= 0 && x <= kMaxRobustFraction; };
   STRATA_CHECK_T(ConfigError, o.server_lr > 0, "server_lr ", o.server_lr, " must be > 0");
-  STRATA_CHECK_T(ConfigError, o.server_momentum >= 0 && o.server_momentum < 1,
-                 "server_momentum ", o.server_momentum, " must be in [0, 1)");
+  STRATA_CHECK_T(ConfigError, decay(o.server_momentum), "server_momentum ", o.server_momentum,
+                 " must be in [0, ", kMaxDecay, "]");
   STRATA_CHECK_T(ConfigError, o.server_momentum == 0 || opt == Optimizer::kSgd,
                  "server_momentum is FedAvgM's, for the sgd server optimizer; strategy ", n,
                  " uses an adaptive one (its beta1 is its momentum)");
-  STRATA_CHECK_T(ConfigError, o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1,
-                 "beta1 ", o.beta1, " and beta2 ", o.beta2, " must be in [0, 1)");
+  STRATA_CHECK_T(ConfigError, decay(o.beta1) && decay(o.beta2), "beta1 ", o.beta1, " and beta2 ",
+                 o.beta2, " must be in [0, ", kMaxDecay, "]");
   STRATA_CHECK_T(ConfigError, o.tau > 0, "tau ", o.tau, " must be > 0");
   STRATA_CHECK_T(ConfigError, o.proximal_mu >= 0, "proximal_mu ", o.proximal_mu, " must be >= 0");
+  STRATA_CHECK_T(ConfigError, fraction(o.trim_fraction), "trim_fraction ", o.trim_fraction,
+                 " must be in [0, ", kMaxRobustFraction, "]");
   STRATA_CHECK_T(ConfigError, o.byzantine >= 0, "byzantine ", o.byzantine, " must be >= 0");
+  STRATA_CHECK_T(ConfigError, o.multi_krum_keep >= 0, "multi_krum_keep ", o.multi_krum_keep,
+                 " must be >= 0 (0: n - f)");
   STRATA_CHECK_T(ConfigError, o.median_norm_clip >= 0, "median_norm_clip ", o.median_norm_clip,
                  " must be >= 0 (0: off)");
   STRATA_CHECK_T(ConfigError, o.bucket_size >= 1, "bucket_size ", o.bucket_size,
                  " must be >= 1 (1: off)");
-  STRATA_CHECK_T(ConfigError, o.nnm_fraction >= 0 && o.nnm_fraction < 0.5, "nnm_fraction ",
-                 o.nnm_fraction, " must be in [0, 0.5) (0: off)");
-  return std::make_unique<ComposedStrategy>(o, rule, opt);
+  STRATA_CHECK_T(ConfigError, fraction(o.nnm_fraction), "nnm_fraction ", o.nnm_fraction,
+                 " must be in [0, ", kMaxRobustFraction, "] (0: off)");
+  return std::make_unique<ComposedStrategy>(o, kind->rule, opt);
 }
 
 }  // namespace strata::fed

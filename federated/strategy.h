@@ -58,10 +58,14 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
 #include <memory>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "federated/vocabulary.h"
 
 namespace strata::fed {
 
@@ -95,9 +99,6 @@ struct StrategyOptions {
   double nnm_fraction = 0.0;      // f: mix with the n - ⌊f n⌋ nearest (0: off)
 };
 
-// The strategy names make_strategy accepts.
-const std::vector<std::string>& strategy_names();
-
 // --- Pure kernels (exposed for tests and custom strategies) -------------
 at::Tensor weighted_mean(const std::vector<ClientUpdate>& updates);
 at::Tensor coordinate_median(const std::vector<ClientUpdate>& updates);
@@ -130,17 +131,42 @@ struct ClientConfig {
   double proximal_mu = 0.0;
 };
 
+// The outcome of Strategy::aggregate: the next global parameters, or why
+// this batch cannot be aggregated (a round that closed with fewer updates
+// than a robust rule needs). A declined batch leaves the strategy's state
+// as it was; it is part of normal flow, not an error.
+struct Aggregation {
+  at::Tensor next;       // flat float32; undefined when declined
+  std::string declined;  // non-empty: the reason
+
+  bool applied() const { return declined.empty(); }
+  static Aggregation decline(std::string reason) { return {at::Tensor(), std::move(reason)}; }
+};
+
 class Strategy {
  public:
   virtual ~Strategy() = default;
   virtual const std::string& name() const = 0;
+
+  // Client selection (sync rounds): `count` of the `available` clients
+  // (checked in, not selected), drawing from `rng`. The default samples
+  // uniformly without replacement.
+  virtual std::vector<std::string> select_clients(std::vector<std::string> available,
+                                                  int64_t count, std::mt19937_64& rng) const;
+  // What the server sends the clients it hands the model to.
   virtual ClientConfig configure() const = 0;
+
+  // Why a batch of `n` updates can never be aggregated (krum needs
+  // n >= 2f + 3 after bucketing, trimmed_mean must keep one); empty when
+  // it can. The server checks its largest batch with it at startup and
+  // each batch before aggregate().
+  virtual std::string cannot_aggregate(int64_t n) const = 0;
   // The next global parameters (flat float32) from the current ones and a
-  // non-empty set of updates. ConfigError when the rule cannot work with
-  // this many updates (krum needs n >= 2f + 3).
-  virtual at::Tensor aggregate(const at::Tensor& global,
-                               const std::vector<ClientUpdate>& updates) = 0;
-  // Ids of the updates the last aggregate() used (krum drops some).
+  // non-empty set of updates, or a decline (cannot_aggregate) that leaves
+  // the state untouched.
+  virtual Aggregation aggregate(const at::Tensor& global,
+                                const std::vector<ClientUpdate>& updates) = 0;
+  // Ids of the updates the last applied aggregate() used (krum drops some).
   virtual const std::vector<std::string>& last_selected() const = 0;
   // Server-optimiser state (moments and step count), for durability.
   virtual std::vector<std::pair<std::string, at::Tensor>> state() const = 0;
@@ -148,8 +174,8 @@ class Strategy {
   virtual void load_state(const std::vector<std::pair<std::string, at::Tensor>>& s) = 0;
 };
 
-// ConfigError naming the valid names for an unknown one, or for options
-// out of range.
+// ConfigError naming the valid names (vocabulary.h) for an unknown one, or
+// for options out of the ranges vocabulary.h gives.
 std::unique_ptr<Strategy> make_strategy(const StrategyOptions& options);
 
 }  // namespace strata::fed

@@ -20,7 +20,6 @@
 #include "federated/edge.h"
 #include "federated/partition.h"
 #include "trainer/cli.h"
-#include "trainer/data/dataset.h"
 #include "trainer/trainer.h"
 
 namespace st = strata::train;
@@ -96,26 +95,23 @@ int main(int argc, char** argv) {
     eo.tls_ca = recipe.federated.server.tls_ca;
     eo.max_retries = static_cast<int>(recipe.federated.client.max_retries);
     at::set_num_threads(recipe.run.threads > 0 ? static_cast<int>(recipe.run.threads) : 1);
-    const st::ImageDataset train_set =
-        st::load_fashion_mnist(recipe.data.root, st::Split::kTrain, recipe.data.train_subset);
     const uint64_t seed = static_cast<uint64_t>(recipe.run.seed);
-    const auto parts = sf::partition_clients(train_set, sim, seed);
-    sf::EdgeClient edge(eo);
     const st::Registries registries = st::builtin_registries();
-    const st::InputShape shape{train_set.channels, train_set.height, train_set.width,
-                               train_set.classes};
+    const sf::ClientShards shards = sf::load_client_shards(recipe, registries);
+    const std::vector<int64_t>& mine = shards.shards[static_cast<size_t>(shard)];
+    sf::EdgeClient edge(eo);
     auto model = registries.models.get(recipe.model.name, recipe.where("model.name"),
                                        "model.name")
-                     .build(recipe.model, shape, st::ModelPart{});
+                     .build(recipe.model, shards.data.shape, st::ModelPart{});
     sf::EdgeRunOptions ro;
     ro.recipe = &recipe;
     ro.registries = &registries;
     ro.seed = strata::mix_seed(seed, static_cast<uint64_t>(shard), 3);
     ro.name = client;
     ro.report = true;
-    strata::log_info(client, ": shard ", shard, " of ", sim.clients, " (", parts[shard].size(),
+    strata::log_info(client, ": shard ", shard, " of ", sim.clients, " (", mine.size(),
                      " samples); server ", server, eo.tls_ca.empty() ? " (plaintext)" : " (TLS)");
-    const auto stats = sf::run_edge(edge, model, sf::local_data(train_set, parts[shard]), ro);
+    const auto stats = sf::run_edge(edge, model, sf::local_data(shards.data, mine), ro);
     std::cout << client << ": " << stats.accepted << " updates accepted, " << stats.refused
               << " refused, " << stats.samples << " samples\n";
     return 0;

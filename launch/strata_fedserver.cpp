@@ -55,7 +55,8 @@ int serve(const st::Recipe& recipe) {
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   const st::Registries registries = st::builtin_registries();
-  sf::FedServer server(recipe, registries, sf::load_eval_data(recipe, registries));
+  const std::unique_ptr<sf::FedServer> owned = sf::make_fed_server(recipe, registries);
+  sf::FedServer& server = *owned;
   auto service = sf::serve(server, server.store().operator_token());
   const std::string& a = recipe.federated.server.address;
   const std::string bound = a.substr(0, a.rfind(':')) + ":" + std::to_string(service->port());

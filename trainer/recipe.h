@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "federated/vocabulary.h"
+
 namespace strata::train {
 
 // What values a field accepts, checked after the type.
@@ -431,21 +433,21 @@ struct FederatedSection {
 
   template <class V>
   void visit(V& v) {
-    v.field("mode", mode, one_of({"sync", "async"}), "sync: rounds of selected clients; async: online clients, buffered aggregation (FedBuff)");
-    v.field("strategy", strategy, one_of({"fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "median", "trimmed_mean", "krum", "multi_krum"}), "aggregation strategy");
-    v.field("server_optimizer", server_optimizer, one_of({"auto", "sgd", "adam", "yogi", "adagrad"}), "optimizer applying the aggregate (auto: the strategy's)");
+    v.field("mode", mode, one_of(fed::mode_names()), "sync: rounds of selected clients; async: online clients, buffered aggregation (FedBuff)");
+    v.field("strategy", strategy, one_of(fed::strategy_names()), "aggregation strategy");
+    v.field("server_optimizer", server_optimizer, one_of(fed::server_optimizer_names()), "optimizer applying the aggregate (auto: the strategy's)");
     v.field("server_lr", server_lr, positive(), "server learning rate (1 with sgd is plain FedAvg)");
-    v.field("server_momentum", server_momentum, in_range(0, 0.999999), "sgd server optimizer: momentum beta on the aggregate (FedAvgM); 0: none");
-    v.field("beta1", beta1, in_range(0, 0.999999), "fedadam/fedyogi/fedadagrad: first-moment decay");
-    v.field("beta2", beta2, in_range(0, 0.999999), "fedadam/fedyogi: second-moment decay");
+    v.field("server_momentum", server_momentum, in_range(0, fed::kMaxDecay), "sgd server optimizer: momentum beta on the aggregate (FedAvgM); 0: none");
+    v.field("beta1", beta1, in_range(0, fed::kMaxDecay), "fedadam/fedyogi/fedadagrad: first-moment decay");
+    v.field("beta2", beta2, in_range(0, fed::kMaxDecay), "fedadam/fedyogi: second-moment decay");
     v.field("tau", tau, positive(), "fedadam/fedyogi/fedadagrad: adaptivity (denominator offset)");
     v.field("proximal_mu", proximal_mu, at_least(0), "FedProx: clients add mu/2 ||w - w_global||^2 (0: off)");
-    v.field("trim_fraction", trim_fraction, in_range(0, 0.499), "trimmed_mean: share dropped at each end per coordinate");
+    v.field("trim_fraction", trim_fraction, in_range(0, fed::kMaxRobustFraction), "trimmed_mean: share dropped at each end per coordinate");
     v.field("byzantine", byzantine, at_least(0), "krum/multi_krum: f, the corrupted updates tolerated");
     v.field("multi_krum_keep", multi_krum_keep, at_least(0), "multi_krum: updates averaged (0: n - f)");
     v.field("median_norm_clip", median_norm_clip, at_least(0), "before aggregating, scale each update down to at most this multiple of the batch's median update norm (0: off)");
     v.field("bucket_size", bucket_size, at_least(1), "robust rules aggregate the means of random buckets of this many updates (Karimireddy et al. 2022; 1: off)");
-    v.field("nnm_fraction", nnm_fraction, in_range(0, 0.499), "robust rules aggregate each update mixed with its nearest neighbours: the mean of the n - floor(f n) updates closest to it, f this fraction of corrupt updates tolerated (Allouah et al. 2023; 0: off)");
+    v.field("nnm_fraction", nnm_fraction, in_range(0, fed::kMaxRobustFraction), "robust rules aggregate each update mixed with its nearest neighbours: the mean of the n - floor(f n) updates closest to it, f this fraction of corrupt updates tolerated (Allouah et al. 2023; 0: off)");
     v.section("sync", sync, "sync mode: rounds");
     v.section("async", async, "async mode: buffered aggregation of online updates");
     v.section("server", server, "address, TLS, validation, evaluation");

@@ -140,6 +140,13 @@ st::LoadedData load_fmnist14(const st::Recipe& recipe, int rank, int world) {
   out.stream = [x, y, batch, seed](const st::StreamRequest& r) -> std::unique_ptr<st::BatchSource> {
     return std::make_unique<PooledStream>(x, y, batch, seed, r);
   };
+  // Federated clients hold their share of the samples in memory.
+  out.train_rows = [x, y](const std::vector<int64_t>& indices) {
+    const at::Tensor idx = at::tensor(indices, at::kLong);
+    return std::make_pair(x.index_select(0, idx), y.index_select(0, idx));
+  };
+  const at::Tensor labels = y.contiguous();
+  out.train_labels.assign(labels.data_ptr<int64_t>(), labels.data_ptr<int64_t>() + labels.numel());
   out.summary = strata::str(out.train_samples, " training / ", out.eval_samples,
                             " test images of 14 x 14");
   return out;

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "federated/client.h"
 #include "federated/server.h"
 #include "federated/service.h"
 #include "federated/wire.h"
@@ -27,10 +28,12 @@ inline train::Recipe small_recipe(const std::string& dir, std::vector<std::strin
   return train::parse_recipe("", "test.yaml", o);
 }
 
-// A server on loopback plus one enrolled client, for protocol tests.
+// A server on loopback plus one enrolled client, for protocol tests. Its
+// clock is the real one unless the test gives a ManualClock to drive.
 struct Fixture {
-  explicit Fixture(const train::Recipe& r)
-      : server(r, train::builtin_registries(), load_eval_data(r, train::builtin_registries())),
+  explicit Fixture(const train::Recipe& r, std::shared_ptr<ServerClock> clock = steady_clock())
+      : owned(make_fed_server(r, train::builtin_registries(), std::move(clock))),
+        server(*owned),
         service(serve(server)),
         address("127.0.0.1:" + std::to_string(service->port())),
         token(server.store().enroll("edge-1")) {
@@ -72,7 +75,34 @@ struct Fixture {
     return out;
   }
 
-  FedServer server;
+  // An EdgeClient's options for this server.
+  EdgeClientOptions client_options(const std::string& id, const std::string& tok) const {
+    EdgeClientOptions o;
+    o.address = address;
+    o.client_id = id;
+    o.token = tok;
+    return o;
+  }
+
+  // Blocks (without polling) until the server reached `version`, or 10 s.
+  ServerStatus wait_version(int64_t version) {
+    return server.wait_status([&](const ServerStatus& s) { return s.version >= version; },
+                              std::chrono::seconds(10));
+  }
+
+  // Blocks (without polling) until the service's counts satisfy `done`,
+  // or 10 s; fails the test on the timeout.
+  template <class Pred>
+  ServiceCounts wait_counts(Pred done) {
+    const ServiceCounts c = service->wait_counts(done, std::chrono::seconds(10));
+    EXPECT_TRUE(done(c)) << "after 10 s: " << c.uploads_started << " uploads started, "
+                         << c.uploads_admitted << " admitted, " << c.polls_begun << " polls begun, "
+                         << c.polls_open << " open";
+    return c;
+  }
+
+  std::unique_ptr<FedServer> owned;
+  FedServer& server;
   std::unique_ptr<RunningService> service;
   std::string address;
   std::string token;

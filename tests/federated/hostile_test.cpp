@@ -242,10 +242,7 @@ void expect_honest_submit_within_5s(Fixture& f, const std::string& id) {
 
 // Waits up to 10 s for the server to reach `version`.
 void wait_version(Fixture& f, int64_t version) {
-  for (int i = 0; i < 400 && f.server.status().version < version; ++i) {
-    std::this_thread::sleep_for(milliseconds(25));
-  }
-  ASSERT_GE(f.server.status().version, version);
+  ASSERT_GE(f.wait_version(version).version, version);
 }
 
 // Defect 1: base versions read as int64 made 2^63 a "staleness" that
@@ -377,7 +374,7 @@ TEST(Hostile, StalledUploadsAreBoundedPerClientAndEndedWhenIdle) {
   // are refused at once.
   std::vector<std::unique_ptr<RawUpload>> stalled;
   for (int k = 0; k < 200; ++k) stalled.push_back(stalled_upload(f, "edge-1", f.token, k + 1));
-  std::this_thread::sleep_for(milliseconds(300));
+  f.wait_counts([](const ServiceCounts& c) { return c.uploads_admitted >= 200; });
   EXPECT_LT(test::thread_count(::getpid()) - threads_before, 20)
       << "threads grew with stalled streams";
   // An honest client is accepted within 5 s.
@@ -415,7 +412,9 @@ TEST(Hostile, StalledUploadsOfManyClientsLoseTheirSlotsWhenOthersWait) {
     const std::string tok = f.server.store().enroll(id);
     for (int k = 0; k < 50; ++k) stalled.push_back(stalled_upload(f, id, tok, k + 1));
   }
-  std::this_thread::sleep_for(milliseconds(1500));  // longer than contended_idle_timeout_s
+  // Every slot is held by a stalled stream; the honest sender waits, and
+  // after contended_idle_timeout_s one stalled stream loses its slot to it.
+  f.wait_counts([](const ServiceCounts& c) { return c.uploads_admitted >= 200; });
   expect_honest_submit_within_5s(f, "edge-2");
   // The preempted stalled upload was refused "idle" (the rest were turned
   // away at once: one upload per client).
@@ -434,7 +433,7 @@ TEST(Hostile, SilentStreamsPinNoThreadsAndEndAtTheFirstMessageDeadline) {
   const int64_t threads_before = test::thread_count(::getpid());
   std::vector<std::unique_ptr<RawUpload>> silent;
   for (int k = 0; k < 200; ++k) silent.push_back(std::make_unique<RawUpload>(f, ""));
-  std::this_thread::sleep_for(milliseconds(300));
+  f.wait_counts([](const ServiceCounts& c) { return c.uploads_started >= 200; });
   EXPECT_LT(test::thread_count(::getpid()) - threads_before, 20) << "threads grew with silent streams";
   EdgeClient honest(client_options(f, "edge-1", f.token));
   const auto t0 = Clock::now();
@@ -464,7 +463,9 @@ TEST(Hostile, CancelledLongPollsAreReleasedAndBoundedPerClient) {
   const int64_t threads_before = test::thread_count(::getpid());
   {
     AsyncPolls polls(*f.stub, who, /*have*/ 1, /*wait_ms*/ 60000);
-    std::this_thread::sleep_for(milliseconds(300));
+    f.wait_counts([&](const ServiceCounts& c) {
+      return c.polls_begun >= static_cast<int64_t>(who.size());
+    });
     EXPECT_LT(test::thread_count(::getpid()) - threads_before, 20) << "threads grew with long polls";
     // A third poll of a client that has two open is turned away at once.
     AsyncPolls third(*f.stub, {who[0]}, 1, 60000);
@@ -476,6 +477,9 @@ TEST(Hostile, CancelledLongPollsAreReleasedAndBoundedPerClient) {
     polls.cancel_all();
     EXPECT_EQ(polls.wait_all(std::chrono::seconds(3)), polls.size());
     EXPECT_LT(Clock::now() - t0, std::chrono::seconds(3));
+    // The client sees a cancelled call end before the server's reactor has
+    // given its slot back: wait for the server's side too.
+    f.wait_counts([](const ServiceCounts& c) { return c.polls_open == 0; });
   }
   // The slots came back: the same clients can poll again, and an honest
   // client's fetch is answered.
@@ -506,7 +510,9 @@ TEST(Hostile, ShutdownEndsWithinSecondsWhateverIsOutstanding) {
     u->info(i);
     stalled.push_back(std::move(u));
   }
-  std::this_thread::sleep_for(milliseconds(300));
+  f.wait_counts([&](const ServiceCounts& c) {
+    return c.polls_begun >= static_cast<int64_t>(who.size()) && c.uploads_admitted >= 3;
+  });
   const auto t0 = Clock::now();
   f.service->shutdown();
   EXPECT_LT(Clock::now() - t0, std::chrono::seconds(5));
@@ -523,9 +529,9 @@ TEST(Hostile, TwoServersCannotShareAPort) {
   test::TempDir dir;
   Fixture f(small_recipe(dir.path() + "/a"));
   const train::Recipe r = small_recipe(dir.path() + "/b", {"federated.server.address=" + f.address});
-  FedServer second(r, train::builtin_registries(), load_eval_data(r, train::builtin_registries()));
+  const auto second = make_fed_server(r, train::builtin_registries());
   try {
-    serve(second);
+    serve(*second);
     FAIL() << "a second server bound " << f.address;
   } catch (const IoError& e) {
     EXPECT_NE(std::string(e.what()).find("the address is in use"), std::string::npos) << e.what();

@@ -1,15 +1,21 @@
 // The server's building blocks: model layout, receiving an update into it,
-// update validation, and the durable store (real SQLite in a temporary
-// directory), including recovery from files a crash left behind.
+// update validation, the durable store (real SQLite in a temporary
+// directory, including recovery from files a crash left behind), the
+// aggregation triggers on explicit times, and the manual clock.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <thread>
 #include <variant>
 
 #include "core/error.h"
 #include "core/fs.h"
+#include "federated/clock.h"
 #include "federated/layout.h"
 #include "federated/server_store.h"
+#include "federated/strategy.h"
+#include "federated/trigger.h"
 #include "federated/validator.h"
 #include "federated/wire.h"
 #include "test_util.h"
@@ -303,6 +309,173 @@ TEST(ServerStore, RecoveryDropsWhatACrashLeftUncommitted) {
   EXPECT_FALSE(path_exists(dir.path() + "/strategy_state.v1.pt"));
   // The next append reuses no committed id.
   EXPECT_EQ(s.append_update(rec("c1", 2), at::ones({2})), 2);
+}
+
+// --- Triggers: pure state machines, driven with explicit times -----------
+
+using TimePoint = ServerClock::time_point;
+using std::chrono::seconds;
+
+TimePoint at_s(int64_t s) { return TimePoint{} + seconds(s); }
+
+std::unique_ptr<Strategy> fedavg() { return make_strategy(StrategyOptions{}); }
+
+SyncRoundOptions rounds_of(int64_t k) {
+  SyncRoundOptions o;
+  o.rounds = 5;
+  o.clients_per_round = k;
+  o.over_selection = 0;
+  o.round_timeout = std::chrono::milliseconds(60000);
+  o.max_round_extensions = 2;
+  return o;
+}
+
+TEST(TriggerSyncRounds, SelectsAfterGatheringOrWhenEnoughCheckedIn) {
+  const auto strategy = fedavg();
+  auto t = make_sync_rounds(rounds_of(2), *strategy, 1, 1, at_s(0));
+  EXPECT_EQ(t->mode(), "sync");
+  EXPECT_TRUE(t->check_in("a"));
+  EXPECT_FALSE(t->check_in("a"));  // already waiting
+  auto p = t->poll(at_s(0), 0);
+  EXPECT_FALSE(p.selected);  // one of two, still gathering
+  EXPECT_FALSE(p.take);
+  EXPECT_EQ(p.wake, TimePoint{} + std::chrono::milliseconds(1000));  // the gathering ends
+  EXPECT_FALSE(t->has_work("a", 0));
+  p = t->poll(at_s(1), 0);  // gathering over: whoever is there
+  EXPECT_TRUE(p.selected);
+  EXPECT_TRUE(t->has_work("a", 0));
+  EXPECT_EQ(p.wake, at_s(60));  // the deadline
+  // A late client is topped up at once.
+  t->check_in("b");
+  EXPECT_TRUE(t->poll(at_s(2), 0).selected);
+  EXPECT_TRUE(t->has_work("b", 0));
+  // Two checked in at once at the start of a round: selected without
+  // waiting for the gathering time.
+  auto u = make_sync_rounds(rounds_of(2), *strategy, 1, 1, at_s(0));
+  u->check_in("x");
+  u->check_in("y");
+  EXPECT_TRUE(u->poll(at_s(0), 0).selected);
+  EXPECT_TRUE(u->has_work("x", 0) && u->has_work("y", 0));
+}
+
+TEST(TriggerSyncRounds, AdmitsOnlySelectedClientsOncePerRound) {
+  const auto strategy = fedavg();
+  auto t = make_sync_rounds(rounds_of(2), *strategy, 1, 3, at_s(0));
+  t->check_in("a");
+  t->check_in("b");
+  t->poll(at_s(0), 0);
+  EXPECT_EQ(t->round(), 3);
+  EXPECT_FALSE(t->admit("a", 3, 0));
+  EXPECT_EQ(t->admit("a", 2, 0)->key, "not_selected");
+  EXPECT_EQ(t->admit("c", 3, 0)->key, "not_selected");
+  t->accepted("a");
+  EXPECT_EQ(t->admit("a", 3, 1)->key, "round_duplicate");
+  EXPECT_FALSE(t->has_work("a", 1));
+  EXPECT_EQ(t->admit("b", 3, 2)->key, "round_full");
+  // A refused update sends its selected client back to the pool.
+  t->refused("b");
+  EXPECT_FALSE(t->has_work("b", 1));
+  EXPECT_TRUE(t->flow_rejection("round_full"));
+  EXPECT_FALSE(t->flow_rejection("not_selected"));
+}
+
+TEST(TriggerSyncRounds, ClosesFullOrAtTheDeadlineAfterItsExtensions) {
+  const auto strategy = fedavg();
+  SyncRoundOptions over = rounds_of(2);
+  over.over_selection = 0.5;  // selects 3 for 2 updates
+  auto t = make_sync_rounds(over, *strategy, 1, 1, at_s(0));
+  for (const char* c : {"a", "b", "c"}) t->check_in(c);
+  t->poll(at_s(0), 0);
+  t->accepted("a");
+  t->accepted("b");
+  EXPECT_EQ(t->poll(at_s(5), 2).take, std::optional<size_t>(2));  // full
+  EXPECT_EQ(t->admit("c", 1, 0)->key, "round_full");  // closed while aggregating
+  EXPECT_FALSE(t->has_work("c", 0));
+  t->aggregated(at_s(5));
+  EXPECT_EQ(t->round(), 2);
+  // Round 2: nobody comes. Deadlines at 65, then extended to 125 and 185;
+  // after max_round_extensions (2) it closes with nothing.
+  EXPECT_FALSE(t->poll(at_s(64), 0).take);
+  auto p = t->poll(at_s(65), 0);
+  EXPECT_FALSE(p.take);
+  EXPECT_EQ(p.wake, at_s(125));
+  EXPECT_FALSE(t->poll(at_s(125), 0).take);
+  EXPECT_EQ(t->poll(at_s(185), 0).take, std::optional<size_t>(0));
+  t->aggregated(at_s(185));
+  // Round 3 with min_updates: at its deadline one update of two is enough.
+  SyncRoundOptions o = rounds_of(2);
+  o.min_updates = 1;
+  auto m = make_sync_rounds(o, *strategy, 1, 3, at_s(0));
+  EXPECT_EQ(m->planned_batch(), 1);
+  EXPECT_FALSE(m->poll(at_s(59), 1).take);
+  EXPECT_EQ(m->poll(at_s(60), 1).take, std::optional<size_t>(1));
+}
+
+TEST(TriggerSyncRounds, TheStrategySelects) {
+  // A strategy whose selection prefers the alphabetically last clients.
+  struct Last : Strategy {
+    std::unique_ptr<Strategy> base = fedavg();
+    const std::string& name() const override { return base->name(); }
+    std::vector<std::string> select_clients(std::vector<std::string> pool, int64_t count,
+                                            std::mt19937_64&) const override {
+      std::sort(pool.rbegin(), pool.rend());
+      pool.resize(std::min<size_t>(pool.size(), static_cast<size_t>(count)));
+      return pool;
+    }
+    ClientConfig configure() const override { return base->configure(); }
+    std::string cannot_aggregate(int64_t n) const override { return base->cannot_aggregate(n); }
+    Aggregation aggregate(const at::Tensor& g, const std::vector<ClientUpdate>& u) override {
+      return base->aggregate(g, u);
+    }
+    const std::vector<std::string>& last_selected() const override {
+      return base->last_selected();
+    }
+    std::vector<std::pair<std::string, at::Tensor>> state() const override { return {}; }
+    void load_state(const std::vector<std::pair<std::string, at::Tensor>>&) override {}
+  } last;
+  auto t = make_sync_rounds(rounds_of(2), last, 1, 1, at_s(0));
+  for (const char* c : {"a", "d", "b", "c"}) t->check_in(c);
+  EXPECT_TRUE(t->poll(at_s(0), 0).selected);
+  EXPECT_TRUE(t->has_work("d", 0) && t->has_work("c", 0));
+  EXPECT_FALSE(t->has_work("a", 0) || t->has_work("b", 0));
+}
+
+TEST(TriggerAsyncBuffer, TakesExactlyKAndWeightsStaleness) {
+  AsyncBufferOptions o;
+  o.buffer_size = 3;
+  o.staleness_exponent = 0.5;
+  o.max_staleness = 4;
+  auto t = make_async_buffer(o);
+  EXPECT_EQ(t->mode(), "async");
+  EXPECT_EQ(t->round(), 0);
+  EXPECT_EQ(t->max_staleness(), 4);
+  EXPECT_FALSE(t->admit("anyone", 0, 100));
+  EXPECT_FALSE(t->poll(at_s(0), 2).take);
+  EXPECT_EQ(t->poll(at_s(0), 5).take, std::optional<size_t>(3));
+  EXPECT_EQ(t->poll(at_s(0), 5).wake, TimePoint::max());  // no deadlines
+  EXPECT_DOUBLE_EQ(t->staleness_weight(0), 1.0);
+  EXPECT_DOUBLE_EQ(t->staleness_weight(3), 0.5);
+}
+
+TEST(ManualClock, AdvanceWakesAWaiterAndOnlyThen) {
+  ManualClock clock;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool woke = false;
+  std::thread waiter([&] {
+    std::unique_lock<std::mutex> lock(mu);
+    while (clock.now() < at_s(10)) clock.wait_until(lock, cv, at_s(10));
+    woke = true;
+  });
+  clock.advance(seconds(4));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_FALSE(woke);
+  }
+  clock.advance(seconds(6));
+  waiter.join();  // hangs (and the test times out) if the wakeup were lost
+  EXPECT_TRUE(woke);
+  EXPECT_EQ(clock.now(), at_s(10));
 }
 
 }  // namespace

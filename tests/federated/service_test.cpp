@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "federated/client.h"
+#include "federated/clock.h"
 #include "federated/partition.h"
 #include "federated/server.h"
 #include "federated/service.h"
@@ -27,10 +28,7 @@ namespace {
 
 // Waits (up to 5 s) for version 2 and checks it holds version 1's parameters.
 void expect_version_2_repeats_version_1(Fixture& f) {
-  for (int i = 0; i < 200 && f.server.status().version < 2; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
-  ASSERT_EQ(f.server.status().version, 2);
+  ASSERT_EQ(f.wait_version(2).version, 2);
   const auto v1 = f.server.store().load_version(1);
   const auto v2 = f.server.store().load_version(2);
   for (size_t i = 0; i < v1.size(); ++i) EXPECT_TRUE(at::equal(v1[i].second, v2[i].second));
@@ -114,16 +112,11 @@ TEST(FedService, StaleUpdatesKeepBatchNormStatisticsValid) {
   }
   const std::string t2 = f.server.store().enroll("edge-2");
   EXPECT_TRUE(f.submit(f.info(1, 1), lower, f.token).ok());
-  for (int i = 0; i < 200 && f.server.status().version < 2; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
+  f.wait_version(2);
   auto i = f.info(1, 1);  // also based on version 1: stale by one
   i.set_client_id("edge-2");
   EXPECT_TRUE(f.submit(i, lower, t2).ok());
-  for (int k = 0; k < 200 && f.server.status().version < 3; ++k) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
-  ASSERT_EQ(f.server.status().version, 3);
+  ASSERT_EQ(f.wait_version(3).version, 3);
   int checked = 0;
   for (const auto& [name, t] : f.server.store().load_version(3)) {
     if (name.find("running_var") == std::string::npos) continue;
@@ -161,13 +154,15 @@ TEST(FedService, ABusyServerTurnsSendersAwayAndClientsRetry) {
   };
   int64_t seq = 1;
   const auto hold = [&] {
+    // The held stream has its slot once the service admitted its head.
+    const int64_t before = f.service->counts().uploads_admitted;
     auto h = std::make_unique<Held>();
     h->ctx.AddMetadata("authorization", "Bearer " + f.token);
     h->w = f.stub->SubmitUpdate(&h->ctx, &h->reply);
     pb::UpdateChunk head;
     *head.mutable_info() = f.info(seq++);
     EXPECT_TRUE(h->w->Write(head));
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    f.wait_counts([&](const ServiceCounts& c) { return c.uploads_admitted > before; });
     return h;
   };
   std::unique_ptr<Held> held = hold();
@@ -210,10 +205,9 @@ TEST(FedService, ABusyServerTurnsSendersAwayAndClientsRetry) {
   EdgeClient c(o);
   std::thread release([&] {
     // Release after the client was turned away twice more (or 10 s).
-    for (int i = 0; i < 1000 && f.server.status().rejected_by_reason.at("busy") < busy_before + 2;
-         ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
+    f.server.wait_status(
+        [&](const ServerStatus& st) { return st.rejected_by_reason.at("busy") >= busy_before + 2; },
+        std::chrono::seconds(10));
     held->w->WritesDone();
     held->w->Finish();  // refused: it announced tensors it never sent
   });
@@ -239,22 +233,22 @@ TEST(FedService, SyncRoundsRefuseClientsThatWereNotSelected) {
 }
 
 // A round that opened with fewer clients checked in than it needs takes a
-// client that checks in later at once, not at the round's deadline.
+// client that checks in later at once, not at the round's deadline. The
+// server's clock is driven by the test: the gathering second passes when
+// the test says so, and the 60 s deadline never does.
 TEST(FedService, ASyncRoundTakesClientsThatCheckInLate) {
   test::TempDir dir;
+  const auto clock = std::make_shared<ManualClock>();
   Fixture f(small_recipe(dir.path(), {"federated.sync.clients_per_round=2",
                                       "federated.sync.over_selection=0",
-                                      "federated.sync.round_timeout_s=60"}));
-  EdgeClientOptions o;
-  o.address = f.address;
-  o.client_id = "edge-1";
-  o.token = f.token;
-  EdgeClient a(o);
-  o.client_id = "edge-2";
-  o.token = f.server.store().enroll("edge-2");
-  EdgeClient b(o);
+                                      "federated.sync.round_timeout_s=60"}),
+            clock);
+  EdgeClient a(f.client_options("edge-1", f.token));
+  EdgeClient b(f.client_options("edge-2", f.server.store().enroll("edge-2")));
   // edge-1 checks in alone and is selected once the gathering second ends.
   EXPECT_EQ(a.fetch(0, std::chrono::milliseconds(0)).version, 1);
+  EXPECT_EQ(a.fetch(1, std::chrono::milliseconds(0)).round, 0);  // still gathering
+  clock->advance(std::chrono::seconds(1));
   EXPECT_EQ(a.fetch(1, std::chrono::milliseconds(5000)).round, 1);
   // edge-2 checks in afterwards and is selected within its long poll.
   EXPECT_EQ(b.fetch(0, std::chrono::milliseconds(0)).version, 1);
@@ -263,34 +257,70 @@ TEST(FedService, ASyncRoundTakesClientsThatCheckInLate) {
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(3));
 }
 
-// A round that cannot fill (here: nobody checks in) is extended
-// max_round_extensions times and then closes without updates: the next
-// version repeats the model, so later rounds are not blocked forever.
-TEST(FedService, ARoundThatCannotFillClosesAfterItsExtensions) {
+// A round that cannot fill (here: nobody checks in) closes at its deadline
+// on the server's clock -- an hour that passes in no time -- after its
+// extensions (counted in TriggerSyncRounds tests): the next version
+// repeats the model, so later rounds are not blocked forever.
+TEST(FedService, ARoundThatCannotFillClosesAtItsDeadline) {
   test::TempDir dir;
+  const auto clock = std::make_shared<ManualClock>();
   Fixture f(small_recipe(dir.path(), {"federated.sync.clients_per_round=2",
-                                      "federated.sync.round_timeout_s=0.2",
-                                      "federated.sync.max_round_extensions=2"}));
-  const auto t0 = std::chrono::steady_clock::now();
+                                      "federated.sync.round_timeout_s=3600",
+                                      "federated.sync.max_round_extensions=0"}),
+            clock);
+  EXPECT_EQ(f.server.status().version, 1);
+  clock->advance(std::chrono::hours(1));
   expect_version_2_repeats_version_1(f);
-  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(550));  // 3 deadlines
   EXPECT_NE(read_file(dir.path() + "/metrics.jsonl").find("\"round\":1,\"updates\":0"),
             std::string::npos);
 }
 
-// A robust rule that cannot aggregate what a closing round holds (one
-// update, trimmed_mean trimming at least one from each end) does not stop
-// the server: the version keeps the model and says why.
-TEST(FedService, ABatchTheStrategyCannotAggregateIsNotApplied) {
+// A strategy that can never aggregate the planned batch (trimmed_mean
+// trimming one from each end of a buffer of one) is a recipe error at
+// startup, before anything is written.
+TEST(FedService, AStrategyThatCannotAggregateThePlannedBatchIsARecipeError) {
   test::TempDir dir;
-  Fixture f(small_recipe(dir.path(), {"federated.mode=async", "federated.async.buffer_size=1",
+  const train::Recipe r = small_recipe(dir.path() + "/run", {"federated.mode=async",
+                                                             "federated.async.buffer_size=1",
+                                                             "federated.strategy=trimmed_mean",
+                                                             "federated.trim_fraction=0.3"});
+  try {
+    make_fed_server(r, train::builtin_registries());
+    FAIL() << "a server that can never aggregate started";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("trimmed_mean: dropping 1 of 1 update(s) at each end "
+                                         "leaves none, but 1 update(s) are planned"),
+              std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(path_exists(dir.path() + "/run/server.db"));
+}
+
+// A round that closes with fewer updates than the robust rule needs (one
+// update; trimmed_mean of 0.3 trims one from each end) is declined by the
+// strategy, not thrown: the version keeps the model, says why, and the
+// server keeps serving.
+TEST(FedService, ABatchTheStrategyDeclinesIsNotApplied) {
+  test::TempDir dir;
+  const auto clock = std::make_shared<ManualClock>();
+  Fixture f(small_recipe(dir.path(), {"federated.sync.clients_per_round=3",
+                                      "federated.sync.round_timeout_s=60",
+                                      "federated.sync.max_round_extensions=0",
                                       "federated.strategy=trimmed_mean",
-                                      "federated.trim_fraction=0.3"}));
-  EXPECT_TRUE(f.submit(f.info(1), f.delta(0.01f), f.token).ok());
+                                      "federated.trim_fraction=0.3"}),
+            clock);
+  EdgeClient c(f.client_options("edge-1", f.token));
+  EXPECT_EQ(c.fetch(0, std::chrono::milliseconds(0)).version, 1);  // checks in
+  clock->advance(std::chrono::seconds(1));                        // gathering ends
+  ASSERT_EQ(c.fetch(1, std::chrono::milliseconds(5000)).round, 1);
+  auto i = f.info(1);
+  i.set_round(1);
+  EXPECT_TRUE(f.submit(i, f.delta(0.01f), f.token).ok());
+  clock->advance(std::chrono::seconds(60));  // the round closes with 1 of 3
   expect_version_2_repeats_version_1(f);
-  EXPECT_NE(read_file(dir.path() + "/metrics.jsonl").find("\"not_applied\":\"trimmed_mean: dropping 1 of 1"),
-            std::string::npos);
-  EXPECT_TRUE(f.submit(f.info(2), f.delta(0.01f), f.token).ok());  // still serving
+  EXPECT_NE(read_file(dir.path() + "/metrics.jsonl")
+                .find("\"not_applied\":\"trimmed_mean: dropping 1 of 1 update(s) at each end"),
+            std::string::npos) << read_file(dir.path() + "/metrics.jsonl");
+  EXPECT_EQ(c.fetch(1, std::chrono::milliseconds(0)).version, 2);  // still serving
 }
 
 TEST(FedService, EdgeClientFetchesAndSubmitsWithEncodings) {
@@ -350,7 +380,7 @@ TEST(FedService, TlsOnAndOff) {
   // Off loopback, plaintext is a configuration error.
   train::Recipe open = small_recipe(dir.path() + "/open", {"federated.server.address=0.0.0.0:0"});
   try {
-    check_transport_security(open.federated);
+    check_transport_security(open.federated.server);
     FAIL();
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("is not a loopback address, so the server must use TLS"),
@@ -359,8 +389,8 @@ TEST(FedService, TlsOnAndOff) {
 }
 
 TEST(Partition, IidAndDirichletCoverEverySampleOnce) {
-  std::vector<uint8_t> labels(3000);
-  for (size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<uint8_t>(i % 10);
+  std::vector<int64_t> labels(3000);
+  for (size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<int64_t>(i % 10);
   for (const auto& parts : {iid_partition(3000, 30, 1), dirichlet_partition(labels, 10, 30, 0.5, 1)}) {
     std::set<int64_t> seen;
     for (const auto& p : parts) {
@@ -383,6 +413,44 @@ TEST(Partition, IidAndDirichletCoverEverySampleOnce) {
   EXPECT_GT(top_share(0.1), 0.5);
   EXPECT_LT(top_share(100.0), 0.2);
   EXPECT_THROW(dirichlet_partition(labels, 10, 301, 0.5, 1), ConfigError);
+}
+
+// A GPT edge model on the text data, end to end: the clients' shards come
+// from the text dataset through the data seam, they train the registered
+// GPT through TrainStep (AdamW), and the server evaluates every version on
+// the validation windows. Uniform bytes score ln 256 = 5.55 nats a token.
+TEST(FedSim, AGptEdgeModelLearnsTheTextCorpus) {
+  test::TempDir dir;
+  const train::Recipe r = small_recipe(dir.path(), {
+      "model.name=gpt", "model.n_layer=1", "model.n_head=2", "model.d_model=32",
+      "model.seq_len=32", "data.name=text", "data.text=/usr/share/games/fortunes",
+      "data.train_subset=40000", "data.test_subset=128", "data.batch_size=16",
+      "optimizer.name=adamw", "optimizer.lr=3e-3", "federated.sim.clients=4",
+      "federated.sim.partition=iid", "federated.sync.rounds=3",
+      "federated.sync.clients_per_round=2", "federated.sync.over_selection=0"});
+  const SimResult s = run_fedsim(r, train::builtin_registries());
+  EXPECT_EQ(s.versions, 3);
+  std::vector<double> losses;
+  for (const auto& line : test::read_lines(dir.path() + "/metrics.jsonl")) {
+    if (line.find("\"kind\":\"version\"") == std::string::npos) continue;
+    const auto at = line.find("\"loss\":");
+    ASSERT_NE(at, std::string::npos) << line;
+    losses.push_back(std::stod(line.substr(at + 7)));
+  }
+  ASSERT_EQ(losses.size(), 3u);
+  EXPECT_LT(losses.back(), losses.front());
+  EXPECT_LT(losses.back(), 4.4);  // well below uniform bytes
+  // A language-modelling dataset has no classes to skew.
+  try {
+    run_fedsim(small_recipe(dir.path() + "/skew", {"model.name=gpt", "data.name=text",
+                                                   "data.text=/usr/share/games/fortunes",
+                                                   "federated.sim.partition=dirichlet"}),
+               train::builtin_registries());
+    FAIL() << "a Dirichlet split of a text corpus ran";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("use federated.sim.partition=iid"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(FedSim, SyncAndAsyncRunsLearnAndRecordEveryVersion) {

@@ -82,13 +82,13 @@ TEST(Strategies, FedAvgAndMultiKrumApplyTheCombinedDelta) {
   const at::Tensor x = at::tensor({1.0f});
   StrategyOptions o;
   o.server_lr = 0.5;
-  EXPECT_FLOAT_EQ(make_strategy(o)->aggregate(x, u).item<float>(), 1 + 0.5f * 24 / 5);
+  EXPECT_FLOAT_EQ(make_strategy(o)->aggregate(x, u).next.item<float>(), 1 + 0.5f * 24 / 5);
   o.name = "multi_krum";  // keeps n - f = 4: mean(1, 0, 2, 10) = 3.25
   auto mk = make_strategy(o);
-  EXPECT_FLOAT_EQ(mk->aggregate(x, u).item<float>(), 1 + 0.5f * 3.25f);
+  EXPECT_FLOAT_EQ(mk->aggregate(x, u).next.item<float>(), 1 + 0.5f * 3.25f);
   EXPECT_EQ(mk->last_selected(), (std::vector<std::string>{"p1", "p0", "p2", "p10"}));
   o.name = "krum";
-  EXPECT_FLOAT_EQ(make_strategy(o)->aggregate(x, u).item<float>(), 1.5f);
+  EXPECT_FLOAT_EQ(make_strategy(o)->aggregate(x, u).next.item<float>(), 1.5f);
 }
 
 // One scalar step of Reddi et al.'s Algorithm 2, written out by hand.
@@ -111,7 +111,7 @@ TEST(Strategies, AdaptiveServerOptimisersMatchTheAlgorithm) {
     at::Tensor global = at::tensor({2.0f});
     for (float d : {0.5f, -0.25f, 0.125f}) {
       x += adaptive_step(name, d, &m, &v);
-      global = s->aggregate(global, {upd("a", {d})});
+      global = s->aggregate(global, {upd("a", {d})}).next;
       EXPECT_NEAR(global.item<double>(), x, 1e-6) << name << " after delta " << d;
     }
   }
@@ -123,11 +123,11 @@ TEST(Strategies, ServerMomentumIsFedAvgM) {
   o.server_momentum = 0.9;
   auto s = make_strategy(o);
   // m = 1; x = 2 + 0.5 * 1 = 2.5.  m = 0.9 + (-2) = -1.1; x = 2.5 - 0.55 = 1.95.
-  at::Tensor x = s->aggregate(at::tensor({2.0f}), {upd("a", {1.0f})});
+  at::Tensor x = s->aggregate(at::tensor({2.0f}), {upd("a", {1.0f})}).next;
   EXPECT_NEAR(x.item<double>(), 2.5, 1e-6);
   auto restored = make_strategy(o);
   restored->load_state(s->state());
-  x = restored->aggregate(x, {upd("a", {-2.0f})});
+  x = restored->aggregate(x, {upd("a", {-2.0f})}).next;
   EXPECT_NEAR(x.item<double>(), 1.95, 1e-6);
   o.name = "fedadam";
   EXPECT_THROW(make_strategy(o), ConfigError);  // adam has its own momentum
@@ -146,7 +146,7 @@ TEST(Strategies, StatisticsTakeThePlainAggregateUnderAnyServerOptimizer) {
     at::Tensor x = at::tensor({1.0f, 1.0f});
     for (float d : {-0.5f, -0.5f, -0.5f}) {
       const float before = x[1].item<float>();
-      x = s->aggregate(x, {upd("a", {d, d})});
+      x = s->aggregate(x, {upd("a", {d, d})}).next;
       EXPECT_NEAR(x[1].item<float>(), before + d, 1e-6) << name;
     }
     EXPECT_GT(std::abs(x[0].item<float>() - x[1].item<float>()), 1e-3) << name;
@@ -159,11 +159,11 @@ TEST(Strategies, OptimiserStateRoundTrips) {
   o.server_lr = 0.1;
   auto a = make_strategy(o);
   at::Tensor x = at::tensor({1.0f, -1.0f});
-  x = a->aggregate(x, {upd("a", {0.3f, 0.1f})});
+  x = a->aggregate(x, {upd("a", {0.3f, 0.1f})}).next;
   auto b = make_strategy(o);
   b->load_state(a->state());
-  const at::Tensor next_a = a->aggregate(x, {upd("a", {-0.2f, 0.4f})});
-  const at::Tensor next_b = b->aggregate(x, {upd("a", {-0.2f, 0.4f})});
+  const at::Tensor next_a = a->aggregate(x, {upd("a", {-0.2f, 0.4f})}).next;
+  const at::Tensor next_b = b->aggregate(x, {upd("a", {-0.2f, 0.4f})}).next;
   EXPECT_TRUE(at::equal(next_a, next_b));
   EXPECT_TRUE(make_strategy(StrategyOptions{})->state().empty());  // sgd: stateless
 }
@@ -190,7 +190,7 @@ TEST(Strategies, RobustRulesResistPlantedOutliers) {
     o.name = name;
     o.trim_fraction = 0.2;
     o.byzantine = 4;
-    return (make_strategy(o)->aggregate(zero, u) - 1.0).abs().mean().item<double>();
+    return (make_strategy(o)->aggregate(zero, u).next - 1.0).abs().mean().item<double>();
   };
   EXPECT_GT(error("fedavg"), 5.0);
   for (std::string robust : {"median", "trimmed_mean", "krum", "multi_krum"}) {
@@ -288,7 +288,7 @@ TEST(Strategies, ClippingAndBucketingBoundScaledAttackersOnHeterogeneousClients)
     o.bucket_size = bucket;
     o.nnm_fraction = nnm;
     auto s = make_strategy(o);
-    const double e = (s->aggregate(zero, u) - 1.0).abs().mean().item<double>();
+    const double e = (s->aggregate(zero, u).next - 1.0).abs().mean().item<double>();
     // Ids reported are the clients', never a bucket's joined name.
     for (const auto& id : s->last_selected()) EXPECT_EQ(id.find('+'), std::string::npos);
     return e;
@@ -331,6 +331,68 @@ TEST(Strategies, AggregationNeverModifiesItsInputs) {
       EXPECT_TRUE(at::equal(u[i].delta, before[i])) << name << " modified update " << i;
     }
     EXPECT_TRUE(at::equal(global, at::tensor({1.0f, 1.0f}))) << name;
+  }
+}
+
+// A batch a rule cannot work with is declined with the reason -- no
+// exception -- and leaves the server optimiser's state as it was.
+TEST(Strategies, ABatchTheRuleCannotUseIsDeclinedAndTheStateKept) {
+  StrategyOptions o;
+  o.name = "krum";
+  o.byzantine = 1;
+  o.server_momentum = 0.5;
+  auto krum = make_strategy(o);
+  std::vector<ClientUpdate> five;
+  for (int i = 0; i < 5; ++i) five.push_back(upd(std::string(1, static_cast<char>('a' + i)), {1.0f * i}));
+  const at::Tensor x = at::zeros({1});
+  ASSERT_TRUE(krum->aggregate(x, five).applied());
+  const auto state = krum->state();
+  ASSERT_EQ(state.size(), 1u);  // the momentum
+  const std::vector<ClientUpdate> four(five.begin(), five.begin() + 4);
+  EXPECT_EQ(krum->cannot_aggregate(4), "krum with byzantine = 1 needs at least 2f + 3 = 5 inputs, "
+                                       "got 4 update(s)");
+  const Aggregation a = krum->aggregate(x, four);
+  EXPECT_FALSE(a.applied());
+  EXPECT_FALSE(a.next.defined());
+  EXPECT_EQ(a.declined, krum->cannot_aggregate(4));
+  EXPECT_TRUE(at::equal(krum->state()[0].second, state[0].second));
+  // With buckets of 2, krum scores ceil(n / 2) bucket means.
+  o.bucket_size = 2;
+  EXPECT_NE(make_strategy(o)->cannot_aggregate(7).find("got 4 bucket mean(s) of 7"),
+            std::string::npos);
+  EXPECT_EQ(make_strategy(o)->cannot_aggregate(10), "");
+  // trimmed_mean must keep one; the mean rules take any non-empty batch.
+  StrategyOptions t;
+  t.name = "trimmed_mean";
+  t.trim_fraction = 0.3;
+  EXPECT_NE(make_strategy(t)->cannot_aggregate(1), "");
+  EXPECT_EQ(make_strategy(t)->cannot_aggregate(3), "");
+  EXPECT_EQ(make_strategy(StrategyOptions{})->cannot_aggregate(1), "");
+}
+
+// The ranges make_strategy enforces are vocabulary.h's, which the recipe's
+// schema uses too.
+TEST(Strategies, OptionRangesAreTheVocabularys) {
+  StrategyOptions o;
+  o.server_momentum = kMaxDecay;
+  EXPECT_NO_THROW(make_strategy(o));
+  o.server_momentum = 1.0;
+  EXPECT_THROW(make_strategy(o), ConfigError);
+  o = StrategyOptions{};
+  o.name = "trimmed_mean";
+  o.trim_fraction = kMaxRobustFraction;
+  EXPECT_NO_THROW(make_strategy(o));
+  o.trim_fraction = 0.5;
+  EXPECT_THROW(make_strategy(o), ConfigError);
+  for (const auto& name : strategy_names()) {
+    StrategyOptions n;
+    n.name = name;
+    EXPECT_EQ(make_strategy(n)->name(), name);
+  }
+  for (const auto& opt : server_optimizer_names()) {
+    StrategyOptions n;
+    n.server_optimizer = opt;
+    EXPECT_NO_THROW(make_strategy(n)) << opt;
   }
 }
 

@@ -35,6 +35,10 @@ LoadedData fashion_mnist(const Recipe& recipe, int rank, int world) {
     o.pin_memory = r.pin_memory;
     return std::make_unique<TrainLoader>(train, o, r.start_batch);
   };
+  out.train_rows = [train](const std::vector<int64_t>& indices) {
+    return dataset_rows(*train, indices);
+  };
+  out.train_labels.assign(train->labels.begin(), train->labels.end());
   out.summary = str(out.train_samples, " training / ", out.eval_samples, " test samples");
   return out;
 }
@@ -66,6 +70,9 @@ LoadedData windows(const Recipe& recipe, std::shared_ptr<const Tokens> train,
     o.batches_per_epoch = r.batches_per_epoch;
     o.pin_memory = r.pin_memory;
     return std::make_unique<TextLoader>(train, o, r.start_batch);
+  };
+  out.train_rows = [train, T](const std::vector<int64_t>& indices) {
+    return text_windows_at(*train, T, indices);
   };
   out.summary = str(out.train_samples, " training / ", out.eval_samples,
                     " validation windows of ", T, " ", what);

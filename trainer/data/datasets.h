@@ -18,6 +18,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "trainer/data/loader.h"
 #include "trainer/models/models.h"
@@ -46,6 +48,14 @@ struct LoadedData {
   int64_t eval_samples = 0;              // all ranks
   // The training stream of one rank.
   std::function<std::unique_ptr<BatchSource>(const StreamRequest&)> stream;
+  // The training samples at `indices` (each in [0, train_samples)) as
+  // inputs and targets, for clients that hold their share of the data in
+  // memory (federated edge clients and the simulator).
+  std::function<std::pair<at::Tensor, at::Tensor>(const std::vector<int64_t>& indices)>
+      train_rows;
+  // Classification: every training sample's class, for label-skewed
+  // partitions; empty for language modelling.
+  std::vector<int64_t> train_labels;
   std::string summary;  // "60000 training / 10000 test samples"
 };
 

@@ -1,5 +1,7 @@
 #include "trainer/data/loader.h"
 
+#include <numeric>
+
 #include "core/error.h"
 #include "core/random.h"
 
@@ -120,20 +122,29 @@ Batch TrainLoader::make_batch(int64_t epoch, int64_t index,
   return b;
 }
 
-std::pair<at::Tensor, at::Tensor> dataset_tensors(const ImageDataset& d,
-                                                  int64_t begin, int64_t end) {
-  STRATA_INTERNAL_ASSERT(0 <= begin && begin <= end && end <= d.size);
-  const int64_t n = end - begin;
+std::pair<at::Tensor, at::Tensor> dataset_rows(const ImageDataset& d,
+                                               const std::vector<int64_t>& indices) {
+  const int64_t n = static_cast<int64_t>(indices.size());
   at::Tensor images = at::empty({n, d.channels, d.height, d.width}, at::kFloat);
   at::Tensor labels = at::empty({n}, at::kLong);
   const int64_t sb = d.sample_bytes();
   Rng unused(0);
   for (int64_t i = 0; i < n; ++i) {
-    augment_into(d, d.pixels.data() + (begin + i) * sb,
-                 images.data_ptr<float>() + i * sb, 0, false, unused);
-    labels.data_ptr<int64_t>()[i] = d.labels[static_cast<size_t>(begin + i)];
+    const int64_t s = indices[static_cast<size_t>(i)];
+    STRATA_INTERNAL_ASSERT(0 <= s && s < d.size, "sample ", s, " of ", d.size);
+    augment_into(d, d.pixels.data() + s * sb, images.data_ptr<float>() + i * sb, 0, false,
+                 unused);
+    labels.data_ptr<int64_t>()[i] = d.labels[static_cast<size_t>(s)];
   }
   return {images, labels};
+}
+
+std::pair<at::Tensor, at::Tensor> dataset_tensors(const ImageDataset& d,
+                                                  int64_t begin, int64_t end) {
+  STRATA_INTERNAL_ASSERT(0 <= begin && begin <= end && end <= d.size);
+  std::vector<int64_t> indices(static_cast<size_t>(end - begin));
+  std::iota(indices.begin(), indices.end(), begin);
+  return dataset_rows(d, indices);
 }
 
 }  // namespace strata::train

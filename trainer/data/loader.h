@@ -89,5 +89,8 @@ class TrainLoader final : public BatchSource {
 // evaluation: images float32 [N, C, H, W], labels int64 [N].
 std::pair<at::Tensor, at::Tensor> dataset_tensors(const ImageDataset& data,
                                                   int64_t begin, int64_t end);
+// The same for the samples at `indices`, in that order.
+std::pair<at::Tensor, at::Tensor> dataset_rows(const ImageDataset& data,
+                                               const std::vector<int64_t>& indices);
 
 }  // namespace strata::train

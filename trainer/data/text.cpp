@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <numeric>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -97,17 +98,27 @@ int64_t text_window_count(const Tokens& tokens, int64_t seq_len) {
   return (tokens.size() - 1) / seq_len;
 }
 
+std::pair<at::Tensor, at::Tensor> text_windows_at(const Tokens& tokens, int64_t seq_len,
+                                                  const std::vector<int64_t>& indices) {
+  const int64_t n = static_cast<int64_t>(indices.size()), T = seq_len;
+  const int64_t count = text_window_count(tokens, seq_len);
+  at::Tensor x = at::empty({n, T}, at::kLong), y = at::empty({n, T}, at::kLong);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t w = indices[static_cast<size_t>(i)];
+    STRATA_INTERNAL_ASSERT(0 <= w && w < count, "window ", w, " of ", count);
+    tokens.copy(w * T, T, x.data_ptr<int64_t>() + i * T);
+    tokens.copy(w * T + 1, T, y.data_ptr<int64_t>() + i * T);
+  }
+  return {x, y};
+}
+
 std::pair<at::Tensor, at::Tensor> text_windows(const Tokens& tokens, int64_t seq_len,
                                                int64_t begin, int64_t end) {
   STRATA_INTERNAL_ASSERT(0 <= begin && begin <= end &&
                          end <= text_window_count(tokens, seq_len));
-  const int64_t n = end - begin, T = seq_len;
-  at::Tensor x = at::empty({n, T}, at::kLong), y = at::empty({n, T}, at::kLong);
-  for (int64_t i = 0; i < n; ++i) {
-    tokens.copy((begin + i) * T, T, x.data_ptr<int64_t>() + i * T);
-    tokens.copy((begin + i) * T + 1, T, y.data_ptr<int64_t>() + i * T);
-  }
-  return {x, y};
+  std::vector<int64_t> indices(static_cast<size_t>(end - begin));
+  std::iota(indices.begin(), indices.end(), begin);
+  return text_windows_at(tokens, seq_len, indices);
 }
 
 }  // namespace strata::train

@@ -71,5 +71,8 @@ class TextLoader final : public BatchSource {
 int64_t text_window_count(const Tokens& tokens, int64_t seq_len);
 std::pair<at::Tensor, at::Tensor> text_windows(const Tokens& tokens, int64_t seq_len,
                                                int64_t begin, int64_t end);
+// The same for the windows at `indices`, in that order.
+std::pair<at::Tensor, at::Tensor> text_windows_at(const Tokens& tokens, int64_t seq_len,
+                                                  const std::vector<int64_t>& indices);
 
 }  // namespace strata::train

@@ -1,0 +1,86 @@
+#include "federated/server_options.h"
+
+#include <torch/torch.h>
+
+#include "federated/server.h"
+
+namespace strata::fed {
+namespace {
+
+std::chrono::milliseconds millis(double seconds) {
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+}
+
+}  // namespace
+
+ServerOptions server_options(const train::Recipe& recipe) {
+  const train::FederatedSection& f = recipe.federated;
+  ServerOptions o;
+  o.run_dir = recipe.run_dir();
+  o.model_name = recipe.model.name;
+  o.seed = static_cast<uint64_t>(recipe.run.seed);
+  o.recipe_yaml = train::to_yaml(recipe);
+  o.mode = f.mode;
+  o.sync.rounds = f.sync.rounds;
+  o.sync.clients_per_round = f.sync.clients_per_round;
+  o.sync.over_selection = f.sync.over_selection;
+  o.sync.min_updates = f.sync.min_updates;
+  o.sync.round_timeout = millis(f.sync.round_timeout_s);
+  o.sync.max_round_extensions = f.sync.max_round_extensions;
+  o.async.versions = f.async.versions;
+  o.async.buffer_size = f.async.buffer_size;
+  o.async.staleness_exponent = f.async.staleness_exponent;
+  o.async.max_staleness = f.async.max_staleness;
+  StrategyOptions& s = o.strategy;
+  s.name = f.strategy;
+  s.server_optimizer = f.server_optimizer;
+  s.server_lr = f.server_lr;
+  s.server_momentum = f.server_momentum;
+  s.beta1 = f.beta1;
+  s.beta2 = f.beta2;
+  s.tau = f.tau;
+  s.proximal_mu = f.proximal_mu;
+  s.trim_fraction = f.trim_fraction;
+  s.byzantine = static_cast<int>(f.byzantine);
+  s.multi_krum_keep = static_cast<int>(f.multi_krum_keep);
+  s.median_norm_clip = f.median_norm_clip;
+  s.bucket_size = static_cast<int>(f.bucket_size);
+  s.nnm_fraction = f.nnm_fraction;
+  o.validation.norm_bound = f.server.norm_bound;
+  o.validation.clip_to_bound = f.server.clip;
+  o.validation.max_num_samples = f.server.max_num_samples;
+  o.clients.local_epochs = f.sync.local_epochs;
+  o.clients.local_batch_size = recipe.data.batch_size;
+  o.clients.learning_rate = recipe.optimizer.lr;
+  o.service = f.server;
+  o.eval_every = f.server.eval_every;
+  o.eval_batch_size = recipe.data.eval_batch_size;
+  o.progress_every = millis(f.server.progress_every_s);
+  return o;
+}
+
+EvalData load_eval_data(const train::Recipe& recipe, const train::Registries& registries) {
+  train::LoadedData d = registries.datasets.get(recipe.data.name, recipe.where("data.name"),
+                                                "data.name")
+                            .load(recipe, 0, 1);
+  return EvalData{d.shape, std::move(d.eval_inputs), std::move(d.eval_targets), d.eval_split};
+}
+
+std::shared_ptr<train::Model> build_server_model(const train::Recipe& recipe,
+                                                 const train::Registries& registries,
+                                                 const train::InputShape& input) {
+  torch::manual_seed(recipe.run.seed);
+  return registries.models.get(recipe.model.name, recipe.where("model.name"), "model.name")
+      .build(recipe.model, input, train::ModelPart{});
+}
+
+std::unique_ptr<FedServer> make_fed_server(const train::Recipe& recipe,
+                                           const train::Registries& registries,
+                                           std::shared_ptr<ServerClock> clock) {
+  EvalData eval = load_eval_data(recipe, registries);
+  auto model = build_server_model(recipe, registries, eval.shape);
+  return std::make_unique<FedServer>(server_options(recipe), std::move(model), std::move(eval),
+                                     std::move(clock));
+}
+
+}  // namespace strata::fed

@@ -1,0 +1,82 @@
+// What a FedServer runs with, and the one place a recipe becomes it.
+//
+// Note [Server options]: the federated core (FedServer, its trigger, its
+// strategy, the service) takes these typed options, never a train::Recipe;
+// server_options() reads the recipe's federated section once, in the
+// launchers (strata-fedserver, strata-fedsim, tests), and make_fed_server()
+// adds the model and the evaluation data from the registries.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "federated/clock.h"
+#include "federated/strategy.h"
+#include "federated/trigger.h"
+#include "federated/validator.h"
+#include "trainer/models/models.h"
+#include "trainer/recipe.h"
+#include "trainer/trainer.h"
+
+namespace strata::fed {
+
+// The local training a server asks of its clients (sent with the model).
+struct ClientPlan {
+  int64_t local_epochs = 1;
+  int64_t local_batch_size = 32;
+  double learning_rate = 0.01;
+};
+
+// The service's address, TLS and ingest limits: the recipe's
+// federated.server section is a plain struct of exactly these, so the
+// service takes it as it is.
+using ServiceOptions = train::FedServerSection;
+
+struct ServerOptions {
+  std::string run_dir;
+  std::string model_name;   // in ModelInfo and messages
+  uint64_t seed = 0;        // client selection
+  std::string recipe_yaml;  // written to run_dir/recipe.yaml ("": not written)
+  std::string mode = "sync";  // mode_names(): which trigger
+  SyncRoundOptions sync;
+  AsyncBufferOptions async;
+  StrategyOptions strategy;     // statistics_offset is the server's (from the model)
+  ValidationPolicy validation;  // max_staleness is the trigger's
+  ClientPlan clients;
+  ServiceOptions service;
+  int64_t eval_every = 1;        // evaluate every this many versions (and the last)
+  int64_t eval_batch_size = 256;
+  std::chrono::milliseconds progress_every{10000};  // 0: no progress lines
+};
+
+// What the server evaluates every version on, given to it by its launcher
+// (the recipe's dataset through the data seam; tests may give a small set
+// of their own).
+struct EvalData {
+  train::InputShape shape;     // the model is built for it
+  at::Tensor inputs, targets;  // the evaluation split (CPU)
+  std::string split = "test";
+};
+
+// The recipe's federated section (and the run, model, data and optimizer
+// keys a server needs) as options.
+ServerOptions server_options(const train::Recipe& recipe);
+// The whole evaluation split of the recipe's dataset (data.name).
+EvalData load_eval_data(const train::Recipe& recipe, const train::Registries& registries);
+// The recipe's model (model.name from the registry, seeded by run.seed),
+// built for `input`.
+std::shared_ptr<train::Model> build_server_model(const train::Recipe& recipe,
+                                                 const train::Registries& registries,
+                                                 const train::InputShape& input);
+
+class FedServer;
+// A FedServer for the recipe: its options, its model, its dataset's
+// evaluation split, and `clock`.
+std::unique_ptr<FedServer> make_fed_server(const train::Recipe& recipe,
+                                           const train::Registries& registries,
+                                           std::shared_ptr<ServerClock> clock = steady_clock());
+
+}  // namespace strata::fed

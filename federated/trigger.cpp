@@ -1,0 +1,196 @@
+#include "federated/trigger.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/error.h"
+#include "core/logging.h"
+#include "core/strings.h"
+
+namespace strata::fed {
+namespace {
+
+class SyncRounds final : public AggregationTrigger {
+ public:
+  SyncRounds(const SyncRoundOptions& o, const Strategy& strategy, uint64_t seed, int64_t round,
+             time_point now)
+      : o_(o), strategy_(strategy), rng_(seed), round_(round),
+        select_target_(static_cast<int64_t>(std::ceil(static_cast<double>(o.clients_per_round) *
+                                                      (1.0 + o.over_selection)))) {
+    open(now);
+  }
+
+  const std::string& mode() const override { return mode_names()[0]; }
+  int64_t target_versions() const override { return o_.rounds; }
+  int64_t batch_size() const override { return o_.clients_per_round; }
+  int64_t planned_batch() const override { return std::min(o_.clients_per_round, min_updates()); }
+  int64_t max_staleness() const override { return 0; }
+  double staleness_weight(int64_t) const override { return 1.0; }
+  int64_t round() const override { return round_; }
+
+  bool check_in(const std::string& id) override {
+    if (selected_.count(id) || waiting_.count(id)) return false;
+    waiting_.insert(id);
+    return true;
+  }
+  bool has_work(const std::string& id, int64_t buffered) const override {
+    return selected_.count(id) && !submitted_.count(id) && !closed_ &&
+           buffered < o_.clients_per_round;
+  }
+  std::optional<Rejection> admit(const std::string& id, uint64_t round,
+                                 int64_t buffered) const override {
+    if (round != static_cast<uint64_t>(round_) || !selected_.count(id)) {
+      return Rejection{RejectCode::kFailedPrecondition, "not_selected",
+                       str("client ", quote(id), " is not selected for round ", round,
+                           " (open round: ", round_, "); fetch the model and wait to be selected")};
+    }
+    if (submitted_.count(id)) {
+      return Rejection{RejectCode::kFailedPrecondition, "round_duplicate",
+                       str("client ", quote(id), " already submitted in round ", round_)};
+    }
+    if (buffered >= o_.clients_per_round || closed_) {
+      return Rejection{RejectCode::kFailedPrecondition, "round_full",
+                       str("round ", round_, " already has its ", o_.clients_per_round,
+                           " updates")};
+    }
+    return std::nullopt;
+  }
+  void accepted(const std::string& id) override { submitted_.insert(id); }
+  // A selected client whose update for the round was refused (round full
+  // or closed, or the update itself invalid) is done with that round: it
+  // goes back to the pool instead of being handed the same round again.
+  void refused(const std::string& id) override {
+    if (!submitted_.count(id)) selected_.erase(id);
+  }
+  void resumed(const std::string& id) override { submitted_.insert(id); }
+  bool flow_rejection(const std::string& key) const override {
+    return key == "stale" || key == "round_full";
+  }
+
+  Poll poll(time_point now, int64_t buffered) override {
+    Poll p;
+    // Select once enough clients checked in, or after the gathering time
+    // with whoever is there; then top up whenever the round has fewer
+    // selected-and-working clients than its target (a selected client was
+    // refused, or few had checked in when the gathering time ended) and
+    // someone is waiting. Topping up only at the deadline left a round that
+    // opened with too few clients waiting out round_timeout although idle
+    // clients had checked in meanwhile.
+    const int64_t active = static_cast<int64_t>(selected_.size() - submitted_.size());
+    const bool gathering = now - opened_ < o_.gathering;
+    const int64_t missing = select_target_ - active - buffered;
+    if (!closed_ && missing > 0 && !waiting_.empty() &&
+        (static_cast<int64_t>(waiting_.size()) >= select_target_ - active || !gathering)) {
+      std::vector<std::string> pool(waiting_.begin(), waiting_.end());
+      for (const std::string& id : strategy_.select_clients(std::move(pool), missing, rng_)) {
+        if (!waiting_.erase(id)) continue;  // a strategy may only pick from the pool
+        selected_.insert(id);
+      }
+      p.selected = true;
+    }
+    // A round that cannot fill (clients gone, or every update refused)
+    // closes after its extensions with whatever arrived, possibly nothing.
+    const bool due = buffered >= o_.clients_per_round ||
+                     (now >= deadline_ && ((buffered >= min_updates() && buffered > 0) ||
+                                           extensions_ >= o_.max_round_extensions));
+    if (!closed_ && due) {
+      closed_ = true;
+      p.take = static_cast<size_t>(buffered);
+      return p;
+    }
+    if (!closed_ && now >= deadline_) {
+      ++extensions_;
+      deadline_ = now + o_.round_timeout;
+      log_warn("round ", round_, ": ", buffered, " valid update(s) of ", o_.clients_per_round,
+               " by its deadline; extended (", extensions_, " of ", o_.max_round_extensions, ")");
+    }
+    p.wake = deadline_;
+    if (gathering) p.wake = std::min(p.wake, opened_ + o_.gathering);
+    return p;
+  }
+
+  void aggregated(time_point now) override {
+    ++round_;
+    selected_.clear();
+    submitted_.clear();
+    open(now);
+  }
+
+  std::string progress(int64_t, int64_t buffered) const override {
+    return str("round ", round_, " of ", o_.rounds, ": ", buffered, "/", o_.clients_per_round,
+               " updates, ", selected_.size() - submitted_.size(),
+               " selected client(s) training, ", waiting_.size(), " waiting to be selected");
+  }
+
+ private:
+  int64_t min_updates() const {
+    return o_.min_updates > 0 ? o_.min_updates : o_.clients_per_round;
+  }
+  void open(time_point now) {
+    opened_ = now;
+    deadline_ = now + o_.round_timeout;
+    extensions_ = 0;
+    closed_ = false;
+  }
+
+  SyncRoundOptions o_;
+  const Strategy& strategy_;
+  std::mt19937_64 rng_;
+  int64_t round_;
+  const int64_t select_target_;
+  std::set<std::string> waiting_;    // checked in, not selected
+  std::set<std::string> selected_;   // for round_
+  std::set<std::string> submitted_;  // in round_
+  time_point opened_, deadline_;
+  int64_t extensions_ = 0;  // deadlines this round has been extended
+  bool closed_ = false;     // its batch is being aggregated
+};
+
+class AsyncBuffer final : public AggregationTrigger {
+ public:
+  explicit AsyncBuffer(const AsyncBufferOptions& o) : o_(o) {}
+
+  const std::string& mode() const override { return mode_names()[1]; }
+  int64_t target_versions() const override { return o_.versions; }
+  int64_t batch_size() const override { return o_.buffer_size; }
+  int64_t planned_batch() const override { return o_.buffer_size; }
+  int64_t max_staleness() const override { return o_.max_staleness; }
+  // In (0, 1] for every staleness an update can have (0 <= staleness <=
+  // max_staleness, checked on submit): a weight is never NaN or infinite.
+  double staleness_weight(int64_t staleness) const override {
+    STRATA_INTERNAL_ASSERT(staleness >= 0, "negative staleness ", staleness);
+    const double w = std::pow(1.0 + static_cast<double>(staleness), -o_.staleness_exponent);
+    STRATA_INTERNAL_ASSERT(std::isfinite(w) && w > 0 && w <= 1, "staleness weight ", w);
+    return w;
+  }
+
+  // FedBuff applies exactly K; what arrived meanwhile waits its turn.
+  Poll poll(time_point, int64_t buffered) override {
+    Poll p;
+    if (buffered >= o_.buffer_size) p.take = static_cast<size_t>(o_.buffer_size);
+    return p;
+  }
+
+  std::string progress(int64_t version, int64_t buffered) const override {
+    return str("version ", version, " (", version - 1, " of ", o_.versions,
+               " aggregations): buffer ", buffered, "/", o_.buffer_size);
+  }
+
+ private:
+  AsyncBufferOptions o_;
+};
+
+}  // namespace
+
+std::unique_ptr<AggregationTrigger> make_sync_rounds(const SyncRoundOptions& o,
+                                                     const Strategy& strategy, uint64_t seed,
+                                                     int64_t round, ServerClock::time_point now) {
+  return std::make_unique<SyncRounds>(o, strategy, seed, round, now);
+}
+
+std::unique_ptr<AggregationTrigger> make_async_buffer(const AsyncBufferOptions& o) {
+  return std::make_unique<AsyncBuffer>(o);
+}
+
+}  // namespace strata::fed
