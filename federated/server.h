@@ -130,7 +130,10 @@ class FedServer {
   // `seen`, or `wait` passed (real time); returns the current epoch.
   uint64_t wait_change(uint64_t seen, std::chrono::milliseconds wait);
   // Blocks until `done(status())` holds or `wait` passed (real time),
-  // without polling: it wakes on every change. Returns the last status.
+  // without polling: it wakes whenever the epoch moves (a version, a round
+  // or selection, an accepted update, stopping); rejection counters alone
+  // do not move it, so wait for those on the service (RunningService::
+  // wait_counts). Returns the last status.
   template <class Pred>
   ServerStatus wait_status(Pred done, std::chrono::milliseconds wait) {
     const auto until = std::chrono::steady_clock::now() + wait;

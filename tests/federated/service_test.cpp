@@ -193,6 +193,7 @@ TEST(FedService, ABusyServerTurnsSendersAwayAndClientsRetry) {
     held = hold();
   }
   const int64_t busy_before = f.server.status().rejected_by_reason.at("busy");
+  const int64_t admitted = f.service->counts().uploads_admitted;
   expect_status(busy, grpc::StatusCode::UNAVAILABLE, "the server is busy: 1 updates are being received");
   // An EdgeClient keeps retrying (max_retries 0 does not stop it: busy is
   // flow control) and gets in when the held stream ends.
@@ -204,10 +205,9 @@ TEST(FedService, ABusyServerTurnsSendersAwayAndClientsRetry) {
   o.first_backoff = std::chrono::milliseconds(10);
   EdgeClient c(o);
   std::thread release([&] {
-    // Release after the client was turned away twice more (or 10 s).
-    f.server.wait_status(
-        [&](const ServerStatus& st) { return st.rejected_by_reason.at("busy") >= busy_before + 2; },
-        std::chrono::seconds(10));
+    // Release after the client was turned away twice more (or 10 s): two
+    // more uploads admitted -- that is, refused busy at the ingest gate.
+    f.wait_counts([&](const ServiceCounts& c) { return c.uploads_admitted >= admitted + 2; });
     held->w->WritesDone();
     held->w->Finish();  // refused: it announced tensors it never sent
   });
