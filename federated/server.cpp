@@ -530,6 +530,17 @@ at::Tensor FedServer::statistics_of(int64_t version) {
 
 ServerStatus FedServer::status() {
   std::lock_guard<std::mutex> lock(mu_);
+  return status_locked();
+}
+
+ServerStatus FedServer::wait_status(const std::function<bool(const ServerStatus&)>& done,
+                                    std::chrono::milliseconds wait) {
+  std::unique_lock<std::mutex> lock(mu_);
+  changed_.wait_for(lock, wait, [&] { return stop_ || done(status_locked()); });
+  return status_locked();
+}
+
+ServerStatus FedServer::status_locked() const {
   ServerStatus s;
   s.version = version_;
   s.mode = trigger_->mode();

@@ -22,6 +22,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <exception>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -134,20 +135,8 @@ class FedServer {
   // or selection, an accepted update, stopping); rejection counters alone
   // do not move it, so wait for those on the service (RunningService::
   // wait_counts). Returns the last status.
-  template <class Pred>
-  ServerStatus wait_status(Pred done, std::chrono::milliseconds wait) {
-    const auto until = std::chrono::steady_clock::now() + wait;
-    uint64_t seen = wait_change(0, std::chrono::milliseconds(0));
-    for (;;) {
-      ServerStatus s = status();
-      const auto now = std::chrono::steady_clock::now();
-      if (done(s) || now >= until) return s;
-      const uint64_t next =
-          wait_change(seen, std::chrono::duration_cast<std::chrono::milliseconds>(until - now));
-      if (next == seen) return status();  // the time is up, or the server stopped
-      seen = next;
-    }
-  }
+  ServerStatus wait_status(const std::function<bool(const ServerStatus&)>& done,
+                           std::chrono::milliseconds wait);
   // No more updates are taken and every waiter is woken: the first step of
   // shutting down.
   void stop_serving();
@@ -181,6 +170,7 @@ class FedServer {
   void aggregation_loop();
   void aggregate(std::vector<Pending> batch, int64_t round);
   void changed_locked();  // bumps epoch_ and wakes waiters
+  ServerStatus status_locked() const;
   std::string progress_locked() const;  // the periodic progress line
   ModelView view_locked(const std::string& client_id) const;
   std::optional<Rejection> check_submit_locked(const SubmitMeta& m, int64_t* staleness) const;

@@ -59,11 +59,13 @@ ServerOptions server_options(const train::Recipe& recipe) {
   return o;
 }
 
+EvalData eval_data(const train::LoadedData& data) {
+  return EvalData{data.shape, data.eval_inputs, data.eval_targets, data.eval_split};
+}
+
 EvalData load_eval_data(const train::Recipe& recipe, const train::Registries& registries) {
-  train::LoadedData d = registries.datasets.get(recipe.data.name, recipe.where("data.name"),
-                                                "data.name")
-                            .load(recipe, 0, 1);
-  return EvalData{d.shape, std::move(d.eval_inputs), std::move(d.eval_targets), d.eval_split};
+  return eval_data(registries.datasets.get(recipe.data.name, recipe.where("data.name"), "data.name")
+                       .load(recipe, 0, 1));
 }
 
 std::shared_ptr<train::Model> build_server_model(const train::Recipe& recipe,
@@ -75,12 +77,17 @@ std::shared_ptr<train::Model> build_server_model(const train::Recipe& recipe,
 }
 
 std::unique_ptr<FedServer> make_fed_server(const train::Recipe& recipe,
-                                           const train::Registries& registries,
+                                           const train::Registries& registries, EvalData eval,
                                            std::shared_ptr<ServerClock> clock) {
-  EvalData eval = load_eval_data(recipe, registries);
   auto model = build_server_model(recipe, registries, eval.shape);
   return std::make_unique<FedServer>(server_options(recipe), std::move(model), std::move(eval),
                                      std::move(clock));
+}
+
+std::unique_ptr<FedServer> make_fed_server(const train::Recipe& recipe,
+                                           const train::Registries& registries,
+                                           std::shared_ptr<ServerClock> clock) {
+  return make_fed_server(recipe, registries, load_eval_data(recipe, registries), std::move(clock));
 }
 
 }  // namespace strata::fed

@@ -17,6 +17,7 @@
 #include "federated/strategy.h"
 #include "federated/trigger.h"
 #include "federated/validator.h"
+#include "trainer/data/datasets.h"
 #include "trainer/models/models.h"
 #include "trainer/recipe.h"
 #include "trainer/trainer.h"
@@ -64,6 +65,8 @@ struct EvalData {
 // The recipe's federated section (and the run, model, data and optimizer
 // keys a server needs) as options.
 ServerOptions server_options(const train::Recipe& recipe);
+// The evaluation split a dataset loaded (one rank of one: all of it).
+EvalData eval_data(const train::LoadedData& data);
 // The whole evaluation split of the recipe's dataset (data.name).
 EvalData load_eval_data(const train::Recipe& recipe, const train::Registries& registries);
 // The recipe's model (model.name from the registry, seeded by run.seed),
@@ -73,8 +76,12 @@ std::shared_ptr<train::Model> build_server_model(const train::Recipe& recipe,
                                                  const train::InputShape& input);
 
 class FedServer;
-// A FedServer for the recipe: its options, its model, its dataset's
-// evaluation split, and `clock`.
+// A FedServer for the recipe: its options, its model (built for
+// eval.shape), `eval` -- by default its dataset's evaluation split -- and
+// `clock`.
+std::unique_ptr<FedServer> make_fed_server(const train::Recipe& recipe,
+                                           const train::Registries& registries, EvalData eval,
+                                           std::shared_ptr<ServerClock> clock = steady_clock());
 std::unique_ptr<FedServer> make_fed_server(const train::Recipe& recipe,
                                            const train::Registries& registries,
                                            std::shared_ptr<ServerClock> clock = steady_clock());

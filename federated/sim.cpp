@@ -33,9 +33,9 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
   const train::LoadedData& data = shards.data;
   train::Recipe server_recipe = recipe;
   server_recipe.federated.server.address = "127.0.0.1:0";
-  FedServer server(server_options(server_recipe),
-                   build_server_model(server_recipe, registries, data.shape),
-                   EvalData{data.shape, data.eval_inputs, data.eval_targets, data.eval_split});
+  const std::unique_ptr<FedServer> owned =
+      make_fed_server(server_recipe, registries, eval_data(data));
+  FedServer& server = *owned;
   auto service = serve(server);
   const std::string address = str("127.0.0.1:", service->port());
   const uint64_t seed = static_cast<uint64_t>(recipe.run.seed);
