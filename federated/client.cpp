@@ -288,6 +288,12 @@ std::string EdgeClient::status() {
   for (const auto& [k, n] : reply.rejected_by_reason()) {
     out += str("rejected.", printable(k), " ", n, "\n");
   }
+  if (reply.has_activity()) {
+    const pb::ServiceActivity& a = reply.activity();
+    out += str("uploads_started ", a.uploads_started(), "\nuploads_admitted ",
+               a.uploads_admitted(), "\npolls_begun ", a.polls_begun(), "\npolls_open ",
+               a.polls_open(), "\n");
+  }
   return out;
 }
 

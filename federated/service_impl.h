@@ -221,6 +221,14 @@ class FederationService final
     reply.set_finished(s.finished);
     reply.set_updates_per_aggregation(static_cast<uint32_t>(s.updates_per_aggregation));
     reply.set_server_version(s.server_version);
+    if (op) {
+      const ServiceCounts c = counts();
+      pb::ServiceActivity* a = reply.mutable_activity();
+      a->set_uploads_started(static_cast<uint64_t>(c.uploads_started));
+      a->set_uploads_admitted(static_cast<uint64_t>(c.uploads_admitted));
+      a->set_polls_begun(static_cast<uint64_t>(c.polls_begun));
+      a->set_polls_open(static_cast<uint32_t>(c.polls_open));
+    }
     *response = serialize(reply);
     r->Finish(grpc::Status::OK);
     return r;

@@ -4,12 +4,17 @@
 // land in submits and in aggregations alike) and restarted on the same run
 // directory. Afterwards every update the client saw acknowledged must be in
 // the ledger exactly once, applied by at most one committed version, and
-// the final version must have applied all of them.
+// the final version must have applied all of them. The test waits on what
+// the server prints and the client sees (condition variables), never on
+// elapsed time; the only delay is the kill's deliberate random moment.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <torch/torch.h>
 
+#include <condition_variable>
+#include <memory>
+#include <mutex>
 #include <random>
 #include <set>
 #include <thread>
@@ -17,6 +22,7 @@
 #include "core/fs.h"
 #include "federated/client.h"
 #include "federated/layout.h"
+#include "child_process.h"
 #include "test_util.h"
 #include "trainer/models/models.h"
 #include "trainer/recipe.h"
@@ -26,21 +32,6 @@ namespace strata::fed {
 namespace {
 
 const std::string kServer = STRATA_FEDSERVER_BIN;
-
-struct Proc {
-  pid_t pid = -1;
-};
-
-Proc start_server(const std::string& args, const std::string& log) {
-  Proc p;
-  p.pid = ::fork();
-  if (p.pid == 0) {
-    const std::string cmd = "exec " + kServer + " " + args + " >>" + log + " 2>&1";
-    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  return p;
-}
 
 int sql_count(sqlite3* db, const std::string& q) {
   sqlite3_stmt* s = nullptr;
@@ -82,12 +73,16 @@ TEST(FedDurability, TwentyKillsLoseAndDuplicateNothingAcknowledged) {
   o.rpc_timeout = std::chrono::milliseconds(20000);
   EdgeClient client(o);
 
-  const std::string log = dir.path() + "/server.log";
-  Proc server = start_server(recipe, log);
+  std::string log;  // every server life's output, for failure messages
+  const auto start_server = [&] { return std::make_unique<test::ChildProcess>(kServer + " " + recipe); };
+  auto server = start_server();
   std::atomic<bool> done{false};
-  std::atomic<int> acked{0}, duplicates{0};
+  std::mutex mu;
+  std::condition_variable acked_more;
+  int acked = 0;  // guarded by mu
+  std::atomic<int> duplicates{0};
   std::string client_error;  // read after join
-  std::atomic<bool> client_failed{false};
+  bool client_failed = false;  // guarded by mu
   std::thread submitter([&] {
     try {
       int64_t have = 0;
@@ -99,76 +94,74 @@ TEST(FedDurability, TwentyKillsLoseAndDuplicateNothingAcknowledged) {
         u.num_samples = 1;
         u.tensors = layout.unflatten(at::full({layout.numel()}, 1e-4f));
         const SubmitResult res = client.submit(u);
-        ASSERT_TRUE(res.accepted) << res.code << ": " << res.reason;
-        ++acked;
+        if (!res.accepted) throw std::runtime_error(res.code + ": " + res.reason);
         duplicates += res.duplicate;
+        std::lock_guard<std::mutex> lock(mu);
+        ++acked;
+        acked_more.notify_all();
       }
     } catch (const std::exception& e) {
       client_error = e.what();
+      std::lock_guard<std::mutex> lock(mu);
       client_failed = true;
+      acked_more.notify_all();
     }
   });
-
-  // Each kill comes once that server has acknowledged at least one update
-  // and then a random 0-1 s more, so a slow machine makes the test slower,
-  // never meaningless: every server life sees submits, and kills land in
-  // submits and aggregations alike.
-  const auto wait_listening = [&](int starts) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    for (;;) {
-      const std::string text = path_exists(log) ? read_file(log) : "";
-      int n = 0;
-      for (size_t at = text.find("listening on"); at != std::string::npos;
-           at = text.find("listening on", at + 1)) {
-        ++n;
-      }
-      if (n >= starts) return true;
-      if (std::chrono::steady_clock::now() > deadline) return false;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
+  const auto acked_now = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return acked;
   };
+  // Until the client saw an update acknowledged after the first `before`.
   const auto wait_ack_after = [&](int before) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (acked.load() <= before && !client_failed) {
-      if (std::chrono::steady_clock::now() > deadline) return false;
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return true;
+    std::unique_lock<std::mutex> lock(mu);
+    acked_more.wait_for(lock, std::chrono::seconds(60),
+                        [&] { return acked > before || client_failed; });
+    return acked > before;
   };
+
+  // Each kill comes once that server listens and has acknowledged at least
+  // one update, and then a random 0-1 s more, so a slow machine makes the
+  // test slower, never meaningless: every server life sees submits, and
+  // kills land in submits and aggregations alike.
   std::mt19937 rng(1);
   bool served = true;
   for (int kill = 0; kill < 20 && served; ++kill) {
-    const int before = acked.load();
-    served = wait_listening(kill + 1) && wait_ack_after(before);
-    std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 1000));
-    ::kill(server.pid, SIGKILL);
-    ::waitpid(server.pid, nullptr, 0);
-    server = start_server(recipe, log);
+    const int before = acked_now();
+    served = server->wait_output("listening on", 1, std::chrono::seconds(60)) &&
+             wait_ack_after(before);
+    std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 1000));  // the random moment
+    server->signal(SIGKILL);
+    served = served && server->wait_exit(std::chrono::seconds(30)).has_value();
+    log += server->output();
+    server = start_server();
   }
-  served = served && wait_listening(21);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  // The last life serves too: it recovers and acknowledges more.
+  const int before = acked_now();
+  served = served && server->wait_output("listening on", 1, std::chrono::seconds(60)) &&
+           wait_ack_after(before);
   done = true;
   submitter.join();
-  ::kill(server.pid, SIGTERM);
-  ::waitpid(server.pid, nullptr, 0);
-  ASSERT_TRUE(client_error.empty()) << client_error << "\n" << read_file(log);
-  ASSERT_TRUE(served) << "a restarted server did not come up or acknowledge an update "
-                          "within 60 s\n" << read_file(log);
-  ASSERT_GE(acked.load(), 20);  // at least one per server life
+  server->signal(SIGTERM);
+  served = served && server->wait_exit(std::chrono::seconds(30)).has_value();
+  log += server->output();
+  ASSERT_TRUE(client_error.empty()) << client_error << "\n" << log;
+  ASSERT_TRUE(served) << "a restarted server did not come up, acknowledge an update "
+                          "within 60 s or exit\n" << log;
+  ASSERT_GE(acked, 21);  // at least one per server life
 
   // The ledger: one row per acknowledged update (a retry whose first
   // attempt was recorded shows up as a duplicate answer, not a second row).
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open((dir.path() + "/run/server.db").c_str(), &db), SQLITE_OK);
-  EXPECT_EQ(sql_count(db, "SELECT COUNT(*) FROM updates"), acked.load());
-  EXPECT_EQ(sql_count(db, "SELECT COUNT(DISTINCT sequence) FROM updates"), acked.load());
+  EXPECT_EQ(sql_count(db, "SELECT COUNT(*) FROM updates"), acked);
+  EXPECT_EQ(sql_count(db, "SELECT COUNT(DISTINCT sequence) FROM updates"), acked);
   // Applied by committed versions only, each update at most once (one
   // column), and versions are gap-free.
   EXPECT_EQ(sql_count(db, "SELECT COUNT(*) FROM updates WHERE applied_version IS NOT NULL "
                           "AND applied_version NOT IN (SELECT version FROM versions)"), 0);
   EXPECT_EQ(sql_count(db, "SELECT MAX(version) - MIN(version) + 1 - COUNT(*) FROM versions"), 0);
   const int pending = sql_count(db, "SELECT COUNT(*) FROM updates WHERE applied_version IS NULL");
-  EXPECT_EQ(sql_count(db, "SELECT SUM(num_updates) FROM versions"), acked.load() - pending);
+  EXPECT_EQ(sql_count(db, "SELECT SUM(num_updates) FROM versions"), acked - pending);
   sqlite3_close(db);
   // Each pending update still has its delta on disk; applied ones do not.
   EXPECT_EQ(static_cast<int>(list_files(dir.path() + "/run/updates").size()), pending);

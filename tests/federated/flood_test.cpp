@@ -4,13 +4,15 @@
 // cancelled after 0.3 s. An honest client's submit must be accepted within
 // 5 s, the server's thread count must stay within its documented bound
 // (Note [Callback service] in federated/service_impl.h), and SIGTERM must end
-// the process within 5 s with long polls outstanding.
+// the process within 5 s with long polls outstanding. The test waits on the
+// state the server reports to its operator (GetStatus: open long polls),
+// not on elapsed time.
 #include <gtest/gtest.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
-#include <sys/wait.h>
 
 #include <chrono>
+#include <functional>
 #include <thread>
 
 #include "core/fs.h"
@@ -18,6 +20,7 @@
 #include "federated/client.h"
 #include "federated/layout.h"
 #include "federated/wire.h"
+#include "child_process.h"
 #include "strata_fed.grpc.pb.h"
 #include "test_util.h"
 #include "trainer/models/models.h"
@@ -29,6 +32,25 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 const std::string kServer = STRATA_FEDSERVER_BIN;
+
+// Asks the server (as its operator) until `done(status)`, at most `wait`;
+// false on timeout. Each answer reports the state of the moment, so the
+// test proceeds as soon as the server got there.
+bool wait_status(pb::Federation::Stub& stub, const std::string& operator_token,
+                 const std::function<bool(const pb::StatusReply&)>& done,
+                 std::chrono::seconds wait, pb::StatusReply* last) {
+  const auto deadline = Clock::now() + wait;
+  for (;;) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + operator_token);
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    const grpc::Status s = stub.GetStatus(&ctx, pb::StatusRequest(), last);
+    if (s.ok() && done(*last)) return true;
+    if (Clock::now() > deadline) return false;
+    // Between calls, a pause that keeps 2 cores for the server.
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
 
 struct Stream {
   grpc::ClientContext ctx;
@@ -60,24 +82,17 @@ TEST(FedFlood, HonestClientsAreServedAndSigtermEndsInSeconds) {
     return t.substr(0, 64);
   };
 
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const std::string cmd = "exec " + kServer + " " + recipe + " >" + dir.path() + "/server.log 2>&1";
-    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  struct Reap {
-    pid_t pid;
-    ~Reap() {
-      if (pid <= 0) return;
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-  } reap{pid};
+  test::ChildProcess server(kServer + " " + recipe);
+  const pid_t pid = server.pid();
   const auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
   ASSERT_TRUE(channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(60)));
   auto stub = pb::Federation::NewStub(channel);
   const int64_t idle_threads = test::thread_count(pid);
+  const std::string op = read_file(dir.path() + "/run/operator.token").substr(0, 64);
+  pb::StatusReply st;
+  const auto open_polls = [&](uint32_t n) {
+    return [n](const pb::StatusReply& r) { return r.activity().polls_open() == n; };
+  };
 
   const train::Recipe r = train::load_recipe(recipe);
   auto model = train::builtin_registries().models.get("mlp", "", "model.name").build(r.model, {}, {});
@@ -116,7 +131,7 @@ TEST(FedFlood, HonestClientsAreServedAndSigtermEndsInSeconds) {
     s->w = stub->SubmitUpdate(&s->ctx, &s->reply);
     streams.push_back(std::move(s));
   }
-  // 300 long polls (two per client), cancelled after 0.3 s.
+  // 300 long polls (two per client), cancelled once all are waiting.
   grpc::CompletionQueue cq;
   struct Poll {
     grpc::ClientContext ctx;
@@ -136,10 +151,14 @@ TEST(FedFlood, HonestClientsAreServedAndSigtermEndsInSeconds) {
   };
   std::vector<std::unique_ptr<Poll>> polls;
   for (int k = 0; k < 300; ++k) polls.push_back(poll(str("p", k / 2)));
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_TRUE(wait_status(*stub, op, open_polls(300), std::chrono::seconds(60), &st))
+      << st.activity().polls_open() << " long polls open\n" << server.output();
+  int64_t flooded_threads = test::thread_count(pid);
   for (auto& p : polls) p->ctx.TryCancel();
-  std::this_thread::sleep_for(std::chrono::milliseconds(700));
-  const int64_t flooded_threads = test::thread_count(pid);
+  ASSERT_TRUE(wait_status(*stub, op, open_polls(0), std::chrono::seconds(60), &st))
+      << st.activity().polls_open() << " long polls still open after cancelling\n"
+      << server.output();
+  flooded_threads = std::max(flooded_threads, test::thread_count(pid));
 
   EdgeClientOptions o;
   o.address = address;
@@ -167,19 +186,16 @@ TEST(FedFlood, HonestClientsAreServedAndSigtermEndsInSeconds) {
   // SIGTERM with 10 long polls outstanding.
   std::vector<std::unique_ptr<Poll>> waiting;
   for (int k = 0; k < 10; ++k) waiting.push_back(poll(str("p", 100 + k)));
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_TRUE(wait_status(*stub, op, open_polls(10), std::chrono::seconds(60), &st))
+      << st.activity().polls_open() << " long polls open\n" << server.output();
   const auto t1 = Clock::now();
-  ASSERT_EQ(::kill(pid, SIGTERM), 0);
-  int status = 0;
-  pid_t done = 0;
-  while ((done = ::waitpid(pid, &status, WNOHANG)) == 0 && Clock::now() - t1 < std::chrono::seconds(10)) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  server.signal(SIGTERM);
+  const std::optional<int> status = server.wait_exit(std::chrono::seconds(10));
   const double exit_s = std::chrono::duration<double>(Clock::now() - t1).count();
-  ASSERT_EQ(done, pid) << "still running " << exit_s << " s after SIGTERM";
-  reap.pid = -1;
+  ASSERT_TRUE(status.has_value()) << "still running " << exit_s << " s after SIGTERM";
   EXPECT_LT(exit_s, 5.0);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << *status << "\n"
+                                                              << server.output();
   std::printf("flood: SIGTERM with 10 long polls outstanding: exited in %.2f s\n", exit_s);
   for (auto& p : polls) p->ctx.TryCancel();
   for (auto& p : waiting) p->ctx.TryCancel();

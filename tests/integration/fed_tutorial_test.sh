@@ -21,6 +21,8 @@ ln -s "$SRC/recipes" "$WORK/recipes"
 cd "$WORK"
 pass=0
 fail() { echo "FAIL: $*"; echo "0 passed, 1 failed"; exit 1; }
+# shellcheck source=tests/integration/wait_line.sh
+source "$SRC/tests/integration/wait_line.sh"
 
 block() {  # the commands of README block NAME
   awk -v m="<!-- tutorial:$1 -->" '
@@ -39,12 +41,8 @@ run_tutorial() {  # run_tutorial SERVER_BLOCK EDGES_BLOCK
   bash -euo pipefail -c "$(sed '$d' <<<"$server")" > "t1-$1.out" 2>&1 || { cat "t1-$1.out"; fail "$1 setup"; }
   bash -c "exec $(tail -n 1 <<<"$server")" > "server-$1.log" 2>&1 &
   SERVER_PID=$!
-  for _ in $(seq 1 600); do
-    grep -q "^listening on" "server-$1.log" && break
-    kill -0 "$SERVER_PID" 2>/dev/null || { cat "server-$1.log"; fail "$1: the server exited"; }
-    sleep 0.1
-  done
-  grep -q "^listening on" "server-$1.log" || fail "$1: the server never listened"
+  wait_line "server-$1.log" "^listening on" "$SERVER_PID" 60 ||
+    { cat "server-$1.log"; fail "$1: the server did not listen within 60 s"; }
   # Terminal 2.
   timeout 300 bash -euo pipefail -c "$edges" > "t2-$2.out" 2>&1 || { cat "t2-$2.out"; fail "$2"; }
   timeout 60 tail --pid="$SERVER_PID" -f /dev/null || fail "$1: the server did not finish"
@@ -56,6 +54,7 @@ run_tutorial() {  # run_tutorial SERVER_BLOCK EDGES_BLOCK
     "t2-$2.out:^server .*:7070$"                         # status
     "t2-$2.out:^version 1$"
     "t2-$2.out:^enrolled 2$"
+    "t2-$2.out:^polls_open [0-9]+$"                    # the operator sees the calls
     "t2-$2.out:edge-0: round 1, base version 1: trained on 3000 samples"
     "t2-$2.out:edge-1: round 3, base version 3: trained on 3000 samples"
     "t2-$2.out:^edge-0: 3 updates accepted, 0 refused"
@@ -84,7 +83,8 @@ mismatch() {  # mismatch SERVER_OVERRIDES EDGE_OVERRIDES EXPECTED
   # shellcheck disable=SC2086
   build/bin/strata-fedserver "$R" $1 > mismatch-server.log 2>&1 &
   SERVER_PID=$!
-  for _ in $(seq 1 600); do grep -q "^listening on" mismatch-server.log && break; sleep 0.1; done
+  wait_line mismatch-server.log "^listening on" "$SERVER_PID" 60 ||
+    { cat mismatch-server.log; fail "mismatch: the server did not listen within 60 s"; }
   local out rc=0
   # shellcheck disable=SC2086
   out=$(timeout 120 "${E[@]}" $2 2>&1) || rc=$?

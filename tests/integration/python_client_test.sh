@@ -36,7 +36,10 @@ O=(run.dir="$WORK/run" federated.mode=async federated.server.address=127.0.0.1:$
 "$BUILD/bin/strata-fedserver" enroll "$R" "${O[@]}" py-1 --out "$WORK/tokens" > /dev/null
 "$BUILD/bin/strata-fedserver" "$R" "${O[@]}" > "$WORK/server.log" 2>&1 &
 SERVER_PID=$!
-for _ in $(seq 1 600); do grep -q "^listening on" "$WORK/server.log" && break; sleep 0.1; done
+# shellcheck source=tests/integration/wait_line.sh
+source "$SRC/tests/integration/wait_line.sh"
+wait_line "$WORK/server.log" "^listening on" "$SERVER_PID" 60 ||
+  { cat "$WORK/server.log"; echo "python_client: 0 passed, 1 failed"; exit 1; }
 if ! "$VENV/bin/python" "$SRC/examples/python_client/fed_client.py" --server "127.0.0.1:$PORT" \
     --client py-1 --token-file "$WORK/tokens/py-1.token" --stubs "$WORK/stubs" \
     --operator-token-file "$WORK/run/operator.token" > "$WORK/client.out" 2>&1; then
