@@ -5,6 +5,9 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
+
+#include "core/strings.h"
 
 namespace strata {
 namespace {
@@ -14,13 +17,17 @@ namespace {
 std::atomic<int> g_rank{0};
 std::atomic<int> g_world{1};
 
-LogLevel level_from_env() {
-  const char* v = std::getenv("STRATA_LOG_LEVEL");
-  if (v == nullptr) return LogLevel::kInfo;
+// nullopt for a value that names no level (check_log_environment says so).
+std::optional<LogLevel> parse_level(const char* v) {
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "info") == 0) return LogLevel::kInfo;
   if (std::strcmp(v, "debug") == 0) return LogLevel::kDebug;
   if (std::strcmp(v, "warn") == 0) return LogLevel::kWarn;
   if (std::strcmp(v, "error") == 0) return LogLevel::kError;
-  return LogLevel::kInfo;
+  return std::nullopt;
+}
+
+LogLevel level_from_env() {
+  return parse_level(std::getenv("STRATA_LOG_LEVEL")).value_or(LogLevel::kInfo);
 }
 
 bool all_ranks_from_env() {
@@ -39,6 +46,19 @@ const char* level_name(LogLevel level) {
 }
 
 }  // namespace
+
+void check_log_environment() {
+  const char* v = std::getenv("STRATA_LOG_LEVEL");
+  if (!parse_level(v)) {
+    throw UsageError(str("STRATA_LOG_LEVEL=", printable(v), " is not a log level; use debug, info, "
+                         "warn or error (or leave it unset for info)"));
+  }
+  const char* all = std::getenv("STRATA_LOG_ALL_RANKS");
+  if (all != nullptr && *all != '\0' && std::strcmp(all, "0") != 0 && std::strcmp(all, "1") != 0) {
+    throw UsageError(str("STRATA_LOG_ALL_RANKS=", printable(all), " must be 1 (every rank logs "
+                         "INFO) or 0 (rank 0 only)"));
+  }
+}
 
 void set_log_rank(int rank, int world) {
   g_rank = rank;

@@ -17,6 +17,9 @@ namespace strata {
 
 enum class LogLevel { kDebug = 0, kInfo = 1, kWarn = 2, kError = 3 };
 
+// UsageError for a STRATA_LOG_LEVEL or STRATA_LOG_ALL_RANKS value that
+// means nothing (run_main calls it first: a typo is not silently "info").
+void check_log_environment();
 void set_log_rank(int rank, int world);
 bool log_enabled(LogLevel level);
 void log_line(LogLevel level, const std::string& message);

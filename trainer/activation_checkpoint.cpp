@@ -112,13 +112,13 @@ at::Tensor checkpoint(BlockFn fn, const at::Tensor& input, std::vector<at::Tenso
 std::vector<bool> checkpoint_plan(const std::string& policy, int64_t every, int64_t units,
                                   const std::string& where) {
   STRATA_CHECK_T(ConfigError, policy == "none" || policy == "full" || policy == "every_k",
-                 where, ": train.activation_checkpointing = '", policy,
+                 where, "train.activation_checkpointing = '", policy,
                  "'; use none, full or every_k");
   STRATA_CHECK_T(ConfigError, policy == "none" || units > 0, where,
-                 ": train.activation_checkpointing = ", policy, " but this model has no "
+                 "train.activation_checkpointing = ", policy, " but this model has no "
                  "checkpointable units (a transformer's blocks, a CNN's stages); "
                  "use none");
-  STRATA_CHECK_T(ConfigError, every >= 1, where, ": train.checkpoint_every must be >= 1");
+  STRATA_CHECK_T(ConfigError, every >= 1, where, "train.checkpoint_every must be >= 1");
   std::vector<bool> plan(static_cast<size_t>(units), policy == "full");
   if (policy == "every_k") {
     for (int64_t i = 0; i < units; i += every) plan[static_cast<size_t>(i)] = true;

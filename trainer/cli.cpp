@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "core/error.h"
+#include "core/logging.h"
 #include "core/strings.h"
 #include "strata/config.h"
 
@@ -105,6 +106,7 @@ std::optional<Recipe> recipe_or_print(const RecipeArgs& args, bool allow_rest) {
 int run_main(const std::string& program, const std::function<int()>& body) {
   const bool backtrace = std::getenv("STRATA_BACKTRACE") != nullptr;
   try {
+    check_log_environment();
     return body();
   } catch (const c10::Error& e) {
     std::fprintf(stderr, "%s: error: %s\n", program.c_str(),

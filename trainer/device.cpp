@@ -26,16 +26,16 @@ c10::Device resolve_device(const std::string& spec, int local_rank,
     const std::string digits = spec.rfind("cuda:", 0) == 0 ? spec.substr(5) : "";
     bool numeric = !digits.empty() && digits.size() < 4;
     for (char ch : digits) numeric = numeric && std::isdigit(static_cast<unsigned char>(ch));
-    STRATA_CHECK_T(ConfigError, numeric, where, ": run.device = '", spec,
+    STRATA_CHECK_T(ConfigError, numeric, where, "run.device = '", spec,
                    "' is not a device; use auto, cpu, cuda or cuda:N");
     index = std::stoi(digits);
   }
-  STRATA_CHECK_T(ConfigError, count > 0, where, ": run.device = '", spec, "' but ",
+  STRATA_CHECK_T(ConfigError, count > 0, where, "run.device = '", spec, "' but ",
                  at::hasCUDA() ? "no GPU is visible to this process (check "
                                  "CUDA_VISIBLE_DEVICES and the driver)"
                                : "this build's LibTorch has no CUDA",
                  "; use run.device: cpu (or auto)");
-  STRATA_CHECK_T(ConfigError, index < count, where, ": run.device = '", spec,
+  STRATA_CHECK_T(ConfigError, index < count, where, "run.device = '", spec,
                  "' but this process sees ", count, " GPU(s) (cuda:0..cuda:",
                  count - 1, ")");
   c10::Device device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));

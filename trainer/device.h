@@ -13,7 +13,8 @@
 
 namespace strata::train {
 
-// Throws ConfigError naming `where` (the recipe position) for a malformed
+// Throws ConfigError starting with `where` (the recipe position as
+// Recipe::where gives it: "file:line: " or empty) for a malformed
 // spec or a GPU this build or host does not have.
 c10::Device resolve_device(const std::string& spec, int local_rank,
                            const std::string& where);

@@ -7,6 +7,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
+#include <map>
 #include <sstream>
 
 #include "core/error.h"
@@ -127,8 +128,24 @@ class Parser {
     STRATA_CHECK_T(ConfigError, v.IsMap(), ctx_.where(k), ": '", path,
                    "' must be a mapping of keys (see recipes/README.md)");
     Parser p(v, path + ".", ctx_);
+    p.reject_duplicate_keys();
     sub.visit(p);
     p.reject_unknown_keys();
+  }
+
+  // YAML leaves a repeated key to the reader (yaml-cpp keeps both and a
+  // lookup finds the first), so `run: {name: a, name: b}` would silently
+  // mean a: refused, naming both lines.
+  void reject_duplicate_keys() const {
+    std::map<std::string, YAML::Node> seen;
+    for (auto it = node_.begin(); it != node_.end(); ++it) {
+      const std::string key = it->first.Scalar();
+      auto [first, fresh] = seen.emplace(key, it->first);
+      if (fresh) continue;
+      throw ConfigError(str(ctx_.where(it->first), ": duplicate key '", prefix_, key,
+                            "' (first at ", ctx_.where(first->second),
+                            "); keep one of them"));
+    }
   }
 
   void reject_unknown_keys() const {
@@ -143,7 +160,7 @@ class Parser {
                               : "under '" + prefix_.substr(0, prefix_.size() - 1) + "'";
       throw ConfigError(str(
           ctx_.where(it->first), ": unknown key '", prefix_, key, "'",
-          hint.empty() ? "" : str("; did you mean '", prefix_, hint, "'?"),
+          hint.empty() ? "." : str("; did you mean '", prefix_, hint, "'?"),
           " Valid keys ", scope, ": ", join(known_, ", "), "."));
     }
   }
@@ -225,6 +242,7 @@ void parse_document(const YAML::Node& root, ParseContext& ctx,
                  ": a recipe must be a mapping of sections (run:, model:, "
                  "data:, ...); see recipes/README.md");
   Parser p(root, "", ctx);
+  p.reject_duplicate_keys();
   recipe.visit(p);
   p.reject_unknown_keys();
 }

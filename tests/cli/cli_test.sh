@@ -45,5 +45,20 @@ check "strata-fedserver enroll --help" 0 "--out DIR" -- "$BIN/strata-fedserver" 
 check "strata-fedserver enroll without ids" 2 "^strata-fedserver: error: enroll: name at least one CLIENT_ID" -- "$BIN/strata-fedserver" enroll "$R"
 check "strata-fedserver clients without list" 2 "^strata-fedserver: error: .*subcommand" -- "$BIN/strata-fedserver" clients "$R"
 check "strata-fedserver enroll bad override" 2 "^strata-fedserver: error: command-line override 'run.nope=1'" -- "$BIN/strata-fedserver" enroll "$R" run.nope=1 edge-1
+# Messages as a user meets them (issue #16's list): one separator each, the
+# position, and a typo in the environment or a repeated key refused.
+F=$SRC/recipes/fashion_mnist.yaml
+for b in strata-train strata-fedsim; do
+  check "$b STRATA_LOG_LEVEL typo" 2 "^$b: error: STRATA_LOG_LEVEL=verbose is not a log level; use debug, info, warn or error" -- env STRATA_LOG_LEVEL=verbose "$BIN/$b" "$R" --print-recipe
+done
+check "STRATA_LOG_ALL_RANKS typo" 2 "^strata-train: error: STRATA_LOG_ALL_RANKS=yes must be 1" -- env STRATA_LOG_ALL_RANKS=yes "$BIN/strata-train" "$F" --print-recipe
+check "run.device=tpu: one colon" 2 "^strata-train: error: command-line override 'run.device=tpu': run.device = 'tpu' is not a device; use auto, cpu, cuda or cuda:N$" -- "$BIN/strata-train" "$F" run.device=tpu train.max_steps=1
+check "unknown key: a full stop before the list" 2 "unknown key 'data.path'\. Valid keys under 'data': " -- "$BIN/strata-train" "$F" data.path=/x
+DUP=$(mktemp --suffix=.yaml)
+printf 'run:\n  name: x\n  seed: 1\n  name: y\n' > "$DUP"
+check "duplicate YAML key" 2 "^strata-train: error: $DUP:4: duplicate key 'run.name' \(first at $DUP:2\); keep one of them$" -- "$BIN/strata-train" "$DUP" --print-recipe
+printf 'run: {name: x}\nrun: {seed: 2}\n' > "$DUP"
+check "duplicate YAML section" 2 "^strata-train: error: $DUP:2: duplicate key 'run' \(first at $DUP:1\)" -- "$BIN/strata-train" "$DUP" --print-recipe
+rm -f "$DUP"
 echo "cli: $pass passed, $fails failed"
 [ "$fails" -eq 0 ]

@@ -91,6 +91,26 @@ TEST(Recipe, OutOfRangeSaysTheRange) {
       << e;
 }
 
+TEST(Recipe, UnknownKeyWithoutSuggestionEndsItsSentence) {
+  std::string e = error_of("data:\n  zzzz: 1\n");
+  EXPECT_NE(e.find("r.yaml:2: unknown key 'data.zzzz'. Valid keys under 'data': "),
+            std::string::npos) << e;
+}
+
+// YAML leaves repeated keys to the reader; a recipe refuses them instead of
+// silently using one.
+TEST(Recipe, DuplicateKeysAreRefusedWithBothLines) {
+  std::string e = error_of("run:\n  name: a\n  seed: 3\n  name: b\n");
+  EXPECT_NE(e.find("r.yaml:4: duplicate key 'run.name' (first at r.yaml:2); keep one of them"),
+            std::string::npos) << e;
+  e = error_of("run: {name: x, name: y}\n");
+  EXPECT_NE(e.find("r.yaml:1: duplicate key 'run.name'"), std::string::npos) << e;
+  e = error_of("model: {name: mlp}\noptimizer: {lr: 1}\nmodel: {hidden: [3]}\n");
+  EXPECT_NE(e.find("r.yaml:3: duplicate key 'model' (first at r.yaml:1)"), std::string::npos) << e;
+  // The same key in two sections is not a duplicate.
+  EXPECT_EQ(error_of("run: {name: a}\ndistill: {teacher_model: {name: mlp}}\n"), "no error");
+}
+
 TEST(Recipe, InvalidYamlNamesLine) {
   std::string e = error_of("model:\n  name: [cnn\n");
   EXPECT_NE(e.find("r.yaml:3: invalid YAML"), std::string::npos) << e;
