@@ -1,42 +1,27 @@
 #include "core/json.h"
 
-#include <cmath>
-#include <cstdio>
+#include <nlohmann/json.hpp>
 
+#include <cmath>
+
+#include "core/error.h"
 #include "core/strings.h"
 
 namespace strata {
 
-std::string json_quote(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      case '\r': out += "\\r"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-          out += buf;
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out + "\"";
+JsonObject::JsonObject() : j_(std::make_unique<nlohmann::ordered_json>(nlohmann::ordered_json::object())) {}
+JsonObject::~JsonObject() = default;
+JsonObject::JsonObject(const JsonObject& other)
+    : j_(std::make_unique<nlohmann::ordered_json>(*other.j_)) {}
+JsonObject& JsonObject::operator=(const JsonObject& other) {
+  if (this != &other) *j_ = *other.j_;
+  return *this;
 }
-
-void JsonObject::key(const std::string& k) {
-  if (body_.size() > 1) body_ += ",";
-  body_ += json_quote(k) + ":";
-}
+JsonObject::JsonObject(JsonObject&&) noexcept = default;
+JsonObject& JsonObject::operator=(JsonObject&&) noexcept = default;
 
 JsonObject& JsonObject::add(const std::string& k, const std::string& v) {
-  key(k);
-  body_ += json_quote(v);
+  (*j_)[k] = v;
   return *this;
 }
 
@@ -45,39 +30,34 @@ JsonObject& JsonObject::add(const std::string& k, const char* v) {
 }
 
 JsonObject& JsonObject::add(const std::string& k, double v) {
-  key(k);
-  body_ += std::isfinite(v) ? format_double(v) : "null";
+  if (std::isfinite(v)) {
+    (*j_)[k] = v;
+  } else {
+    (*j_)[k] = nullptr;
+  }
   return *this;
 }
 
 JsonObject& JsonObject::add(const std::string& k, int64_t v) {
-  key(k);
-  body_ += std::to_string(v);
+  (*j_)[k] = v;
   return *this;
 }
 
 JsonObject& JsonObject::add(const std::string& k, bool v) {
-  key(k);
-  body_ += v ? "true" : "false";
+  (*j_)[k] = v;
   return *this;
 }
 
-bool json_field(const std::string& line, const std::string& key,
-                std::string* raw_value) {
-  std::string needle = json_quote(key) + ":";
-  size_t pos = line.find(needle);
-  if (pos == std::string::npos) return false;
-  pos += needle.size();
-  size_t end = pos;
-  if (end < line.size() && line[end] == '"') {
-    end = line.find('"', end + 1);
-    if (end == std::string::npos) return false;
-    *raw_value = line.substr(pos + 1, end - pos - 1);
-    return true;
-  }
-  while (end < line.size() && line[end] != ',' && line[end] != '}') ++end;
-  *raw_value = line.substr(pos, end - pos);
-  return true;
+std::string JsonObject::str() const {
+  return j_->dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
+nlohmann::json parse_json_object(const std::string& text, const std::string& where) {
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  STRATA_CHECK_T(IoError, !j.is_discarded(), where, ": not valid JSON (",
+                 printable(text, 60), ")");
+  STRATA_CHECK_T(IoError, j.is_object(), where, ": not a JSON object (", printable(text, 60), ")");
+  return j;
 }
 
 }  // namespace strata

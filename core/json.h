@@ -1,18 +1,32 @@
-// A minimal JSON object builder for metrics.jsonl lines.
+// JSON for metrics.jsonl lines, checkpoint metadata and their readers,
+// through nlohmann/json (Debian nlohmann-json3-dev): written with keys in
+// the order they were added, read as real JSON (whitespace, escapes,
+// nesting), never by searching for substrings.
 //
 //   JsonObject().add("kind", "train").add("step", 10).add("loss", 0.5).str()
 //   -> {"kind":"train","step":10,"loss":0.5}
 //
-// Non-finite doubles are written as null (JSON has no NaN).
+// Non-finite doubles are written as null (JSON has no NaN). Doubles are
+// written in the shortest form that reads back to the same value.
 #pragma once
 
+#include <nlohmann/json_fwd.hpp>
+
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace strata {
 
 class JsonObject {
  public:
+  JsonObject();
+  ~JsonObject();
+  JsonObject(const JsonObject& other);
+  JsonObject& operator=(const JsonObject& other);
+  JsonObject(JsonObject&&) noexcept;
+  JsonObject& operator=(JsonObject&&) noexcept;
+
   JsonObject& add(const std::string& key, const std::string& value);
   JsonObject& add(const std::string& key, const char* value);
   JsonObject& add(const std::string& key, double value);
@@ -21,19 +35,16 @@ class JsonObject {
     return add(key, static_cast<int64_t>(value));
   }
   JsonObject& add(const std::string& key, bool value);
-  std::string str() const { return body_ + "}"; }
+  // One line (no newline); text is escaped as JSON requires, invalid
+  // UTF-8 replaced rather than refused.
+  std::string str() const;
 
  private:
-  void key(const std::string& k);
-  std::string body_ = "{";
+  std::unique_ptr<nlohmann::ordered_json> j_;
 };
 
-std::string json_quote(const std::string& s);
-
-// Reads one numeric or string field of a flat JSON object line written by
-// JsonObject (for resume and tests; not a general JSON parser). Returns false
-// when the key is absent.
-bool json_field(const std::string& line, const std::string& key,
-                std::string* raw_value);
+// `text` parsed as one JSON object; IoError naming `where` (a file, a line)
+// when it is not JSON or not an object.
+nlohmann::json parse_json_object(const std::string& text, const std::string& where);
 
 }  // namespace strata

@@ -1,6 +1,5 @@
-// A sharded checkpoint's metadata.json, a split-<tag>.json and an entry
-// name (NUL-separated): the readers return validated values or throw
-// IoError.
+// A sharded checkpoint's metadata.json and a split-<tag>.json
+// (NUL-separated): the readers return validated values or throw IoError.
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -13,10 +12,8 @@ namespace st = strata::train;
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string input(reinterpret_cast<const char*>(data), size);
   const auto a = input.find('\0');
-  const auto b = a == std::string::npos ? a : input.find('\0', a + 1);
   const std::string meta = input.substr(0, a);
-  const std::string splits = a == std::string::npos ? "" : input.substr(a + 1, b - a - 1);
-  const std::string name = b == std::string::npos ? "w" : input.substr(b + 1);
+  const std::string splits = a == std::string::npos ? "" : input.substr(a + 1);
   try {
     const st::CheckpointMeta m = st::parse_checkpoint_metadata(meta, "metadata.json");
     for (int64_t v : {m.dp, m.tp, m.pp}) {
@@ -25,8 +22,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } catch (const strata::IoError&) {
   }
   try {
-    if (const auto s = st::split_entry(splits, name, "split.json")) {
-      if (s->dim < 0 || s->dim > 7 || s->groups < 1 || s->groups > 1024) std::abort();
+    for (const auto& [entry, s] : st::parse_split_table(splits, "split.json")) {
+      if (s.dim < 0 || s.dim > 7 || s.groups < 1 || s.groups > 1024) std::abort();
     }
   } catch (const strata::IoError&) {
   }

@@ -2,6 +2,7 @@
 // executables, reading metrics.jsonl and model.pt.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <sys/wait.h>
 #include <torch/serialize.h>
 #include <unistd.h>
@@ -9,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -83,6 +85,18 @@ inline c10::Dict<c10::IValue, c10::IValue> load_state_dict(const std::string& pa
   std::vector<char> bytes((std::istreambuf_iterator<char>(in)),
                           std::istreambuf_iterator<char>());
   return torch::pickle_load(bytes).toGenericDict();
+}
+
+// One field of a metrics.jsonl line as text: a string's value, a number or
+// literal as JSON writes it (doubles in shortest round-trip form, so equal
+// texts are equal values); nullopt when the line has no such key or is not
+// a JSON object.
+inline std::optional<std::string> json_text(const std::string& line, const std::string& key) {
+  const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return std::nullopt;
+  const auto it = j.find(key);
+  if (it == j.end()) return std::nullopt;
+  return it->is_string() ? it->get<std::string>() : it->dump();
 }
 
 inline void write_text(const std::string& path, const std::string& text) {

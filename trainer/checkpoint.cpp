@@ -1,6 +1,8 @@
 #include "trainer/checkpoint.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/jit/serialization/pickler.h>
 #include <torch/serialize.h>
 
 #include <algorithm>
@@ -185,16 +187,17 @@ std::vector<std::pair<std::string, at::Tensor>> trained_tensors(torch::nn::Modul
 
 // The split of a checkpoint entry: a parameter's, or for optimizer state
 // "<name>/<field>" its parameter's (0-dim entries, a step count, are whole).
-std::optional<dist::TpShard> split_of(const std::string& splits_json, const std::string& entry,
+std::optional<dist::TpShard> split_of(const SplitTable& splits, const std::string& entry,
                                       const at::Tensor& value, const std::string& where) {
   if (value.dim() == 0) return std::nullopt;
-  const auto s = split_entry(splits_json, entry.substr(0, entry.find('/')), where);
-  if (!s) return std::nullopt;
-  STRATA_CHECK_T(IoError, s->dim < value.dim(), where, ": ", quote(entry), " is split along "
-                 "dimension ", s->dim, " but has ", value.dim(), "; the checkpoint is corrupt");
+  const auto s = splits.find(entry.substr(0, entry.find('/')));
+  if (s == splits.end()) return std::nullopt;
+  STRATA_CHECK_T(IoError, s->second.dim < value.dim(), where, ": ", quote(entry), " is split "
+                 "along dimension ", s->second.dim, " but has ", value.dim(), "; the checkpoint "
+                 "is corrupt");
   dist::TpShard spec;
-  spec.dim = s->dim;
-  spec.groups = s->groups;
+  spec.dim = s->second.dim;
+  spec.groups = s->second.groups;
   return spec;
 }
 
@@ -343,7 +346,7 @@ std::vector<std::pair<std::string, at::Tensor>> consolidate(const std::string& d
     }
     const ShardLayout first{layout.dp, layout.tp, layout.pp, 0, p};
     const std::string splits_path = join_path(dir, "split-" + first.tag() + ".json");
-    const std::string splits = read_file(splits_path);
+    const SplitTable splits = parse_split_table(read_file(splits_path), splits_path);
     for (size_t i = 0; i < shards[0].size(); ++i) {
       const auto& [name, value] = shards[0][i];
       if (!seen.insert(name).second) continue;  // a tied copy
@@ -431,12 +434,41 @@ TrainState load_checkpoint(const std::string& dir, const ShardLayout& layout,
   return state;
 }
 
+// Note [Plain state dicts]: torch::pickle_save tags a typed Dict[str,
+// Tensor] with torch.jit._pickle.restore_type_tag, a global that
+// torch.load(weights_only=True) -- PyTorch's default since 2.6 -- refuses.
+// So the dict is pickled without type tags (Pickler's tag_aggregates off):
+// a plain dict of tensors rebuilt by torch._utils._rebuild_tensor_v2 (and
+// an empty collections.OrderedDict of hooks), the globals weights_only
+// allows. The archive is torch.save's zip layout: archive/data.pkl, one
+// archive/data/<i> record per storage, archive/version.
 void save_state_dict(const std::string& path,
                      const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
   c10::Dict<std::string, at::Tensor> dict;
   for (const auto& [name, t] : tensors) dict.insert(name, t.detach().cpu());
-  std::vector<char> bytes = torch::pickle_save(c10::IValue(dict));
-  atomic_write_file(path, std::string(bytes.begin(), bytes.end()));
+  std::string pickle;
+  torch::jit::Pickler pickler([&](const char* data, size_t n) { pickle.append(data, n); },
+                              /*tensor_table=*/nullptr, /*type_renamer=*/nullptr,
+                              /*memoized_class_types=*/nullptr, /*get_tensor_id=*/nullptr,
+                              /*tag_aggregates=*/false);
+  pickler.protocol();
+  pickler.pushIValue(c10::IValue(dict));
+  pickler.stop();
+  std::string archive;
+  {
+    caffe2::serialize::PyTorchStreamWriter writer([&](const void* data, size_t n) {
+      archive.append(static_cast<const char*>(data), n);
+      return n;
+    });
+    writer.writeRecord("data.pkl", pickle.data(), pickle.size());
+    const std::vector<at::Tensor>& storages = pickler.tensorData();
+    for (size_t i = 0; i < storages.size(); ++i) {
+      const c10::Storage& st = storages[i].storage();
+      writer.writeRecord("data/" + std::to_string(i), st.data(), st.nbytes());
+    }
+    writer.writeEndOfFile();
+  }
+  atomic_write_file(path, archive);
 }
 
 void save_state_dict(const std::string& path, const torch::nn::Module& model) {

@@ -6,7 +6,7 @@
 #pragma once
 
 #include <cstdint>
-#include <optional>
+#include <map>
 #include <string>
 
 namespace strata::train {
@@ -27,9 +27,9 @@ struct SplitSpec {
   int64_t groups = 1;  // in [1, 1024]
 };
 
-// The entry `name` of a split-<tag>.json ("dim/groups"), nullopt when the
-// file does not list it (the parameter is replicated).
-std::optional<SplitSpec> split_entry(const std::string& splits_json, const std::string& name,
-                                     const std::string& where);
+// A split-<tag>.json: {"name": "dim/groups", ...}, every entry checked. A
+// parameter the table does not list is replicated.
+using SplitTable = std::map<std::string, SplitSpec>;
+SplitTable parse_split_table(const std::string& text, const std::string& where);
 
 }  // namespace strata::train

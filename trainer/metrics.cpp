@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cmath>
 #include <cstring>
 #include <sstream>
@@ -37,13 +39,22 @@ void MetricsWriter::write(const JsonObject& record) {
 void MetricsWriter::rewind(const std::string& path, int64_t step) {
   if (!path_exists(path)) return;
   std::istringstream in(read_file(path));
-  std::string line, kept, value;
+  std::string line, kept;
+  int64_t number = 0, torn = 0;
   while (std::getline(in, line)) {
+    ++number;
     if (line.empty()) continue;
-    if (json_field(line, "kind", &value) && value == "summary") continue;
-    if (json_field(line, "step", &value) && std::stoll(value) > step) continue;
+    const nlohmann::json r = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!r.is_object()) {  // a line cut short by a crash: not part of any run
+      ++torn;
+      continue;
+    }
+    if (r.value("kind", "") == "summary") continue;
+    const auto s = r.find("step");
+    if (s != r.end() && s->is_number_integer() && s->get<int64_t>() > step) continue;
     kept += line + "\n";
   }
+  if (torn > 0) log_warn(path, ": dropped ", torn, " line(s) that are not JSON records");
   atomic_write_file(path, kept);
 }
 

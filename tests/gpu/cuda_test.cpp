@@ -98,9 +98,9 @@ TEST(StrataTrainCuda, CnnOnCudaMatchesCpuAndResumesOnCpu) {
   auto cpu = test::run_command(base + " run.device=cpu run.dir=" + dir / "cpu");
   ASSERT_EQ(cpu.exit_code, 0) << cpu.output;
   auto summary = [](const std::string& run) {
-    std::string acc;
-    EXPECT_TRUE(json_field(test::read_lines(run + "/metrics.jsonl").back(), "accuracy", &acc));
-    return std::stod(acc);
+    const auto acc = test::json_text(test::read_lines(run + "/metrics.jsonl").back(), "accuracy");
+    EXPECT_TRUE(acc.has_value());
+    return std::stod(acc.value_or("nan"));
   };
   const double a_gpu = summary(dir / "gpu"), a_cpu = summary(dir / "cpu");
   EXPECT_GT(a_gpu, 0.70);

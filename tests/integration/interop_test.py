@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """model.pt interop: Python's torch.load reads Strata's state dict.
 
-Trains a small CNN with strata-train, loads model.pt with torch.load, rebuilds
+Trains a small CNN with strata-train, loads model.pt with
+torch.load(weights_only=True) -- PyTorch's default since 2.6: only
+allow-listed globals, no arbitrary code -- as it does a step checkpoint's
+model and optimizer shards, rebuilds
 the same network in PyTorch, load_state_dict(strict=True) (names and shapes),
 and evaluates it on the same test samples: the accuracy must equal the one
 Strata recorded in its summary (values).
@@ -57,12 +60,18 @@ def main():
                f"run.dir={run}", "model.name=cnn", "data.train_subset=2048",
                f"data.test_subset={TEST_N}", "train.max_steps=16",
                "run.threads=2"]
-        subprocess.run(cmd, check=True)
-        state = torch.load(os.path.join(run, "model.pt"))
+        subprocess.run(cmd + ["checkpoint.every_steps=8"], check=True)
+        state = torch.load(os.path.join(run, "model.pt"), weights_only=True)
+        step = os.path.join(run, "checkpoints", "step_00000016")
+        shard = torch.load(os.path.join(step, "model-pp0-tp0.pt"), weights_only=True)
+        optim = torch.load(os.path.join(step, "optim-pp0-tp0.pt"), weights_only=True)
         with open(os.path.join(run, "metrics.jsonl")) as f:
             summary = json.loads(f.read().strip().splitlines()[-1])
 
     assert isinstance(state, dict), type(state)
+    assert shard.keys() == state.keys() and all(torch.equal(shard[k], state[k]) for k in state)
+    assert all(isinstance(v, torch.Tensor) for v in optim.values()), optim.keys()
+    print("step checkpoint: model shard equals model.pt;", len(optim), "optimizer tensors")
     model = Cnn()
     missing = model.load_state_dict(state, strict=True)
     print("loaded", len(state), "tensors:", ", ".join(list(state)[:4]), "...")

@@ -36,12 +36,9 @@ std::string run(const std::string& dir, int batch, int steps, int tp, int pp) {
 
 std::vector<double> train_losses(const std::string& metrics) {
   std::vector<double> out;
-  std::string kind, loss;
   for (const auto& l : read_lines(metrics)) {
-    if (strata::json_field(l, "kind", &kind) && kind == "train" &&
-        strata::json_field(l, "loss", &loss)) {
-      out.push_back(std::stod(loss));
-    }
+    const auto loss = strata::test::json_text(l, "loss");
+    if (strata::test::json_text(l, "kind") == "train" && loss) out.push_back(std::stod(*loss));
   }
   return out;
 }

@@ -36,9 +36,9 @@ std::string small_run(const std::string& dir) {
 }
 
 std::string field(const std::string& line, const std::string& key) {
-  std::string v;
-  EXPECT_TRUE(strata::json_field(line, key, &v)) << key << " in " << line;
-  return v;
+  const auto v = strata::test::json_text(line, key);
+  EXPECT_TRUE(v.has_value()) << key << " in " << line;
+  return v.value_or("");
 }
 
 TEST(StrataTrain, WritesTheRunDirectoryContract) {

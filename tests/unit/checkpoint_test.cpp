@@ -1,15 +1,20 @@
 // Checkpoint round trip, retention, atomicity leftovers, mismatch errors and
-// the torch.load-compatible model.pt.
+// the torch.load-compatible model.pt; the JSON of checkpoint metadata and
+// metrics.jsonl.
 #include <gtest/gtest.h>
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
+#include <fstream>
 
 #include "core/error.h"
 #include "core/fs.h"
 #include "test_util.h"
 #include "trainer/checkpoint.h"
+#include "trainer/checkpoint_meta.h"
+#include "trainer/metrics.h"
 #include "trainer/trainer.h"
 
 namespace strata::train {
@@ -144,6 +149,67 @@ TEST(StateDict, IsAPickledDictOfEveryParameterAndBuffer) {
     EXPECT_TRUE(at::equal(dict.at(p.key()).toTensor(), p.value())) << p.key();
   }
   EXPECT_TRUE(dict.contains("features.1.running_mean"));
+}
+
+// Sharded checkpoints' text files are read as JSON (whitespace, key order
+// and escapes as any writer has them), every field checked.
+TEST(CheckpointMeta, IsReadAsJsonAndChecked) {
+  const CheckpointMeta m =
+      parse_checkpoint_metadata("{ \"step\" : 7,\n \"pp\": 2, \"tp\" :4, \"dp\":1, \"format\": 2 }",
+                                "m.json");
+  EXPECT_EQ(m.format, 2);
+  EXPECT_EQ(m.tp, 4);
+  EXPECT_EQ(m.pp, 2);
+  const auto error = [](const std::string& text) {
+    try {
+      parse_checkpoint_metadata(text, "m.json");
+    } catch (const IoError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(error("{\"format\": 2, \"dp\": 1, \"tp\": 1").find("m.json: not valid JSON"),
+            std::string::npos);
+  EXPECT_NE(error("[1, 2]").find("m.json: not a JSON object"), std::string::npos);
+  EXPECT_NE(error("{\"format\": 2, \"dp\": 1, \"tp\": 0, \"pp\": 1}")
+                .find("m.json: tp is 0, not an integer in [1, 65536]"),
+            std::string::npos);
+  EXPECT_NE(error("{\"format\": 2, \"dp\": 1.5, \"tp\": 1, \"pp\": 1}").find("dp is 1.5"),
+            std::string::npos);
+  EXPECT_NE(error("{\"format\": 2, \"tp\": 1, \"pp\": 1}").find("m.json has no 'dp'"),
+            std::string::npos);
+  // A key that only appears inside a string value is not the key.
+  EXPECT_NE(error("{\"note\": \"\\\"dp\\\":1\", \"format\": 2, \"tp\": 1, \"pp\": 1}")
+                .find("has no 'dp'"),
+            std::string::npos);
+  const SplitTable t = parse_split_table("{\"net.0.weight\": \"0/4\", \"a\\\"b\": \"1/2\"}", "s.json");
+  ASSERT_EQ(t.size(), 2u);
+  EXPECT_EQ(t.at("net.0.weight").groups, 4);
+  EXPECT_EQ(t.at("a\"b").dim, 1);
+  EXPECT_THROW(parse_split_table("{\"w\": \"9/2\"}", "s.json"), IoError);
+  EXPECT_THROW(parse_split_table("{\"w\": 3}", "s.json"), IoError);
+}
+
+TEST(Metrics, RecordsAreJsonAndARewindDropsATornLine) {
+  TempDir dir;
+  const std::string path = dir / "metrics.jsonl";
+  {
+    MetricsWriter w(path, true);
+    w.write(JsonObject().add("kind", "train").add("step", 5).add("loss", 0.25).add("note", "a\"b\n"));
+    w.write(JsonObject().add("kind", "eval").add("step", 10).add("loss", std::nan("")));
+    w.write(JsonObject().add("kind", "train").add("step", 15).add("loss", 0.125));
+  }
+  const auto lines = strata::test::read_lines(path);
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[0], "{\"kind\":\"train\",\"step\":5,\"loss\":0.25,\"note\":\"a\\\"b\\n\"}");
+  EXPECT_EQ(strata::test::json_text(lines[0], "note"), "a\"b\n");
+  EXPECT_EQ(strata::test::json_text(lines[1], "loss"), "null");  // NaN
+  // A crash cut the last line short; resuming at step 10 keeps 5 and 10.
+  std::ofstream(path, std::ios::app) << "{\"kind\":\"train\",\"st";
+  MetricsWriter::rewind(path, 10);
+  const auto kept = strata::test::read_lines(path);
+  ASSERT_EQ(kept.size(), 2u);
+  EXPECT_EQ(kept[1], lines[1]);
 }
 
 }  // namespace
