@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Data-parallel training throughput, Strata vs PyTorch's Python DDP, side by
 # side in one run: same model, per-rank batch, optimizer and threads per rank
-# (1). Strata runs with gloo (what PyTorch uses) and, at 2 ranks, with mpi.
+# (1). Strata runs with gloo (what PyTorch uses) and, at 2 ranks, with mpi
+# and with the default recipe's backend (auto).
 # Prints a markdown table with the ratios.
 #
 #   bench/ddp_compare.sh [STEPS]      (run from the repository root after launch/build)
@@ -51,14 +52,16 @@ median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
-# Main table. At 2 ranks Strata runs once per backend: gloo (the backend
-# PyTorch uses here: Debian's and PyPI's torch are built without MPI) and mpi
-# (Open MPI's shared-memory transport, which only Strata can use).
-echo "| model | ranks | Strata gloo (best) | Strata mpi (best) | PyTorch DDP gloo (best) | Strata gloo / PyTorch | median per-run ratio | Strata mpi / PyTorch | median per-run ratio |"
-echo "|---|---|---|---|---|---|---|---|---|"
+# Main table. At 2 ranks Strata runs with the default recipe as it is
+# (distributed.backend: auto, which under mpirun on a CPU host is mpi) and
+# once per backend: gloo (the backend PyTorch uses here: Debian's and PyPI's
+# torch are built without MPI) and mpi (Open MPI's shared-memory transport,
+# which only Strata can use).
+echo "| model | ranks | Strata default recipe (best) | Strata gloo (best) | Strata mpi (best) | PyTorch DDP gloo (best) | default / PyTorch | median per-run ratio | gloo / PyTorch | median per-run ratio | mpi / PyTorch | median per-run ratio |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for model in cnn mlp; do
   for np in 1 2; do
-    ss=() ms=() ts=() rs=() rm=()
+    ds=() ss=() ms=() ts=() rd=() rs=() rm=()
     for rep in $(seq "$REPS"); do
       s=$(strata_rate "$np" "$model" distributed.backend=gloo)
       t=$(torch_rate "$np" "$model")
@@ -66,14 +69,16 @@ for model in cnn mlp; do
       if [ "$np" -gt 1 ]; then
         m=$(strata_rate "$np" "$model" distributed.backend=mpi)
         ms+=("$m"); rm+=("$(ratio "$m" "$t")")
+        d=$(strata_rate "$np" "$model")
+        ds+=("$d"); rd+=("$(ratio "$d" "$t")")
       fi
     done
     sb=$(max "${ss[@]}"); tb=$(max "${ts[@]}")
     if [ "$np" -gt 1 ]; then
-      mb=$(max "${ms[@]}")
-      echo "| $model | $np | $sb | $mb | $tb | $(ratio "$sb" "$tb") | $(median "${rs[@]}") | $(ratio "$mb" "$tb") | $(median "${rm[@]}") |"
+      mb=$(max "${ms[@]}"); db=$(max "${ds[@]}")
+      echo "| $model | $np | $db | $sb | $mb | $tb | $(ratio "$db" "$tb") | $(median "${rd[@]}") | $(ratio "$sb" "$tb") | $(median "${rs[@]}") | $(ratio "$mb" "$tb") | $(median "${rm[@]}") |"
     else
-      echo "| $model | $np | $sb | (no communication) | $tb | $(ratio "$sb" "$tb") | $(median "${rs[@]}") | | |"
+      echo "| $model | $np | $sb | (no communication) | | $tb | $(ratio "$sb" "$tb") | $(median "${rs[@]}") | | | | |"
     fi
   done
 done

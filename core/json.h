@@ -38,6 +38,8 @@ class JsonObject {
   // One line (no newline); text is escaped as JSON requires, invalid
   // UTF-8 replaced rather than refused.
   std::string str() const;
+  // The record itself, for writers of other formats (TensorBoard).
+  const nlohmann::ordered_json& json() const { return *j_; }
 
  private:
   std::unique_ptr<nlohmann::ordered_json> j_;

@@ -3,6 +3,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -43,6 +46,23 @@ const char* level_name(LogLevel level) {
     case LogLevel::kError: return "ERROR";
   }
   return "?";
+}
+
+// Lines that go to a file or a pipe start with the UTC time
+// ("2026-12-02T14:40:01.123Z "); a terminal's reader sees them happen.
+std::string timestamp() {
+  static const bool terminal = ::isatty(STDERR_FILENO) == 1;
+  if (terminal) return "";
+  const auto now = std::chrono::system_clock::now();
+  const std::time_t t = std::chrono::system_clock::to_time_t(now);
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      now.time_since_epoch()).count() % 1000;
+  std::tm tm{};
+  ::gmtime_r(&t, &tm);
+  char buf[40];
+  const size_t n = std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+  std::snprintf(buf + n, sizeof(buf) - n, ".%03dZ ", static_cast<int>(ms));
+  return buf;
 }
 
 }  // namespace
@@ -90,7 +110,7 @@ void log_line(LogLevel level, const std::string& message) {
       body += c;
     }
   }
-  std::string line = str("[rank ", g_rank.load(), "/", g_world.load(), "] ",
+  std::string line = str(timestamp(), "[rank ", g_rank.load(), "/", g_world.load(), "] ",
                          level_name(level), " ", body, "\n");
   // One write() per line so lines from threads and ranks do not interleave.
   ssize_t ignored = ::write(STDERR_FILENO, line.data(), line.size());

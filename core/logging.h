@@ -1,5 +1,5 @@
 // One logging facade for every Strata process: lines go to stderr with a
-// "[rank r/n]" prefix. INFO and DEBUG print on rank 0 only (all ranks when
+// "[rank r/n]" prefix (after the UTC time when stderr is not a terminal). INFO and DEBUG print on rank 0 only (all ranks when
 // STRATA_LOG_ALL_RANKS=1); WARN and ERROR print on every rank. The level comes
 // from STRATA_LOG_LEVEL (debug | info | warn | error, default info).
 //

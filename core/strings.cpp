@@ -76,6 +76,12 @@ std::string format_double(double v) {
   return s;
 }
 
+std::string format_metric(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.5g", v);
+  return buf;
+}
+
 std::string format_duration(double seconds) {
   if (!(seconds >= 0) || std::isinf(seconds)) return "?";
   long s = static_cast<long>(seconds + 0.5);

@@ -25,6 +25,10 @@ std::vector<std::string> split(const std::string& s, char sep);
 // Shortest decimal text that parses back to exactly `v`.
 std::string format_double(double v);
 
+// A number for people: five significant digits (0.67509, 130.75, 0.8931);
+// format_double is for files that programs read back.
+std::string format_metric(double v);
+
 // "1h02m03s" / "2m05s" / "7s".
 std::string format_duration(double seconds);
 

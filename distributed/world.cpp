@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/logging.h"
+#include "core/strings.h"
 #include "strata/config.h"
 
 namespace strata::dist {
@@ -22,21 +23,35 @@ std::shared_ptr<Store> env_rendezvous(const RankInfo& info,
   return make_tcp_store(o);
 }
 
-std::string resolve_backend(const std::string& requested) {
+std::string resolve_backend(const std::string& requested, const std::string& launcher) {
   if (requested != "auto") return requested;
 #if STRATA_TORCH_CUDA
   if (at::hasCUDA()) return "nccl";
 #endif
-#if !STRATA_HAVE_GLOO && STRATA_HAVE_MPI
-  return "mpi";
+#if STRATA_HAVE_MPI
+  if (launcher == "mpirun" || !STRATA_HAVE_GLOO) return "mpi";
 #endif
+  (void)launcher;
   return "gloo";
+}
+
+std::string backend_reason(const std::string& requested, const std::string& launcher) {
+  const std::string b = resolve_backend(requested, launcher);
+  if (requested != "auto") return "distributed.backend=" + b;
+  if (b == "nccl") return "auto: nccl (GPUs)";
+  if (b == "mpi" && launcher == "mpirun") {
+    return "auto: mpi (launched by mpirun on CPUs; the fastest there, bench/results/ddp_cpu.md)";
+  }
+  if (b == "mpi") return "auto: mpi (this build has no gloo)";
+  return str("auto: gloo (launched by ", launcher, "; mpi needs mpirun)");
 }
 
 std::shared_ptr<Communicator> connect_world(const RankInfo& info,
                                             std::shared_ptr<Store> store,
                                             const WorldOptions& options) {
-  const std::string backend = resolve_backend(options.backend);
+  // "auto" here is a backend a store can connect (mpi needs MpiSession:
+  // strata-train resolves auto with the launcher before it gets here).
+  const std::string backend = resolve_backend(options.backend, "");
 #if STRATA_TORCH_CUDA
   if (backend == "nccl") {
     NcclOptions o;

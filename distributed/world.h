@@ -20,12 +20,18 @@ struct WorldOptions {
 std::shared_ptr<Store> env_rendezvous(const RankInfo& info,
                                       std::chrono::milliseconds timeout);
 
-// "auto" -> "nccl" where LibTorch has CUDA and a GPU is visible, else
-// "gloo"; other names unchanged.
-std::string resolve_backend(const std::string& requested);
+// "auto" -> the fastest backend this launch offers, by what this project
+// measured (bench/results/ddp_cpu.md): "nccl" where LibTorch has CUDA and a
+// GPU is visible; "mpi" in builds with Open MPI when mpirun launched the job
+// (`launcher`, RankInfo::launcher), on CPU hosts 1.2-1.8x faster than gloo;
+// "gloo" otherwise. Other names unchanged.
+std::string resolve_backend(const std::string& requested, const std::string& launcher);
+// Why auto chose what it chose, for the start-up log line.
+std::string backend_reason(const std::string& requested, const std::string& launcher);
 
 // Collective over every process of the job: the world communicator (gloo,
-// or nccl in CUDA builds).
+// or nccl in CUDA builds; "auto" is one of those, never mpi, which an
+// MpiSession makes).
 std::shared_ptr<Communicator> connect_world(const RankInfo& info,
                                             std::shared_ptr<Store> store,
                                             const WorldOptions& options);

@@ -111,7 +111,7 @@ EdgeRunStats run_edge(EdgeClient& client, std::shared_ptr<train::Model> model,
     if (o.report) {
       log_info(o.name, ": ", async ? "" : str("round ", m.round, ", "), "base version ", have,
                ": trained on ", lr.num_samples, " samples (mean loss ",
-               format_double(lr.mean_loss), "); update ",
+               format_metric(lr.mean_loss), "); update ",
                res.accepted ? str("accepted (server at version ", res.current_version,
                                   res.duplicate ? ", a retry of an acknowledged update" : "",
                                   ")")

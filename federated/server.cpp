@@ -109,7 +109,7 @@ void FedServer::open_store() {
   }
   const std::string metrics_path = join_path(dir, "metrics.jsonl");
   if (path_exists(metrics_path)) train::MetricsWriter::rewind(metrics_path, version_);
-  metrics_ = std::make_unique<train::MetricsWriter>(metrics_path, true);
+  metrics_ = std::make_unique<train::MetricsWriter>(metrics_path, true, o_.tensorboard);
 }
 
 FedServer::~FedServer() {
@@ -407,8 +407,8 @@ void FedServer::record_version(const VersionFacts& v) {
   if (!std::isnan(v.eval.accuracy)) rec.add("accuracy", v.eval.accuracy).add("loss", v.eval.loss);
   metrics_->write(rec);
   log_info("version ", v.version, v.round > 0 ? str(" (round ", v.round, ")") : "", ": ",
-           v.updates, " update(s), mean staleness ", format_double(v.mean_staleness),
-           std::isnan(v.eval.accuracy) ? "" : str(", test accuracy ", format_double(v.eval.accuracy)));
+           v.updates, " update(s), mean staleness ", format_metric(v.mean_staleness),
+           std::isnan(v.eval.accuracy) ? "" : str(", test accuracy ", format_metric(v.eval.accuracy)));
 }
 
 // Note [Statistics of stale updates]: the model's statistics (BatchNorm

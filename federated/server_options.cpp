@@ -20,6 +20,7 @@ ServerOptions server_options(const train::Recipe& recipe) {
   o.model_name = recipe.model.name;
   o.seed = static_cast<uint64_t>(recipe.run.seed);
   o.recipe_yaml = train::to_yaml(recipe);
+  o.tensorboard = recipe.metrics.tensorboard;
   o.mode = f.mode;
   o.sync.rounds = f.sync.rounds;
   o.sync.clients_per_round = f.sync.clients_per_round;

@@ -51,6 +51,7 @@ struct ServerOptions {
   int64_t eval_every = 1;        // evaluate every this many versions (and the last)
   int64_t eval_batch_size = 256;
   std::chrono::milliseconds progress_every{10000};  // 0: no progress lines
+  bool tensorboard = false;  // metrics.tensorboard: version records as scalars too
 };
 
 // What the server evaluates every version on, given to it by its launcher

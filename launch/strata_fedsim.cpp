@@ -24,7 +24,7 @@ int main(int argc, char** argv) {
     const auto recipe = st::recipe_or_print(args);
     if (!recipe) return 0;
     const auto r = strata::fed::run_fedsim(*recipe, st::builtin_registries());
-    std::cout << "final test accuracy " << strata::format_double(r.test_accuracy) << " after "
+    std::cout << "final test accuracy " << strata::format_metric(r.test_accuracy) << " after "
               << r.versions << " aggregations (" << r.accepted << " updates accepted, "
               << r.refused << " refused), " << strata::format_duration(r.wall_s)
               << "; run directory " << r.run_dir << "\n";

@@ -23,7 +23,8 @@ namespace strata::test {
 
 class ChildProcess {
  public:
-  // Runs `command` through /bin/sh (exec'd, so pid() is the command's).
+  // Runs `command` through /bin/sh (exec'd, so pid() is the command's;
+  // variables go through env: "env A=1 prog").
   explicit ChildProcess(const std::string& command) {
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe2 failed");

@@ -89,6 +89,10 @@ void write_train_state(torch::serialize::OutputArchive& out, const TrainState& s
   out.write("micro_per_epoch", scalar(state.micro_per_epoch));
   out.write("loss_scale", at::full({1}, state.loss_scale, at::kDouble));
   out.write("loss_scale_growth", scalar(state.loss_scale_growth));
+  if (state.window_steps > 0) {
+    out.write("window_steps", scalar(state.window_steps));
+    out.write("window_loss", at::tensor(state.window_loss, at::kDouble));
+  }
   {
     auto gen = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
@@ -116,6 +120,13 @@ TrainState read_counters(torch::serialize::InputArchive& in) {
   at::Tensor scale, growth;
   if (in.try_read("loss_scale", scale)) state.loss_scale = scale.item<double>();
   if (in.try_read("loss_scale_growth", growth)) state.loss_scale_growth = growth.item<int64_t>();
+  // Absent when the checkpoint ended a train record's window.
+  at::Tensor steps, losses;
+  if (in.try_read("window_steps", steps) && in.try_read("window_loss", losses)) {
+    state.window_steps = steps.item<int64_t>();
+    const at::Tensor l = losses.to(at::kDouble).contiguous();
+    state.window_loss.assign(l.data_ptr<double>(), l.data_ptr<double>() + l.numel());
+  }
   return state;
 }
 

@@ -72,6 +72,12 @@ struct TrainState {
   int64_t micro_per_epoch = 0;  // micro-batches per epoch per rank when saved
   double loss_scale = 0.0;      // fp16 dynamic loss scale (0: no scaler)
   int64_t loss_scale_growth = 0;  // clean steps since the last scale change
+  // The train record's window when the checkpoint fell inside one (a stop
+  // on a signal, a checkpoint by the clock): its steps so far and each
+  // data-parallel rank's loss sum, so a resumed run logs that record as an
+  // uninterrupted one would (bitwise in the same layout).
+  int64_t window_steps = 0;
+  std::vector<double> window_loss;  // by dp rank
 };
 
 class CheckpointStore {

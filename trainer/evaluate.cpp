@@ -8,7 +8,7 @@ namespace strata::train {
 
 EvalSums evaluate_classifier(const EvalForward& forward, const at::Tensor& inputs,
                              const at::Tensor& targets, int64_t batch,
-                             at::ScalarType compute_dtype) {
+                             at::ScalarType compute_dtype, const EvalProgress& progress) {
   namespace F = torch::nn::functional;
   torch::NoGradGuard no_grad;
   EvalSums s;
@@ -23,12 +23,16 @@ EvalSums evaluate_classifier(const EvalForward& forward, const at::Tensor& input
       AutocastGuard amp(inputs.device().type(), compute_dtype);
       logits = forward(inputs.slice(0, i, end));
     }
-    if (!logits.defined()) continue;
+    if (!logits.defined()) {
+      if (progress) progress(end, n);
+      continue;
+    }
     counted = true;
     logits = logits.reshape({-1, logits.size(-1)}).to(at::kFloat);
     at::Tensor y = targets.slice(0, i, end).reshape({-1});
     loss_sum += F::cross_entropy(logits, y, F::CrossEntropyFuncOptions().reduction(torch::kSum));
     correct += logits.argmax(1).eq(y).sum();
+    if (progress) progress(end, n);
   }
   if (!counted) return s;
   s.loss_sum = loss_sum.item<double>();  // one host sync per evaluation
@@ -39,11 +43,11 @@ EvalSums evaluate_classifier(const EvalForward& forward, const at::Tensor& input
 
 EvalSums evaluate_classifier(Model& model, const at::Tensor& inputs,
                              const at::Tensor& targets, int64_t batch,
-                             at::ScalarType compute_dtype) {
+                             at::ScalarType compute_dtype, const EvalProgress& progress) {
   const bool was_training = model.is_training();
   model.eval();
   EvalSums s = evaluate_classifier([&](const at::Tensor& x) { return model.forward(x); },
-                                   inputs, targets, batch, compute_dtype);
+                                   inputs, targets, batch, compute_dtype, progress);
   model.train(was_training);
   return s;
 }

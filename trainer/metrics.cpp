@@ -1,31 +1,54 @@
 #include "trainer/metrics.h"
 
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <sstream>
+#include <vector>
 
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/logging.h"
 #include "core/strings.h"
+#include "trainer/tensorboard.h"
 
 namespace strata::train {
 
-MetricsWriter::MetricsWriter(const std::string& path, bool enabled) {
+MetricsWriter::MetricsWriter(const std::string& path, bool enabled, bool tensorboard) {
   if (!enabled) return;
   make_dirs(parent_dir(path));
   file_ = std::fopen(path.c_str(), "a");
   STRATA_CHECK_T(IoError, file_ != nullptr, "cannot open '", path,
                  "' for appending; check the run directory's permissions");
+  if (tensorboard) tensorboard_ = std::make_unique<TensorBoardWriter>(parent_dir(path));
 }
 
 MetricsWriter::~MetricsWriter() {
   if (file_ != nullptr) std::fclose(file_);
 }
+
+namespace {
+
+// A record's scalars for TensorBoard: its numbers but the coordinates.
+std::vector<std::pair<std::string, double>> scalars_of(const nlohmann::ordered_json& r,
+                                                       const std::string& kind) {
+  std::vector<std::pair<std::string, double>> out;
+  for (const auto& [key, v] : r.items()) {
+    if (key == "step" || key == "epoch" || key == "version" || key == "round" ||
+        key == "time_s" || !v.is_number()) {
+      continue;
+    }
+    out.emplace_back(kind + "/" + key, v.get<double>());
+  }
+  return out;
+}
+
+}  // namespace
 
 void MetricsWriter::write(const JsonObject& record) {
   if (file_ == nullptr) return;
@@ -34,6 +57,20 @@ void MetricsWriter::write(const JsonObject& record) {
                  std::fwrite(line.data(), 1, line.size(), file_) == line.size() &&
                      std::fflush(file_) == 0,
                  "writing metrics.jsonl failed (disk full?)");
+  if (!tensorboard_) return;
+  const nlohmann::ordered_json& r = record.json();
+  const auto kind = r.find("kind");
+  const auto step = r.find("step");
+  if (kind == r.end() || !kind->is_string() || step == r.end() || !step->is_number_integer()) {
+    return;
+  }
+  const std::string k = kind->get<std::string>();
+  if (k != "train" && k != "eval" && k != "version") return;
+  const auto scalars = scalars_of(r, k);
+  if (scalars.empty()) return;
+  const double wall = std::chrono::duration<double>(
+                          std::chrono::system_clock::now().time_since_epoch()).count();
+  tensorboard_->scalars(step->get<int64_t>(), wall, scalars);
 }
 
 void MetricsWriter::rewind(const std::string& path, int64_t step) {
@@ -49,7 +86,8 @@ void MetricsWriter::rewind(const std::string& path, int64_t step) {
       ++torn;
       continue;
     }
-    if (r.value("kind", "") == "summary") continue;
+    const auto kind = r.find("kind");
+    if (kind != r.end() && (*kind == "summary" || *kind == "stopped")) continue;
     const auto s = r.find("step");
     if (s != r.end() && s->is_number_integer() && s->get<int64_t>() > step) continue;
     kept += line + "\n";
@@ -60,47 +98,107 @@ void MetricsWriter::rewind(const std::string& path, int64_t step) {
 
 Progress::Progress(ProgressOptions options) : options_(options) {}
 
-void Progress::update(int64_t step, int64_t epoch, double loss, double lr,
-                      double samples_per_s, double elapsed_s) {
+bool Progress::due(double elapsed_s) const {
+  return options_.interactive && (last_draw_s_ < 0 || elapsed_s - last_draw_s_ >= 0.1);
+}
+
+int Progress::columns() const {
+  if (options_.width > 0) return options_.width;
+  winsize ws{};
+  if (::ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) return ws.ws_col;
+  return 80;
+}
+
+namespace {
+
+std::string fmt(const char* format, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), format, v);
+  return buf;
+}
+
+// Samples/s in three or four significant digits: 812, 4.51k, 45.1k.
+std::string rate_text(double r) {
+  if (r >= 1e5) return fmt("%.0fk", r / 1e3);
+  if (r >= 1e4) return fmt("%.1fk", r / 1e3);
+  if (r >= 1e3) return fmt("%.2fk", r / 1e3);
+  return fmt("%.0f", r);
+}
+
+}  // namespace
+
+std::string Progress::line(const ProgressState& s, int width) const {
   const int64_t total = options_.total_steps;
-  const int64_t done = step - options_.start_step;
+  const int64_t done = s.step - options_.start_step;
   const double eta =
-      done > 0 ? elapsed_s / done * static_cast<double>(total - step) : -1.0;
+      done > 0 ? s.elapsed_s / static_cast<double>(done) * static_cast<double>(total - s.step)
+               : -1.0;
+  const std::string counter = str(s.step, "/", total);
+  // By priority; the first ones stay when the terminal is narrow.
+  std::vector<std::string> fields;
+  fields.push_back(std::isfinite(s.loss) ? "loss " + fmt("%.4f", s.loss) : "loss -");
+  fields.push_back((s.samples_per_s > 0 ? rate_text(s.samples_per_s) : "-") + " samples/s");
+  fields.push_back(format_duration(s.elapsed_s) + "<" + (s.step >= total ? "0s" : format_duration(eta)));
+  fields.push_back("lr " + fmt("%.3g", s.lr));
+  fields.push_back(str("epoch ", s.epoch));
+  const auto joined = [&](size_t n) {
+    std::string t;
+    for (size_t i = 0; i < n; ++i) t += "  " + fields[i];
+    return t;
+  };
+  // Keep one column free: writing the last column makes some terminals wrap.
+  const int room = std::max(1, width - 1);
+  size_t n = fields.size();
+  while (n > 0 && static_cast<int>(counter.size() + joined(n).size()) > room) --n;
+  std::string text = counter;
+  const std::string tail = joined(n);
+  const int bar = room - static_cast<int>(counter.size() + tail.size()) - 3;  // " [" "]"
+  if (bar >= 10) {
+    const int w = std::min(bar, 40);
+    const int filled = total > 0 ? static_cast<int>(w * std::min(s.step, total) / total) : 0;
+    text += " [" + std::string(static_cast<size_t>(filled), '#') +
+            std::string(static_cast<size_t>(w - filled), '.') + "]";
+  }
+  text += tail;
+  if (static_cast<int>(text.size()) > room) text.resize(static_cast<size_t>(room));
+  return text;
+}
+
+void Progress::draw(const std::string& text) {
+  const std::string out = "\r" + text + "\033[K";
+  ssize_t ignored = ::write(STDERR_FILENO, out.data(), out.size());
+  (void)ignored;
+  drawn_ = true;
+}
+
+void Progress::update(const ProgressState& s) {
+  const int64_t total = options_.total_steps;
+  const int64_t done = s.step - options_.start_step;
   if (!options_.interactive) {
-    if (step % options_.log_every == 0 || step == total) {
-      char line[160];
-      std::snprintf(line, sizeof(line),
-                    "step %lld/%lld epoch %lld loss %.4f lr %.4g %.0f "
-                    "samples/s ETA %s",
-                    static_cast<long long>(step), static_cast<long long>(total),
-                    static_cast<long long>(epoch), loss, lr, samples_per_s,
-                    format_duration(eta).c_str());
-      log_info(line);
+    if (s.step % options_.log_every == 0 || s.step == total) {
+      const double eta =
+          done > 0 ? s.elapsed_s / static_cast<double>(done) * static_cast<double>(total - s.step)
+                   : -1.0;
+      log_info("step ", s.step, "/", total, " epoch ", s.epoch, " loss ",
+               std::isfinite(s.loss) ? fmt("%.4f", s.loss) : "-", " lr ", fmt("%.4g", s.lr),
+               " ", fmt("%.0f", s.samples_per_s), " samples/s elapsed ",
+               format_duration(s.elapsed_s), " ETA ", format_duration(eta));
     }
     return;
   }
-  if (elapsed_s - last_draw_s_ < 0.1 && step != total) return;
-  last_draw_s_ = elapsed_s;
-  const int width = 24;
-  const int filled = total > 0 ? static_cast<int>(width * step / total) : 0;
-  // Before the first log step there is no loss or rate yet: show "-".
-  char loss_text[32] = "-", rate_text[32] = "-";
-  if (std::isfinite(loss)) std::snprintf(loss_text, sizeof(loss_text), "%.4f", loss);
-  if (samples_per_s > 0) {
-    std::snprintf(rate_text, sizeof(rate_text), "%.0f", samples_per_s);
-  }
-  char line[256];
-  std::snprintf(line, sizeof(line),
-                "\r\033[K%lld/%lld [%s%s] epoch %lld  loss %s  lr %.3g  "
-                "%s samples/s  ETA %s",
-                static_cast<long long>(step), static_cast<long long>(total),
-                std::string(filled, '#').c_str(),
-                std::string(width - filled, '.').c_str(),
-                static_cast<long long>(epoch), loss_text, lr, rate_text,
-                format_duration(eta).c_str());
-  ssize_t ignored = ::write(STDERR_FILENO, line, std::strlen(line));
-  (void)ignored;
-  drawn_ = true;
+  last_ = s;
+  have_state_ = true;
+  if (!due(s.elapsed_s) && s.step != total) return;
+  last_draw_s_ = s.elapsed_s;
+  draw(line(s, columns()));
+}
+
+void Progress::evaluating(const std::string& split, int64_t done, int64_t total) {
+  if (!options_.interactive) return;
+  const int room = std::max(1, columns() - 1);
+  std::string text = str("evaluating ", split, ": ", done, "/", total, " samples");
+  if (static_cast<int>(text.size()) > room) text.resize(static_cast<size_t>(room));
+  draw(text);
 }
 
 void Progress::clear() {
@@ -113,10 +211,12 @@ void Progress::clear() {
 }
 
 void Progress::finish() {
-  if (!drawn_) return;
+  if (!options_.interactive || !have_state_) return;
+  draw(line(last_, columns()));
   ssize_t ignored = ::write(STDERR_FILENO, "\n", 1);
   (void)ignored;
   drawn_ = false;
+  have_state_ = false;
 }
 
 }  // namespace strata::train

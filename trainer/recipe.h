@@ -240,12 +240,25 @@ struct DistillSection {
 
 struct CheckpointSection {
   int64_t every_steps = 0;
+  double every_minutes = 10.0;
   int64_t keep = 2;
+  std::string requeue_signal = "SIGUSR1";
 
   template <class V>
   void visit(V& v) {
     v.field("every_steps", every_steps, at_least(0), "steps between checkpoints (0: end of every epoch); one is always written at the end");
+    v.field("every_minutes", every_minutes, at_least(0), "also a checkpoint once this long passed since the last (rank 0's clock, agreed by all ranks; 0: off): bounds the work a crash loses");
     v.field("keep", keep, at_least(1), "newest checkpoints kept in <run.dir>/checkpoints");
+    v.field("requeue_signal", requeue_signal, one_of({"SIGUSR1", "SIGUSR2", "off"}), "the pre-emption signal (SLURM --signal=USR1@90): every rank checkpoints at the same step and exits 75, 'checkpointed for requeue'; SIGINT (130) and SIGTERM (143) do the same");
+  }
+};
+
+struct MetricsSection {
+  bool tensorboard = false;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("tensorboard", tensorboard, any(), "also write the numbers of metrics.jsonl as TensorBoard scalars (train/loss, eval/accuracy, version/accuracy, ...) to <run.dir>/events.out.tfevents.*: tensorboard --logdir runs/");
   }
 };
 
@@ -278,7 +291,7 @@ struct DistributedSection {
 
   template <class V>
   void visit(V& v) {
-    v.field("backend", backend, one_of({"auto", "gloo", "mpi", "nccl"}), "communication backend (auto: nccl in CUDA builds with a GPU, else gloo; mpi needs mpirun and is the fastest on one CPU host; see bench/results/ddp_cpu.md)");
+    v.field("backend", backend, one_of({"auto", "gloo", "mpi", "nccl"}), "communication backend (auto: nccl in CUDA builds with a GPU; mpi when mpirun launched the run, the fastest on CPU hosts (bench/results/ddp_cpu.md); else gloo)");
     v.field("timeout_s", timeout_s, positive(), "seconds any collective may take before every rank fails with a message");
     v.field("bucket_mb", bucket_mb, positive(), "gradient bucket capacity in MiB (the first bucket is 1 MiB)");
     v.field("overlap", overlap, any(), "all-reduce each bucket during backward as soon as it is full");
@@ -464,6 +477,7 @@ struct Recipe {
   ScheduleSection schedule;
   TrainSection train;
   CheckpointSection checkpoint;
+  MetricsSection metrics;
   DistillSection distill;
   DistributedSection distributed;
   FederatedSection federated;
@@ -482,6 +496,7 @@ struct Recipe {
     v.section("schedule", schedule, "learning-rate schedule");
     v.section("train", train, "loop length, accumulation, clipping, eval, resume");
     v.section("checkpoint", checkpoint, "checkpoint cadence and retention");
+    v.section("metrics", metrics, "what besides metrics.jsonl records the run");
     v.section("distill", distill, "knowledge distillation from a frozen teacher");
     v.section("distributed", distributed, "data, tensor and pipeline parallelism across processes");
     v.section("federated", federated, "federated server, edge clients and simulation");

@@ -87,7 +87,9 @@ int train_main(const std::string& program, int argc, char** argv, const Registri
           static_cast<int64_t>(recipe.distributed.timeout_s * 1000));
       std::shared_ptr<dist::Store> store;
 #if STRATA_HAVE_MPI
-      const bool use_mpi = dist::resolve_backend(o.backend) == "mpi" && info.launcher == "mpirun";
+      log_info("distributed backend ", dist::backend_reason(o.backend, info.launcher));
+      o.backend = dist::resolve_backend(o.backend, info.launcher);
+      const bool use_mpi = o.backend == "mpi" && info.launcher == "mpirun";
       if (use_mpi || (info.master_addr.empty() && info.launcher == "mpirun")) {
         mpi = std::make_unique<dist::MpiSession>();
       }
@@ -105,14 +107,15 @@ int train_main(const std::string& program, int argc, char** argv, const Registri
 
     Trainer trainer(recipe, registries, world);
     const TrainResult r = trainer.run();
+    if (r.stopped_by != 0) return r.exit_code;  // Note [Stopping together]
     if (info.rank == 0) {
       if (r.language_model) {
-        std::cout << "final validation loss " << strata::format_double(r.test_loss)
-                  << " (perplexity " << strata::format_double(std::exp(r.test_loss))
-                  << ", next-token accuracy " << strata::format_double(r.test_accuracy) << ")";
+        std::cout << "final validation loss " << strata::format_metric(r.test_loss)
+                  << " (perplexity " << strata::format_metric(std::exp(r.test_loss))
+                  << ", next-token accuracy " << strata::format_metric(r.test_accuracy) << ")";
       } else {
-        std::cout << "final test accuracy " << strata::format_double(r.test_accuracy)
-                  << " (loss " << strata::format_double(r.test_loss) << ")";
+        std::cout << "final test accuracy " << strata::format_metric(r.test_accuracy)
+                  << " (loss " << strata::format_metric(r.test_loss) << ")";
       }
       std::cout << " after " << r.steps << " steps, " << strata::format_duration(r.wall_s)
                 << "; run directory " << r.run_dir << "\n";

@@ -25,6 +25,7 @@
 #include "trainer/data/datasets.h"
 #include "trainer/metrics.h"
 #include "trainer/parallelize.h"
+#include "trainer/stop.h"
 #include "trainer/train_step.h"
 
 namespace strata::train {
@@ -83,11 +84,12 @@ struct Trainer::Impl {
   void log_setup() const;
   EvalResult evaluate();
   void log_eval(const EvalResult& e);
-  void log_train(int64_t epoch, const at::Tensor& window_loss, int64_t window_steps,
-                 double window_s, double run_s);
+  void log_train(int64_t epoch, double window_s, double run_s);
   // An eval or summary record: loss, accuracy (and perplexity for LM).
   JsonObject eval_record(const char* kind, const EvalResult& e) const;
   void save_checkpoint();
+  // Note [Stopping together]: what a stop on `signal` at this step leaves.
+  TrainResult stop_early(int signal, Clock::time_point t0, int64_t start_step);
   // The loss of one microbatch's output (teacher on `inputs`).
   at::Tensor micro_loss(const at::Tensor& output, const at::Tensor& inputs,
                         const at::Tensor& targets);
@@ -133,9 +135,16 @@ struct Trainer::Impl {
   std::unique_ptr<MetricsWriter> metrics;
   Progress progress;
   int64_t last_saved_step = -1;
+  Clock::time_point last_saved_at = Clock::now();  // checkpoint.every_minutes
   int64_t last_eval_step = -1;
   EvalResult last_eval;
   double shown_loss = std::nan(""), shown_rate = 0.0;  // last logged values
+  // The train record's window: this rank's loss sum (on the device), its
+  // steps, and of those the ones a resumed checkpoint carried in.
+  at::Tensor window_loss;
+  int64_t window_steps = 0;
+  int64_t window_carried = 0;
+  int requeue_signal = 0;  // checkpoint.requeue_signal
 };
 
 Trainer::Impl::Impl(Recipe r, const Registries& registries,
@@ -148,7 +157,8 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
       dp_size(dp_group->size()),
       run_dir(recipe.run_dir()),
       store(join_path(run_dir, "checkpoints"), recipe.checkpoint.keep, shard_layout()),
-      progress(ProgressOptions{}) {
+      progress(ProgressOptions{}),
+      requeue_signal(requeue_signal_number(recipe.checkpoint.requeue_signal)) {
   const dist::RankInfo ranks = mesh.size() > 1 ? dist::discover_ranks() : dist::RankInfo{};
   // Ranks on this host share its cores (local_world 0: the launcher did
   // not say, e.g. SLURM; assume one rank per host).
@@ -291,6 +301,7 @@ std::unique_ptr<BatchSource> Trainer::Impl::make_loader(int64_t start_batch) con
 }
 
 void Trainer::Impl::resume_or_start() {
+  window_loss = at::zeros({}, at::TensorOptions(at::kDouble).device(device));
   const std::string& mode = recipe.train.resume;
   std::string path;
   if (mode == "auto") {
@@ -312,6 +323,15 @@ void Trainer::Impl::resume_or_start() {
       step->scaler().restore(saved.loss_scale, saved.loss_scale_growth);
     }
     last_saved_step = state.step;
+    if (saved.window_steps > 0 && !saved.window_loss.empty()) {
+      // This rank's sum in the same layout; in another the ranks' mean.
+      double sum = 0.0;
+      for (double l : saved.window_loss) sum += l;
+      const bool same = static_cast<int64_t>(saved.window_loss.size()) == dp_size;
+      window_loss.fill_(same ? saved.window_loss[static_cast<size_t>(dp_rank)]
+                             : sum / static_cast<double>(saved.window_loss.size()));
+      window_steps = window_carried = saved.window_steps;
+    }
     log_info("resumed from ", path, " at step ", state.step);
   }
   if (mesh.size() > 1) {
@@ -327,7 +347,7 @@ void Trainer::Impl::resume_or_start() {
   }
   const std::string metrics_path = join_path(run_dir, "metrics.jsonl");
   if (writer()) MetricsWriter::rewind(metrics_path, state.step);
-  metrics = std::make_unique<MetricsWriter>(metrics_path, writer());
+  metrics = std::make_unique<MetricsWriter>(metrics_path, writer(), recipe.metrics.tensorboard);
 }
 
 // The checkpoint's data position in this run's layout. Same world size and
@@ -378,18 +398,23 @@ at::Tensor Trainer::Impl::micro_loss(const at::Tensor& logits, const at::Tensor&
 EvalResult Trainer::Impl::evaluate() {
   Model& model = *pm.model;
   EvalSums e;
+  // This rank's shard; the line shows rank 0's.
+  const EvalProgress shown = [this](int64_t done, int64_t total) {
+    progress.evaluating(data.eval_split, done, total);
+  };
   if (pm.pipe) {
     model.eval();
     e = evaluate_classifier(
         [&](const at::Tensor& x) {
           return pm.pipe->forward(x, [&](const at::Tensor& in) { return model.forward(in); });
         },
-        eval_inputs, eval_targets, recipe.data.eval_batch_size, compute_dtype);
+        eval_inputs, eval_targets, recipe.data.eval_batch_size, compute_dtype, shown);
     model.train();
   } else {
     e = evaluate_classifier(model, eval_inputs, eval_targets, recipe.data.eval_batch_size,
-                            compute_dtype);
+                            compute_dtype, shown);
   }
+  progress.clear();
   at::Tensor sums = at::tensor({e.loss_sum, static_cast<double>(e.correct),
                                 static_cast<double>(e.count)}, at::kDouble)
                        .to(dist::transport_device(*mesh.world(), device));
@@ -418,21 +443,21 @@ void Trainer::Impl::log_eval(const EvalResult& e) {
   metrics->write(eval_record("eval", e));
   progress.clear();
   log_info("eval step ", state.step, ": ", data.eval_split, " loss ",
-           format_double(e.loss), " accuracy ", format_double(e.accuracy),
-           lm ? " perplexity " + format_double(std::exp(e.loss)) : std::string());
+           format_metric(e.loss), " accuracy ", format_metric(e.accuracy),
+           lm ? " perplexity " + format_metric(std::exp(e.loss)) : std::string());
 }
 
 // A train record: the window's mean loss over all ranks (checked finite)
 // and its rate.
-void Trainer::Impl::log_train(int64_t epoch, const at::Tensor& window_loss, int64_t window_steps,
-                              double window_s, double run_s) {
+void Trainer::Impl::log_train(int64_t epoch, double window_s, double run_s) {
   const double loss = global_mean(window_loss) / static_cast<double>(window_steps);
   STRATA_CHECK_T(Error, std::isfinite(loss), "training loss became ",
                  loss, " by step ", state.step, "; lower optimizer.lr, "
                  "enable train.clip_grad_norm, or check the data");
   const int64_t samples_per_step =  // global, over all ranks
       recipe.data.batch_size * recipe.train.grad_accum * dp_size;
-  const double rate = static_cast<double>(window_steps * samples_per_step) / window_s;
+  const double rate = static_cast<double>((window_steps - window_carried) * samples_per_step) /
+                      window_s;
   JsonObject record;
   record.add("kind", "train")
       .add("step", state.step)
@@ -453,11 +478,25 @@ void Trainer::Impl::log_train(int64_t epoch, const at::Tensor& window_loss, int6
 void Trainer::Impl::save_checkpoint() {
   if (last_saved_step == state.step) return;
   last_saved_step = state.step;
+  last_saved_at = Clock::now();
   const LossScaler& scaler = step->scaler();
   state.world = dp_size;
   state.micro_per_epoch = micro_per_epoch;
   state.loss_scale = scaler.enabled() ? scaler.scale() : 0.0;
   state.loss_scale_growth = scaler.growth_tracker();
+  state.window_steps = window_steps;
+  state.window_loss.clear();
+  if (window_steps > 0) {  // collective: every rank saves at this step
+    const at::Device on = dist::transport_device(*mesh.world(), device);
+    at::Tensor mine = window_loss.to(on).reshape({1});
+    std::vector<at::Tensor> all(static_cast<size_t>(dp_size), at::empty_like(mine));
+    if (dp_size > 1) {
+      dp_group->all_gather(all, mine)->wait();
+    } else {
+      all[0] = mine;
+    }
+    for (const auto& t : all) state.window_loss.push_back(t.item<double>());
+  }
   // Note [Sharded checkpoints]: one shard per (pp, tp) coordinate, from
   // its dp = 0 rank; metadata once they all are on disk.
   if (dp_rank == 0) store.save(state, trained());
@@ -486,9 +525,10 @@ TrainResult Trainer::Impl::run() {
     return b;
   };
   const int64_t start_step = state.step;
-  at::Tensor window_loss = at::zeros({}, at::TensorOptions(at::kDouble).device(device));
-  int64_t window_steps = 0;
   auto window_t0 = Clock::now();
+  const StopSignals signals(requeue_signal);
+  StopAgreement agreement(mesh.world(), dist::transport_device(*mesh.world(), device), writer());
+  const double every_s = recipe.checkpoint.every_minutes * 60.0;
   while (state.step < total_steps) {
     const StepResult r = step->run(next, schedule->lr(state.step));
     if (r.skipped) {
@@ -500,22 +540,39 @@ TrainResult Trainer::Impl::run() {
     ++window_steps;
     const bool last = state.step == total_steps;
     if (state.step % recipe.run.log_every == 0 || last) {
-      log_train(epoch, window_loss, window_steps, seconds_since(window_t0), seconds_since(t0));
+      log_train(epoch, seconds_since(window_t0), seconds_since(t0));
       window_loss.zero_();
       window_steps = 0;
+      window_carried = 0;
       window_t0 = Clock::now();
     }
-    // Every step on a terminal (throttled there), with the last logged loss
-    // and rate: no extra synchronisation per step.
-    progress.update(state.step, epoch, shown_loss, schedule->lr(state.step - 1),
-                    shown_rate, seconds_since(t0));
+    // On a terminal, at most 10 times a second, the live loss and rate of
+    // the window so far (this rank's loss: a host sync only when drawn);
+    // otherwise the last logged ones, no extra synchronisation.
+    ProgressState shown{state.step, epoch, shown_loss, schedule->lr(state.step - 1), shown_rate,
+                        seconds_since(t0)};
+    if (progress.due(shown.elapsed_s) && window_steps > 0 && pm.computes_loss()) {
+      shown.loss = window_loss.item<double>() / static_cast<double>(window_steps);
+      shown.samples_per_s = static_cast<double>((window_steps - window_carried) *
+                                                recipe.data.batch_size *
+                                                recipe.train.grad_accum * dp_size) /
+                            std::max(1e-9, seconds_since(window_t0));
+    }
+    progress.update(shown);
     // Evaluation and checkpoints are not training: keep them out of the
     // samples/s window.
     const auto pause_t0 = Clock::now();
+    const StopDecision stop = agreement.after_step(
+        every_s > 0 && seconds_since(last_saved_at) >= every_s);
+    if (stop.signal != 0 && !last) {
+      agreement.finish();
+      return stop_early(stop.signal, t0, start_step);
+    }
     if (due(recipe.train.eval_every) && !last) log_eval(evaluate());
-    if (due(recipe.checkpoint.every_steps) || last) save_checkpoint();
+    if (due(recipe.checkpoint.every_steps) || stop.checkpoint || last) save_checkpoint();
     window_t0 += Clock::now() - pause_t0;
   }
+  agreement.finish();
   progress.finish();
   if (last_eval_step != state.step) log_eval(evaluate());
   save_checkpoint();
@@ -534,6 +591,26 @@ TrainResult Trainer::Impl::run() {
                      .add("steps_this_run", state.step - start_step)
                      .add("wall_s", result.wall_s));
   return result;
+}
+
+TrainResult Trainer::Impl::stop_early(int signal, Clock::time_point t0, int64_t start_step) {
+  save_checkpoint();
+  progress.finish();
+  const int code = stop_exit_code(signal, requeue_signal);
+  metrics->write(JsonObject()
+                     .add("kind", "stopped")
+                     .add("step", state.step)
+                     .add("signal", signal_name(signal))
+                     .add("exit_code", code)
+                     .add("time_s", seconds_since(t0)));
+  log_info("stopped at step ", state.step, " of ", total_steps, " on ", signal_name(signal),
+           " (", state.step - start_step, " steps this run): checkpoint ", store.newest(),
+           code == kRequeueExitCode ? "; checkpointed for requeue" : "",
+           "; the same command resumes from it");
+  TrainResult r{last_eval.loss, last_eval.accuracy, lm, state.step, seconds_since(t0), run_dir};
+  r.stopped_by = signal;
+  r.exit_code = code;
+  return r;
 }
 
 Trainer::Trainer(Recipe recipe, const Registries& registries,

@@ -34,6 +34,11 @@ struct TrainResult {
   int64_t steps = 0;
   double wall_s = 0.0;
   std::string run_dir;
+  // Note [Stopping together]: the signal that stopped the run early, after
+  // a checkpoint at `steps` (0: it ran to the end); the process exits with
+  // exit_code.
+  int stopped_by = 0;
+  int exit_code = 0;
 };
 
 class Trainer {

@@ -11,9 +11,14 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <dirent.h>
+#include <fstream>
+#include <map>
+#include <regex>
 
 #include "core/fs.h"
 #include "core/json.h"
+#include "child_process.h"
 #include "test_util.h"
 
 namespace {
@@ -187,6 +192,74 @@ TEST(DataParallel, StalledRankMakesTheOthersTimeOut) {
   EXPECT_LT(s.seconds, 14.0);
   EXPECT_NE(s.output.find("timed out after 4 s"), std::string::npos)
       << s.output;
+}
+
+// mpirun's children by their rank (OMPI_COMM_WORLD_RANK in their
+// environment): Open MPI starts a node's ranks as its own children.
+std::map<int, pid_t> ranks_of(pid_t mpirun) {
+  std::map<int, pid_t> out;
+  DIR* proc = ::opendir("/proc");
+  for (dirent* e; proc != nullptr && (e = ::readdir(proc)) != nullptr;) {
+    const pid_t pid = static_cast<pid_t>(std::atoi(e->d_name));
+    if (pid <= 0) continue;
+    std::ifstream stat("/proc/" + std::string(e->d_name) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    const auto close = line.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(line.substr(close + 2));
+    char state;
+    pid_t ppid = 0;
+    rest >> state >> ppid;
+    if (ppid != mpirun) continue;
+    std::ifstream env("/proc/" + std::string(e->d_name) + "/environ");
+    for (std::string var; std::getline(env, var, '\0');) {
+      if (var.rfind("OMPI_COMM_WORLD_RANK=", 0) == 0) out[std::stoi(var.substr(21))] = pid;
+    }
+  }
+  if (proc != nullptr) ::closedir(proc);
+  return out;
+}
+
+// Note [Stopping together]: a signal that reaches one rank stops every
+// rank at the same step, after one checkpoint, with the signal's exit code.
+TEST(DataParallel, SigtermToOneRankStopsBothAtTheSameStepAndTheRunResumesBitwise) {
+  using namespace std::chrono_literals;
+  TempDir dir;
+  const auto command = [&](const std::string& run) {
+    return kMpirun + "-np 2 " + kBin + " " + mlp_run(dir / run, 32) + " train.max_steps=400";
+  };
+  strata::test::ChildProcess mpirun("env STRATA_LOG_ALL_RANKS=1 " + command("stopped"));
+  ASSERT_TRUE(mpirun.wait_output("[rank 1/2] INFO step 8/", 1, 120s)) << mpirun.output();
+  const std::map<int, pid_t> ranks = ranks_of(mpirun.pid());
+  ASSERT_EQ(ranks.size(), 2u) << mpirun.output();
+  ASSERT_EQ(::kill(ranks.at(1), SIGTERM), 0);
+  const auto status = mpirun.wait_exit(120s);
+  ASSERT_TRUE(status.has_value()) << "still running 120 s after SIGTERM\n" << mpirun.output();
+  const std::string out = mpirun.output();
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 143) << *status << "\n" << out;
+  std::smatch m0, m1;
+  ASSERT_TRUE(std::regex_search(out, m0, std::regex("\\[rank 0/2\\] INFO stopped at step ([0-9]+) of 400 on SIGTERM")))
+      << out;
+  ASSERT_TRUE(std::regex_search(out, m1, std::regex("\\[rank 1/2\\] INFO stopped at step ([0-9]+) of 400 on SIGTERM")))
+      << out;
+  EXPECT_EQ(m0[1], m1[1]) << out;
+  EXPECT_FALSE(strata::path_exists(dir / "stopped/model.pt"));
+
+  auto resumed = run_command(command("stopped"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed from"), std::string::npos) << resumed.output;
+  EXPECT_NE(resumed.output.find("at step " + std::string(m0[1])), std::string::npos)
+      << resumed.output;
+  auto straight = run_command(command("straight"));
+  ASSERT_EQ(straight.exit_code, 0) << straight.output;
+  auto a = strata::test::load_state_dict(dir / "stopped/model.pt");
+  auto b = strata::test::load_state_dict(dir / "straight/model.pt");
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& item : b) {
+    EXPECT_TRUE(at::equal(a.at(item.key()).toTensor(), item.value().toTensor()))
+        << item.key().toStringRef() << " differs from the uninterrupted run";
+  }
 }
 
 TEST(StrataRun, FailingRankTearsDownTheOthersAndSetsTheExitCode) {

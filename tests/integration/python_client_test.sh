@@ -9,17 +9,9 @@ set -euo pipefail
 BUILD=$(cd "$1" && pwd)
 SRC=$(cd "$2" && pwd)
 VENV=$BUILD/python-venv
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import grpc, grpc_tools" 2>/dev/null; then
-  rm -rf "$VENV"
-  /usr/bin/python3 -m venv --system-site-packages "$VENV"
-  if ! timeout 600 "$VENV/bin/pip" install -q --disable-pip-version-check grpcio grpcio-tools \
-      > "$BUILD/python-venv.log" 2>&1; then
-    echo "SKIP: cannot install grpcio/grpcio-tools from PyPI into $VENV:"
-    tail -3 "$BUILD/python-venv.log"
-    rm -rf "$VENV"
-    exit 77
-  fi
-fi
+# shellcheck source=tests/integration/pypi_venv.sh
+source "$SRC/tests/integration/pypi_venv.sh"
+pypi_venv "$VENV" "grpc, grpc_tools" grpcio grpcio-tools
 WORK=$(mktemp -d)
 SERVER_PID=
 cleanup() {

@@ -1,5 +1,6 @@
 // strata-train as a user runs it: the run directory contract, exit codes and
-// messages, and the SIGKILL-and-resume bitwise-equality guarantee.
+// messages, the SIGKILL-and-resume bitwise-equality guarantee, and stopping
+// on signals with a checkpoint (Note [Stopping together]).
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -7,12 +8,15 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
+#include <regex>
 
 #include "core/fs.h"
 #include "core/json.h"
 #include "trainer/checkpoint.h"
 #include "trainer/data/text.h"
+#include "child_process.h"
 #include "test_util.h"
 
 namespace {
@@ -205,6 +209,39 @@ TEST(StrataTrain, NeverResumeRefusesToOverwriteCheckpoints) {
   EXPECT_FALSE(strata::train::CheckpointStore(dir / "run/checkpoints", 1).newest().empty());
 }
 
+void expect_same_run(const std::string& a_dir, const std::string& b_dir) {
+  auto a = strata::test::load_state_dict(a_dir + "/model.pt");
+  auto b = strata::test::load_state_dict(b_dir + "/model.pt");
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& item : b) {
+    const std::string name = item.key().toStringRef();
+    ASSERT_TRUE(a.contains(name)) << name;
+    EXPECT_TRUE(at::equal(a.at(name).toTensor(), item.value().toTensor()))
+        << name << " differs from the uninterrupted run";
+  }
+  auto ma = read_lines(a_dir + "/metrics.jsonl");
+  auto mb = read_lines(b_dir + "/metrics.jsonl");
+  ASSERT_EQ(ma.size(), mb.size());
+  for (size_t i = 0; i + 1 < ma.size(); ++i) {
+    EXPECT_EQ(field(ma[i], "kind"), field(mb[i], "kind"));
+    EXPECT_EQ(field(ma[i], "step"), field(mb[i], "step"));
+    EXPECT_EQ(field(ma[i], "loss"), field(mb[i], "loss")) << ma[i];
+  }
+}
+
+std::string step_dir(int64_t step) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "step_%08lld", static_cast<long long>(step));
+  return name;
+}
+
+// The step of "stopped at step N of ...", -1 when absent.
+int64_t stopped_step(const std::string& output) {
+  std::smatch m;
+  static const std::regex re("stopped at step ([0-9]+) of");
+  return std::regex_search(output, m, re) ? std::stoll(m[1]) : -1;
+}
+
 // Starts `command`, reads its stderr until `needle` has appeared `count`
 // times, then SIGKILLs it. Returns the wait status.
 int kill_after(const std::string& command, const std::string& needle,
@@ -252,24 +289,84 @@ TEST(StrataTrain, SigkillAndResumeIsBitwiseEqualToAnUninterruptedRun) {
   auto straight = run_command(small_run(dir / "straight"));
   ASSERT_EQ(straight.exit_code, 0) << straight.output;
 
-  auto a = strata::test::load_state_dict(dir / "killed/model.pt");
-  auto b = strata::test::load_state_dict(dir / "straight/model.pt");
-  ASSERT_EQ(a.size(), b.size());
-  for (const auto& item : b) {
-    const std::string name = item.key().toStringRef();
-    ASSERT_TRUE(a.contains(name)) << name;
-    EXPECT_TRUE(at::equal(a.at(name).toTensor(), item.value().toTensor()))
-        << name << " differs after kill + resume";
+  expect_same_run(dir / "killed", dir / "straight");
+}
+
+TEST(StrataTrain, SigtermCheckpointsThatStepAndTheSameCommandResumesBitwise) {
+  using namespace std::chrono_literals;
+  TempDir dir;
+  strata::test::ChildProcess run(small_run(dir / "stopped"));
+  ASSERT_TRUE(run.wait_output("step 10/", 1, 120s)) << run.output();
+  run.signal(SIGTERM);
+  const auto status = run.wait_exit(120s);
+  ASSERT_TRUE(status.has_value()) << "still running 120 s after SIGTERM\n" << run.output();
+  const std::string out = run.output();
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 143) << *status << "\n" << out;
+  const int64_t step = stopped_step(out);
+  ASSERT_GE(step, 10) << out;
+  EXPECT_NE(out.find("on SIGTERM"), std::string::npos) << out;
+  EXPECT_FALSE(strata::path_exists(dir / "stopped/model.pt"));
+  EXPECT_EQ(strata::train::CheckpointStore(dir / "stopped/checkpoints", 1).newest(),
+            dir / "stopped/checkpoints/" + step_dir(step));
+  const std::string last = read_lines(dir / "stopped/metrics.jsonl").back();
+  EXPECT_EQ(field(last, "kind"), "stopped");
+  EXPECT_EQ(field(last, "signal"), "SIGTERM");
+  EXPECT_EQ(field(last, "step"), std::to_string(step));
+
+  auto resumed = run_command(small_run(dir / "stopped"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed from"), std::string::npos);
+  auto straight = run_command(small_run(dir / "straight"));
+  ASSERT_EQ(straight.exit_code, 0) << straight.output;
+  expect_same_run(dir / "stopped", dir / "straight");
+}
+
+TEST(StrataTrain, TheRequeueSignalExitsSeventyFive) {
+  using namespace std::chrono_literals;
+  TempDir dir;
+  strata::test::ChildProcess run(small_run(dir / "run") + " checkpoint.requeue_signal=SIGUSR2");
+  ASSERT_TRUE(run.wait_output("step 5/", 1, 120s)) << run.output();
+  run.signal(SIGUSR2);
+  const auto status = run.wait_exit(120s);
+  ASSERT_TRUE(status.has_value()) << run.output();
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 75) << *status << "\n"
+                                                               << run.output();
+  EXPECT_NE(run.output().find("checkpointed for requeue"), std::string::npos) << run.output();
+}
+
+// A step long enough (a CNN on 1024 images) that the second SIGINT lands
+// while the first is still waiting for the step to end.
+TEST(StrataTrain, ASecondSigintAbortsAtOnce) {
+  using namespace std::chrono_literals;
+  TempDir dir;
+  strata::test::ChildProcess run(kBin + " " + kRecipes + "fashion_mnist.yaml run.dir=" +
+                                 dir / "run" + " data.batch_size=1024 data.train_subset=4096"
+                                 " data.test_subset=500 run.threads=1 run.log_every=1"
+                                 " train.max_steps=1000");
+  ASSERT_TRUE(run.wait_output("step 1/", 1, 120s)) << run.output();
+  run.signal(SIGINT);
+  ASSERT_TRUE(run.wait_output("SIGINT: stopping after this step", 1, 60s)) << run.output();
+  run.signal(SIGINT);
+  const auto status = run.wait_exit(30s);
+  ASSERT_TRUE(status.has_value()) << run.output();
+  EXPECT_TRUE(WIFSIGNALED(*status) && WTERMSIG(*status) == SIGINT) << *status << "\n"
+                                                                  << run.output();
+  EXPECT_NE(run.output().find("second SIGINT: aborting"), std::string::npos) << run.output();
+  EXPECT_EQ(stopped_step(run.output()), -1);
+}
+
+TEST(StrataTrain, CheckpointsComeByTheClockToo) {
+  TempDir dir;
+  // Every 6 ms: many between the step-based ones (none: every_steps=0 and
+  // one epoch is longer than the run).
+  auto r = run_command(small_run(dir / "run") + " train.max_steps=60 checkpoint.every_steps=0"
+                       " checkpoint.every_minutes=0.0001 checkpoint.keep=1000");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  int complete = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir / "run/checkpoints")) {
+    complete += strata::path_exists(e.path().string() + "/metadata.json");
   }
-  // The metrics file reads as one run: the same records, the same losses.
-  auto ma = read_lines(dir / "killed/metrics.jsonl");
-  auto mb = read_lines(dir / "straight/metrics.jsonl");
-  ASSERT_EQ(ma.size(), mb.size());
-  for (size_t i = 0; i + 1 < ma.size(); ++i) {
-    EXPECT_EQ(field(ma[i], "kind"), field(mb[i], "kind"));
-    EXPECT_EQ(field(ma[i], "step"), field(mb[i], "step"));
-    EXPECT_EQ(field(ma[i], "loss"), field(mb[i], "loss")) << ma[i];
-  }
+  EXPECT_GE(complete, 3) << r.output;  // the final one and at least two by the clock
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/checkpoint_meta.h"
 #include "trainer/metrics.h"
+#include "trainer/tensorboard.h"
 #include "trainer/trainer.h"
 
 namespace strata::train {
@@ -210,6 +211,17 @@ TEST(Metrics, RecordsAreJsonAndARewindDropsATornLine) {
   const auto kept = strata::test::read_lines(path);
   ASSERT_EQ(kept.size(), 2u);
   EXPECT_EQ(kept[1], lines[1]);
+}
+
+// The check values of CRC-32C (RFC 3720's iSCSI polynomial) that
+// TensorBoard's records carry.
+TEST(TensorBoard, RecordChecksumsAreCrc32c) {
+  EXPECT_EQ(crc32c("123456789", 9), 0xE3069283u);
+  EXPECT_EQ(crc32c("", 0), 0u);
+  const std::string zeros(32, '\0');
+  EXPECT_EQ(crc32c(zeros.data(), zeros.size()), 0x8A9136AAu);
+  const uint32_t c = crc32c("123456789", 9);
+  EXPECT_EQ(masked_crc32c("123456789", 9), ((c >> 15) | (c << 17)) + 0xa282ead8u);
 }
 
 }  // namespace
