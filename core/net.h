@@ -6,6 +6,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <string>
+
 namespace strata {
 
 // A TCP port on loopback that was free a moment ago (bind port 0, read it
@@ -21,5 +23,13 @@ inline int free_loopback_port() {
   ::close(fd);
   return ntohs(addr.sin_port);
 }
+
+// The local address this host uses to reach `host` (a name or an IPv4 or
+// IPv6 address): the source address the kernel's routing picks for it,
+// found by connect()ing a UDP socket, which sends nothing. So a rank binds
+// where its peers can reach it -- the interface towards the rendezvous
+// host -- and not to whatever its own host name resolves to (often
+// 127.0.0.1). "" when `host` does not resolve or no route leads there.
+std::string route_source_address(const std::string& host, int port);
 
 }  // namespace strata

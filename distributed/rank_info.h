@@ -6,7 +6,14 @@
 //   Open MPI        OMPI_COMM_WORLD_RANK, _SIZE, _LOCAL_RANK, _LOCAL_SIZE
 //   PMI             PMI_RANK, PMI_SIZE (MPICH/Hydra, srun --mpi=pmi2),
 //                   MPI_LOCALRANKID, MPI_LOCALNRANKS
-//   SLURM           SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID
+//   SLURM           SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; the node's
+//                   task count from SLURM_STEP_TASKS_PER_NODE (or
+//                   SLURM_TASKS_PER_NODE) and SLURM_NODEID; unless set,
+//                   MASTER_ADDR is the first host of SLURM_STEP_NODELIST
+//                   (or SLURM_JOB_NODELIST, SLURM_NODELIST) and
+//                   MASTER_PORT 15000 + SLURM_JOB_ID mod 10000 (what
+//                   Lightning does), so `srun strata-train` needs nothing
+//                   set by hand
 // Precedence follows nesting: a torchrun-style launcher started under mpirun
 // or inside an sbatch allocation sets RANK for each of its children, while
 // the outer launcher's variables are merely inherited (an sbatch script's
@@ -20,6 +27,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace strata::dist {
 
@@ -39,5 +47,12 @@ using EnvLookup = std::function<const char*(const char*)>;
 
 RankInfo discover_ranks(const EnvLookup& lookup);
 RankInfo discover_ranks();  // from the process environment
+
+// SLURM's compressed host lists: "node[01-03,07],gpu-a[1-2]" -> node01,
+// node02, node03, node07, gpu-a1, gpu-a2 (zero padding kept, several
+// bracket groups multiply). ConfigError for a malformed list.
+std::vector<std::string> expand_hostlist(const std::string& list);
+// SLURM_TASKS_PER_NODE: "2(x3),1" -> 2, 2, 2, 1 (tasks on each node).
+std::vector<int> expand_tasks_per_node(const std::string& list);
 
 }  // namespace strata::dist

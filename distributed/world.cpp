@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/logging.h"
+#include "core/net.h"
 #include "core/strings.h"
 #include "strata/config.h"
 
@@ -81,9 +82,20 @@ std::shared_ptr<Communicator> connect_world(const RankInfo& info,
   o.rank = info.rank;
   o.size = info.world;
   o.timeout = options.timeout;
-  // All ranks on one host: loopback. Otherwise the host's default interface
-  // (GLOO_SOCKET_IFNAME overrides).
-  o.hostname = info.local_world == info.world ? "127.0.0.1" : "";
+  // All ranks on one host: loopback. Otherwise the address of the interface
+  // that routes to the rendezvous host, where every peer can reach this
+  // rank (a host name can resolve to 127.0.0.1; GLOO_SOCKET_IFNAME
+  // overrides).
+  if (info.local_world == info.world) {
+    o.hostname = "127.0.0.1";
+  } else if (!info.master_addr.empty()) {
+    o.hostname = route_source_address(info.master_addr, info.master_port);
+    STRATA_CHECK_T(CommError, !o.hostname.empty(), "no route from this host to the rendezvous "
+                   "host MASTER_ADDR=", info.master_addr, "; check the address and the network "
+                   "(or set GLOO_SOCKET_IFNAME to the interface to use)");
+    log_info("gloo: this rank is reachable at ", o.hostname, " (the route to ",
+             info.master_addr, ")");
+  }
   auto comm = make_gloo_communicator(o);
   log_info("joined a ", info.world, "-process job (", info.launcher,
            ") over ", comm->backend());

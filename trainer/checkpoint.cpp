@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <caffe2/serialize/inline_container.h>
+#include <nlohmann/json.hpp>
 #include <torch/csrc/jit/serialization/pickler.h>
 #include <torch/serialize.h>
 
@@ -253,14 +254,23 @@ std::string CheckpointStore::save_and_publish(const TrainState& state, const Tra
 }
 
 void CheckpointStore::publish(int64_t step) const {
+  const std::string dir = join_path(dir_, step_name(step));
+  // The manifest (Note [Complete checkpoints]): every shard file, as large
+  // as it is now that every rank wrote its own.
+  JsonObject files;
+  for (const auto& name : list_files(dir)) {
+    if (name.empty() || name[0] == '.' || name == "metadata.json") continue;  // temporaries
+    files.add(name, static_cast<int64_t>(std::filesystem::file_size(join_path(dir, name))));
+  }
   JsonObject meta;
   meta.add("format", kFormatVersion)
       .add("step", step)
       .add("dp", layout_.dp)
       .add("tp", layout_.tp)
       .add("pp", layout_.pp);
-  atomic_write_file(join_path(join_path(dir_, step_name(step)), "metadata.json"),
-                    meta.str() + "\n");
+  nlohmann::ordered_json j = meta.json();
+  j["files"] = files.json();
+  atomic_write_file(join_path(dir, "metadata.json"), j.dump() + "\n");
   prune();
 }
 
@@ -299,7 +309,15 @@ std::vector<std::string> CheckpointStore::list() const {
 
 std::string CheckpointStore::newest() const {
   std::vector<std::string> all = list();
-  return all.empty() ? std::string() : all.back();
+  // Note [Complete checkpoints]: the newest one whose files are all there
+  // at the sizes metadata.json recorded; a later one cut short is skipped
+  // (every rank sees the same files, so every rank skips it).
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    const std::string why = incomplete_checkpoint(*it);
+    if (why.empty()) return *it;
+    log_warn("checkpoint ", *it, " is incomplete (", why, "); trying the one before it");
+  }
+  return "";
 }
 
 // The earlier format: one LibTorch archive with the model and the
@@ -324,6 +342,27 @@ TrainState load_archive_checkpoint(const std::string& path, const Trained& t,
 
 bool is_sharded_checkpoint(const std::string& path) {
   return path_exists(join_path(path, "metadata.json"));
+}
+
+std::string incomplete_checkpoint(const std::string& path) {
+  if (!is_sharded_checkpoint(path)) return "";  // one archive, written atomically
+  const std::string where = join_path(path, "metadata.json");
+  CheckpointMeta meta;
+  try {
+    meta = parse_checkpoint_metadata(read_file(where), where);
+  } catch (const IoError& e) {
+    return e.what();
+  }
+  for (const auto& [name, size] : meta.files) {
+    const std::string file = join_path(path, name);
+    std::error_code ec;
+    const auto have = std::filesystem::file_size(file, ec);
+    if (ec) return str(name, " is missing");
+    if (static_cast<int64_t>(have) != size) {
+      return str(name, " has ", have, " bytes where metadata.json recorded ", size);
+    }
+  }
+  return "";
 }
 
 ShardLayout sharded_checkpoint_layout(const std::string& dir) {

@@ -41,9 +41,10 @@ namespace strata::train {
 //                    "<name>/<field>" (the optimizer's OptimizerStateCodec,
 //                    optimizer_state_dict in optim.h)
 //   split-<tag>.json how its split parameters are cut: {"name": "dim/groups"}
-// and metadata.json ({"format", "step", "dp", "tp", "pp"}), which world rank
-// 0 writes last, after every shard is on disk: a directory without it is
-// incomplete and ignored. consolidate_checkpoint joins the shards into the
+// and metadata.json ({"format", "step", "dp", "tp", "pp", "files": {name:
+// bytes}}), which world rank 0 writes last, after every shard is on disk: a
+// directory without it, or with a file cut short, is incomplete and
+// skipped (Note [Complete checkpoints]). consolidate_checkpoint joins the shards into the
 // full state dict (what model.pt holds).
 struct ShardLayout {
   int64_t dp = 1, tp = 1, pp = 1;   // mesh sizes
@@ -99,7 +100,8 @@ class CheckpointStore {
   // Complete checkpoints (directories, and files of the earlier format),
   // oldest first.
   std::vector<std::string> list() const;
-  // The newest complete checkpoint, or "" when there is none.
+  // The newest complete checkpoint (Note [Complete checkpoints]), or ""
+  // when there is none; an incomplete later one is skipped with a warning.
   std::string newest() const;
 
  private:
@@ -110,8 +112,13 @@ class CheckpointStore {
   ShardLayout layout_;
 };
 
-// Whether `path` is a complete checkpoint directory (it has metadata.json).
+// Whether `path` is a published checkpoint directory (it has metadata.json).
 bool is_sharded_checkpoint(const std::string& path);
+// Note [Complete checkpoints]: metadata.json, written last, lists every
+// file of the directory with its size; a checkpoint is complete when each
+// is there at that size. Returns "" for a complete one (and for a file of
+// the earlier format, written atomically), else what is wrong.
+std::string incomplete_checkpoint(const std::string& path);
 // The layout a checkpoint directory was written in (tp_rank, pp_rank 0).
 ShardLayout sharded_checkpoint_layout(const std::string& dir);
 // The full state dict of a checkpoint directory: every stage's parameters

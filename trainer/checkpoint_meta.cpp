@@ -55,6 +55,19 @@ CheckpointMeta parse_checkpoint_metadata(const std::string& text, const std::str
   m.dp = field("dp", 1, kMaxMeshAxis);
   m.tp = field("tp", 1, kMaxMeshAxis);
   m.pp = field("pp", 1, kMaxMeshAxis);
+  const auto files = j.find("files");
+  if (files != j.end()) {
+    STRATA_CHECK_T(IoError, files->is_object(), where, ": 'files' is ", shown(*files),
+                   ", not an object of file sizes; the checkpoint is corrupt");
+    for (const auto& [name, size] : files->items()) {
+      STRATA_CHECK_T(IoError,
+                     !name.empty() && name.size() <= 255 && name[0] != '.' &&
+                         name.find('/') == std::string::npos && name.find('\0') == std::string::npos,
+                     where, ": 'files' names ", quote(name, 40), ", not a file of the checkpoint; "
+                     "the checkpoint is corrupt");
+      m.files[name] = integer(size, 0, int64_t{1} << 50, "the size of " + printable(name, 40), where);
+    }
+  }
   return m;
 }
 

@@ -14,6 +14,11 @@ namespace strata::train {
 struct CheckpointMeta {
   int64_t format = 0;
   int64_t dp = 1, tp = 1, pp = 1;  // each in [1, kMaxMeshAxis]
+  // Every file of the checkpoint and its size in bytes when it was
+  // published (empty in checkpoints from before the manifest): a file cut
+  // short or missing makes the checkpoint incomplete. Names are plain
+  // file names (no '/', not starting with '.').
+  std::map<std::string, int64_t> files;
 };
 
 constexpr int64_t kMaxMeshAxis = 1 << 16;

@@ -27,8 +27,8 @@ namespace strata::train {
 
 // Exit codes of a run that stopped on a signal (documented in README.md):
 // 130 SIGINT, 143 SIGTERM (the shells' 128 + signal), 75 the requeue
-// signal: "checkpointed for requeue" (EX_TEMPFAIL; launch/strata-run
-// restarts on it without counting a failure).
+// signal: "checkpointed for requeue" (EX_TEMPFAIL: the job script requeues;
+// launch/strata-run passes it on without restarting).
 constexpr int kRequeueExitCode = 75;
 int stop_exit_code(int signal, int requeue_signal);
 

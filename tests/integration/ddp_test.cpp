@@ -194,9 +194,8 @@ TEST(DataParallel, StalledRankMakesTheOthersTimeOut) {
       << s.output;
 }
 
-// mpirun's children by their rank (OMPI_COMM_WORLD_RANK in their
-// environment): Open MPI starts a node's ranks as its own children.
-std::map<int, pid_t> ranks_of(pid_t mpirun) {
+// The children of `parent` whose environment holds `var`=value, by value.
+std::map<int, pid_t> children_by(pid_t parent, const std::string& var) {
   std::map<int, pid_t> out;
   DIR* proc = ::opendir("/proc");
   for (dirent* e; proc != nullptr && (e = ::readdir(proc)) != nullptr;) {
@@ -211,10 +210,10 @@ std::map<int, pid_t> ranks_of(pid_t mpirun) {
     char state;
     pid_t ppid = 0;
     rest >> state >> ppid;
-    if (ppid != mpirun) continue;
+    if (ppid != parent) continue;
     std::ifstream env("/proc/" + std::string(e->d_name) + "/environ");
-    for (std::string var; std::getline(env, var, '\0');) {
-      if (var.rfind("OMPI_COMM_WORLD_RANK=", 0) == 0) out[std::stoi(var.substr(21))] = pid;
+    for (std::string v; std::getline(env, v, '\0');) {
+      if (v.rfind(var + "=", 0) == 0) out[std::stoi(v.substr(var.size() + 1))] = pid;
     }
   }
   if (proc != nullptr) ::closedir(proc);
@@ -231,7 +230,8 @@ TEST(DataParallel, SigtermToOneRankStopsBothAtTheSameStepAndTheRunResumesBitwise
   };
   strata::test::ChildProcess mpirun("env STRATA_LOG_ALL_RANKS=1 " + command("stopped"));
   ASSERT_TRUE(mpirun.wait_output("[rank 1/2] INFO step 8/", 1, 120s)) << mpirun.output();
-  const std::map<int, pid_t> ranks = ranks_of(mpirun.pid());
+  // Open MPI starts a node's ranks as its own children.
+  const std::map<int, pid_t> ranks = children_by(mpirun.pid(), "OMPI_COMM_WORLD_RANK");
   ASSERT_EQ(ranks.size(), 2u) << mpirun.output();
   ASSERT_EQ(::kill(ranks.at(1), SIGTERM), 0);
   const auto status = mpirun.wait_exit(120s);
@@ -260,6 +260,57 @@ TEST(DataParallel, SigtermToOneRankStopsBothAtTheSameStepAndTheRunResumesBitwise
     EXPECT_TRUE(at::equal(a.at(item.key()).toTensor(), item.value().toTensor()))
         << item.key().toStringRef() << " differs from the uninterrupted run";
   }
+}
+
+// torchrun's --max-restarts: a rank SIGKILLed mid-run makes strata-run stop
+// the other and start both again, and the run resumes from its newest
+// complete checkpoint and ends as an uninterrupted one.
+TEST(StrataRun, MaxRestartsFinishesARunWhoseRankWasKilledBitwiseAsUninterrupted) {
+  using namespace std::chrono_literals;
+  TempDir dir;
+  const std::string launcher = std::string(STRATA_SOURCE_DIR) + "/launch/strata-run";
+  const auto command = [&](const std::string& run, const std::string& restarts) {
+    return launcher + " -n 2 --grace 5" + restarts + " -- " + kBin + " " + mlp_run(dir / run, 32) +
+           " train.max_steps=300 checkpoint.every_steps=20 distributed.timeout_s=10";
+  };
+  strata::test::ChildProcess run(command("killed", " --max-restarts 2"));
+  ASSERT_TRUE(run.wait_output("saved checkpoint", 2, 120s)) << run.output();
+  const std::map<int, pid_t> ranks = children_by(run.pid(), "RANK");
+  ASSERT_EQ(ranks.size(), 2u) << run.output();
+  ASSERT_EQ(::kill(ranks.at(1), SIGKILL), 0);
+  const auto status = run.wait_exit(300s);
+  ASSERT_TRUE(status.has_value()) << run.output();
+  const std::string out = run.output();
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << *status << "\n" << out;
+  EXPECT_NE(out.find("strata-run: rank 1 exited with -9"), std::string::npos) << out;
+  EXPECT_NE(out.find("strata-run: restart 1 of 2"), std::string::npos) << out;
+  EXPECT_NE(out.find("resumed from"), std::string::npos) << out;
+  auto straight = run_command(command("straight", ""));
+  ASSERT_EQ(straight.exit_code, 0) << straight.output;
+  auto a = strata::test::load_state_dict(dir / "killed/model.pt");
+  auto b = strata::test::load_state_dict(dir / "straight/model.pt");
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& item : b) {
+    EXPECT_TRUE(at::equal(a.at(item.key()).toTensor(), item.value().toTensor()))
+        << item.key().toStringRef() << " differs from the uninterrupted run";
+  }
+}
+
+TEST(StrataRun, GivesUpAfterMaxRestartsWithTheLastFailure) {
+  const std::string launcher = std::string(STRATA_SOURCE_DIR) + "/launch/strata-run";
+  auto r = run_command(launcher + " -n 2 --grace 5 --max-restarts 2 -- sh -c "
+                       "'echo \"attempt $STRATA_RESTART_COUNT rank $RANK\"; "
+                       "if [ \"$RANK\" = 1 ]; then exit 3; fi; exec sleep 600'");
+  EXPECT_EQ(r.exit_code, 3) << r.output;
+  for (const char* line : {"attempt 0 rank 1", "attempt 1 rank 1", "attempt 2 rank 1",
+                           "strata-run: restart 2 of 2", "strata-run: giving up after 2 restart(s)"}) {
+    EXPECT_NE(r.output.find(line), std::string::npos) << line << "\n" << r.output;
+  }
+  EXPECT_EQ(r.output.find("attempt 3"), std::string::npos) << r.output;
+  // A recipe error would fail again: no restart.
+  r = run_command(launcher + " -n 2 --max-restarts 2 -- sh -c 'exit 2'");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(r.output.find("restart"), std::string::npos) << r.output;
 }
 
 TEST(StrataRun, FailingRankTearsDownTheOthersAndSetsTheExitCode) {

@@ -100,6 +100,28 @@ TEST(Checkpoint, CarriesAnExtraModuleOnlyWhenAskedTo) {
                ConfigError);
 }
 
+// Note [Complete checkpoints]: a shard cut short after metadata.json was
+// written (a copy that stopped, a disk that lost the tail) makes the newest
+// checkpoint incomplete, and the one before it is resumed.
+TEST(Checkpoint, ACheckpointCutShortIsSkippedForThePreviousCompleteOne) {
+  TempDir dir;
+  Rig a = make("mlp", 1);
+  CheckpointStore store(dir / "ckpt", 3);
+  for (int64_t step : {10, 20}) store.save_and_publish({step, step}, a.trained());
+  ASSERT_EQ(store.newest(), dir / "ckpt/step_00000020");
+  EXPECT_NE(read_file(dir / "ckpt/step_00000020/metadata.json").find("\"model-pp0-tp0.pt\":"),
+            std::string::npos);
+  const std::string shard = dir / "ckpt/step_00000020/model-pp0-tp0.pt";
+  const std::string bytes = read_file(shard);
+  strata::test::write_text(shard, bytes.substr(0, bytes.size() / 2));
+  EXPECT_NE(incomplete_checkpoint(dir / "ckpt/step_00000020").find("model-pp0-tp0.pt has "),
+            std::string::npos);
+  EXPECT_EQ(store.newest(), dir / "ckpt/step_00000010");
+  std::filesystem::remove(dir / "ckpt/step_00000010/optim-pp0-tp0.pt");
+  EXPECT_EQ(incomplete_checkpoint(dir / "ckpt/step_00000010"), "optim-pp0-tp0.pt is missing");
+  EXPECT_EQ(store.newest(), "");
+}
+
 TEST(Checkpoint, KeepsTheNewestAndIgnoresTemporaries) {
   TempDir dir;
   Rig a = make("mlp", 1);

@@ -54,6 +54,43 @@ TEST(RankInfo, EachLauncher) {
   EXPECT_EQ(t.master_port, 29500);
 }
 
+// srun: the node's task count and the rendezvous come from SLURM's own
+// variables, as Lightning reads them; nothing is set by hand.
+TEST(RankInfo, SlurmGivesTheNodesTasksAndTheRendezvous) {
+  RankInfo s = discover({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "7"}, {"SLURM_LOCALID", "1"},
+                         {"SLURM_NODEID", "1"}, {"SLURM_STEP_TASKS_PER_NODE", "4,2(x2)"},
+                         {"SLURM_TASKS_PER_NODE", "9"},
+                         {"SLURM_STEP_NODELIST", "gpu-a[07-09],gpu-b1"},
+                         {"SLURM_JOB_NODELIST", "other"}, {"SLURM_JOB_ID", "4242871"}});
+  EXPECT_EQ(s.local_world, 2);  // node 1 of 4,2,2
+  EXPECT_EQ(s.master_addr, "gpu-a07");
+  EXPECT_EQ(s.master_port, 15000 + 2871);
+  // Set by hand, they win.
+  RankInfo h = discover({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "2"},
+                         {"SLURM_JOB_NODELIST", "n[1-2]"}, {"MASTER_ADDR", "10.0.0.9"},
+                         {"MASTER_PORT", "29500"}, {"SLURM_JOB_ID", "77"}});
+  EXPECT_EQ(h.master_addr, "10.0.0.9");
+  EXPECT_EQ(h.master_port, 29500);
+  EXPECT_EQ(discover({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "2"}}).local_world, 0);
+}
+
+TEST(RankInfo, SlurmHostListsExpand) {
+  EXPECT_EQ(expand_hostlist("node[01-03,07],gpu-a[1-2]"),
+            (std::vector<std::string>{"node01", "node02", "node03", "node07", "gpu-a1",
+                                      "gpu-a2"}));
+  EXPECT_EQ(expand_hostlist("solo"), (std::vector<std::string>{"solo"}));
+  EXPECT_EQ(expand_hostlist("r[1-2]n[8-9]"),
+            (std::vector<std::string>{"r1n8", "r1n9", "r2n8", "r2n9"}));
+  EXPECT_EQ(expand_hostlist("n[098-101]"),
+            (std::vector<std::string>{"n098", "n099", "n100", "n101"}));
+  EXPECT_EQ(expand_tasks_per_node("2(x3),1"), (std::vector<int>{2, 2, 2, 1}));
+  for (const char* bad : {"node[1-", "node[3-1]", "node[a-b]", "a,,b", "x]"}) {
+    EXPECT_THROW(expand_hostlist(bad), ConfigError) << bad;
+  }
+  EXPECT_THROW(expand_tasks_per_node("2(x"), ConfigError);
+  EXPECT_THROW(expand_tasks_per_node("two"), ConfigError);
+}
+
 TEST(RankInfo, MpirunInsideSbatchIgnoresTheInheritedSlurmRank) {
   RankInfo r = discover({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"},
                          {"OMPI_COMM_WORLD_RANK", "2"}, {"OMPI_COMM_WORLD_SIZE", "4"}});
