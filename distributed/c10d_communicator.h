@@ -44,7 +44,10 @@ struct OpContext {
   std::chrono::milliseconds timeout{0};
 
   [[noreturn]] void fail(const std::exception& e) const {
-    const std::string what = e.what();
+    // LibTorch's errors carry a C++ backtrace; the message is enough here.
+    const auto* c10 = dynamic_cast<const c10::Error*>(&e);
+    std::string what = c10 != nullptr ? c10->what_without_backtrace() : e.what();
+    while (!what.empty() && (what.back() == '\n' || what.back() == ' ')) what.pop_back();
     const std::string where = str(op, " on group '", group, "' (rank ", rank,
                                   "/", size, peer >= 0 ? str(", peer ", peer) : "",
                                   ")");

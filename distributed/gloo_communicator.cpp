@@ -16,6 +16,9 @@
 
 #include <cstdlib>
 #include <functional>
+#include <future>
+#include <memory>
+#include <thread>
 
 #include "core/error.h"
 #include "distributed/c10d_communicator.h"
@@ -32,12 +35,45 @@ class GlooCommunicator final : public C10dCommunicator<c10d::ProcessGroupGloo> {
     auto opts = c10d::ProcessGroupGloo::Options::create(o.timeout);
     opts->devices.push_back(make_device(o.hostname));
     opts->threads = 2;
+    // Name where this rank listened: what a peer on another host had to
+    // reach.
+    const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+    const OpContext ctx = context(
+        ifname != nullptr ? str("connect (this rank on interface ", ifname, ", GLOO_SOCKET_IFNAME)")
+        : o.hostname.empty() ? std::string("connect (this rank at its host name's address)")
+                             : str("connect (this rank at ", o.hostname, ")"));
     try {
-      pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed_store(), o.rank,
-                                                        o.size, opts);
+      pg_ = connect_bounded(prefixed_store(), o.rank, o.size, opts, o.timeout);
     } catch (const std::exception& e) {
-      context("connect").fail(e);
+      ctx.fail(e);
     }
+  }
+
+  // Note [Bounded connect]: gloo retries a refused connection for its
+  // timeout once per attempt, several times over (a peer that advertised an
+  // address this rank cannot reach kept it waiting 50 s at a 10 s timeout),
+  // so the full mesh is connected on a helper thread and given `timeout`
+  // in all. Past it this rank fails; the helper, left to gloo's own
+  // timeout, ends with the process.
+  static c10::intrusive_ptr<c10d::ProcessGroupGloo> connect_bounded(
+      c10::intrusive_ptr<c10d::Store> store, int rank, int size,
+      c10::intrusive_ptr<c10d::ProcessGroupGloo::Options> opts,
+      std::chrono::milliseconds timeout) {
+    using Result = c10::intrusive_ptr<c10d::ProcessGroupGloo>;
+    auto done = std::make_shared<std::promise<Result>>();
+    std::future<Result> result = done->get_future();
+    std::thread([done, store, rank, size, opts] {
+      try {
+        done->set_value(c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, opts));
+      } catch (...) {
+        done->set_exception(std::current_exception());
+      }
+    }).detach();
+    if (result.wait_for(timeout) != std::future_status::ready) {
+      throw std::runtime_error(str("Socket Timeout: the full mesh of ", size,
+                                   " ranks was not connected"));
+    }
+    return result.get();
   }
 
   const char* backend() const override { return "gloo"; }
