@@ -226,23 +226,50 @@ std::string ShardLayout::tag() const { return str("pp", pp_rank, "-tp", tp_rank)
 CheckpointStore::CheckpointStore(std::string dir, int64_t keep, ShardLayout layout)
     : dir_(std::move(dir)), keep_(keep), layout_(layout) {}
 
-std::string CheckpointStore::save(const TrainState& state, const Trained& t) const {
+CheckpointSnapshot CheckpointStore::snapshot(const TrainState& state, const Trained& t) const {
+  CheckpointSnapshot snap;
+  snap.step = state.step;
   // The optimizer state goes by parameter name (optim-<tag>.pt), so that
   // it can be cut for another layout like the parameters.
   torch::serialize::OutputArchive out;
   write_train_state(out, state, nullptr, t.extra);
-  const std::string dir = join_path(dir_, step_name(state.step));
-  make_dirs(dir);
-  const std::string tag = layout_.tag();
-  atomic_publish(join_path(dir, "train-" + tag + ".pt"),
-                 [&](const std::string& tmp) { out.save_to(tmp); });
-  save_state_dict(join_path(dir, "model-" + tag + ".pt"), t.model);
-  save_state_dict(join_path(dir, "optim-" + tag + ".pt"),
-                  optimizer_state_dict(t.optimizer, t.optimizer_state, trained_tensors(t.model, t.extra)));
+  out.save_to([&](const void* data, size_t n) {
+    snap.train_archive.append(static_cast<const char*>(data), n);
+    return n;
+  });
+  // Copies: training goes on changing the live tensors.
+  const auto copy = [](const at::Tensor& x) {
+    return x.is_cpu() ? x.detach().clone() : x.detach().cpu();
+  };
+  for (const auto& p : t.model.named_parameters(/*recurse=*/true)) {
+    snap.model.emplace_back(p.key(), copy(p.value()));
+  }
+  for (const auto& b : t.model.named_buffers(/*recurse=*/true)) {
+    snap.model.emplace_back(b.key(), copy(b.value()));
+  }
+  for (auto& [name, value] :
+       optimizer_state_dict(t.optimizer, t.optimizer_state, trained_tensors(t.model, t.extra))) {
+    snap.optim.emplace_back(name, copy(value));
+  }
   JsonObject split_json;
   for (const auto& [name, spec] : t.splits) split_json.add(name, str(spec.dim, "/", spec.groups));
-  atomic_write_file(join_path(dir, "split-" + tag + ".json"), split_json.str() + "\n");
+  snap.splits_json = split_json.str() + "\n";
+  return snap;
+}
+
+std::string CheckpointStore::write(const CheckpointSnapshot& snap) const {
+  const std::string dir = join_path(dir_, step_name(snap.step));
+  make_dirs(dir);
+  const std::string tag = layout_.tag();
+  atomic_write_file(join_path(dir, "train-" + tag + ".pt"), snap.train_archive);
+  save_state_dict(join_path(dir, "model-" + tag + ".pt"), snap.model);
+  save_state_dict(join_path(dir, "optim-" + tag + ".pt"), snap.optim);
+  atomic_write_file(join_path(dir, "split-" + tag + ".json"), snap.splits_json);
   return dir;
+}
+
+std::string CheckpointStore::save(const TrainState& state, const Trained& t) const {
+  return write(snapshot(state, t));
 }
 
 std::string CheckpointStore::save_and_publish(const TrainState& state, const Trained& t) const {

@@ -81,6 +81,16 @@ struct TrainState {
   std::vector<double> window_loss;  // by dp rank
 };
 
+// A checkpoint shard copied out of the live model and optimizer into host
+// memory (snapshot), so that a background thread can write it while
+// training goes on (write; Note [Asynchronous checkpoints] in trainer.cpp).
+struct CheckpointSnapshot {
+  int64_t step = 0;
+  std::string train_archive;  // train-<tag>.pt
+  std::vector<std::pair<std::string, at::Tensor>> model, optim;
+  std::string splits_json;
+};
+
 class CheckpointStore {
  public:
   // `dir` is created on first save; `keep` >= 1 newest checkpoints are kept.
@@ -91,6 +101,10 @@ class CheckpointStore {
   // the ranks with data-parallel coordinate 0 call it) and returns the
   // directory. publish() completes it.
   std::string save(const TrainState& state, const Trained& trained) const;
+  // save() in two halves: the copy (on the training thread) and the files
+  // (on any thread; the store is not modified).
+  CheckpointSnapshot snapshot(const TrainState& state, const Trained& trained) const;
+  std::string write(const CheckpointSnapshot& snapshot) const;
   // World rank 0, once every shard of `step` is written: writes
   // metadata.json and deletes all but the newest `keep`.
   void publish(int64_t step) const;

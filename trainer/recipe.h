@@ -242,6 +242,7 @@ struct CheckpointSection {
   int64_t every_steps = 0;
   double every_minutes = 10.0;
   int64_t keep = 2;
+  bool async = true;
   std::string requeue_signal = "SIGUSR1";
 
   template <class V>
@@ -249,6 +250,7 @@ struct CheckpointSection {
     v.field("every_steps", every_steps, at_least(0), "steps between checkpoints (0: end of every epoch); one is always written at the end");
     v.field("every_minutes", every_minutes, at_least(0), "also a checkpoint once this long passed since the last (rank 0's clock, agreed by all ranks; 0: off): bounds the work a crash loses");
     v.field("keep", keep, at_least(1), "newest checkpoints kept in <run.dir>/checkpoints");
+    v.field("async", async, any(), "write periodic checkpoints on a background thread while training goes on (a copy in host memory is taken at the step); false: training waits for the files");
     v.field("requeue_signal", requeue_signal, one_of({"SIGUSR1", "SIGUSR2", "off"}), "the pre-emption signal (SLURM --signal=USR1@90): every rank checkpoints at the same step and exits 75, 'checkpointed for requeue'; SIGINT (130) and SIGTERM (143) do the same");
   }
 };

@@ -98,7 +98,7 @@ void StopSignals::simulate(int signal) {
 StopAgreement::StopAgreement(std::shared_ptr<dist::Communicator> world, at::Device transport,
                              bool decides_clock)
     : world_(world && world->size() > 1 ? std::move(world) : nullptr),
-      flags_(at::zeros({2}, at::TensorOptions(at::kLong).device(transport))),
+      flags_(at::zeros({3}, at::TensorOptions(at::kLong).device(transport))),
       decides_clock_(decides_clock) {}
 
 StopAgreement::~StopAgreement() {
@@ -109,9 +109,9 @@ StopAgreement::~StopAgreement() {
   }
 }
 
-StopDecision StopAgreement::after_step(bool checkpoint_due) {
+StopDecision StopAgreement::after_step(int64_t step, bool checkpoint_due, bool writing) {
   const bool due = decides_clock_ && checkpoint_due;
-  if (!world_) return StopDecision{StopSignals::received(), due};
+  if (!world_) return StopDecision{StopSignals::received(), due, writing, step};
   StopDecision d;
   if (pending_) {
     pending_->wait();
@@ -119,13 +119,17 @@ StopDecision StopAgreement::after_step(bool checkpoint_due) {
     const at::Tensor agreed = flags_.cpu();
     d.signal = static_cast<int>(agreed[0].item<int64_t>());
     d.checkpoint = agreed[1].item<int64_t>() != 0;
+    d.writing = agreed[2].item<int64_t>() != 0;
+    d.as_of = pending_step_;
   }
   // A checkpoint decided now resets the clock: do not ask for another.
-  const at::Tensor mine = at::tensor(
-      {static_cast<int64_t>(StopSignals::received()), static_cast<int64_t>(due && !d.checkpoint)},
-      at::kLong);
+  const at::Tensor mine = at::tensor({static_cast<int64_t>(StopSignals::received()),
+                                      static_cast<int64_t>(due && !d.checkpoint),
+                                      static_cast<int64_t>(writing)},
+                                     at::kLong);
   flags_.copy_(mine);
   pending_ = world_->all_reduce(flags_, dist::ReduceOp::kMax);
+  pending_step_ = step;
   return d;
 }
 

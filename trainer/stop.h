@@ -7,7 +7,9 @@
 // SIGINT aborts at once. A signal may reach one rank and not the others
 // (kill, a node's OOM killer, a scheduler that signals one host), so the
 // ranks agree: after every step each rank contributes [its signal, a
-// checkpoint due by rank 0's clock] to a MAX all-reduce over the world, and
+// checkpoint due by rank 0's clock, a checkpoint it still writes in the
+// background (Note [Asynchronous checkpoints])] to a MAX all-reduce over
+// the world, and
 // acts on the result together -- save a checkpoint, and for a signal stop
 // with the same step on every rank. The all-reduce is issued at the end of
 // one step and waited for at the end of the next, so it overlaps a step's
@@ -55,6 +57,8 @@ class StopSignals {
 struct StopDecision {
   int signal = 0;           // stop now (every rank), for this signal
   bool checkpoint = false;  // save a checkpoint now (every rank)
+  bool writing = false;     // some rank still writes a checkpoint in the background
+  int64_t as_of = -1;       // the step after which the ranks said so (-1: nothing agreed yet)
 };
 
 // The agreement of Note [Stopping together]. Collective: every rank calls
@@ -70,13 +74,14 @@ class StopAgreement {
   // This rank's signal and, on the rank that decides the clock, whether a
   // time-based checkpoint is due; returns what all ranks agreed (for the
   // previous step's contributions when there are several ranks).
-  StopDecision after_step(bool checkpoint_due);
+  StopDecision after_step(int64_t step, bool checkpoint_due, bool writing = false);
   // Completes the outstanding all-reduce (nothing left in flight).
   void finish();
 
  private:
   std::shared_ptr<dist::Communicator> world_;
-  at::Tensor flags_;  // [signal, checkpoint due] being reduced
+  at::Tensor flags_;  // [signal, checkpoint due, writing] being reduced
+  int64_t pending_step_ = -1;  // the step whose flags are being reduced
   std::unique_ptr<dist::Work> pending_;
   bool decides_clock_;
 };

@@ -6,6 +6,8 @@
 
 #include <chrono>
 #include <cmath>
+#include <future>
+#include <utility>
 #include <cstdlib>
 #include <optional>
 #include <thread>
@@ -87,7 +89,12 @@ struct Trainer::Impl {
   void log_train(int64_t epoch, double window_s, double run_s);
   // An eval or summary record: loss, accuracy (and perplexity for LM).
   JsonObject eval_record(const char* kind, const EvalResult& e) const;
-  void save_checkpoint();
+  // Collective. `background`: a periodic one (Note [Asynchronous
+  // checkpoints]); the last one, and a stop's, are written at once.
+  void save_checkpoint(bool background = false);
+  void publish_when_written(const StopDecision& d);
+  void finish_write();
+  void publish_checkpoint(int64_t at_step);
   // Note [Stopping together]: what a stop on `signal` at this step leaves.
   TrainResult stop_early(int signal, Clock::time_point t0, int64_t start_step);
   // The loss of one microbatch's output (teacher on `inputs`).
@@ -136,6 +143,7 @@ struct Trainer::Impl {
   Progress progress;
   int64_t last_saved_step = -1;
   Clock::time_point last_saved_at = Clock::now();  // checkpoint.every_minutes
+  Clock::time_point run_t0 = Clock::now();         // run() started: records' time_s
   int64_t last_eval_step = -1;
   EvalResult last_eval;
   double shown_loss = std::nan(""), shown_rate = 0.0;  // last logged values
@@ -145,6 +153,8 @@ struct Trainer::Impl {
   int64_t window_steps = 0;
   int64_t window_carried = 0;
   int requeue_signal = 0;  // checkpoint.requeue_signal
+  std::future<void> writing;     // the background write of unpublished_step (dp rank 0)
+  int64_t unpublished_step = -1;  // written in the background, not yet published
 };
 
 Trainer::Impl::Impl(Recipe r, const Registries& registries,
@@ -440,7 +450,7 @@ JsonObject Trainer::Impl::eval_record(const char* kind, const EvalResult& e) con
 void Trainer::Impl::log_eval(const EvalResult& e) {
   last_eval = e;
   last_eval_step = state.step;
-  metrics->write(eval_record("eval", e));
+  metrics->write(eval_record("eval", e).add("time_s", seconds_since(run_t0)));
   progress.clear();
   log_info("eval step ", state.step, ": ", data.eval_split, " loss ",
            format_metric(e.loss), " accuracy ", format_metric(e.accuracy),
@@ -475,7 +485,7 @@ void Trainer::Impl::log_train(int64_t epoch, double window_s, double run_s) {
   shown_rate = rate;
 }
 
-void Trainer::Impl::save_checkpoint() {
+void Trainer::Impl::save_checkpoint(bool background) {
   if (last_saved_step == state.step) return;
   last_saved_step = state.step;
   last_saved_at = Clock::now();
@@ -499,16 +509,54 @@ void Trainer::Impl::save_checkpoint() {
   }
   // Note [Sharded checkpoints]: one shard per (pp, tp) coordinate, from
   // its dp = 0 rank; metadata once they all are on disk.
+  finish_write();  // one write in flight at a time
+  if (background && recipe.checkpoint.async) {
+    if (dp_rank == 0) {
+      auto snap = std::make_shared<CheckpointSnapshot>(store.snapshot(state, trained()));
+      writing = std::async(std::launch::async, [this, snap] { store.write(*snap); });
+    }
+    unpublished_step = state.step;
+    return;
+  }
   if (dp_rank == 0) store.save(state, trained());
+  publish_checkpoint(state.step);
+}
+
+// Note [Asynchronous checkpoints]: a periodic checkpoint is copied into
+// host memory at its step (CheckpointStore::snapshot, on this thread) and
+// written by a background task while training goes on. metadata.json may
+// only be written once every shard is on disk, so each rank says in the
+// stop agreement whether its write is still running, and when the ranks
+// agree -- about a step after the write began -- that none is, rank 0
+// publishes (publish_when_written). A checkpoint due while the previous is
+// still being written, and the end of the run or a stop, wait for it
+// (finish_write: a collective barrier, then the publication).
+void Trainer::Impl::publish_when_written(const StopDecision& d) {
+  if (unpublished_step < 0 || d.as_of <= unpublished_step || d.writing) return;
+  if (writing.valid()) writing.get();  // done: rethrows a failed write
+  const int64_t step_written = std::exchange(unpublished_step, -1);
+  if (!writer()) return;
+  store.publish(step_written);
+  progress.clear();
+  log_info("saved checkpoint ", store.newest(), " (written in the background)");
+}
+
+void Trainer::Impl::finish_write() {
+  if (unpublished_step < 0) return;
+  if (writing.valid()) writing.get();
+  publish_checkpoint(std::exchange(unpublished_step, -1));
+}
+
+void Trainer::Impl::publish_checkpoint(int64_t at_step) {
   if (mesh.size() > 1) mesh.world()->barrier()->wait();
   if (!writer()) return;
-  store.publish(state.step);
+  store.publish(at_step);
   progress.clear();
   log_info("saved checkpoint ", store.newest());
 }
 
 TrainResult Trainer::Impl::run() {
-  const auto t0 = Clock::now();
+  const auto t0 = run_t0 = Clock::now();
   if (writer()) {
     make_dirs(run_dir);
     atomic_write_file(join_path(run_dir, "recipe.yaml"), to_yaml(recipe));
@@ -562,20 +610,28 @@ TrainResult Trainer::Impl::run() {
     // Evaluation and checkpoints are not training: keep them out of the
     // samples/s window.
     const auto pause_t0 = Clock::now();
+    const bool still_writing = writing.valid() && writing.wait_for(std::chrono::seconds(0)) !=
+                                                      std::future_status::ready;
     const StopDecision stop = agreement.after_step(
-        every_s > 0 && seconds_since(last_saved_at) >= every_s);
+        state.step, every_s > 0 && seconds_since(last_saved_at) >= every_s, still_writing);
+    publish_when_written(stop);
     if (stop.signal != 0 && !last) {
       agreement.finish();
       return stop_early(stop.signal, t0, start_step);
     }
     if (due(recipe.train.eval_every) && !last) log_eval(evaluate());
-    if (due(recipe.checkpoint.every_steps) || stop.checkpoint || last) save_checkpoint();
+    if (last) {
+      save_checkpoint();
+    } else if (due(recipe.checkpoint.every_steps) || stop.checkpoint) {
+      save_checkpoint(/*background=*/true);
+    }
     window_t0 += Clock::now() - pause_t0;
   }
   agreement.finish();
   progress.finish();
   if (last_eval_step != state.step) log_eval(evaluate());
   save_checkpoint();
+  finish_write();
   if (writer()) {
     // Model parallel: the full model, consolidated from the final checkpoint.
     if (pm.model_parallel()) {

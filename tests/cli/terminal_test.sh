@@ -37,7 +37,9 @@ grep -qE '^120/120 \[#+\]  loss [0-9.]+  [0-9.]+k? samples/s  [0-9]+s<0s' "$WORK
 # redraw (counted above); it also keeps the last column free.
 width=$(grep -E '^120/120 ' "$WORK/screen" | awk '{print length($0)}')
 [ "${width:-99}" -le 79 ] && ok || bad "the progress line is ${width:-?} columns, want <= 79"
-grep -q "eval step 60: test loss [0-9.]* accuracy" "$WORK/screen" && ok || bad "the eval line"
+# Numbers for people: five significant digits, not 0.6750866455078125.
+grep -qE "eval step 60: test loss [0-9]\.[0-9]{1,5} accuracy 0\.[0-9]{1,5}$" "$WORK/screen" && ok || bad "the eval line"
+grep -qE "^final test accuracy 0\.[0-9]{1,5} \(loss [0-9]\.[0-9]{1,5}\) after 120 steps" "$WORK/screen" && ok || bad "the final line"
 # Piped: plain lines with the time.
 "$BIN/strata-train" "$SRC/recipes/fashion_mnist.yaml" run.dir="$WORK/piped" model.name=mlp \
   data.train_subset=512 data.test_subset=128 train.max_steps=4 run.log_every=2 run.threads=2 \

@@ -65,6 +65,12 @@ def main():
         step = os.path.join(run, "checkpoints", "step_00000016")
         shard = torch.load(os.path.join(step, "model-pp0-tp0.pt"), weights_only=True)
         optim = torch.load(os.path.join(step, "optim-pp0-tp0.pt"), weights_only=True)
+        train = torch.jit.load(os.path.join(step, "train-pp0-tp0.pt"))
+        with open(os.path.join(step, "metadata.json")) as f:
+            meta = json.load(f)
+        assert int(train.step) == 16 and meta["step"] == 16, (train.step, meta)
+        for name, size in meta["files"].items():
+            assert os.path.getsize(os.path.join(step, name)) == size, name
         with open(os.path.join(run, "metrics.jsonl")) as f:
             summary = json.loads(f.read().strip().splitlines()[-1])
 
