@@ -147,13 +147,23 @@ std::string Progress::line(const ProgressState& s, int width) const {
     return t;
   };
   // Keep one column free: writing the last column makes some terminals wrap.
+  // The bar (at least 10 columns) goes before the last fields; without
+  // room even next to the loss, the line goes without it.
   const int room = std::max(1, width - 1);
+  const auto used = [&](size_t k, int bar_columns) {
+    return static_cast<int>(counter.size() + joined(k).size()) + (bar_columns > 0 ? bar_columns + 3 : 0);
+  };
   size_t n = fields.size();
-  while (n > 0 && static_cast<int>(counter.size() + joined(n).size()) > room) --n;
+  while (n > 1 && used(n, 10) > room) --n;
+  const bool with_bar = used(n, 10) <= room;
+  if (!with_bar) {
+    n = fields.size();
+    while (n > 0 && used(n, 0) > room) --n;
+  }
   std::string text = counter;
   const std::string tail = joined(n);
-  const int bar = room - static_cast<int>(counter.size() + tail.size()) - 3;  // " [" "]"
-  if (bar >= 10) {
+  const int bar = with_bar ? room - used(n, 0) - 3 : 0;  // " [" "]"
+  if (with_bar) {
     const int w = std::min(bar, 40);
     const int filled = total > 0 ? static_cast<int>(w * std::min(s.step, total) / total) : 0;
     text += " [" + std::string(static_cast<size_t>(filled), '#') +

@@ -20,9 +20,13 @@ RUN=("$BIN/strata-train" "$SRC/recipes/fashion_mnist.yaml" "run.dir=$WORK/run" m
      data.train_subset=4000 data.test_subset=2000 data.batch_size=32 train.max_steps=120
      run.log_every=50 train.eval_every=60 run.threads=2)
 printf '%q ' "${RUN[@]}" > "$WORK/cmd"
-# The pane runs the command, then signals the test (tmux wait-for: no polling).
+# The pane waits until the test records it (pipe-pane: every byte written
+# to the terminal, redraws included), runs the command, then signals the
+# test (tmux wait-for: no polling).
 tmux -L "$SOCK" -f /dev/null new-session -d -s t -x 80 -y 40 \
-  "TERM=xterm-256color bash -c \"\$(cat $WORK/cmd)\"; echo EXIT=\$?; tmux -L $SOCK wait-for -S done; sleep 600"
+  "tmux -L $SOCK wait-for go; TERM=xterm-256color bash -c \"\$(cat $WORK/cmd)\"; echo EXIT=\$?; tmux -L $SOCK wait-for -S done; sleep 600"
+tmux -L "$SOCK" pipe-pane -t t -o "cat > $WORK/stream"
+tmux -L "$SOCK" wait-for -S go
 if ! timeout 300 tmux -L "$SOCK" wait-for done; then
   bad "the run did not end within 300 s"
 fi
@@ -40,6 +44,12 @@ width=$(grep -E '^120/120 ' "$WORK/screen" | awk '{print length($0)}')
 # Numbers for people: five significant digits, not 0.6750866455078125.
 grep -qE "eval step 60: test loss [0-9]\.[0-9]{1,5} accuracy 0\.[0-9]{1,5}$" "$WORK/screen" && ok || bad "the eval line"
 grep -qE "^final test accuracy 0\.[0-9]{1,5} \(loss [0-9]\.[0-9]{1,5}\) after 120 steps" "$WORK/screen" && ok || bad "the final line"
+# The recording: before the first logged step (50) the line already shows
+# the loss and rate of the steps so far, and evaluation draws its own line.
+tr '\r' '\n' < "$WORK/stream" | sed 's/\x1b\[K//g' > "$WORK/frames"
+grep -qE '^([1-9]|[1-4][0-9])/120 .* loss [0-9]+\.[0-9]{4}  [0-9.]+k? samples/s' "$WORK/frames" && ok ||
+  { head -c 2000 "$WORK/frames"; bad "no live loss and rate before the first logged step"; }
+grep -qE '^evaluating test: [0-9]+/2000 samples' "$WORK/frames" && ok || bad "no evaluation progress line"
 # Piped: plain lines with the time.
 "$BIN/strata-train" "$SRC/recipes/fashion_mnist.yaml" run.dir="$WORK/piped" model.name=mlp \
   data.train_subset=512 data.test_subset=128 train.max_steps=4 run.log_every=2 run.threads=2 \

@@ -64,7 +64,10 @@ TEST(StrataTrain, WritesTheRunDirectoryContract) {
       for (const char* k : {"step", "epoch", "loss", "lr", "samples_per_s", "time_s"})
         field(l, k);
     }
-    if (kind == "eval") ++eval;
+    if (kind == "eval") {
+      ++eval;
+      for (const char* k : {"step", "split", "loss", "accuracy", "time_s"}) field(l, k);
+    }
   }
   EXPECT_EQ(train, 12);  // 6000 / 50 / grad_accum 2 = 60 steps, one every 5
   EXPECT_GE(eval, 1);

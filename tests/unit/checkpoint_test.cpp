@@ -235,6 +235,37 @@ TEST(Metrics, RecordsAreJsonAndARewindDropsATornLine) {
   EXPECT_EQ(kept[1], lines[1]);
 }
 
+// The status line fits the terminal: at 80 columns everything with a bar,
+// narrower terminals drop the bar, then fields from the right; never wider
+// than the terminal less one column (writing the last one wraps some).
+TEST(Progress, TheLineFitsTheTerminal) {
+  ProgressOptions o;
+  o.total_steps = 1200;
+  o.interactive = true;
+  Progress p(o);
+  ProgressState s{300, 2, 0.66071, 0.05, 27700.0, 65.0};
+  const std::string wide = p.line(s, 120);
+  EXPECT_EQ(wide.rfind("300/1200 [##########..............................]", 0), 0u) << wide;
+  for (const char* part : {"loss 0.6607", "27.7k samples/s", "1m05s<3m15s", "lr 0.05", "epoch 2"}) {
+    EXPECT_NE(wide.find(part), std::string::npos) << part << " in " << wide;
+  }
+  // 80 columns: the bar stays, the last fields go.
+  const std::string eighty = p.line(s, 80);
+  EXPECT_LE(eighty.size(), 79u) << eighty;
+  EXPECT_EQ(eighty.rfind("300/1200 [", 0), 0u) << eighty;
+  EXPECT_NE(eighty.find("1m05s<3m15s"), std::string::npos) << eighty;
+  EXPECT_EQ(eighty.find("epoch"), std::string::npos) << eighty;
+  // 30 columns: no room for a bar next to the loss.
+  const std::string narrow = p.line(s, 30);
+  EXPECT_LE(narrow.size(), 29u) << narrow;
+  EXPECT_EQ(narrow.find('['), std::string::npos) << narrow;
+  EXPECT_NE(narrow.find("loss 0.6607"), std::string::npos) << narrow;  // the first field stays
+  for (int width : {1, 5, 12, 200}) EXPECT_LE(static_cast<int>(p.line(s, width).size()), std::max(1, width - 1));
+  // Before any loss is known.
+  ProgressState first{1, 0, std::nan(""), 0.05, 0.0, 0.1};
+  EXPECT_NE(p.line(first, 80).find("loss -  - samples/s"), std::string::npos) << p.line(first, 80);
+}
+
 // The check values of CRC-32C (RFC 3720's iSCSI polynomial) that
 // TensorBoard's records carry.
 TEST(TensorBoard, RecordChecksumsAreCrc32c) {
