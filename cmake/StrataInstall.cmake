@@ -39,7 +39,7 @@ install(DIRECTORY core distributed trainer federated
         FILES_MATCHING PATTERN "*.h")
 install(FILES ${CMAKE_BINARY_DIR}/generated/strata/config.h
         DESTINATION ${STRATA_INSTALL_INCLUDEDIR}/strata)
-install(TARGETS strata-train RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(TARGETS strata-train strata-export RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 
 set(_strata_cmake_dir ${CMAKE_INSTALL_LIBDIR}/cmake/Strata)
 install(EXPORT StrataTargets NAMESPACE Strata:: DESTINATION ${_strata_cmake_dir})

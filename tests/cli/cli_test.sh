@@ -60,5 +60,11 @@ check "duplicate YAML key" 2 "^strata-train: error: $DUP:4: duplicate key 'run.n
 printf 'run: {name: x}\nrun: {seed: 2}\n' > "$DUP"
 check "duplicate YAML section" 2 "^strata-train: error: $DUP:2: duplicate key 'run' \(first at $DUP:1\)" -- "$BIN/strata-train" "$DUP" --print-recipe
 rm -f "$DUP"
+check "strata-export --help" 0 "Usage: strata-export" -- "$BIN/strata-export" --help
+check "strata-export --version" 0 "^strata-export [0-9]+\.[0-9]+\.[0-9]+ " -- "$BIN/strata-export" --version
+check "strata-export no run" 2 "^strata-export: error: RUN_DIR is required" -- "$BIN/strata-export"
+check "strata-export missing run" 2 "^strata-export: error: '/nonexistent' does not exist; pass a run directory" -- "$BIN/strata-export" /nonexistent
+check "strata-export run without model.pt" 2 "^strata-export: error: '$SRC/recipes' has no model.pt: it is not a finished run" -- "$BIN/strata-export" "$SRC/recipes"
+check "strata-export unknown format" 2 "^strata-export: error: --format: onnx not in \{safetensors\}" -- "$BIN/strata-export" "$SRC/recipes" --format onnx
 echo "cli: $pass passed, $fails failed"
 [ "$fails" -eq 0 ]

@@ -15,6 +15,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/checkpoint_meta.h"
 #include "trainer/metrics.h"
+#include "trainer/safetensors.h"
 #include "trainer/tensorboard.h"
 #include "trainer/trainer.h"
 
@@ -264,6 +265,74 @@ TEST(Progress, TheLineFitsTheTerminal) {
   // Before any loss is known.
   ProgressState first{1, 0, std::nan(""), 0.05, 0.0, 0.1};
   EXPECT_NE(p.line(first, 80).find("loss -  - samples/s"), std::string::npos) << p.line(first, 80);
+}
+
+TEST(Safetensors, RoundTripsEveryDtypeAndTheMetadata) {
+  TempDir dir;
+  std::vector<std::pair<std::string, at::Tensor>> t = {
+      {"w", at::randn({3, 4})},
+      {"h", at::randn({5}).to(at::kHalf)},
+      {"b", at::randn({2, 2}).to(at::kBFloat16)},
+      {"i", at::arange(7, at::kLong)},
+      {"u", at::full({3}, 200, at::kByte)},
+      {"m", at::arange(4, at::kLong).remainder(2).to(at::kBool)},
+      {"scalar", at::tensor(2.5)},
+      {"empty", at::empty({0, 3})},
+      {"view", at::randn({4, 4}).t()},  // not contiguous
+  };
+  save_safetensors(dir / "m.safetensors", t, {{"format", "pt"}});
+  const SafetensorsFile f = load_safetensors(dir / "m.safetensors");
+  ASSERT_EQ(f.tensors.size(), t.size());
+  std::map<std::string, at::Tensor> got(f.tensors.begin(), f.tensors.end());
+  for (const auto& [name, x] : t) {
+    ASSERT_TRUE(got.count(name)) << name;
+    EXPECT_EQ(got[name].scalar_type(), x.scalar_type()) << name;
+    EXPECT_TRUE(at::equal(got[name], x)) << name;
+  }
+  EXPECT_EQ(f.metadata.at("format"), "pt");
+  const std::string bytes = read_file(dir / "m.safetensors");
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
+  EXPECT_EQ(n % 8, 0u);  // padded
+  EXPECT_THROW(save_safetensors(dir / "x", {{"a", at::zeros({1})}, {"a", at::zeros({1})}}), ConfigError);
+  EXPECT_THROW(save_safetensors(dir / "x", {{"c", at::zeros({1}, at::kComplexFloat)}}), ConfigError);
+}
+
+// A file from outside: every size, offset and dtype checked against it.
+TEST(Safetensors, AHostileFileIsAnIoError) {
+  TempDir dir;
+  const auto file = [&](const std::string& header, const std::string& data) {
+    std::string out;
+    const uint64_t n = header.size();
+    for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((n >> (8 * i)) & 0xff));
+    strata::test::write_text(dir / "h.safetensors", out + header + data);
+    return dir / "h.safetensors";
+  };
+  const auto error = [&](const std::string& path) {
+    try {
+      load_safetensors(path);
+    } catch (const IoError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::string eight(8, 'x');
+  EXPECT_EQ(error(file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", eight)), "no error");
+  EXPECT_NE(error(file(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", eight))
+                .find("do not hold 3 x 4 bytes"), std::string::npos);
+  EXPECT_NE(error(file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}})", eight)), "no error");
+  EXPECT_NE(error(file(R"({"a":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}})", eight))
+                .find("is not one Strata reads"), std::string::npos);
+  EXPECT_NE(error(file(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
+                       R"("b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})", eight))
+                .find("overlap or leave a gap"), std::string::npos);
+  EXPECT_NE(error(file(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})", eight))
+                .find("4 bytes after the last tensor"), std::string::npos);
+  EXPECT_NE(error(file("not json", "")).find("not a JSON object"), std::string::npos);
+  EXPECT_NE(error(file(R"({"a":{"dtype":"U8","shape":[1099511627776,1099511627776],"data_offsets":[0,8]}})", eight)),
+            "no error");
+  strata::test::write_text(dir / "short.safetensors", std::string("\xff\xff\xff\xff\xff\xff\xff\x7f", 8));
+  EXPECT_NE(error(dir / "short.safetensors").find("the header claims"), std::string::npos);
 }
 
 // The check values of CRC-32C (RFC 3720's iSCSI polynomial) that
