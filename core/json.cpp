@@ -48,6 +48,11 @@ JsonObject& JsonObject::add(const std::string& k, bool v) {
   return *this;
 }
 
+JsonObject& JsonObject::add(const std::string& k, const JsonObject& v) {
+  (*j_)[k] = *v.j_;
+  return *this;
+}
+
 std::string JsonObject::str() const {
   return j_->dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }

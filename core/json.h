@@ -35,6 +35,7 @@ class JsonObject {
     return add(key, static_cast<int64_t>(value));
   }
   JsonObject& add(const std::string& key, bool value);
+  JsonObject& add(const std::string& key, const JsonObject& value);  // nested
   // One line (no newline); text is escaped as JSON requires, invalid
   // UTF-8 replaced rather than refused.
   std::string str() const;

@@ -2,7 +2,6 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <caffe2/serialize/inline_container.h>
-#include <nlohmann/json.hpp>
 #include <torch/csrc/jit/serialization/pickler.h>
 #include <torch/serialize.h>
 
@@ -226,7 +225,11 @@ std::string ShardLayout::tag() const { return str("pp", pp_rank, "-tp", tp_rank)
 CheckpointStore::CheckpointStore(std::string dir, int64_t keep, ShardLayout layout)
     : dir_(std::move(dir)), keep_(keep), layout_(layout) {}
 
-CheckpointSnapshot CheckpointStore::snapshot(const TrainState& state, const Trained& t) const {
+namespace {
+
+// A shard's contents; `copy`: taken out of the live tensors (for a write on
+// another thread while training changes them), else referring to them.
+CheckpointSnapshot shard_of(const TrainState& state, const Trained& t, bool copy_tensors) {
   CheckpointSnapshot snap;
   snap.step = state.step;
   // The optimizer state goes by parameter name (optim-<tag>.pt), so that
@@ -237,8 +240,8 @@ CheckpointSnapshot CheckpointStore::snapshot(const TrainState& state, const Trai
     snap.train_archive.append(static_cast<const char*>(data), n);
     return n;
   });
-  // Copies: training goes on changing the live tensors.
-  const auto copy = [](const at::Tensor& x) {
+  const auto copy = [copy_tensors](const at::Tensor& x) {
+    if (!copy_tensors) return x.detach();
     return x.is_cpu() ? x.detach().clone() : x.detach().cpu();
   };
   for (const auto& p : t.model.named_parameters(/*recurse=*/true)) {
@@ -257,6 +260,12 @@ CheckpointSnapshot CheckpointStore::snapshot(const TrainState& state, const Trai
   return snap;
 }
 
+}  // namespace
+
+CheckpointSnapshot CheckpointStore::snapshot(const TrainState& state, const Trained& t) const {
+  return shard_of(state, t, /*copy_tensors=*/true);
+}
+
 std::string CheckpointStore::write(const CheckpointSnapshot& snap) const {
   const std::string dir = join_path(dir_, step_name(snap.step));
   make_dirs(dir);
@@ -269,7 +278,7 @@ std::string CheckpointStore::write(const CheckpointSnapshot& snap) const {
 }
 
 std::string CheckpointStore::save(const TrainState& state, const Trained& t) const {
-  return write(snapshot(state, t));
+  return write(shard_of(state, t, /*copy_tensors=*/false));  // written before training goes on
 }
 
 std::string CheckpointStore::save_and_publish(const TrainState& state, const Trained& t) const {
@@ -294,10 +303,9 @@ void CheckpointStore::publish(int64_t step) const {
       .add("step", step)
       .add("dp", layout_.dp)
       .add("tp", layout_.tp)
-      .add("pp", layout_.pp);
-  nlohmann::ordered_json j = meta.json();
-  j["files"] = files.json();
-  atomic_write_file(join_path(dir, "metadata.json"), j.dump() + "\n");
+      .add("pp", layout_.pp)
+      .add("files", files);
+  atomic_write_file(join_path(dir, "metadata.json"), meta.str() + "\n");
   prune();
 }
 

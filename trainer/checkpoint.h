@@ -78,7 +78,7 @@ struct TrainState {
   // data-parallel rank's loss sum, so a resumed run logs that record as an
   // uninterrupted one would (bitwise in the same layout).
   int64_t window_steps = 0;
-  std::vector<double> window_loss;  // by dp rank
+  std::vector<double> window_loss{};  // by dp rank
 };
 
 // A checkpoint shard copied out of the live model and optimizer into host

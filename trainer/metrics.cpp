@@ -127,12 +127,16 @@ std::string rate_text(double r) {
 
 }  // namespace
 
+double Progress::eta_s(const ProgressState& s) const {
+  const int64_t done = s.step - options_.start_step;
+  return done > 0 ? s.elapsed_s / static_cast<double>(done) *
+                        static_cast<double>(options_.total_steps - s.step)
+                  : -1.0;
+}
+
 std::string Progress::line(const ProgressState& s, int width) const {
   const int64_t total = options_.total_steps;
-  const int64_t done = s.step - options_.start_step;
-  const double eta =
-      done > 0 ? s.elapsed_s / static_cast<double>(done) * static_cast<double>(total - s.step)
-               : -1.0;
+  const double eta = eta_s(s);
   const std::string counter = str(s.step, "/", total);
   // By priority; the first ones stay when the terminal is narrow.
   std::vector<std::string> fields;
@@ -183,16 +187,12 @@ void Progress::draw(const std::string& text) {
 
 void Progress::update(const ProgressState& s) {
   const int64_t total = options_.total_steps;
-  const int64_t done = s.step - options_.start_step;
   if (!options_.interactive) {
     if (s.step % options_.log_every == 0 || s.step == total) {
-      const double eta =
-          done > 0 ? s.elapsed_s / static_cast<double>(done) * static_cast<double>(total - s.step)
-                   : -1.0;
       log_info("step ", s.step, "/", total, " epoch ", s.epoch, " loss ",
                std::isfinite(s.loss) ? fmt("%.4f", s.loss) : "-", " lr ", fmt("%.4g", s.lr),
                " ", fmt("%.0f", s.samples_per_s), " samples/s elapsed ",
-               format_duration(s.elapsed_s), " ETA ", format_duration(eta));
+               format_duration(s.elapsed_s), " ETA ", format_duration(eta_s(s)));
     }
     return;
   }

@@ -85,6 +85,7 @@ class Progress {
 
  private:
   void draw(const std::string& text);
+  double eta_s(const ProgressState& s) const;  // -1: not known yet
   int columns() const;
 
   ProgressOptions options_;

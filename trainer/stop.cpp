@@ -99,6 +99,7 @@ StopAgreement::StopAgreement(std::shared_ptr<dist::Communicator> world, at::Devi
                              bool decides_clock)
     : world_(world && world->size() > 1 ? std::move(world) : nullptr),
       flags_(at::zeros({3}, at::TensorOptions(at::kLong).device(transport))),
+      host_(at::zeros({3}, at::kLong)),
       decides_clock_(decides_clock) {}
 
 StopAgreement::~StopAgreement() {
@@ -116,18 +117,19 @@ StopDecision StopAgreement::after_step(int64_t step, bool checkpoint_due, bool w
   if (pending_) {
     pending_->wait();
     pending_.reset();
-    const at::Tensor agreed = flags_.cpu();
-    d.signal = static_cast<int>(agreed[0].item<int64_t>());
-    d.checkpoint = agreed[1].item<int64_t>() != 0;
-    d.writing = agreed[2].item<int64_t>() != 0;
+    host_.copy_(flags_);
+    const int64_t* agreed = host_.data_ptr<int64_t>();
+    d.signal = static_cast<int>(agreed[0]);
+    d.checkpoint = agreed[1] != 0;
+    d.writing = agreed[2] != 0;
     d.as_of = pending_step_;
   }
   // A checkpoint decided now resets the clock: do not ask for another.
-  const at::Tensor mine = at::tensor({static_cast<int64_t>(StopSignals::received()),
-                                      static_cast<int64_t>(due && !d.checkpoint),
-                                      static_cast<int64_t>(writing)},
-                                     at::kLong);
-  flags_.copy_(mine);
+  int64_t* mine = host_.data_ptr<int64_t>();
+  mine[0] = StopSignals::received();
+  mine[1] = due && !d.checkpoint;
+  mine[2] = writing;
+  flags_.copy_(host_);
   pending_ = world_->all_reduce(flags_, dist::ReduceOp::kMax);
   pending_step_ = step;
   return d;

@@ -81,6 +81,7 @@ class StopAgreement {
  private:
   std::shared_ptr<dist::Communicator> world_;
   at::Tensor flags_;  // [signal, checkpoint due, writing] being reduced
+  at::Tensor host_;   // the same on the host: no allocation per step
   int64_t pending_step_ = -1;  // the step whose flags are being reduced
   std::unique_ptr<dist::Work> pending_;
   bool decides_clock_;

@@ -6,11 +6,11 @@
 
 #include <chrono>
 #include <cmath>
-#include <future>
-#include <utility>
 #include <cstdlib>
+#include <future>
 #include <optional>
 #include <thread>
+#include <utility>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -87,6 +87,12 @@ struct Trainer::Impl {
   EvalResult evaluate();
   void log_eval(const EvalResult& e);
   void log_train(int64_t epoch, double window_s, double run_s);
+  // Global samples/s of this process's steps of the window, over `window_s`.
+  double window_rate(double window_s) const {
+    const int64_t samples_per_step = recipe.data.batch_size * recipe.train.grad_accum * dp_size;
+    return static_cast<double>((window_steps - window_carried) * samples_per_step) /
+           std::max(1e-9, window_s);
+  }
   // An eval or summary record: loss, accuracy (and perplexity for LM).
   JsonObject eval_record(const char* kind, const EvalResult& e) const;
   // Collective. `background`: a periodic one (Note [Asynchronous
@@ -464,10 +470,7 @@ void Trainer::Impl::log_train(int64_t epoch, double window_s, double run_s) {
   STRATA_CHECK_T(Error, std::isfinite(loss), "training loss became ",
                  loss, " by step ", state.step, "; lower optimizer.lr, "
                  "enable train.clip_grad_norm, or check the data");
-  const int64_t samples_per_step =  // global, over all ranks
-      recipe.data.batch_size * recipe.train.grad_accum * dp_size;
-  const double rate = static_cast<double>((window_steps - window_carried) * samples_per_step) /
-                      window_s;
+  const double rate = window_rate(window_s);
   JsonObject record;
   record.add("kind", "train")
       .add("step", state.step)
@@ -601,10 +604,7 @@ TrainResult Trainer::Impl::run() {
                         seconds_since(t0)};
     if (progress.due(shown.elapsed_s) && window_steps > 0 && pm.computes_loss()) {
       shown.loss = window_loss.item<double>() / static_cast<double>(window_steps);
-      shown.samples_per_s = static_cast<double>((window_steps - window_carried) *
-                                                recipe.data.batch_size *
-                                                recipe.train.grad_accum * dp_size) /
-                            std::max(1e-9, seconds_since(window_t0));
+      shown.samples_per_s = window_rate(seconds_since(window_t0));
     }
     progress.update(shown);
     // Evaluation and checkpoints are not training: keep them out of the

@@ -194,6 +194,17 @@ TEST(DataParallel, StalledRankMakesTheOthersTimeOut) {
       << s.output;
 }
 
+// Every tensor of two model.pt files equal, bit for bit.
+void expect_bitwise_equal_models(const std::string& a_path, const std::string& b_path) {
+  auto a = strata::test::load_state_dict(a_path);
+  auto b = strata::test::load_state_dict(b_path);
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& item : b) {
+    EXPECT_TRUE(at::equal(a.at(item.key()).toTensor(), item.value().toTensor()))
+        << item.key().toStringRef() << " differs from the uninterrupted run";
+  }
+}
+
 // The children of `parent` whose environment holds `var`=value, by value.
 std::map<int, pid_t> children_by(pid_t parent, const std::string& var) {
   std::map<int, pid_t> out;
@@ -253,13 +264,7 @@ TEST(DataParallel, SigtermToOneRankStopsBothAtTheSameStepAndTheRunResumesBitwise
       << resumed.output;
   auto straight = run_command(command("straight"));
   ASSERT_EQ(straight.exit_code, 0) << straight.output;
-  auto a = strata::test::load_state_dict(dir / "stopped/model.pt");
-  auto b = strata::test::load_state_dict(dir / "straight/model.pt");
-  ASSERT_EQ(a.size(), b.size());
-  for (const auto& item : b) {
-    EXPECT_TRUE(at::equal(a.at(item.key()).toTensor(), item.value().toTensor()))
-        << item.key().toStringRef() << " differs from the uninterrupted run";
-  }
+  expect_bitwise_equal_models(dir / "stopped/model.pt", dir / "straight/model.pt");
 }
 
 // torchrun's --max-restarts: a rank SIGKILLed mid-run makes strata-run stop
@@ -287,13 +292,7 @@ TEST(StrataRun, MaxRestartsFinishesARunWhoseRankWasKilledBitwiseAsUninterrupted)
   EXPECT_NE(out.find("resumed from"), std::string::npos) << out;
   auto straight = run_command(command("straight", ""));
   ASSERT_EQ(straight.exit_code, 0) << straight.output;
-  auto a = strata::test::load_state_dict(dir / "killed/model.pt");
-  auto b = strata::test::load_state_dict(dir / "straight/model.pt");
-  ASSERT_EQ(a.size(), b.size());
-  for (const auto& item : b) {
-    EXPECT_TRUE(at::equal(a.at(item.key()).toTensor(), item.value().toTensor()))
-        << item.key().toStringRef() << " differs from the uninterrupted run";
-  }
+  expect_bitwise_equal_models(dir / "killed/model.pt", dir / "straight/model.pt");
 }
 
 TEST(StrataRun, GivesUpAfterMaxRestartsWithTheLastFailure) {

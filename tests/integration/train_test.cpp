@@ -245,43 +245,26 @@ int64_t stopped_step(const std::string& output) {
   return std::regex_search(output, m, re) ? std::stoll(m[1]) : -1;
 }
 
-// Starts `command`, reads its stderr until `needle` has appeared `count`
-// times, then SIGKILLs it. Returns the wait status.
-int kill_after(const std::string& command, const std::string& needle,
-               int count) {
-  int fds[2];
-  EXPECT_EQ(::pipe(fds), 0);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::dup2(fds[1], STDERR_FILENO);
-    ::close(fds[0]);
-    ::execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  ::close(fds[1]);
-  std::string seen;
-  char buf[512];
-  int found = 0;
-  for (ssize_t n; found < count && (n = ::read(fds[0], buf, sizeof(buf))) > 0;) {
-    seen.append(buf, static_cast<size_t>(n));
-    found = 0;
-    for (size_t p = seen.find(needle); p != std::string::npos;
-         p = seen.find(needle, p + 1)) {
-      ++found;
-    }
-  }
-  ::kill(pid, SIGKILL);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  ::close(fds[0]);
-  return status;
+struct Signalled {
+  int status = -1;     // the wait status (-1: still running after 120 s)
+  std::string output;  // stdout and stderr
+};
+
+// Starts `command`, waits until its output holds `needle` `count` times (at
+// most 120 s), sends it `sig` and waits for it to exit (at most 120 s).
+Signalled signal_after(const std::string& command, const std::string& needle, int count,
+                       int sig) {
+  using namespace std::chrono_literals;
+  strata::test::ChildProcess run(command);
+  run.wait_output(needle, count, 120s);
+  run.signal(sig);
+  const auto status = run.wait_exit(120s);
+  return {status.value_or(-1), run.output()};
 }
 
 TEST(StrataTrain, SigkillAndResumeIsBitwiseEqualToAnUninterruptedRun) {
   TempDir dir;
-  // "exec" so the SIGKILL reaches strata-train itself, not the shell.
-  int status = kill_after("exec " + small_run(dir / "killed"),
-                          "saved checkpoint", 2);
+  const int status = signal_after(small_run(dir / "killed"), "saved checkpoint", 2, SIGKILL).status;
   ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
       << "the run finished before it could be killed";
   ASSERT_FALSE(strata::path_exists(dir / "killed/model.pt"));
@@ -296,15 +279,10 @@ TEST(StrataTrain, SigkillAndResumeIsBitwiseEqualToAnUninterruptedRun) {
 }
 
 TEST(StrataTrain, SigtermCheckpointsThatStepAndTheSameCommandResumesBitwise) {
-  using namespace std::chrono_literals;
   TempDir dir;
-  strata::test::ChildProcess run(small_run(dir / "stopped"));
-  ASSERT_TRUE(run.wait_output("step 10/", 1, 120s)) << run.output();
-  run.signal(SIGTERM);
-  const auto status = run.wait_exit(120s);
-  ASSERT_TRUE(status.has_value()) << "still running 120 s after SIGTERM\n" << run.output();
-  const std::string out = run.output();
-  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 143) << *status << "\n" << out;
+  const auto [status, out] = signal_after(small_run(dir / "stopped"), "step 10/", 1, SIGTERM);
+  ASSERT_NE(status, -1) << "still running 120 s after SIGTERM\n" << out;
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 143) << status << "\n" << out;
   const int64_t step = stopped_step(out);
   ASSERT_GE(step, 10) << out;
   EXPECT_NE(out.find("on SIGTERM"), std::string::npos) << out;
@@ -325,16 +303,12 @@ TEST(StrataTrain, SigtermCheckpointsThatStepAndTheSameCommandResumesBitwise) {
 }
 
 TEST(StrataTrain, TheRequeueSignalExitsSeventyFive) {
-  using namespace std::chrono_literals;
   TempDir dir;
-  strata::test::ChildProcess run(small_run(dir / "run") + " checkpoint.requeue_signal=SIGUSR2");
-  ASSERT_TRUE(run.wait_output("step 5/", 1, 120s)) << run.output();
-  run.signal(SIGUSR2);
-  const auto status = run.wait_exit(120s);
-  ASSERT_TRUE(status.has_value()) << run.output();
-  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 75) << *status << "\n"
-                                                               << run.output();
-  EXPECT_NE(run.output().find("checkpointed for requeue"), std::string::npos) << run.output();
+  const auto [status, out] = signal_after(
+      small_run(dir / "run") + " checkpoint.requeue_signal=SIGUSR2", "step 5/", 1, SIGUSR2);
+  ASSERT_NE(status, -1) << out;
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 75) << status << "\n" << out;
+  EXPECT_NE(out.find("checkpointed for requeue"), std::string::npos) << out;
 }
 
 // A step long enough (a CNN on 1024 images) that the second SIGINT lands
