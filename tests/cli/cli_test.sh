@@ -65,6 +65,6 @@ check "strata-export --version" 0 "^strata-export [0-9]+\.[0-9]+\.[0-9]+ " -- "$
 check "strata-export no run" 2 "^strata-export: error: RUN_DIR is required" -- "$BIN/strata-export"
 check "strata-export missing run" 2 "^strata-export: error: '/nonexistent' does not exist; pass a run directory" -- "$BIN/strata-export" /nonexistent
 check "strata-export run without model.pt" 2 "^strata-export: error: '$SRC/recipes' has no model.pt: it is not a finished run" -- "$BIN/strata-export" "$SRC/recipes"
-check "strata-export unknown format" 2 "^strata-export: error: --format: onnx not in \{safetensors\}" -- "$BIN/strata-export" "$SRC/recipes" --format onnx
+check "strata-export unknown format" 2 "^strata-export: error: --format: onnx not in \{safetensors,torchscript\}" -- "$BIN/strata-export" "$SRC/recipes" --format onnx
 echo "cli: $pass passed, $fails failed"
 [ "$fails" -eq 0 ]

@@ -7,7 +7,10 @@ allow-listed globals, no arbitrary code -- as it does a step checkpoint's
 model and optimizer shards, rebuilds
 the same network in PyTorch, load_state_dict(strict=True) (names and shapes),
 and evaluates it on the same test samples: the accuracy must equal the one
-Strata recorded in its summary (values).
+Strata recorded in its summary (values). Then strata-export --format
+torchscript: torch.jit.load reads the traced model, its state dict equals
+model.pt and its outputs equal the PyTorch network's (1e-5); a run directory
+without recipe.yaml, or with a recipe for another model, exits 2 naming why.
 
 usage: interop_test.py STRATA_TRAIN_BIN SOURCE_DIR
 """
@@ -17,6 +20,8 @@ import os
 import subprocess
 import sys
 import tempfile
+
+import shutil
 
 import numpy as np
 import torch
@@ -73,6 +78,7 @@ def main():
             assert os.path.getsize(os.path.join(step, name)) == size, name
         with open(os.path.join(run, "metrics.jsonl")) as f:
             summary = json.loads(f.read().strip().splitlines()[-1])
+        scripted = export_torchscript(os.path.dirname(binary), source, run, tmp)
 
     assert isinstance(state, dict), type(state)
     assert shard.keys() == state.keys() and all(torch.equal(shard[k], state[k]) for k in state)
@@ -98,7 +104,49 @@ def main():
     assert summary["kind"] == "summary"
     assert abs(accuracy - summary["accuracy"]) < 1e-9, "accuracy differs"
     assert abs(loss - summary["loss"]) < 1e-4, "loss differs"
+
+    scripted_state = scripted.state_dict()
+    assert scripted_state.keys() == state.keys(), (list(scripted_state), list(state))
+    assert all(torch.equal(scripted_state[k], state[k]) for k in state)
+    with torch.no_grad():
+        traced_logits = scripted(x.unsqueeze(1))
+    diff = (traced_logits - logits).abs().max().item()
+    print(f"torchscript: {len(scripted_state)} tensors equal to model.pt's; outputs within "
+          f"{diff:.3g} of PyTorch's on {TEST_N} samples")
+    assert diff < 1e-5, diff
+    assert torch.equal(traced_logits.argmax(1), logits.argmax(1))
     print("1 passed, 0 failed")
+
+
+def export_torchscript(bin_dir, source, run, tmp):
+    """strata-export --format torchscript on `run`, loaded with torch.jit.load;
+    and its usage errors."""
+    export = os.path.join(bin_dir, "strata-export")
+    out = subprocess.run([export, run, "--format", "torchscript"], check=True,
+                         capture_output=True, text=True).stdout
+    print(out.splitlines()[0])
+    with open(os.path.join(run, "export.json")) as f:
+        report = json.load(f)
+    assert report["format"] == "torchscript" and report["verified"], report
+    assert report["accuracy_model"] == report["accuracy_torchscript"], report
+    scripted = torch.jit.load(os.path.join(run, "model.torchscript.pt"))
+    scripted.eval()
+
+    def usage_error(run_dir, want):
+        r = subprocess.run([export, run_dir, "--format", "torchscript"],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and want in r.stderr, (r.returncode, r.stderr)
+
+    bare = os.path.join(tmp, "bare")
+    os.mkdir(bare)
+    shutil.copy(os.path.join(run, "model.pt"), bare)
+    usage_error(bare, "has no recipe.yaml, which --format torchscript needs")
+    shutil.copy(os.path.join(source, "recipes/fashion_mnist_mlp.yaml"),
+                os.path.join(bare, "recipe.yaml"))
+    usage_error(bare, "has no tensor 'net.0.weight' that the model needs; export with "
+                      "the recipe the run was trained with")
+    print("torchscript usage errors: exit 2 without recipe.yaml and for another model's recipe")
+    return scripted
 
 
 if __name__ == "__main__":

@@ -65,10 +65,11 @@ struct Attention : nn::Module {
                                            /*input_is_parallel=*/true));
   }
   at::Tensor forward(const at::Tensor& x) {
-    const int64_t B = x.size(0), T = x.size(1);
-    auto qkv = c_attn->forward(x).view({B, T, 3, heads, -1}).permute({2, 0, 3, 1, 4});
+    // Shapes from the last dimension only: a traced forward (Note [Tracing
+    // the model seam]) then runs any batch size.
+    auto qkv = c_attn->forward(x).unflatten(2, {3, heads, -1}).permute({2, 0, 3, 1, 4});
     at::Tensor y = causal_attention(qkv[0], qkv[1], qkv[2], dropout, is_training());
-    y = y.transpose(1, 2).reshape({B, T, -1});
+    y = y.transpose(1, 2).flatten(2);
     return drop(c_proj->forward(y), dropout, is_training());
   }
   int64_t heads;  // on this rank
