@@ -81,7 +81,8 @@ void export_torchscript(const std::string& run_dir, const Tensors& tensors,
   const st::ModelSpec& spec =
       registries.models.get(recipe.model.name, recipe.where("model.name"), "model.name");
   std::shared_ptr<st::Model> model = spec.build(recipe.model, data.shape, st::ModelPart{});
-  st::assign_state_dict(*model, tensors, model_pt);
+  st::assign_state_dict(*model, tensors, model_pt,
+                        "export with the recipe the run was trained with (RUN_DIR/recipe.yaml)");
   model->eval();
   const at::Tensor example =
       data.eval_inputs.narrow(0, 0, std::min<int64_t>(data.eval_inputs.size(0), 64));

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <optional>
 #include <set>
 
@@ -578,6 +579,30 @@ std::vector<std::pair<std::string, at::Tensor>> load_state_dict(const std::strin
     out.emplace_back(kv.key().toStringRef(), kv.value().toTensor());
   }
   return out;
+}
+
+void assign_state_dict(torch::nn::Module& model,
+                       const std::vector<std::pair<std::string, at::Tensor>>& saved,
+                       const std::string& source, const std::string& fix) {
+  const std::map<std::string, at::Tensor> by_name(saved.begin(), saved.end());
+  std::set<std::string> used;
+  torch::NoGradGuard no_grad;
+  auto fill = [&](const std::string& name, at::Tensor& dst) {
+    const auto it = by_name.find(name);
+    STRATA_CHECK_T(ConfigError, it != by_name.end(), source, " has no tensor '", name,
+                   "' that the model needs; ", fix);
+    STRATA_CHECK_T(ConfigError, it->second.sizes() == dst.sizes(), source, ": '", name,
+                   "' has shape ", it->second.sizes(), " but the model's is ", dst.sizes(), "; ",
+                   fix);
+    dst.copy_(it->second);
+    used.insert(name);
+  };
+  for (auto& p : model.named_parameters()) fill(p.key(), p.value());
+  for (auto& b : model.named_buffers()) fill(b.key(), b.value());
+  for (const auto& [name, t] : saved) {
+    STRATA_CHECK_T(ConfigError, used.count(name) == 1, source, " holds '", name,
+                   "', which the model does not have; ", fix);
+  }
 }
 
 }  // namespace strata::train

@@ -167,4 +167,12 @@ void save_state_dict(const std::string& path,
 // pairs in its order. Throws IoError for a missing or unreadable file.
 std::vector<std::pair<std::string, at::Tensor>> load_state_dict(const std::string& path);
 
+// Fills `model`'s parameters and buffers from `saved` (load_state_dict's
+// pairs) by name: every tensor the model has must be there with its shape,
+// and nothing else. ConfigError naming `source` (where `saved` came from)
+// and the tensor, ending with `fix` (what to do about it).
+void assign_state_dict(torch::nn::Module& model,
+                       const std::vector<std::pair<std::string, at::Tensor>>& saved,
+                       const std::string& source, const std::string& fix);
+
 }  // namespace strata::train

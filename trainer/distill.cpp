@@ -2,7 +2,6 @@
 
 #include <torch/torch.h>
 
-#include <set>
 
 #include "core/error.h"
 #include "core/fs.h"
@@ -35,28 +34,10 @@ std::shared_ptr<Model> load_teacher(const Recipe& recipe, const ModelRegistry& m
   const auto& make = models.get(d.teacher_model.name, recipe.where("distill.teacher_model.name"),
                                 "distill.teacher_model.name");
   std::shared_ptr<Model> teacher = make.build(d.teacher_model, input, ModelPart{});
-  const std::vector<std::pair<std::string, at::Tensor>> saved = load_state_dict(d.teacher);
-  std::map<std::string, at::Tensor> by_name(saved.begin(), saved.end());
-  std::set<std::string> used;
-  torch::NoGradGuard no_grad;
-  auto fill = [&](const std::string& name, at::Tensor& dst) {
-    auto it = by_name.find(name);
-    STRATA_CHECK_T(ConfigError, it != by_name.end(), where, "distill.teacher '", d.teacher,
-                   "' has no tensor '", name, "' that distill.teacher_model (",
-                   d.teacher_model.name, ") needs; set teacher_model to the architecture "
-                   "the teacher was trained with");
-    STRATA_CHECK_T(ConfigError, it->second.sizes() == dst.sizes(), where, "distill.teacher '",
-                   d.teacher, "': '", name, "' has shape ", it->second.sizes(),
-                   " but distill.teacher_model makes ", dst.sizes(),
-                   "; set teacher_model to the architecture the teacher was trained with");
-    dst.copy_(it->second);
-    used.insert(name);
-  };
-  for (auto& p : teacher->named_parameters()) fill(p.key(), p.value());
-  for (auto& b : teacher->named_buffers()) fill(b.key(), b.value());
-  STRATA_CHECK_T(ConfigError, used.size() == by_name.size(), where, "distill.teacher '",
-                 d.teacher, "' holds ", by_name.size(), " tensors but distill.teacher_model uses ",
-                 used.size(), "; set teacher_model to the architecture the teacher was trained with");
+  assign_state_dict(*teacher, load_state_dict(d.teacher),
+                    str(where, "distill.teacher '", d.teacher, "'"),
+                    str("set teacher_model to the architecture the teacher was trained with "
+                        "(distill.teacher_model.name is ", d.teacher_model.name, ")"));
   teacher->to(device);
   teacher->eval();
   for (auto& p : teacher->parameters()) p.requires_grad_(false);

@@ -2,37 +2,9 @@
 
 #include <torch/csrc/jit/frontend/tracer.h>
 
-#include <map>
-#include <set>
-
 #include "core/error.h"
-#include "core/strings.h"
 
 namespace strata::train {
-
-void assign_state_dict(torch::nn::Module& model,
-                       const std::vector<std::pair<std::string, at::Tensor>>& saved,
-                       const std::string& source) {
-  const std::map<std::string, at::Tensor> by_name(saved.begin(), saved.end());
-  const std::string fix = "; export with the recipe the run was trained with (RUN_DIR/recipe.yaml)";
-  std::set<std::string> used;
-  torch::NoGradGuard no_grad;
-  auto fill = [&](const std::string& name, at::Tensor& dst) {
-    const auto it = by_name.find(name);
-    STRATA_CHECK_T(ConfigError, it != by_name.end(), source, " has no tensor '", name,
-                   "' that the model needs", fix);
-    STRATA_CHECK_T(ConfigError, it->second.sizes() == dst.sizes(), source, ": '", name,
-                   "' has shape ", it->second.sizes(), " but the model's is ", dst.sizes(), fix);
-    dst.copy_(it->second);
-    used.insert(name);
-  };
-  for (auto& p : model.named_parameters()) fill(p.key(), p.value());
-  for (auto& b : model.named_buffers()) fill(b.key(), b.value());
-  for (const auto& [name, t] : saved) {
-    STRATA_CHECK_T(ConfigError, used.count(name) == 1, source, " holds '", name,
-                   "', which the model does not have", fix);
-  }
-}
 
 namespace {
 

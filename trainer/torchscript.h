@@ -16,21 +16,9 @@
 
 #include <torch/script.h>
 
-#include <string>
-#include <utility>
-#include <vector>
-
 #include "trainer/models/models.h"
 
 namespace strata::train {
-
-// Fills `model`'s parameters and buffers from `saved` by name: every tensor
-// the model has must be there with its shape, and nothing else (ConfigError
-// naming `source` and the tensor, and saying to export with the recipe the
-// run was trained with).
-void assign_state_dict(torch::nn::Module& model,
-                       const std::vector<std::pair<std::string, at::Tensor>>& saved,
-                       const std::string& source);
 
 // `model` traced on `example` in eval mode without autograd (Note [Tracing
 // the model seam]) as a TorchScript module with one method, forward(x).

@@ -7,6 +7,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "trainer/checkpoint.h"
 #include "trainer/torchscript.h"
 #include "trainer/trainer.h"
 
@@ -78,12 +79,12 @@ TEST(TorchScript, AssignStateDictNamesTheTensorThatDoesNotFit) {
   auto model = build("mlp");
   std::vector<std::pair<std::string, at::Tensor>> saved;
   for (const auto& p : model->named_parameters()) saved.emplace_back(p.key(), p.value().detach() + 1);
-  st::assign_state_dict(*model, saved, "run/model.pt");
+  st::assign_state_dict(*model, saved, "run/model.pt", "retrain");
   EXPECT_TRUE(at::equal(model->named_parameters()["net.0.weight"], saved[0].second));
 
   auto message = [&](std::vector<std::pair<std::string, at::Tensor>> s) {
     try {
-      st::assign_state_dict(*model, s, "run/model.pt");
+      st::assign_state_dict(*model, s, "run/model.pt", "retrain");
     } catch (const strata::ConfigError& e) {
       return std::string(e.what());
     }
