@@ -14,36 +14,20 @@ per step, as Strata's loader does (bench/gpu_check.sh).
 Prints: samples_per_s <global samples/s over the timed steps>
 """
 import argparse
-import gzip
 import os
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from fmnist_torch import Cnn, Mlp, images, labels
 
-
-def read_idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def make_model(name):
-    if name == "mlp":
-        return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(),
-                             nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
+    return Mlp() if name == "mlp" else Cnn()
 
 
 def main():
@@ -70,9 +54,8 @@ def main():
         model = DDP(model, bucket_cap_mb=a.bucket_mb)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9,
                           nesterov=True, weight_decay=5e-4)
-    x = torch.from_numpy(read_idx(f"{ROOT}/train-images-idx3-ubyte.gz").astype(np.float32))
-    x = ((x / 255.0 - 0.2860) / 0.3530).unsqueeze(1)
-    y = torch.from_numpy(read_idx(f"{ROOT}/train-labels-idx1-ubyte.gz").astype(np.int64))
+    x = images("train", ROOT)
+    y = labels("train", ROOT)
     g = torch.Generator().manual_seed(0)
     order = torch.randperm(len(y), generator=g)
     per_rank = len(y) // world

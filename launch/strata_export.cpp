@@ -1,6 +1,8 @@
 // strata-export: a trained model as a file another runtime loads.
 //
 //   strata-export RUN_DIR [--format safetensors|torchscript] [--out FILE]
+//                 [--quantize dynamic|static [--observer minmax|moving_average|percentile]
+//                  [--calibration-batches N] [--per-tensor] [--threads N]]
 //
 // Reads RUN_DIR/model.pt (what strata-train and strata-fedsim leave) and
 // writes it in the chosen format, then reads the file back and checks it:
@@ -11,13 +13,19 @@
 //                default RUN_DIR/model.torchscript.pt, loadable by C++
 //                torch::jit::load and Python torch.jit.load; reloaded, its
 //                outputs and accuracy on the recipe's evaluation split are
-//                compared with the model's.
+//                compared with the model's; with --quantize, int8
+//                (trainer/quantize.h), by default RUN_DIR/model.int8.torchscript.pt,
+//                with BatchNorm folded, compared with the float model for
+//                accuracy, argmax agreement, size and latency.
 // It prints a table of the tensors and writes the report RUN_DIR/export.json.
 // Issue #17 adds ONNX and int8 formats.
 //
 // Exit codes: 0 written and verified, 2 usage error (no such run, no
 // model.pt or recipe.yaml, weights that do not fit the recipe's model), 1
 // runtime failure.
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <chrono>
 #include <iomanip>
 #include <iostream>
 
@@ -31,6 +39,7 @@
 #include "trainer/cli.h"
 #include "trainer/recipe.h"
 #include "trainer/evaluate.h"
+#include "trainer/quantize.h"
 #include "trainer/safetensors.h"
 #include "trainer/torchscript.h"
 #include "trainer/trainer.h"
@@ -64,28 +73,46 @@ void export_safetensors(const std::string& run_dir, const Tensors& tensors, cons
   report["metadata"] = metadata;
 }
 
+// The run's model, rebuilt from RUN_DIR/recipe.yaml with its weights, in
+// evaluation mode, with the recipe's data.
+struct Rebuilt {
+  st::Recipe recipe;
+  st::LoadedData data;
+  std::shared_ptr<st::Model> model;
+  at::Tensor example;  // the first evaluation samples (at most 64), to trace on
+};
+
+Rebuilt rebuild(const std::string& run_dir, const Tensors& tensors, const std::string& model_pt,
+                const std::string& format) {
+  const std::string recipe_path = strata::join_path(run_dir, "recipe.yaml");
+  STRATA_CHECK_T(UsageError, strata::path_exists(recipe_path), "'", run_dir,
+                 "' has no recipe.yaml, which ", format, " needs to rebuild the model; "
+                 "export a run directory strata-train wrote");
+  Rebuilt r;
+  r.recipe = st::load_recipe(recipe_path);
+  const st::Registries registries = st::builtin_registries();
+  r.data = registries.datasets.get(r.recipe.data.name, r.recipe.where("data.name"), "data.name")
+               .load(r.recipe, 0, 1);
+  const st::ModelSpec& spec =
+      registries.models.get(r.recipe.model.name, r.recipe.where("model.name"), "model.name");
+  r.model = spec.build(r.recipe.model, r.data.shape, st::ModelPart{});
+  st::assign_state_dict(*r.model, tensors, model_pt,
+                        "export with the recipe the run was trained with (RUN_DIR/recipe.yaml)");
+  r.model->eval();
+  r.example = r.data.eval_inputs.narrow(0, 0, std::min<int64_t>(r.data.eval_inputs.size(0), 64));
+  return r;
+}
+
 // Rebuilds the recipe's model with the run's weights, traces it into
 // TorchScript, saves it, loads it back and compares outputs and accuracy.
 void export_torchscript(const std::string& run_dir, const Tensors& tensors,
                         const std::string& model_pt, const std::string& out,
                         nlohmann::ordered_json& report) {
-  const std::string recipe_path = strata::join_path(run_dir, "recipe.yaml");
-  STRATA_CHECK_T(UsageError, strata::path_exists(recipe_path), "'", run_dir,
-                 "' has no recipe.yaml, which --format torchscript needs to rebuild the model; "
-                 "export a run directory strata-train wrote");
-  const st::Recipe recipe = st::load_recipe(recipe_path);
-  const st::Registries registries = st::builtin_registries();
-  const st::LoadedData data =
-      registries.datasets.get(recipe.data.name, recipe.where("data.name"), "data.name")
-          .load(recipe, 0, 1);
-  const st::ModelSpec& spec =
-      registries.models.get(recipe.model.name, recipe.where("model.name"), "model.name");
-  std::shared_ptr<st::Model> model = spec.build(recipe.model, data.shape, st::ModelPart{});
-  st::assign_state_dict(*model, tensors, model_pt,
-                        "export with the recipe the run was trained with (RUN_DIR/recipe.yaml)");
-  model->eval();
-  const at::Tensor example =
-      data.eval_inputs.narrow(0, 0, std::min<int64_t>(data.eval_inputs.size(0), 64));
+  const Rebuilt r = rebuild(run_dir, tensors, model_pt, "--format torchscript");
+  const st::Recipe& recipe = r.recipe;
+  const st::LoadedData& data = r.data;
+  const std::shared_ptr<st::Model>& model = r.model;
+  const at::Tensor& example = r.example;
   torch::jit::Module traced = st::trace_torchscript(*model, example);
   const std::string tmp = out + ".tmp";
   traced.save(tmp);
@@ -121,6 +148,160 @@ void export_torchscript(const std::string& run_dir, const Tensors& tensors,
                  theirs.correct, " correct, the model ", ours.correct);
 }
 
+// The options of an int8 export (--quantize and the flags that tune it).
+struct Int8Flags {
+  st::QuantOptions quant;
+  int64_t calibration_batches = 16;
+  int threads = 1;  // for the latency figures: an edge device's one core
+};
+
+// Median milliseconds of `forward` on `x` over `reps` calls (after warm-up).
+double latency_ms(const std::function<at::Tensor(const at::Tensor&)>& forward,
+                  const at::Tensor& x, int reps) {
+  for (int i = 0; i < 3; ++i) forward(x);
+  std::vector<double> ms;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    forward(x);
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                     .count());
+  }
+  std::nth_element(ms.begin(), ms.begin() + reps / 2, ms.end());
+  return ms[static_cast<size_t>(reps / 2)];
+}
+
+// Calibration batches for static quantization: `n` batches of
+// data.batch_size training samples, drawn without replacement by run.seed.
+std::vector<at::Tensor> calibration_batches(const Rebuilt& r, int64_t n) {
+  const int64_t b = r.recipe.data.batch_size;
+  const int64_t available = r.data.train_samples / b;
+  STRATA_CHECK_T(UsageError, n >= 1 && n <= available, "--calibration-batches ", n,
+                 " is out of range: the training split holds ", available,
+                 " batches of data.batch_size ", b, "; pass a number from 1 to ", available);
+  STRATA_CHECK_T(UsageError, static_cast<bool>(r.data.train_rows), "data '", r.recipe.data.name,
+                 "' cannot hand out training samples for calibration; use --quantize dynamic");
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(r.recipe.run.seed));
+  const at::Tensor perm = at::randperm(r.data.train_samples, gen, at::kLong);
+  std::vector<at::Tensor> out;
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor idx = perm.narrow(0, i * b, b);
+    out.push_back(r.data.train_rows(std::vector<int64_t>(idx.data_ptr<int64_t>(),
+                                                         idx.data_ptr<int64_t>() + b))
+                      .first);
+  }
+  return out;
+}
+
+// Traces the run's model, folds BatchNorm, quantizes it to int8 (dynamic or
+// static, trainer/quantize.h), saves it as TorchScript, loads it back and
+// reports accuracy, agreement with the float model, sizes and latency.
+void export_int8_torchscript(const std::string& run_dir, const Tensors& tensors,
+                             const std::string& model_pt, const std::string& out,
+                             const Int8Flags& flags, nlohmann::ordered_json& report) {
+  const Rebuilt r = rebuild(run_dir, tensors, model_pt, "--quantize");
+  const bool is_static = flags.quant.mode == st::QuantMode::kStatic;
+  const std::vector<at::Tensor> calibration =
+      is_static ? calibration_batches(r, flags.calibration_batches) : std::vector<at::Tensor>{};
+  torch::NoGradGuard no_grad;
+  torch::jit::Module traced = st::trace_torchscript(*r.model, r.example);
+  st::FrozenGraph g = st::freeze(traced);
+  const int folded = st::fold_batchnorm(g);
+  const st::QuantReport q = st::quantize(g, flags.quant, calibration);
+  STRATA_CHECK_T(UsageError, !q.layers.empty(), "model '", r.recipe.model.name, "' has no layer ",
+                 is_static ? "that static quantization covers (conv2d, linear)"
+                           : "that dynamic quantization covers (linear)",
+                 "; export it with --format torchscript");
+  const std::string tmp = out + ".tmp";
+  st::to_module(g, "Int8Model").save(tmp);
+  std::filesystem::rename(tmp, out);
+  torch::jit::Module back = torch::jit::load(out);
+  const at::Tensor mine = g.run(r.example);
+  STRATA_CHECK_T(Error, at::equal(back.forward({r.example}).toTensor(), mine), out,
+                 ": the loaded int8 TorchScript computes other outputs than the graph it was "
+                 "saved from");
+  traced.save(tmp);
+  const auto fp32_bytes = static_cast<int64_t>(std::filesystem::file_size(tmp));
+  std::filesystem::remove(tmp);
+  const auto int8_bytes = static_cast<int64_t>(std::filesystem::file_size(out));
+
+  // Accuracy of both, and how often they agree, over the evaluation split.
+  const at::Tensor& inputs = r.data.eval_inputs;
+  const at::Tensor& targets = r.data.eval_targets;
+  const int64_t batch = r.recipe.data.eval_batch_size;
+  int64_t count = 0, correct_fp32 = 0, correct_int8 = 0, agree = 0;
+  for (int64_t i = 0; i < inputs.size(0); i += batch) {
+    const int64_t n = std::min(batch, inputs.size(0) - i);
+    const at::Tensor x = inputs.narrow(0, i, n), y = targets.narrow(0, i, n).flatten();
+    const at::Tensor a = r.model->forward(x).argmax(-1).flatten();
+    const at::Tensor b = back.forward({x}).toTensor().argmax(-1).flatten();
+    count += y.numel();
+    correct_fp32 += a.eq(y).sum().item<int64_t>();
+    correct_int8 += b.eq(y).sum().item<int64_t>();
+    agree += a.eq(b).sum().item<int64_t>();
+  }
+  auto ratio = [](int64_t a, int64_t b) { return b ? static_cast<double>(a) / static_cast<double>(b) : 0.0; };
+
+  // Latency at batch 1 and 64 on `flags.threads` threads.
+  const int threads_before = at::get_num_threads();
+  at::set_num_threads(flags.threads);
+  nlohmann::ordered_json latency;
+  for (const int64_t bs : {int64_t{1}, int64_t{64}}) {
+    const at::Tensor x = inputs.narrow(0, 0, std::min(bs, inputs.size(0)));
+    const int reps = bs == 1 ? 200 : 30;
+    latency["batch_" + std::to_string(bs)] = {
+        {"fp32_ms", latency_ms([&](const at::Tensor& v) { return traced.forward({v}).toTensor(); }, x, reps)},
+        {"int8_ms", latency_ms([&](const at::Tensor& v) { return back.forward({v}).toTensor(); }, x, reps)}};
+  }
+  at::set_num_threads(threads_before);
+
+  std::cout << std::left << std::setw(32) << "layer" << std::setw(28) << "int8 op" << std::right
+            << std::setw(12) << "fp32 bytes" << std::setw(12) << "int8 bytes" << std::setw(12)
+            << "in scale" << std::setw(12) << "out scale" << "\n";
+  nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+  for (const st::QuantLayer& l : q.layers) {
+    std::cout << std::left << std::setw(32) << l.name << std::setw(28) << l.op << std::right
+              << std::setw(12) << l.float_bytes << std::setw(12) << l.weight_bytes << std::setw(12)
+              << strata::format_metric(l.input_scale) << std::setw(12)
+              << strata::format_metric(l.output_scale) << "\n";
+    layers.push_back({{"name", l.name}, {"op", l.op}, {"weight_shape", l.weight_shape},
+                      {"fp32_bytes", l.float_bytes}, {"int8_bytes", l.weight_bytes},
+                      {"input_scale", l.input_scale}, {"input_zero_point", l.input_zero_point},
+                      {"output_scale", l.output_scale}, {"output_zero_point", l.output_zero_point}});
+  }
+  report["model"] = r.recipe.model.name;
+  report["quantize"] = is_static ? "static" : "dynamic";
+  report["engine"] = q.engine;
+  report["per_channel"] = flags.quant.per_channel;
+  if (is_static) {
+    report["observer"] = st::observer_name(flags.quant.observer);
+    report["calibration_batches"] = flags.calibration_batches;
+    report["calibration_samples"] = flags.calibration_batches * r.recipe.data.batch_size;
+  }
+  report["folded_batchnorms"] = folded;
+  report["float_layers_kept"] = q.float_ops_kept;
+  report["layers"] = layers;
+  report["eval_split"] = r.data.eval_split;
+  report["eval_predictions"] = count;
+  report["accuracy_fp32"] = ratio(correct_fp32, count);
+  report["accuracy_int8"] = ratio(correct_int8, count);
+  report["argmax_agreement"] = ratio(agree, count);
+  report["file_bytes_fp32_torchscript"] = fp32_bytes;
+  report["compression"] = ratio(fp32_bytes, int8_bytes);
+  report["latency_threads"] = flags.threads;
+  report["latency"] = latency;
+  const auto& l1 = latency["batch_1"];
+  std::cout << (is_static ? "static" : "dynamic") << " int8 " << r.recipe.model.name << " ("
+            << q.engine << ", " << q.layers.size() << " int8 ops, " << folded
+            << " batch norms folded): " << r.data.eval_split << " accuracy "
+            << strata::format_metric(ratio(correct_int8, count)) << " (fp32 "
+            << strata::format_metric(ratio(correct_fp32, count)) << "), argmax agreement "
+            << strata::format_metric(ratio(agree, count)) << "; " << int8_bytes << " bytes ("
+            << strata::format_metric(ratio(fp32_bytes, int8_bytes)) << "x smaller than fp32 "
+            << fp32_bytes << "); batch-1 latency " << strata::format_metric(l1["int8_ms"].get<double>())
+            << " ms (fp32 " << strata::format_metric(l1["fp32_ms"].get<double>()) << " ms, "
+            << flags.threads << " thread" << (flags.threads == 1 ? "" : "s") << ")\n";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -135,10 +316,37 @@ int main(int argc, char** argv) {
                     "safetensors (the Hugging Face weights format) or torchscript (the model, "
                     "for torch::jit::load and torch.jit.load)")
         ->check(CLI::IsMember({"safetensors", "torchscript"}));
+    std::string quantize = "none", observer = "minmax";
+    bool per_tensor = false;
+    Int8Flags int8;
+    app->add_option("--quantize", quantize,
+                    "int8 post-training quantization of a torchscript export: dynamic (linear "
+                    "layers, activations quantized on the fly) or static (conv and linear, "
+                    "activation ranges calibrated on training batches)")
+        ->check(CLI::IsMember({"none", "dynamic", "static"}));
+    app->add_option("--observer", observer,
+                    "static: how calibration picks activation ranges: minmax, moving_average or "
+                    "percentile")
+        ->check(CLI::IsMember({"minmax", "moving_average", "percentile"}));
+    app->add_option("--calibration-batches", int8.calibration_batches,
+                    "static: training batches (of data.batch_size) to calibrate on")
+        ->capture_default_str();
+    app->add_flag("--per-tensor", per_tensor,
+                  "one int8 scale per weight tensor instead of one per output channel");
+    app->add_option("--threads", int8.threads, "threads for the latency figures")
+        ->check(CLI::Range(1, 1024))
+        ->capture_default_str();
     app->add_option("--out", out,
                     "output file (default: RUN_DIR/model.safetensors, RUN_DIR/model.torchscript.pt)")
         ->type_name("FILE");
     if (!st::parse_args(*app, argc, argv)) return 0;
+    const bool quantized = quantize != "none";
+    STRATA_CHECK_T(UsageError, !quantized || format == "torchscript", "--quantize ", quantize,
+                   " writes TorchScript; pass --format torchscript (safetensors holds the float "
+                   "weights)");
+    int8.quant.mode = quantize == "static" ? st::QuantMode::kStatic : st::QuantMode::kDynamic;
+    int8.quant.per_channel = !per_tensor;
+    int8.quant.observer = st::parse_observer(observer, "--observer: ");
 
     STRATA_CHECK_T(UsageError, strata::path_exists(run_dir),
                    "'", run_dir, "' does not exist; pass a run directory (runs/<name>)");
@@ -148,7 +356,8 @@ int main(int argc, char** argv) {
                    "at the end; a checkpoint joins into one with strata-train --consolidate)");
     if (out.empty()) {
       out = strata::join_path(run_dir, format == "safetensors" ? "model.safetensors"
-                                                              : "model.torchscript.pt");
+                                       : quantized             ? "model.int8.torchscript.pt"
+                                                               : "model.torchscript.pt");
     }
     const Tensors tensors = st::load_state_dict(model_pt);
     nlohmann::ordered_json report;
@@ -157,6 +366,8 @@ int main(int argc, char** argv) {
     report["file"] = out;
     if (format == "safetensors") {
       export_safetensors(run_dir, tensors, out, report);
+    } else if (quantized) {
+      export_int8_torchscript(run_dir, tensors, model_pt, out, int8, report);
     } else {
       export_torchscript(run_dir, tensors, model_pt, out, report);
     }

@@ -14,7 +14,6 @@ without recipe.yaml, or with a recipe for another model, exits 2 naming why.
 
 usage: interop_test.py STRATA_TRAIN_BIN SOURCE_DIR
 """
-import gzip
 import json
 import os
 import subprocess
@@ -23,38 +22,13 @@ import tempfile
 
 import shutil
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-ROOT = "/usr/share/datasets/fashion-mnist"
-MEAN, STD = 0.2860, 0.3530
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../bench"))
+from fmnist_torch import Cnn, images, labels  # noqa: E402
+
 TEST_N = 2000
-
-
-def read_idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-class Cnn(nn.Module):
-    """Strata's `cnn` with its default channels [32, 64] and fc 128."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32),
-            nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64),
-            nn.ReLU(), nn.MaxPool2d(2))
-        self.classifier = nn.Sequential(
-            nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10))
-
-    def forward(self, x):
-        return self.classifier(self.features(x).flatten(1))
 
 
 def main():
@@ -79,6 +53,7 @@ def main():
         with open(os.path.join(run, "metrics.jsonl")) as f:
             summary = json.loads(f.read().strip().splitlines()[-1])
         scripted = export_torchscript(os.path.dirname(binary), source, run, tmp)
+        int8, int8_report = export_int8(os.path.dirname(binary), run)
 
     assert isinstance(state, dict), type(state)
     assert shard.keys() == state.keys() and all(torch.equal(shard[k], state[k]) for k in state)
@@ -90,13 +65,11 @@ def main():
     assert not missing.missing_keys and not missing.unexpected_keys
     assert state["features.1.num_batches_tracked"].item() == 16
 
-    images = read_idx(f"{ROOT}/t10k-images-idx3-ubyte.gz")[:TEST_N]
-    labels = read_idx(f"{ROOT}/t10k-labels-idx1-ubyte.gz")[:TEST_N]
-    x = (torch.from_numpy(images.astype(np.float32)) / 255.0 - MEAN) / STD
-    y = torch.from_numpy(labels.astype(np.int64))
+    x = images("t10k")[:TEST_N]
+    y = labels("t10k")[:TEST_N]
     model.eval()
     with torch.no_grad():
-        logits = model(x.unsqueeze(1))
+        logits = model(x)
     accuracy = (logits.argmax(1) == y).sum().item() / TEST_N  # as Strata: double
     loss = nn.functional.cross_entropy(logits, y).item()
     print(f"python accuracy {accuracy:.4f} loss {loss:.5f}; strata accuracy "
@@ -109,12 +82,22 @@ def main():
     assert scripted_state.keys() == state.keys(), (list(scripted_state), list(state))
     assert all(torch.equal(scripted_state[k], state[k]) for k in state)
     with torch.no_grad():
-        traced_logits = scripted(x.unsqueeze(1))
+        traced_logits = scripted(x)
     diff = (traced_logits - logits).abs().max().item()
     print(f"torchscript: {len(scripted_state)} tensors equal to model.pt's; outputs within "
           f"{diff:.3g} of PyTorch's on {TEST_N} samples")
     assert diff < 1e-5, diff
     assert torch.equal(traced_logits.argmax(1), logits.argmax(1))
+
+    with torch.no_grad():
+        int8_pred = int8(x).argmax(1)
+    int8_accuracy = (int8_pred == y).sum().item() / TEST_N
+    agreement = (int8_pred == logits.argmax(1)).float().mean().item()
+    print(f"int8 torchscript in python: accuracy {int8_accuracy:.4f} (strata-export reported "
+          f"{int8_report['accuracy_int8']:.4f}, fp32 {accuracy:.4f}), argmax agreement "
+          f"{agreement:.4f}")
+    assert int8_accuracy == int8_report["accuracy_int8"], "python's int8 predictions differ"
+    assert agreement >= 0.95, agreement
     print("1 passed, 0 failed")
 
 
@@ -147,6 +130,33 @@ def export_torchscript(bin_dir, source, run, tmp):
                       "the recipe the run was trained with")
     print("torchscript usage errors: exit 2 without recipe.yaml and for another model's recipe")
     return scripted
+
+
+def export_int8(bin_dir, run):
+    """strata-export --quantize static: the int8 TorchScript loads in Python
+    (QNNPACK, as strata-export used) with Strata's quantized ops; calibration
+    batches out of range exit 2."""
+    export = os.path.join(bin_dir, "strata-export")
+    cmd = [export, run, "--format", "torchscript", "--quantize", "static"]
+    for n, want in [("0", "--calibration-batches 0 is out of range: the training split holds "
+                          "16 batches of data.batch_size 128; pass a number from 1 to 16"),
+                    ("17", "--calibration-batches 17 is out of range")]:
+        r = subprocess.run(cmd + ["--calibration-batches", n], capture_output=True, text=True)
+        assert r.returncode == 2 and want in r.stderr, (r.returncode, r.stderr)
+    out = subprocess.run(cmd + ["--calibration-batches", "4"], check=True, capture_output=True,
+                         text=True).stdout
+    print([line for line in out.splitlines() if line.startswith("static int8")][0])
+    with open(os.path.join(run, "export.json")) as f:
+        report = json.load(f)
+    assert report["quantize"] == "static" and report["engine"] == "qnnpack", report
+    assert report["folded_batchnorms"] == 2 and len(report["layers"]) == 4, report
+    assert report["compression"] > 3.5, report
+    torch.backends.quantized.engine = report["engine"]
+    module = torch.jit.load(os.path.join(run, "model.int8.torchscript.pt"))
+    for op in ("quantized.conv2d_relu", "quantized.linear_relu", "quantized.linear"):
+        assert op in module.code, module.code
+    print("int8 usage errors: exit 2 for calibration batches out of range")
+    return module, report
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "trainer/checkpoint.h"
 #include "trainer/torchscript.h"
+#include "unit/small_models.h"
 #include "trainer/trainer.h"
 
 namespace st = strata::train;
@@ -30,17 +31,7 @@ std::vector<Case> cases() {
 }
 
 std::shared_ptr<st::Model> build(const std::string& name) {
-  const st::Registries r = st::builtin_registries();
-  st::ModelSection c;
-  c.name = name;
-  c.channels = {8, 16};
-  c.blocks = 1;
-  c.n_layer = 2;
-  c.n_head = 2;
-  c.d_model = 16;
-  c.seq_len = 12;
-  const st::InputShape shape = name == "gpt" ? st::InputShape{1, 1, 1, 256} : st::InputShape{};
-  return r.models.get(name, "", "model.name").build(c, shape, st::ModelPart{});
+  return st::testing::small_model(name);
 }
 
 }  // namespace
