@@ -1,8 +1,8 @@
 // strata-export: a trained model as a file another runtime loads.
 //
-//   strata-export RUN_DIR [--format safetensors|torchscript] [--out FILE]
+//   strata-export RUN_DIR [--format safetensors|torchscript|onnx] [--out FILE]
 //                 [--quantize dynamic|static [--observer minmax|moving_average|percentile]
-//                  [--calibration-batches N] [--per-tensor] [--threads N]]
+//                  [--calibration-batches N] [--per-tensor] [--engine E] [--threads N]]
 //
 // Reads RUN_DIR/model.pt (what strata-train and strata-fedsim leave) and
 // writes it in the chosen format, then reads the file back and checks it:
@@ -17,8 +17,10 @@
 //                (trainer/quantize.h), by default RUN_DIR/model.int8.torchscript.pt,
 //                with BatchNorm folded, compared with the float model for
 //                accuracy, argmax agreement, size and latency.
+//   onnx         the model (trainer/onnx.h), by default RUN_DIR/model.onnx
+//                (RUN_DIR/model.int8.onnx with --quantize static: QDQ),
+//                opset 17, checked by the ONNX checker; onnxruntime runs it.
 // It prints a table of the tensors and writes the report RUN_DIR/export.json.
-// Issue #17 adds ONNX and int8 formats.
 //
 // Exit codes: 0 written and verified, 2 usage error (no such run, no
 // model.pt or recipe.yaml, weights that do not fit the recipe's model), 1
@@ -27,6 +29,7 @@
 
 #include <chrono>
 #include <iomanip>
+#include <optional>
 #include <iostream>
 
 #include <nlohmann/json.hpp>
@@ -40,6 +43,9 @@
 #include "trainer/recipe.h"
 #include "trainer/evaluate.h"
 #include "trainer/quantize.h"
+#if STRATA_HAVE_ONNX
+#include "trainer/onnx.h"
+#endif
 #include "trainer/safetensors.h"
 #include "trainer/torchscript.h"
 #include "trainer/trainer.h"
@@ -192,25 +198,88 @@ std::vector<at::Tensor> calibration_batches(const Rebuilt& r, int64_t n) {
   return out;
 }
 
-// Traces the run's model, folds BatchNorm, quantizes it to int8 (dynamic or
-// static, trainer/quantize.h), saves it as TorchScript, loads it back and
-// reports accuracy, agreement with the float model, sizes and latency.
+// The run's model traced and frozen with BatchNorm folded (the graph every
+// edge format starts from, trainer/quantize.h), and quantized to int8 when
+// `quantize` is set.
+struct Prepared {
+  Rebuilt r;
+  torch::jit::Module traced;
+  st::FrozenGraph g;
+  int folded = 0;
+  std::optional<st::QuantReport> q;
+};
+
+Prepared prepare(const std::string& run_dir, const Tensors& tensors, const std::string& model_pt,
+                 const std::string& format, const std::optional<Int8Flags>& quantize) {
+  Prepared p{rebuild(run_dir, tensors, model_pt, format), {}, {}, 0, std::nullopt};
+  const bool is_static = quantize && quantize->quant.mode == st::QuantMode::kStatic;
+  const std::vector<at::Tensor> calibration =
+      is_static ? calibration_batches(p.r, quantize->calibration_batches) : std::vector<at::Tensor>{};
+  torch::NoGradGuard no_grad;
+  p.traced = st::trace_torchscript(*p.r.model, p.r.example);
+  p.g = st::freeze(p.traced);
+  p.folded = st::fold_batchnorm(p.g);
+  if (quantize) {
+    p.q = st::quantize(p.g, quantize->quant, calibration);
+    STRATA_CHECK_T(UsageError, !p.q->layers.empty(), "model '", p.r.recipe.model.name,
+                   "' has no layer ",
+                   is_static ? "that static quantization covers (conv2d, linear)"
+                             : "that dynamic quantization covers (linear)",
+                   "; export it without --quantize");
+  }
+  return p;
+}
+
+// The int8 layers as a table and in the report.
+void describe_int8(const Prepared& p, const Int8Flags& flags, nlohmann::ordered_json& report) {
+  const st::QuantReport& q = *p.q;
+  const bool is_static = flags.quant.mode == st::QuantMode::kStatic;
+  std::cout << std::left << std::setw(32) << "layer" << std::setw(28) << "int8 op" << std::right
+            << std::setw(12) << "fp32 bytes" << std::setw(12) << "int8 bytes" << std::setw(12)
+            << "in scale" << std::setw(12) << "out scale" << "\n";
+  nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+  for (const st::QuantLayer& l : q.layers) {
+    auto scale = [&](double s) { return is_static ? strata::format_metric(s) : std::string("-"); };
+    std::cout << std::left << std::setw(32) << l.name << std::setw(28) << l.op << std::right
+              << std::setw(12) << l.float_bytes << std::setw(12) << l.weight_bytes << std::setw(12)
+              << scale(l.input_scale) << std::setw(12) << scale(l.output_scale) << "\n";
+    nlohmann::ordered_json j{{"name", l.name}, {"op", l.op}, {"weight_shape", l.weight_shape},
+                             {"fp32_bytes", l.float_bytes}, {"int8_bytes", l.weight_bytes}};
+    if (is_static) {
+      j["input_scale"] = l.input_scale;
+      j["input_zero_point"] = l.input_zero_point;
+      j["output_scale"] = l.output_scale;
+      j["output_zero_point"] = l.output_zero_point;
+    }
+    layers.push_back(j);
+  }
+  report["quantize"] = is_static ? "static" : "dynamic";
+  report["engine"] = q.engine;
+  report["per_channel"] = flags.quant.per_channel;
+  if (is_static) {
+    report["observer"] = st::observer_name(flags.quant.observer);
+    report["calibration_batches"] = flags.calibration_batches;
+    report["calibration_samples"] = flags.calibration_batches * p.r.recipe.data.batch_size;
+  }
+  report["folded_batchnorms"] = p.folded;
+  report["float_layers_kept"] = q.float_ops_kept;
+  report["layers"] = layers;
+}
+
+// Quantizes the run's model to int8 (dynamic or static, trainer/quantize.h),
+// saves it as TorchScript, loads it back and reports accuracy, agreement
+// with the float model, sizes and latency.
 void export_int8_torchscript(const std::string& run_dir, const Tensors& tensors,
                              const std::string& model_pt, const std::string& out,
                              const Int8Flags& flags, nlohmann::ordered_json& report) {
-  const Rebuilt r = rebuild(run_dir, tensors, model_pt, "--quantize");
+  Prepared p = prepare(run_dir, tensors, model_pt, "--quantize", flags);
+  const Rebuilt& r = p.r;
+  st::FrozenGraph& g = p.g;
+  torch::jit::Module& traced = p.traced;
+  const st::QuantReport& q = *p.q;
   const bool is_static = flags.quant.mode == st::QuantMode::kStatic;
-  const std::vector<at::Tensor> calibration =
-      is_static ? calibration_batches(r, flags.calibration_batches) : std::vector<at::Tensor>{};
+  const int folded = p.folded;
   torch::NoGradGuard no_grad;
-  torch::jit::Module traced = st::trace_torchscript(*r.model, r.example);
-  st::FrozenGraph g = st::freeze(traced);
-  const int folded = st::fold_batchnorm(g);
-  const st::QuantReport q = st::quantize(g, flags.quant, calibration);
-  STRATA_CHECK_T(UsageError, !q.layers.empty(), "model '", r.recipe.model.name, "' has no layer ",
-                 is_static ? "that static quantization covers (conv2d, linear)"
-                           : "that dynamic quantization covers (linear)",
-                 "; export it with --format torchscript");
   const std::string tmp = out + ".tmp";
   st::to_module(g, "Int8Model").save(tmp);
   std::filesystem::rename(tmp, out);
@@ -254,32 +323,8 @@ void export_int8_torchscript(const std::string& run_dir, const Tensors& tensors,
   }
   at::set_num_threads(threads_before);
 
-  std::cout << std::left << std::setw(32) << "layer" << std::setw(28) << "int8 op" << std::right
-            << std::setw(12) << "fp32 bytes" << std::setw(12) << "int8 bytes" << std::setw(12)
-            << "in scale" << std::setw(12) << "out scale" << "\n";
-  nlohmann::ordered_json layers = nlohmann::ordered_json::array();
-  for (const st::QuantLayer& l : q.layers) {
-    std::cout << std::left << std::setw(32) << l.name << std::setw(28) << l.op << std::right
-              << std::setw(12) << l.float_bytes << std::setw(12) << l.weight_bytes << std::setw(12)
-              << strata::format_metric(l.input_scale) << std::setw(12)
-              << strata::format_metric(l.output_scale) << "\n";
-    layers.push_back({{"name", l.name}, {"op", l.op}, {"weight_shape", l.weight_shape},
-                      {"fp32_bytes", l.float_bytes}, {"int8_bytes", l.weight_bytes},
-                      {"input_scale", l.input_scale}, {"input_zero_point", l.input_zero_point},
-                      {"output_scale", l.output_scale}, {"output_zero_point", l.output_zero_point}});
-  }
   report["model"] = r.recipe.model.name;
-  report["quantize"] = is_static ? "static" : "dynamic";
-  report["engine"] = q.engine;
-  report["per_channel"] = flags.quant.per_channel;
-  if (is_static) {
-    report["observer"] = st::observer_name(flags.quant.observer);
-    report["calibration_batches"] = flags.calibration_batches;
-    report["calibration_samples"] = flags.calibration_batches * r.recipe.data.batch_size;
-  }
-  report["folded_batchnorms"] = folded;
-  report["float_layers_kept"] = q.float_ops_kept;
-  report["layers"] = layers;
+  describe_int8(p, flags, report);
   report["eval_split"] = r.data.eval_split;
   report["eval_predictions"] = count;
   report["accuracy_fp32"] = ratio(correct_fp32, count);
@@ -302,6 +347,39 @@ void export_int8_torchscript(const std::string& run_dir, const Tensors& tensors,
             << flags.threads << " thread" << (flags.threads == 1 ? "" : "s") << ")\n";
 }
 
+// Writes the run's model as ONNX (trainer/onnx.h): float, or QDQ int8 with
+// --quantize static; checked by the ONNX checker.
+void export_onnx(const std::string& run_dir, const Tensors& tensors, const std::string& model_pt,
+                 const std::string& out, const std::optional<Int8Flags>& quantize,
+                 nlohmann::ordered_json& report) {
+#if STRATA_HAVE_ONNX
+  STRATA_CHECK_T(UsageError, !quantize || quantize->quant.mode == st::QuantMode::kStatic,
+                 "--format onnx --quantize dynamic: dynamic int8 has no QDQ form; use "
+                 "--quantize static, or dynamic with --format torchscript");
+  Prepared p = prepare(run_dir, tensors, model_pt, "--format onnx", quantize);
+  report["model"] = p.r.recipe.model.name;
+  if (quantize) describe_int8(p, *quantize, report);
+  const st::OnnxReport o =
+      st::save_onnx(p.g, p.r.example, out, std::string("strata ") + STRATA_VERSION);
+  report["opset"] = o.opset;
+  report["onnx_nodes"] = o.nodes;
+  report["onnx_ops"] = o.ops;
+  report["initializer_bytes"] = o.initializer_bytes;
+  report["example_shape"] = p.r.example.sizes().vec();
+  report["dynamic_dims"] = {"batch"};
+  report["onnx_checker"] = "passed";
+  report["folded_batchnorms"] = p.folded;
+  std::string ops;
+  for (const auto& [op, n] : o.ops) ops += (ops.empty() ? "" : ", ") + op + " " + std::to_string(n);
+  std::cout << "ONNX opset " << o.opset << ", " << o.nodes << " nodes (" << ops << "), "
+            << o.initializer_bytes << " bytes of initializers; the ONNX checker passed\n";
+#else
+  (void)run_dir, (void)tensors, (void)model_pt, (void)out, (void)quantize, (void)report;
+  throw strata::UsageError("this strata-export was built without ONNX: install libonnx-dev "
+                   "(launch/setup does) and rebuild");
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -313,9 +391,9 @@ int main(int argc, char** argv) {
     app->add_option("RUN_DIR", run_dir, "a run directory holding model.pt (runs/<name>)")
         ->required();
     app->add_option("--format", format,
-                    "safetensors (the Hugging Face weights format) or torchscript (the model, "
-                    "for torch::jit::load and torch.jit.load)")
-        ->check(CLI::IsMember({"safetensors", "torchscript"}));
+                    "safetensors (the Hugging Face weights format), torchscript (the model, "
+                    "for torch::jit::load and torch.jit.load) or onnx (for onnxruntime)")
+        ->check(CLI::IsMember({"safetensors", "torchscript", "onnx"}));
     std::string quantize = "none", observer = "minmax";
     bool per_tensor = false;
     Int8Flags int8;
@@ -331,6 +409,11 @@ int main(int argc, char** argv) {
     app->add_option("--calibration-batches", int8.calibration_batches,
                     "static: training batches (of data.batch_size) to calibrate on")
         ->capture_default_str();
+    app->add_option("--engine", int8.quant.engine,
+                    "int8 kernels: auto (oneDNN on x86 where LibTorch has it, else QNNPACK), "
+                    "qnnpack, onednn, fbgemm or x86; the runtime that loads the file sets the same")
+        ->check(CLI::IsMember({"auto", "qnnpack", "onednn", "fbgemm", "x86"}))
+        ->capture_default_str();
     app->add_flag("--per-tensor", per_tensor,
                   "one int8 scale per weight tensor instead of one per output channel");
     app->add_option("--threads", int8.threads, "threads for the latency figures")
@@ -341,9 +424,9 @@ int main(int argc, char** argv) {
         ->type_name("FILE");
     if (!st::parse_args(*app, argc, argv)) return 0;
     const bool quantized = quantize != "none";
-    STRATA_CHECK_T(UsageError, !quantized || format == "torchscript", "--quantize ", quantize,
-                   " writes TorchScript; pass --format torchscript (safetensors holds the float "
-                   "weights)");
+    STRATA_CHECK_T(UsageError, !quantized || format != "safetensors", "--quantize ", quantize,
+                   " writes TorchScript or ONNX; pass --format torchscript or onnx (safetensors "
+                   "holds the float weights)");
     int8.quant.mode = quantize == "static" ? st::QuantMode::kStatic : st::QuantMode::kDynamic;
     int8.quant.per_channel = !per_tensor;
     int8.quant.observer = st::parse_observer(observer, "--observer: ");
@@ -355,9 +438,11 @@ int main(int argc, char** argv) {
                    "' has no model.pt: it is not a finished run (strata-train writes model.pt "
                    "at the end; a checkpoint joins into one with strata-train --consolidate)");
     if (out.empty()) {
-      out = strata::join_path(run_dir, format == "safetensors" ? "model.safetensors"
-                                       : quantized             ? "model.int8.torchscript.pt"
-                                                               : "model.torchscript.pt");
+      out = strata::join_path(
+          run_dir, format == "safetensors" ? "model.safetensors"
+                   : format == "onnx"      ? (quantized ? "model.int8.onnx" : "model.onnx")
+                   : quantized             ? "model.int8.torchscript.pt"
+                                           : "model.torchscript.pt");
     }
     const Tensors tensors = st::load_state_dict(model_pt);
     nlohmann::ordered_json report;
@@ -366,6 +451,9 @@ int main(int argc, char** argv) {
     report["file"] = out;
     if (format == "safetensors") {
       export_safetensors(run_dir, tensors, out, report);
+    } else if (format == "onnx") {
+      export_onnx(run_dir, tensors, model_pt, out,
+                  quantized ? std::optional<Int8Flags>(int8) : std::nullopt, report);
     } else if (quantized) {
       export_int8_torchscript(run_dir, tensors, model_pt, out, int8, report);
     } else {

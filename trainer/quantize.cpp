@@ -24,20 +24,6 @@ c10::Symbol sym(const char* qualified) { return c10::Symbol::fromQualString(qual
 
 bool is(const Node* n, const char* qualified) { return n->kind() == sym(qualified); }
 
-// A constant, or a list built of constant ints (the trace builds conv
-// strides and paddings with prim::ListConstruct).
-std::optional<c10::IValue> constant(Value* v) {
-  if (auto iv = jit::toIValue(v)) return iv;
-  if (v->node()->kind() != c10::prim::ListConstruct) return std::nullopt;
-  std::vector<int64_t> ints;
-  for (Value* e : v->node()->inputs()) {
-    const auto iv = jit::toIValue(e);
-    if (!iv || !iv->isInt()) return std::nullopt;
-    ints.push_back(iv->toInt());
-  }
-  return c10::IValue(ints);
-}
-
 std::optional<at::Tensor> constant_tensor(Value* v) {
   const auto iv = jit::toIValue(v);
   if (!iv || !iv->isTensor()) return std::nullopt;
@@ -187,6 +173,18 @@ int64_t bytes_of(const at::Tensor& t) { return t.defined() ? t.numel() * t.eleme
 
 }  // namespace
 
+std::optional<c10::IValue> constant_of(Value* v) {
+  if (auto iv = jit::toIValue(v)) return iv;
+  if (v->node()->kind() != c10::prim::ListConstruct) return std::nullopt;
+  std::vector<int64_t> ints;
+  for (Value* e : v->node()->inputs()) {
+    const auto iv = jit::toIValue(e);
+    if (!iv || !iv->isInt()) return std::nullopt;
+    ints.push_back(iv->toInt());
+  }
+  return c10::IValue(ints);
+}
+
 at::Tensor FrozenGraph::run(const at::Tensor& x) const {
   jit::Code code(graph, "forward");
   jit::InterpreterState state(code);
@@ -310,29 +308,68 @@ std::string observer_name(ObserverKind k) {
   return "?";
 }
 
-std::string select_qengine() {
-  const auto& supported = at::globalContext().supportedQEngines();
-  for (const at::QEngine e : {at::QEngine::QNNPACK, at::QEngine::FBGEMM}) {
-    if (std::find(supported.begin(), supported.end(), e) != supported.end()) {
-      at::globalContext().setQEngine(e);
-      std::string name = c10::toString(e);
-      std::transform(name.begin(), name.end(), name.begin(),
-                     [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-      return name;
-    }
-  }
-  throw Error("this LibTorch has no int8 engine (neither QNNPACK nor FBGEMM); int8 export "
-              "needs a LibTorch built with one");
+namespace {
+
+std::string engine_name(at::QEngine e) {
+  std::string name = c10::toString(e);
+  std::transform(name.begin(), name.end(), name.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return name;
 }
 
-std::pair<double, int64_t> affine_qparams(double lo, double hi) {
+// FBGEMM's (and x86's) int8 kernels sum pairs of uint8 x int8 products in
+// 16 bits, which full-range activations can overflow.
+bool needs_reduced_range(const std::string& engine) { return engine == "fbgemm" || engine == "x86"; }
+
+}  // namespace
+
+std::vector<std::string> supported_qengines() {
+  std::vector<std::string> out;
+  for (const at::QEngine e : at::globalContext().supportedQEngines()) {
+    if (engine_name(e) != "noqengine" && engine_name(e) != "none") out.push_back(engine_name(e));
+  }
+  return out;
+}
+
+std::string select_qengine(const std::string& name) {
+  const std::vector<std::string> have = supported_qengines();
+  auto has = [&](const std::string& e) { return std::find(have.begin(), have.end(), e) != have.end(); };
+  std::string pick = name;
+  if (name == "auto") {
+#if defined(__x86_64__) || defined(_M_X64)
+    const std::vector<std::string> order{"onednn", "qnnpack", "x86", "fbgemm"};
+#else
+    const std::vector<std::string> order{"qnnpack", "onednn", "x86", "fbgemm"};
+#endif
+    pick.clear();
+    for (const auto& e : order) {
+      if (has(e)) {
+        pick = e;
+        break;
+      }
+    }
+    STRATA_CHECK(!pick.empty(), "this LibTorch has no int8 engine; int8 export needs one built "
+                 "with QNNPACK, oneDNN or FBGEMM");
+  }
+  std::string list;
+  for (const auto& e : have) list += (list.empty() ? "" : ", ") + e;
+  STRATA_CHECK_T(ConfigError, has(pick), "int8 engine '", pick, "' is not in this LibTorch (it has ",
+                 list.empty() ? std::string("none") : list, "); use one of those or auto");
+  for (const at::QEngine e : at::globalContext().supportedQEngines()) {
+    if (engine_name(e) == pick) at::globalContext().setQEngine(e);
+  }
+  return pick;
+}
+
+std::pair<double, int64_t> affine_qparams(double lo, double hi, bool reduce_range) {
   // In float, as torch.ao's observers compute them.
+  const int64_t qmax = reduce_range ? 127 : 255;
   const float min_neg = std::min(static_cast<float>(lo), 0.0f);
   const float max_pos = std::max(static_cast<float>(hi), 0.0f);
-  const float scale =
-      std::max((max_pos - min_neg) / 255.0f, std::numeric_limits<float>::epsilon());
+  const float scale = std::max((max_pos - min_neg) / static_cast<float>(qmax),
+                               std::numeric_limits<float>::epsilon());
   const auto zp = static_cast<int64_t>(std::nearbyint(min_neg / scale));
-  return {scale, std::clamp<int64_t>(-zp, 0, 255)};
+  return {scale, std::clamp<int64_t>(-zp, 0, qmax)};
 }
 
 at::Tensor quantize_weight(const at::Tensor& w, bool per_channel) {
@@ -350,7 +387,8 @@ QuantReport quantize(FrozenGraph& fg, const QuantOptions& opts,
                      const std::vector<at::Tensor>& calibration) {
   jit::Graph& g = *fg.graph;
   QuantReport report;
-  report.engine = select_qengine();
+  report.engine = select_qengine(opts.engine);
+  const bool reduce_range = needs_reduced_range(report.engine);
   torch::NoGradGuard no_grad;
   auto layer_of = [&](Node* n, const char* op, const at::Tensor& w, const at::Tensor& qw) {
     QuantLayer l;
@@ -365,9 +403,9 @@ QuantReport quantize(FrozenGraph& fg, const QuantOptions& opts,
     const c10::IValue b = bias.defined() ? c10::IValue(bias) : c10::IValue();
     if (is(n, "aten::linear")) return call_op("quantized::linear_prepack", {qw, b});
     return call_op("quantized::conv2d_prepack",
-                   {qw, b, constant(n->input(3))->toIntVector(),
-                    constant(n->input(4))->toIntVector(), constant(n->input(5))->toIntVector(),
-                    constant(n->input(6))->toInt()});
+                   {qw, b, constant_of(n->input(3))->toIntVector(),
+                    constant_of(n->input(4))->toIntVector(), constant_of(n->input(5))->toIntVector(),
+                    constant_of(n->input(6))->toInt()});
   };
   // A conv2d or linear with constant weights (and bias, strides, ...).
   auto quantizable = [&](Node* n) {
@@ -377,7 +415,7 @@ QuantReport quantize(FrozenGraph& fg, const QuantOptions& opts,
     }
     if (!is(n, "aten::conv2d")) return false;
     for (size_t i = 1; i < n->inputs().size(); ++i) {
-      if (!constant(n->input(i))) return false;
+      if (!constant_of(n->input(i))) return false;
     }
     return true;
   };
@@ -393,7 +431,7 @@ QuantReport quantize(FrozenGraph& fg, const QuantOptions& opts,
       const at::Tensor qw = quantize_weight(w, opts.per_channel);
       jit::WithInsertPoint guard(n);
       Value* packed = g.insertConstant(prepack(n, qw, *constant_optional_tensor(n->input(2))));
-      Value* y = g.insert(sym("quantized::linear_dynamic"), {n->input(0), packed});
+      Value* y = g.insert(sym("quantized::linear_dynamic"), {n->input(0), packed, reduce_range});
       n->output()->replaceAllUsesWith(y);
       report.layers.push_back(layer_of(n, "quantized::linear_dynamic", w, qw));
       n->destroy();
@@ -446,7 +484,7 @@ QuantReport quantize(FrozenGraph& fg, const QuantOptions& opts,
   }
   auto qparams = [&](Value* v) {
     const RangeObserver& r = ranges.at(slot.at(v));
-    return affine_qparams(r.lo, r.hi);
+    return affine_qparams(r.lo, r.hi, reduce_range);
   };
 
   // Rewrite in order. `replaced`: float values now computed quantized (their
@@ -487,6 +525,7 @@ QuantReport quantize(FrozenGraph& fg, const QuantOptions& opts,
         const at::Tensor w = *constant_tensor(n->input(1));
         const at::Tensor qw = quantize_weight(w, opts.per_channel);
         Value* packed = g.insertConstant(prepack(n, qw, *constant_optional_tensor(n->input(2))));
+        fg.names[packed] = fg.name_of(n->input(1));
         y = g.insert(sym(op), {a, packed, scale, zp});
         layer = layer_of(n, op, w, qw);
       }

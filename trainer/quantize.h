@@ -25,13 +25,18 @@
 //            pass them through; every other reader gets a dequantize.
 // Weights are symmetric int8 (zero point 0, scale max|w| / 127.5, as
 // torch.ao's symmetric observers), activations affine uint8 over the
-// observed range widened to hold 0. The int8 kernels are LibTorch's
-// (QNNPACK on Debian's 1.13, which has no FBGEMM); the engine is chosen in
-// one place (select_qengine) and reported.
+// observed range widened to hold 0 (7-bit on FBGEMM and x86, whose
+// kernels would saturate on 8, as torch.ao's reduce_range). The int8
+// kernels are LibTorch's; the engine is chosen in one place
+// (select_qengine) and reported: oneDNN on x86 where the build has it
+// (Debian's 1.13 has oneDNN and QNNPACK, no FBGEMM), QNNPACK on ARM, the
+// edge CPU it was written for. A saved int8 module repacks its weights for
+// the engine current when it is loaded, so the runtime sets the engine too.
 #pragma once
 
 #include <torch/script.h>
 
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -51,6 +56,11 @@ struct FrozenGraph {
   std::string name_of(const torch::jit::Value* v) const;
 };
 
+// `v` when it is a constant, or a list built of constant ints (the trace
+// builds conv strides and paddings with prim::ListConstruct); nullopt when
+// it depends on the input.
+std::optional<c10::IValue> constant_of(torch::jit::Value* v);
+
 // `traced` (trace_torchscript's module) with its parameters and buffers
 // read as named constants.
 FrozenGraph freeze(const torch::jit::Module& traced);
@@ -69,6 +79,7 @@ enum class ObserverKind { kMinMax, kMovingAverage, kPercentile };
 
 struct QuantOptions {
   QuantMode mode = QuantMode::kStatic;
+  std::string engine = "auto";  // or qnnpack, onednn, fbgemm, x86
   bool per_channel = true;  // weight scales per output channel, or one per tensor
   ObserverKind observer = ObserverKind::kMinMax;
   double averaging_constant = 0.01;  // moving average: min += c * (batch min - min)
@@ -79,9 +90,12 @@ struct QuantOptions {
 ObserverKind parse_observer(const std::string& name, const std::string& where);
 std::string observer_name(ObserverKind k);
 
-// The int8 engine (QNNPACK where the build has it, else FBGEMM or x86),
-// made current; its name ("qnnpack"). Error when the build has none.
-std::string select_qengine();
+// The int8 engine `name` ("auto": oneDNN on x86 where the build has it,
+// else QNNPACK, else what the build has), made current; its name
+// ("onednn"). ConfigError for an engine the build lacks, naming those it has.
+std::string select_qengine(const std::string& name = "auto");
+// The engines this LibTorch has ("qnnpack", "onednn", ...).
+std::vector<std::string> supported_qengines();
 
 // One quantized op, for the export report.
 struct QuantLayer {
@@ -106,9 +120,10 @@ QuantReport quantize(FrozenGraph& g, const QuantOptions& opts,
                      const std::vector<at::Tensor>& calibration);
 
 // Per-tensor affine uint8 parameters for the range [lo, hi] (widened to hold
-// 0), as torch.ao computes them: scale = (hi - lo) / 255, zero point =
-// -round(lo / scale) clamped to [0, 255].
-std::pair<double, int64_t> affine_qparams(double lo, double hi);
+// 0), as torch.ao computes them: scale = (hi - lo) / qmax, zero point =
+// -round(lo / scale) clamped to [0, qmax]; qmax 255, or 127 with
+// `reduce_range`.
+std::pair<double, int64_t> affine_qparams(double lo, double hi, bool reduce_range = false);
 // Symmetric int8 weights: per output channel (dim 0) or per tensor.
 at::Tensor quantize_weight(const at::Tensor& w, bool per_channel);
 

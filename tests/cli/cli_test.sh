@@ -65,8 +65,8 @@ check "strata-export --version" 0 "^strata-export [0-9]+\.[0-9]+\.[0-9]+ " -- "$
 check "strata-export no run" 2 "^strata-export: error: RUN_DIR is required" -- "$BIN/strata-export"
 check "strata-export missing run" 2 "^strata-export: error: '/nonexistent' does not exist; pass a run directory" -- "$BIN/strata-export" /nonexistent
 check "strata-export run without model.pt" 2 "^strata-export: error: '$SRC/recipes' has no model.pt: it is not a finished run" -- "$BIN/strata-export" "$SRC/recipes"
-check "strata-export unknown format" 2 "^strata-export: error: --format: onnx not in \{safetensors,torchscript\}" -- "$BIN/strata-export" "$SRC/recipes" --format onnx
-check "strata-export --quantize needs torchscript" 2 "^strata-export: error: --quantize static writes TorchScript; pass --format torchscript" -- "$BIN/strata-export" "$SRC/recipes" --quantize static
+check "strata-export unknown format" 2 "^strata-export: error: --format: tflite not in \{safetensors,torchscript,onnx\}" -- "$BIN/strata-export" "$SRC/recipes" --format tflite
+check "strata-export --quantize needs torchscript" 2 "^strata-export: error: --quantize static writes TorchScript or ONNX; pass --format torchscript or onnx" -- "$BIN/strata-export" "$SRC/recipes" --quantize static
 check "strata-export unknown --quantize" 2 "^strata-export: error: --quantize: int4 not in \{none,dynamic,static\}" -- "$BIN/strata-export" "$SRC/recipes" --format torchscript --quantize int4
 echo "cli: $pass passed, $fails failed"
 [ "$fails" -eq 0 ]

@@ -4,6 +4,8 @@
 // kernels, stay close to the float model, and load back from a file.
 #include <gtest/gtest.h>
 
+#include "core/error.h"
+#include "test_util.h"
 #include "unit/small_models.h"
 #include "trainer/quantize.h"
 #include "trainer/torchscript.h"
@@ -91,6 +93,9 @@ TEST(QuantParams, AffineActivationsAsTorchAo) {
   std::tie(s, z) = st::affine_qparams(-2.0, -1.0);
   EXPECT_FLOAT_EQ(s, 2.0f / 255.0f);
   EXPECT_EQ(z, 255);
+  std::tie(s, z) = st::affine_qparams(-1.0, 3.0, /*reduce_range=*/true);  // 7 bits
+  EXPECT_FLOAT_EQ(s, 4.0f / 127.0f);
+  EXPECT_EQ(z, 32);  // round(31.75)
   std::tie(s, z) = st::affine_qparams(0.0, 0.0);  // a constant zero still has a scale
   EXPECT_GT(s, 0.0);
   EXPECT_EQ(z, 0);
@@ -159,7 +164,8 @@ void check_quantized(const std::string& name, st::QuantOptions opts, const at::T
   ASSERT_EQ(got.scalar_type(), at::kFloat);
   const double range = want.abs().max().item<double>();
   EXPECT_LT(max_diff(got, want), tolerance * range);
-  const std::string path = testing::TempDir() + "/int8.torchscript.pt";
+  strata::test::TempDir dir;
+  const std::string path = dir / "int8.torchscript.pt";
   st::to_module(g, "Int8").save(path);
   torch::jit::Module back = torch::jit::load(path);
   EXPECT_TRUE(at::equal(back.forward({x}).toTensor(), got));
@@ -185,6 +191,24 @@ TEST(Quantize, StaticCnnUsesFusedInt8Kernels) {
                       0.15);
     }
   }
+}
+
+TEST(Quantize, EveryEngineOfThisBuild) {
+  const std::vector<std::string> engines = st::supported_qengines();
+  ASSERT_FALSE(engines.empty());
+  for (const std::string& engine : engines) {
+    SCOPED_TRACE(engine);
+    torch::manual_seed(6);
+    st::QuantOptions o;
+    o.engine = engine;
+    check_quantized("cnn", o, images(4), {images(32)}, images(16),
+                    {{"quantized::conv2d_relu", 2}, {"quantized::linear_relu", 1},
+                     {"quantized::linear", 1}},
+                    0.15);
+    EXPECT_EQ(st::select_qengine(engine), engine);
+  }
+  EXPECT_THROW(st::select_qengine("int4"), strata::ConfigError);
+  st::select_qengine("auto");
 }
 
 TEST(Quantize, StaticResnetQuantizesTheResidualAdd) {

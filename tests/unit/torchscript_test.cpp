@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "trainer/checkpoint.h"
 #include "trainer/torchscript.h"
+#include "test_util.h"
 #include "unit/small_models.h"
 #include "trainer/trainer.h"
 
@@ -37,7 +38,8 @@ std::shared_ptr<st::Model> build(const std::string& name) {
 }  // namespace
 
 TEST(TorchScript, EveryModelLoadsBackWithTheModelsOutputsAndNames) {
-  const std::string path = testing::TempDir() + "/model.torchscript.pt";
+  strata::test::TempDir dir;
+  const std::string path = dir / "model.torchscript.pt";
   for (const Case& c : cases()) {
     SCOPED_TRACE(c.model);
     auto model = build(c.model);
