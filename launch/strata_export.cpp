@@ -463,7 +463,8 @@ int main(int argc, char** argv) {
     report["tensors"] = nlohmann::ordered_json::array();
     int64_t total = 0;
     std::cout << std::left << std::setw(40) << "tensor" << std::setw(8) << "dtype" << std::setw(20)
-              << "shape" << std::right << std::setw(12) << "bytes" << "\n";
+              << "shape" << std::right << std::setw(12) << "bytes" << std::setw(10) << "sparsity"
+              << "\n";
     for (const auto& [name, t] : tensors) {
       const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
       total += bytes;
@@ -471,10 +472,15 @@ int main(int argc, char** argv) {
       for (int64_t d = 0; d < t.dim(); ++d) shape += (d ? ", " : "") + std::to_string(t.size(d));
       shape += "]";
       const std::string dtype = c10::toString(t.scalar_type());
+      // The fraction of exact zeros: what pruning (train.prune) left.
+      const double sparsity =
+          t.numel() ? static_cast<double>(t.eq(0).sum().item<int64_t>()) / static_cast<double>(t.numel())
+                    : 0.0;
       std::cout << std::left << std::setw(40) << name << std::setw(8) << dtype << std::setw(20)
-                << shape << std::right << std::setw(12) << bytes << "\n";
+                << shape << std::right << std::setw(12) << bytes << std::setw(10)
+                << strata::format_metric(sparsity) << "\n";
       report["tensors"].push_back({{"name", name}, {"dtype", dtype}, {"shape", t.sizes().vec()},
-                                   {"bytes", bytes}});
+                                   {"bytes", bytes}, {"sparsity", sparsity}});
     }
     report["tensor_bytes"] = total;
     report["verified"] = true;

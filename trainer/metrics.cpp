@@ -90,6 +90,12 @@ void MetricsWriter::rewind(const std::string& path, int64_t step) {
     if (kind != r.end() && (*kind == "summary" || *kind == "stopped")) continue;
     const auto s = r.find("step");
     if (s != r.end() && s->is_number_integer() && s->get<int64_t>() > step) continue;
+    // A prune record at the resume step is the mask update before the next
+    // step, which the resumed run makes (and records) again.
+    if (kind != r.end() && *kind == "prune" && s != r.end() && s->is_number_integer() &&
+        s->get<int64_t>() == step) {
+      continue;
+    }
     kept += line + "\n";
   }
   if (torn > 0) log_warn(path, ": dropped ", torn, " line(s) that are not JSON records");

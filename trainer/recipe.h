@@ -190,6 +190,26 @@ struct ScheduleSection {
   }
 };
 
+// Magnitude pruning during training (Zhu & Gupta 2017; trainer/prune.h).
+struct PruneSection {
+  double sparsity = 0.0;
+  std::string scope = "global";
+  int64_t start_step = 0;
+  int64_t end_step = 0;
+  int64_t every = 100;
+  std::string exclude;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("sparsity", sparsity, at_least(0), "final fraction of the pruned weights set to zero, in [0, 1) (0: off); weights: every parameter of 2 or more dimensions (conv kernels, linear and embedding matrices)");
+    v.field("scope", scope, one_of({"global", "layer"}), "global: one magnitude threshold over all pruned weights; layer: each weight tensor pruned to the sparsity on its own");
+    v.field("start_step", start_step, at_least(0), "the step pruning starts at (sparsity 0 before)");
+    v.field("end_step", end_step, at_least(0), "the step it reaches the final sparsity (0: the run's last, so the final model has it); the cubic ramp s(t) = s_f (1 - (1 - (t - start) / (end - start))^3) in between");
+    v.field("every", every, at_least(1), "steps between mask updates on the ramp; pruned weights stay zero through every optimizer step");
+    v.field("exclude", exclude, any(), "comma-separated substrings: weights whose names contain one are not pruned (e.g. 'wte,head')");
+  }
+};
+
 struct TrainSection {
   int64_t epochs = 10;
   int64_t max_steps = 0;
@@ -200,6 +220,7 @@ struct TrainSection {
   std::string precision = "fp32";
   std::string activation_checkpointing = "none";
   int64_t checkpoint_every = 2;
+  PruneSection prune;
 
   template <class V>
   void visit(V& v) {
@@ -212,6 +233,7 @@ struct TrainSection {
     v.field("precision", precision, one_of({"fp32", "bf16", "fp16"}), "autocast compute dtype; weights stay fp32; fp16 adds dynamic loss scaling (GPU only)");
     v.field("activation_checkpointing", activation_checkpointing, one_of({"none", "full", "every_k"}), "recompute activations in backward instead of keeping them: per unit of the model (transformer block, CNN stage); every_k: units 0, k, 2k, ...");
     v.field("checkpoint_every", checkpoint_every, at_least(1), "k of activation_checkpointing: every_k");
+    v.section("prune", prune, "magnitude pruning during training: a cubic sparsity ramp, masks kept through optimizer steps and resumes");
   }
 };
 

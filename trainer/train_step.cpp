@@ -7,6 +7,7 @@
 #include "core/strings.h"
 #include "trainer/amp.h"
 #include "trainer/optim.h"
+#include "trainer/prune.h"
 
 namespace strata::train {
 
@@ -191,6 +192,7 @@ bool TrainStep::epilogue(double lr) {
   set_learning_rate(optimizer_, lr);
   if (!scaler_.update()) return false;
   optimizer_.step();
+  if (pruner_) pruner_->apply();
   return true;
 }
 

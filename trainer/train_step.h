@@ -9,7 +9,8 @@
 //   2. the gradient epilogue: wait for the data-parallel all-reduce, sum
 //      tied gradients over the pipeline, unscale (fp16 loss scaling), add
 //      the proximal term (FedProx), clip, set the learning rate, and step
-//      the optimizer -- or skip the step on overflow.
+//      the optimizer -- or skip the step on overflow; then the pruning
+//      masks (trainer/prune.h) zero the pruned weights again.
 // No host synchronisation: the mean loss comes back as a device tensor.
 //
 // Data parallelism is the last layout applied to a model (after
@@ -32,6 +33,8 @@
 #include "trainer/recipe.h"
 
 namespace strata::train {
+
+class Pruner;
 
 struct TrainStepOptions {
   int64_t grad_accum = 1;
@@ -80,6 +83,10 @@ class TrainStep {
   // learning rate `lr`.
   StepResult run(const std::function<Batch()>& next, double lr);
 
+  // Pruning (trainer/prune.h): after every optimizer step the pruner's
+  // masks zero the pruned weights again. Null: none. Outlives the step.
+  void set_pruner(Pruner* pruner) { pruner_ = pruner; }
+
   // FedProx (Li et al. 2020): adds mu (w - w_anchor) to every gradient,
   // w_anchor the parameters when this is called. mu 0: off.
   void set_proximal(double mu);
@@ -110,6 +117,7 @@ class TrainStep {
   std::unique_ptr<dist::GradientReducer> reducer_;
   double mu_ = 0.0;
   std::vector<at::Tensor> anchors_;
+  Pruner* pruner_ = nullptr;
 };
 
 }  // namespace strata::train

@@ -26,6 +26,7 @@
 #include "trainer/evaluate.h"
 #include "trainer/data/datasets.h"
 #include "trainer/metrics.h"
+#include "trainer/prune.h"
 #include "trainer/parallelize.h"
 #include "trainer/stop.h"
 #include "trainer/train_step.h"
@@ -86,6 +87,7 @@ struct Trainer::Impl {
   void log_setup() const;
   EvalResult evaluate();
   void log_eval(const EvalResult& e);
+  void log_prune();
   void log_train(int64_t epoch, double window_s, double run_s);
   // Global samples/s of this process's steps of the window, over `window_s`.
   double window_rate(double window_s) const {
@@ -139,6 +141,7 @@ struct Trainer::Impl {
   const OptimizerSpec* optimizer_spec = nullptr;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   std::unique_ptr<TrainStep> step;
+  std::unique_ptr<Pruner> pruner;  // train.prune.sparsity > 0
   std::unique_ptr<LrSchedule> schedule;
   int64_t micro_per_epoch = 0;
   int64_t steps_per_epoch = 0;
@@ -223,6 +226,15 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
       dp_group, device, train_step_options(recipe));
 
   plan_steps(registries.schedules);
+  if (recipe.train.prune.sparsity != 0.0) {
+    STRATA_CHECK_T(ConfigError, !pm.model_parallel(), recipe.where("train.prune"),
+                   "train.prune with tensor or pipeline parallelism is not supported yet (each "
+                   "rank holds part of the weights, and the global threshold would need them "
+                   "all); prune with data parallelism only");
+    pruner = std::make_unique<Pruner>(recipe.train.prune, model, total_steps,
+                                      recipe.where("train.prune"));
+    step->set_pruner(pruner.get());
+  }
   log_setup();
 }
 
@@ -348,6 +360,7 @@ void Trainer::Impl::resume_or_start() {
                              : sum / static_cast<double>(saved.window_loss.size()));
       window_steps = window_carried = saved.window_steps;
     }
+    if (pruner) pruner->restore_from_weights();
     log_info("resumed from ", path, " at step ", state.step);
   }
   if (mesh.size() > 1) {
@@ -451,6 +464,31 @@ JsonObject Trainer::Impl::eval_record(const char* kind, const EvalResult& e) con
       .add("accuracy", e.accuracy);
   if (lm) r.add("perplexity", std::exp(e.loss));
   return r;
+}
+
+// A "prune" record: the ramp's target and each pruned weight's sparsity.
+void Trainer::Impl::log_prune() {
+  JsonObject layers;
+  int64_t n = 0, pruned = 0;
+  for (const Pruner::Layer& l : pruner->sparsity()) {
+    layers.add(l.name, static_cast<double>(l.pruned) / static_cast<double>(l.numel));
+    n += l.numel;
+    pruned += l.pruned;
+  }
+  const double sparsity = n ? static_cast<double>(pruned) / static_cast<double>(n) : 0.0;
+  metrics->write(JsonObject()
+                     .add("kind", "prune")
+                     .add("step", state.step)
+                     .add("target", pruner->target(state.step))
+                     .add("sparsity", sparsity)
+                     .add("pruned", pruned)
+                     .add("weights", n)
+                     .add("layers", layers)
+                     .add("time_s", seconds_since(run_t0)));
+  if (state.step > 0 || sparsity > 0) {
+    log_info("pruned to sparsity ", format_metric(sparsity), " at step ", state.step, " (",
+             pruned, " of ", n, " weights)");
+  }
 }
 
 void Trainer::Impl::log_eval(const EvalResult& e) {
@@ -581,6 +619,7 @@ TrainResult Trainer::Impl::run() {
   StopAgreement agreement(mesh.world(), dist::transport_device(*mesh.world(), device), writer());
   const double every_s = recipe.checkpoint.every_minutes * 60.0;
   while (state.step < total_steps) {
+    if (pruner && pruner->update(state.step)) log_prune();
     const StepResult r = step->run(next, schedule->lr(state.step));
     if (r.skipped) {
       log_warn("step ", state.step + 1, ": inf/NaN gradients in fp16; step skipped, "

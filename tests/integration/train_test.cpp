@@ -228,7 +228,9 @@ void expect_same_run(const std::string& a_dir, const std::string& b_dir) {
   for (size_t i = 0; i + 1 < ma.size(); ++i) {
     EXPECT_EQ(field(ma[i], "kind"), field(mb[i], "kind"));
     EXPECT_EQ(field(ma[i], "step"), field(mb[i], "step"));
-    EXPECT_EQ(field(ma[i], "loss"), field(mb[i], "loss")) << ma[i];
+    // train/eval records: the loss; prune records: the sparsity reached.
+    const char* value = field(ma[i], "kind") == "prune" ? "sparsity" : "loss";
+    EXPECT_EQ(field(ma[i], value), field(mb[i], value)) << ma[i];
   }
 }
 
@@ -276,6 +278,51 @@ TEST(StrataTrain, SigkillAndResumeIsBitwiseEqualToAnUninterruptedRun) {
   ASSERT_EQ(straight.exit_code, 0) << straight.output;
 
   expect_same_run(dir / "killed", dir / "straight");
+}
+
+TEST(StrataTrain, PruningMasksSurviveAKillAndResumeBitwise) {
+  TempDir dir;
+  const std::string prune =
+      " train.prune.sparsity=0.8 train.prune.start_step=10 train.prune.every=20";
+  const int status =
+      signal_after(small_run(dir / "killed") + prune, "saved checkpoint", 2, SIGKILL).status;
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+      << "the run finished before it could be killed";
+  auto resumed = run_command(small_run(dir / "killed") + prune);
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed from"), std::string::npos);
+  auto straight = run_command(small_run(dir / "straight") + prune);
+  ASSERT_EQ(straight.exit_code, 0) << straight.output;
+  expect_same_run(dir / "killed", dir / "straight");
+
+  // 80% of the matrices' weights are zero in model.pt; no bias is pruned.
+  auto model = strata::test::load_state_dict(dir / "straight/model.pt");
+  int64_t weights = 0, zero = 0;
+  for (const auto& item : model) {
+    const at::Tensor t = item.value().toTensor();
+    if (t.dim() >= 2) {
+      weights += t.numel();
+      zero += t.eq(0).sum().item<int64_t>();
+    } else if (t.is_floating_point() && t.numel() > 1) {
+      EXPECT_LT(t.eq(0).sum().item<int64_t>(), t.numel()) << item.key().toStringRef();
+    }
+  }
+  EXPECT_EQ(zero, static_cast<int64_t>(0.8 * static_cast<double>(weights))) << weights;
+  const auto lines = read_lines(dir / "straight/metrics.jsonl");
+  std::string last_prune;
+  for (const auto& l : lines) {
+    if (field(l, "kind") == "prune") last_prune = l;
+  }
+  EXPECT_NE(last_prune.find("\"target\":0.8"), std::string::npos) << last_prune;
+  EXPECT_NE(last_prune.find("\"net.0.weight\":"), std::string::npos) << last_prune;
+}
+
+TEST(StrataTrain, APruningSparsityOfOneIsARecipeError) {
+  TempDir dir;
+  auto r = run_command(small_run(dir / "run") + " train.prune.sparsity=1");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("train.prune.sparsity 1 is outside [0, 1)"), std::string::npos)
+      << r.output;
 }
 
 TEST(StrataTrain, SigtermCheckpointsThatStepAndTheSameCommandResumesBitwise) {

@@ -1,0 +1,105 @@
+#include "trainer/prune.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "core/strings.h"
+
+namespace strata::train {
+
+namespace {
+
+bool excluded(const std::string& name, const std::string& exclude) {
+  for (const std::string& part : split(exclude, ',')) {
+    const size_t b = part.find_first_not_of(' '), e = part.find_last_not_of(' ');
+    const std::string p = b == std::string::npos ? std::string() : part.substr(b, e - b + 1);
+    if (!p.empty() && name.find(p) != std::string::npos) return true;
+  }
+  return false;
+}
+
+// The mask keeping the entries of `magnitudes` above the k-th smallest of
+// `pool` (k = floor(sparsity * pool's size)); all ones for k = 0.
+at::Tensor keep_above(const at::Tensor& magnitudes, const at::Tensor& pool, double sparsity) {
+  const auto k = static_cast<int64_t>(std::floor(sparsity * static_cast<double>(pool.numel())));
+  if (k == 0) return at::ones_like(magnitudes);
+  const at::Tensor threshold = std::get<0>(pool.kthvalue(k));
+  return magnitudes.gt(threshold).to(magnitudes.scalar_type());
+}
+
+}  // namespace
+
+Pruner::Pruner(const PruneSection& section, torch::nn::Module& model, int64_t total_steps,
+               const std::string& where)
+    : s_(section), start_(section.start_step),
+      end_(section.end_step > 0 ? section.end_step : total_steps - 1) {
+  STRATA_CHECK_T(ConfigError, s_.sparsity >= 0.0 && s_.sparsity < 1.0, where,
+                 "train.prune.sparsity ", s_.sparsity,
+                 " is outside [0, 1): it is the fraction of the weights set to zero (0.9 keeps "
+                 "one in ten; 0 turns pruning off)");
+  STRATA_CHECK_T(ConfigError, end_ < total_steps, where, "train.prune.end_step ", end_,
+                 " is past the run's last mask update (step ", total_steps - 1, " of ",
+                 total_steps, "): the final sparsity would never be reached; lower it, or set 0 "
+                 "for the last step");
+  STRATA_CHECK_T(ConfigError, start_ < end_, where, "train.prune.start_step ", start_,
+                 " must come before the end of the ramp (train.prune.end_step ", end_,
+                 s_.end_step > 0 ? "" : ", the run's last step", ")");
+  for (auto& p : model.named_parameters()) {
+    if (p.value().dim() < 2 || excluded(p.key(), s_.exclude)) continue;
+    entries_.push_back({p.key(), p.value(), at::ones_like(p.value(), at::MemoryFormat::Preserve)});
+  }
+  STRATA_CHECK_T(ConfigError, !entries_.empty(), where,
+                 "train.prune: the model has no weight of two or more dimensions left to prune "
+                 "(train.prune.exclude is '", s_.exclude, "')");
+}
+
+double Pruner::target(int64_t step) const {
+  if (step <= start_) return 0.0;
+  if (step >= end_) return s_.sparsity;
+  const double progress =
+      static_cast<double>(step - start_) / static_cast<double>(end_ - start_);
+  return s_.sparsity * (1.0 - std::pow(1.0 - progress, 3.0));
+}
+
+bool Pruner::update(int64_t step) {
+  if (s_.sparsity == 0.0 || step < start_ || step > end_) return false;
+  if ((step - start_) % s_.every != 0 && step != end_) return false;
+  prune_to(target(step));
+  return true;
+}
+
+void Pruner::prune_to(double sparsity) {
+  torch::NoGradGuard no_grad;
+  if (s_.scope == "layer") {
+    for (Entry& e : entries_) {
+      const at::Tensor m = e.weight.detach().abs();
+      e.mask = keep_above(m, m.flatten(), sparsity);
+    }
+  } else {
+    std::vector<at::Tensor> all;
+    for (const Entry& e : entries_) all.push_back(e.weight.detach().abs().flatten());
+    const at::Tensor pool = at::cat(all);
+    for (Entry& e : entries_) e.mask = keep_above(e.weight.detach().abs(), pool, sparsity);
+  }
+  apply();
+}
+
+void Pruner::apply() {
+  torch::NoGradGuard no_grad;
+  for (Entry& e : entries_) e.weight.mul_(e.mask);
+}
+
+void Pruner::restore_from_weights() {
+  torch::NoGradGuard no_grad;
+  for (Entry& e : entries_) e.mask = e.weight.detach().ne(0).to(e.weight.scalar_type());
+}
+
+std::vector<Pruner::Layer> Pruner::sparsity() const {
+  std::vector<Layer> out;
+  for (const Entry& e : entries_) {
+    out.push_back({e.name, e.mask.numel(), e.mask.eq(0).sum().item<int64_t>()});
+  }
+  return out;
+}
+
+}  // namespace strata::train

@@ -1,0 +1,70 @@
+// Magnitude pruning during training (issue #17): train.prune in the recipe.
+//
+// Note [Pruning masks are the zeros]: the weights of two or more dimensions
+// (less train.prune.exclude) are pruned by magnitude -- with one threshold
+// over all of them (scope global) or per tensor (scope layer) -- to the
+// sparsity of Zhu & Gupta's (2017) cubic ramp,
+//   s(t) = s_f (1 - (1 - (t - start) / (end - start))^3),   start <= t <= end,
+// the masks recomputed every `every` steps on the ramp and at its end. The
+// TrainStep epilogue multiplies the weights by their masks after every
+// optimizer step, so a pruned weight stays exactly zero whatever its
+// gradient, momentum or weight decay. That makes the mask recoverable from
+// the weights: a resumed run takes (w != 0) as the mask, so checkpoints and
+// model.pt need no extra tensors and stay plain state dicts, and a resume is
+// bitwise equal to the run it continues (an unpruned weight that is exactly
+// 0.0 would be taken as pruned; trained float weights are not). Data
+// parallel ranks hold equal weights and so compute equal masks; a model
+// split over ranks (tensor or pipeline parallel) is refused for now.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "trainer/recipe.h"
+
+namespace strata::train {
+
+class Pruner {
+ public:
+  // Prunes `model`'s weights over a run of `total_steps` steps.
+  // ConfigError (naming `where`, the recipe section's place) for a sparsity
+  // outside [0, 1), an empty step range, or no weight left to prune.
+  Pruner(const PruneSection& section, torch::nn::Module& model, int64_t total_steps,
+         const std::string& where);
+
+  // The ramp's sparsity after `step` steps.
+  double target(int64_t step) const;
+  // Before the optimizer step that follows `step` steps: on a mask update
+  // step, recompute the masks at target(step) and zero the pruned weights.
+  // Returns whether it did.
+  bool update(int64_t step);
+  // After every optimizer step: the pruned weights back to zero.
+  void apply();
+  // After a resume: the masks from the weights (Note [Pruning masks are the zeros]).
+  void restore_from_weights();
+
+  struct Layer {
+    std::string name;
+    int64_t numel = 0;
+    int64_t pruned = 0;
+  };
+  // Each pruned weight's size and pruned count (one host sync per tensor).
+  std::vector<Layer> sparsity() const;
+
+ private:
+  struct Entry {
+    std::string name;
+    at::Tensor weight;
+    at::Tensor mask;  // same dtype as the weight: 1 kept, 0 pruned
+  };
+  void prune_to(double sparsity);
+
+  PruneSection s_;
+  int64_t start_, end_;
+  std::vector<Entry> entries_;
+};
+
+}  // namespace strata::train
