@@ -27,9 +27,19 @@ LocalData local_data(const train::LoadedData& data, const std::vector<int64_t>& 
   return {x, y};
 }
 
+void check_learner_recipe(const train::Recipe& recipe) {
+  // Each update starts from the server's weights, so a client-side pruning
+  // ramp would restart every round; pruning federated models is not built yet.
+  STRATA_CHECK_T(ConfigError, recipe.train.prune.sparsity == 0.0, recipe.where("train.prune"),
+                 "train.prune is not supported on federated clients yet (each update starts "
+                 "from the server's model); prune the federated model after training with "
+                 "strata-train, or remove train.prune");
+}
+
 Learner::Learner(const train::Recipe& recipe, const train::Registries& registries,
                  std::shared_ptr<train::Model> model)
     : recipe_(recipe), registries_(registries), layout_(TensorLayout::of(*model)) {
+  check_learner_recipe(recipe_);
   pm_.model = std::move(model);
   pm_.tp = dist::make_self_communicator("tp");
   pm_.pp = dist::make_self_communicator("pp");

@@ -44,6 +44,9 @@ class SampleStream;
 // train.precision / clip_grad_norm / grad_accum, at optimizer.lr. With
 // grad_accum = k an optimizer step takes k mini-batches; the last
 // mini-batches of an update that do not fill a step are not learned from.
+// ConfigError for a recipe setting the learner cannot honour (train.prune).
+void check_learner_recipe(const train::Recipe& recipe);
+
 class Learner {
  public:
   // `recipe` and `registries` outlive the learner.

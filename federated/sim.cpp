@@ -1,5 +1,7 @@
 #include "federated/sim.h"
 
+#include "federated/learner.h"
+
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
@@ -22,6 +24,7 @@
 namespace strata::fed {
 
 SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& registries) {
+  check_learner_recipe(recipe);
   const auto t0 = std::chrono::steady_clock::now();
   const train::FedSimSection& sim = recipe.federated.sim;
   STRATA_CHECK_T(ConfigError, recipe.federated.server.tls_cert.empty(),

@@ -18,6 +18,7 @@
 #include "core/random.h"
 #include "core/strings.h"
 #include "federated/edge.h"
+#include "federated/learner.h"
 #include "federated/partition.h"
 #include "trainer/cli.h"
 #include "trainer/trainer.h"
@@ -79,6 +80,7 @@ int main(int argc, char** argv) {
     const auto loaded = st::recipe_or_print(args);
     if (!loaded) return 0;
     const st::Recipe& recipe = *loaded;
+    strata::fed::check_learner_recipe(recipe);
     if (server.empty() || client.empty() || token_file.empty()) {
       throw strata::UsageError("--server, --client and --token-file are required (see "
                                "strata-edge --help)");
