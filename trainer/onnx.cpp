@@ -2,7 +2,6 @@
 
 #include <onnx/checker.h>
 #include <onnx/onnx_pb.h>
-#include <torch/csrc/jit/runtime/interpreter.h>
 
 #include <cmath>
 #include <functional>
@@ -54,19 +53,22 @@ class Writer {
         if (o->type()->kind() == c10::TypeKind::TensorType) values.push_back(o);
       }
     }
-    const size_t first = graph.outputs().size();
-    for (Value* v : values) graph.registerOutput(v);
-    jit::Stack stack{c10::IValue(), example};
-    try {
-      jit::Code code(fg_.graph, "record");
-      jit::InterpreterState(code).run(stack);
-    } catch (...) {
-      while (graph.outputs().size() > first) graph.eraseOutput(graph.outputs().size() - 1);
-      throw;
-    }
-    while (graph.outputs().size() > first) graph.eraseOutput(graph.outputs().size() - 1);
-    for (size_t i = 0; i < values.size(); ++i) seen_[values[i]] = stack.at(first + i).toTensor();
+    fg_.observe(values, {example}, [&](const std::vector<at::Tensor>& seen) {
+      for (size_t i = 0; i < values.size(); ++i) seen_[values[i]] = seen[i];
+    });
     seen_[graph.inputs()[1]] = example;
+    // Static nodes: all inputs static, and tensors or the constants read as
+    // attributes (an op on a static custom class -- packed int8 weights --
+    // is not: it runs on the input).
+    for (Node* n : graph.nodes()) {
+      bool s = true;
+      for (Value* in : n->inputs()) s = s && is_static(in->node());
+      for (Value* o : n->outputs()) {
+        s = s && (o->type()->kind() == c10::TypeKind::TensorType ||
+                  n->kind() == c10::prim::Constant || n->kind() == c10::prim::ListConstruct);
+      }
+      if (s) static_.insert(n);
+    }
   }
 
   void write() {
@@ -91,20 +93,9 @@ class Writer {
   int64_t initializer_bytes() const { return initializer_bytes_; }
 
  private:
-  // A value that does not depend on the input.
-  bool is_static(Node* n) {
-    if (const auto it = static_.find(n); it != static_.end()) return it->second;
-    bool s = n->kind() != c10::prim::Param;
-    for (Value* in : n->inputs()) s = s && is_static(in->node());
-    // Only tensors and the constants read as attributes are static; an op
-    // on a static custom class (packed int8 weights) is not.
-    for (Value* o : n->outputs()) {
-      s = s && (o->type()->kind() == c10::TypeKind::TensorType || n->kind() == c10::prim::Constant ||
-                n->kind() == c10::prim::ListConstruct);
-    }
-    static_[n] = s;
-    return s;
-  }
+  // Whether `n`'s outputs do not depend on the input (marked in graph
+  // order by record()).
+  bool is_static(const Node* n) const { return static_.count(n) != 0; }
 
   void declare(onnx::ValueInfoProto* info, const std::string& name, const at::Tensor& t) {
     info->set_name(name);
@@ -498,7 +489,7 @@ class Writer {
   onnx::GraphProto* g_;
   std::unordered_map<const Value*, at::Tensor> seen_;
   std::unordered_map<const Value*, std::string> names_;
-  std::unordered_map<const Node*, bool> static_;
+  std::unordered_set<const Node*> static_;
   std::unordered_set<std::string> used_names_{"input", "output"};
   Value* output_ = nullptr;
   int64_t counter_ = 0;

@@ -81,17 +81,23 @@ void Pruner::prune_to(double sparsity) {
     const at::Tensor pool = at::cat(all);
     for (Entry& e : entries_) e.mask = keep_above(e.weight.detach().abs(), pool, sparsity);
   }
+  masking_ = sparsity > 0.0;
   apply();
 }
 
 void Pruner::apply() {
+  if (!masking_) return;  // before the ramp: every mask is all ones
   torch::NoGradGuard no_grad;
   for (Entry& e : entries_) e.weight.mul_(e.mask);
 }
 
 void Pruner::restore_from_weights() {
   torch::NoGradGuard no_grad;
-  for (Entry& e : entries_) e.mask = e.weight.detach().ne(0).to(e.weight.scalar_type());
+  masking_ = false;
+  for (Entry& e : entries_) {
+    e.mask = e.weight.detach().ne(0).to(e.weight.scalar_type());
+    masking_ = masking_ || e.mask.eq(0).any().item<bool>();
+  }
 }
 
 std::vector<Pruner::Layer> Pruner::sparsity() const {

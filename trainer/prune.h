@@ -65,6 +65,7 @@ class Pruner {
   PruneSection s_;
   int64_t start_, end_;
   std::vector<Entry> entries_;
+  bool masking_ = false;  // some mask prunes: apply() has work
 };
 
 }  // namespace strata::train

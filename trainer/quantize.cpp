@@ -193,6 +193,31 @@ at::Tensor FrozenGraph::run(const at::Tensor& x) const {
   return stack.at(0).toTensor();
 }
 
+void FrozenGraph::observe(const std::vector<Value*>& values, const std::vector<at::Tensor>& batches,
+                          const std::function<void(const std::vector<at::Tensor>&)>& seen) const {
+  // The values as extra outputs of the graph for the runs, removed after
+  // (also when a run throws).
+  jit::Graph& g = *graph;
+  const size_t first = g.outputs().size();
+  struct Restore {
+    jit::Graph& g;
+    size_t first;
+    ~Restore() {
+      while (g.outputs().size() > first) g.eraseOutput(g.outputs().size() - 1);
+    }
+  } restore{g, first};
+  for (Value* v : values) g.registerOutput(v);
+  jit::Code code(graph, "observe");
+  std::vector<at::Tensor> out(values.size());
+  for (const at::Tensor& batch : batches) {
+    jit::InterpreterState state(code);
+    jit::Stack stack{c10::IValue(), batch};
+    state.run(stack);
+    for (size_t i = 0; i < values.size(); ++i) out[i] = stack.at(first + i).toTensor();
+    seen(out);
+  }
+}
+
 std::string FrozenGraph::name_of(const Value* v) const {
   const auto it = names.find(v);
   return it == names.end() ? std::string() : it->second;
@@ -466,22 +491,13 @@ QuantReport quantize(FrozenGraph& fg, const QuantOptions& opts,
   STRATA_CHECK_T(ConfigError, !calibration.empty(),
                  "static quantization needs at least one calibration batch");
 
-  // Calibration: the observed values as extra outputs of the graph.
+  // Calibration: the observed values' ranges over the batches.
   std::vector<RangeObserver> ranges(observed.size(),
                                     RangeObserver{opts.observer, opts.averaging_constant,
                                                   opts.percentile});
-  {
-    const size_t first = g.outputs().size();
-    for (Value* v : observed) g.registerOutput(v);
-    jit::Code code(fg.graph, "calibrate");
-    for (const at::Tensor& batch : calibration) {
-      jit::InterpreterState state(code);
-      jit::Stack stack{c10::IValue(), batch};
-      state.run(stack);
-      for (size_t i = 0; i < observed.size(); ++i) ranges[i].update(stack.at(first + i).toTensor());
-    }
-    while (g.outputs().size() > first) g.eraseOutput(g.outputs().size() - 1);
-  }
+  fg.observe(observed, calibration, [&](const std::vector<at::Tensor>& seen) {
+    for (size_t i = 0; i < seen.size(); ++i) ranges[i].update(seen[i]);
+  });
   auto qparams = [&](Value* v) {
     const RangeObserver& r = ranges.at(slot.at(v));
     return affine_qparams(r.lo, r.hi, reduce_range);

@@ -36,6 +36,7 @@
 
 #include <torch/script.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -52,6 +53,12 @@ struct FrozenGraph {
   std::unordered_map<const torch::jit::Value*, std::string> names;
 
   at::Tensor run(const at::Tensor& x) const;
+  // Runs the graph on each of `batches` and hands `seen` the tensors the
+  // `values` (tensor values of the graph) took, in order: calibration's
+  // observers and the ONNX writer's record of every value.
+  void observe(const std::vector<torch::jit::Value*>& values,
+               const std::vector<at::Tensor>& batches,
+               const std::function<void(const std::vector<at::Tensor>& seen)>& seen) const;
   // The parameter name of constant `v`, or "" when it has none.
   std::string name_of(const torch::jit::Value* v) const;
 };
