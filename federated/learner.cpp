@@ -2,10 +2,13 @@
 
 #include <torch/optim/optimizer.h>
 
+#include <optional>
+
 #include "core/error.h"
 #include "core/random.h"
 #include "trainer/amp.h"
 #include "trainer/data/loader.h"
+#include "trainer/qat.h"
 #include "trainer/train_step.h"
 
 namespace strata::fed {
@@ -36,6 +39,8 @@ void check_learner_recipe(const train::Recipe& recipe) {
                  "strata-train, or remove train.prune");
 }
 
+Learner::~Learner() = default;
+
 Learner::Learner(const train::Recipe& recipe, const train::Registries& registries,
                  std::shared_ptr<train::Model> model)
     : recipe_(recipe), registries_(registries), layout_(TensorLayout::of(*model)) {
@@ -64,14 +69,27 @@ LocalResult Learner::learn(const at::Tensor& global, int64_t steps, double proxi
   int64_t s = 0;
   // Every micro-batch of the update; the loss stays on the device until
   // the update is done (no host sync per step).
+  std::optional<LocalData> first;
   const auto next = [&] {
-    const LocalData b = next_batch(s++);
+    const LocalData b = first ? *first : next_batch(s);
+    first.reset();
+    ++s;
     r.num_samples += b.size();
     return train::Batch{b.inputs, b.targets, 0, s - 1};
   };
-  at::Tensor loss_sum = at::zeros({}, at::TensorOptions(at::kDouble).device(device_));
   const int64_t updates = steps / so.grad_accum;
+  if (recipe_.train.qat.enabled && !qat_ && updates > 0) {
+    // Traced on the first batch; the observers then live as long as the
+    // learner, the schedule counting this client's optimizer steps.
+    first = next_batch(0);
+    qat_ = std::make_unique<train::QatGraph>(
+        model, recipe_.train.qat, first->inputs.slice(0, 0, 1).to(device_),
+        recipe_.where("train.qat"));
+    pm_.forward_graph = [q = qat_.get()](const at::Tensor& x) { return q->forward(x); };
+  }
+  at::Tensor loss_sum = at::zeros({}, at::TensorOptions(at::kDouble).device(device_));
   for (int64_t u = 0; u < updates; ++u) {
+    if (qat_) qat_->set_step(qat_steps_++);
     loss_sum += step.run(next, recipe_.optimizer.lr).loss;
   }
   r.mean_loss = updates > 0 ? loss_sum.item<double>() / static_cast<double>(updates) : 0.0;

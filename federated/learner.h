@@ -17,6 +17,7 @@
 #include "federated/layout.h"
 #include "trainer/data/datasets.h"
 #include "trainer/parallelize.h"
+#include "trainer/qat.h"
 #include "trainer/trainer.h"
 
 namespace strata::fed {
@@ -44,7 +45,12 @@ class SampleStream;
 // train.precision / clip_grad_norm / grad_accum, at optimizer.lr. With
 // grad_accum = k an optimizer step takes k mini-batches; the last
 // mini-batches of an update that do not fill a step are not learned from.
-// ConfigError for a recipe setting the learner cannot honour (train.prune).
+// With train.qat the updates are trained quantization-aware (trainer/qat.h):
+// the learner keeps its observers across updates, and the schedule's steps
+// are the client's optimizer steps so far; the server averages float
+// weights, and the federated model converts to int8 by calibration
+// (strata-export --quantize static). ConfigError for a recipe setting the
+// learner cannot honour (train.prune).
 void check_learner_recipe(const train::Recipe& recipe);
 
 class Learner {
@@ -52,6 +58,7 @@ class Learner {
   // `recipe` and `registries` outlive the learner.
   Learner(const train::Recipe& recipe, const train::Registries& registries,
           std::shared_ptr<train::Model> model);
+  ~Learner();
 
   train::Model& model() { return *pm_.model; }
   const TensorLayout& layout() const { return layout_; }
@@ -75,6 +82,9 @@ class Learner {
   train::ParallelModel pm_;
   TensorLayout layout_;
   at::Device device_{at::kCPU};
+  // train.qat: the client's QAT graph and its optimizer steps so far.
+  std::unique_ptr<train::QatGraph> qat_;
+  int64_t qat_steps_ = 0;
 };
 
 // An endless stream of a client's samples, as online data arrives: the

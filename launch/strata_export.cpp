@@ -1,7 +1,7 @@
 // strata-export: a trained model as a file another runtime loads.
 //
 //   strata-export RUN_DIR [--format safetensors|torchscript|onnx] [--out FILE]
-//                 [--quantize dynamic|static [--observer minmax|moving_average|percentile]
+//                 [--quantize dynamic|static|qat [--observer minmax|moving_average|percentile]
 //                  [--calibration-batches N] [--per-tensor] [--engine E] [--threads N]]
 //
 // Reads RUN_DIR/model.pt (what strata-train and strata-fedsim leave) and
@@ -16,7 +16,10 @@
 //                compared with the model's; with --quantize, int8
 //                (trainer/quantize.h), by default RUN_DIR/model.int8.torchscript.pt,
 //                with BatchNorm folded, compared with the float model for
-//                accuracy, argmax agreement, size and latency.
+//                accuracy, argmax agreement, size and latency; --quantize qat
+//                is static int8 with the activation ranges that
+//                quantization-aware training learned (RUN_DIR/qat.pt,
+//                trainer/qat.h) instead of calibration.
 //   onnx         the model (trainer/onnx.h), by default RUN_DIR/model.onnx
 //                (RUN_DIR/model.int8.onnx with --quantize static: QDQ),
 //                opset 17, checked by the ONNX checker; onnxruntime runs it.
@@ -42,6 +45,7 @@
 #include "trainer/cli.h"
 #include "trainer/recipe.h"
 #include "trainer/evaluate.h"
+#include "trainer/qat.h"
 #include "trainer/quantize.h"
 #if STRATA_HAVE_ONNX
 #include "trainer/onnx.h"
@@ -213,8 +217,9 @@ Prepared prepare(const std::string& run_dir, const Tensors& tensors, const std::
                  const std::string& format, const std::optional<Int8Flags>& quantize) {
   Prepared p{rebuild(run_dir, tensors, model_pt, format), {}, {}, 0, std::nullopt};
   const bool is_static = quantize && quantize->quant.mode == st::QuantMode::kStatic;
+  const bool calibrate = is_static && quantize->quant.ranges.empty();
   const std::vector<at::Tensor> calibration =
-      is_static ? calibration_batches(p.r, quantize->calibration_batches) : std::vector<at::Tensor>{};
+      calibrate ? calibration_batches(p.r, quantize->calibration_batches) : std::vector<at::Tensor>{};
   torch::NoGradGuard no_grad;
   p.traced = st::trace_torchscript(*p.r.model, p.r.example);
   p.g = st::freeze(p.traced);
@@ -253,10 +258,13 @@ void describe_int8(const Prepared& p, const Int8Flags& flags, nlohmann::ordered_
     }
     layers.push_back(j);
   }
-  report["quantize"] = is_static ? "static" : "dynamic";
+  const bool qat = !flags.quant.ranges.empty();
+  report["quantize"] = qat ? "qat" : is_static ? "static" : "dynamic";
   report["engine"] = q.engine;
   report["per_channel"] = flags.quant.per_channel;
-  if (is_static) {
+  if (qat) {
+    report["activation_ranges"] = "qat.pt";
+  } else if (is_static) {
     report["observer"] = st::observer_name(flags.quant.observer);
     report["calibration_batches"] = flags.calibration_batches;
     report["calibration_samples"] = flags.calibration_batches * p.r.recipe.data.batch_size;
@@ -335,7 +343,8 @@ void export_int8_torchscript(const std::string& run_dir, const Tensors& tensors,
   report["latency_threads"] = flags.threads;
   report["latency"] = latency;
   const auto& l1 = latency["batch_1"];
-  std::cout << (is_static ? "static" : "dynamic") << " int8 " << r.recipe.model.name << " ("
+  std::cout << (!flags.quant.ranges.empty() ? "qat" : is_static ? "static" : "dynamic")
+            << " int8 " << r.recipe.model.name << " ("
             << q.engine << ", " << q.layers.size() << " int8 ops, " << folded
             << " batch norms folded): " << r.data.eval_split << " accuracy "
             << strata::format_metric(ratio(correct_int8, count)) << " (fp32 "
@@ -400,8 +409,9 @@ int main(int argc, char** argv) {
     app->add_option("--quantize", quantize,
                     "int8 post-training quantization of a torchscript export: dynamic (linear "
                     "layers, activations quantized on the fly) or static (conv and linear, "
-                    "activation ranges calibrated on training batches)")
-        ->check(CLI::IsMember({"none", "dynamic", "static"}));
+                    "activation ranges calibrated on training batches) or qat (static with the "
+                    "ranges quantization-aware training learned: a run with train.qat)")
+        ->check(CLI::IsMember({"none", "dynamic", "static", "qat"}));
     app->add_option("--observer", observer,
                     "static: how calibration picks activation ranges: minmax, moving_average or "
                     "percentile")
@@ -427,7 +437,7 @@ int main(int argc, char** argv) {
     STRATA_CHECK_T(UsageError, !quantized || format != "safetensors", "--quantize ", quantize,
                    " writes TorchScript or ONNX; pass --format torchscript or onnx (safetensors "
                    "holds the float weights)");
-    int8.quant.mode = quantize == "static" ? st::QuantMode::kStatic : st::QuantMode::kDynamic;
+    int8.quant.mode = quantize == "dynamic" ? st::QuantMode::kDynamic : st::QuantMode::kStatic;
     int8.quant.per_channel = !per_tensor;
     int8.quant.observer = st::parse_observer(observer, "--observer: ");
 
@@ -437,6 +447,16 @@ int main(int argc, char** argv) {
     STRATA_CHECK_T(UsageError, strata::path_exists(model_pt), "'", run_dir,
                    "' has no model.pt: it is not a finished run (strata-train writes model.pt "
                    "at the end; a checkpoint joins into one with strata-train --consolidate)");
+    if (quantize == "qat") {
+      const std::string qat_pt = strata::join_path(run_dir, "qat.pt");
+      STRATA_CHECK_T(UsageError, strata::path_exists(qat_pt), "'", run_dir,
+                     "' has no qat.pt: it was not trained with train.qat.enabled (or is a "
+                     "federated model, whose clients' ranges stay on the clients); train with "
+                     "train.qat, or use --quantize static to calibrate");
+      int8.quant.ranges = st::load_qat_ranges(qat_pt);
+      STRATA_CHECK_T(UsageError, !int8.quant.ranges.empty(), qat_pt, " holds no ranges: the run "
+                     "ended before train.qat.start_step; train past it, or use --quantize static");
+    }
     if (out.empty()) {
       out = strata::join_path(
           run_dir, format == "safetensors" ? "model.safetensors"

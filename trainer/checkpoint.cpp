@@ -82,7 +82,8 @@ torch::serialize::InputArchive open_archive(const std::string& path, c10::Device
 // Everything but the model: step, data position, loss scale, generator,
 // optimizer, extra modules.
 void write_train_state(torch::serialize::OutputArchive& out, const TrainState& state,
-                       torch::optim::Optimizer* optimizer, torch::nn::Module* extra) {
+                       torch::optim::Optimizer* optimizer, torch::nn::Module* extra,
+                       torch::nn::Module* qat) {
   out.write("format", scalar(kFormatVersion));
   out.write("step", scalar(state.step));
   out.write("micro_batches", scalar(state.micro_batches));
@@ -108,6 +109,11 @@ void write_train_state(torch::serialize::OutputArchive& out, const TrainState& s
     torch::serialize::OutputArchive extra_archive;
     extra->save(extra_archive);
     out.write("extra", extra_archive);
+  }
+  if (qat) {
+    torch::serialize::OutputArchive qat_archive;
+    qat->save(qat_archive);
+    out.write("qat", qat_archive);
   }
 }
 
@@ -147,9 +153,10 @@ ConfigError mismatch(const std::string& path, const std::string& what) {
 }
 
 // The inverse of write_train_state after read_counters: optimizer, extra
-// modules, generator.
+// modules, QAT observers, generator.
 void read_train_state(torch::serialize::InputArchive& in, const std::string& path,
-                      torch::optim::Optimizer* optimizer, torch::nn::Module* extra) {
+                      torch::optim::Optimizer* optimizer, torch::nn::Module* extra,
+                      torch::nn::Module* qat) {
   try {
     if (optimizer) {
       torch::serialize::InputArchive optimizer_archive;
@@ -160,6 +167,13 @@ void read_train_state(torch::serialize::InputArchive& in, const std::string& pat
       torch::serialize::InputArchive extra_archive;
       in.read("extra", extra_archive);
       extra->load(extra_archive);
+    }
+    torch::serialize::InputArchive qat_archive;
+    if (qat && in.try_read("qat", qat_archive)) {
+      qat->load(qat_archive);
+    } else if (qat) {
+      log_warn("checkpoint '", path, "' holds no QAT observers (written before train.qat was "
+               "on); the activation ranges start afresh");
     }
   } catch (const c10::Error& e) {
     throw mismatch(path, e.what_without_backtrace());
@@ -236,7 +250,7 @@ CheckpointSnapshot shard_of(const TrainState& state, const Trained& t, bool copy
   // The optimizer state goes by parameter name (optim-<tag>.pt), so that
   // it can be cut for another layout like the parameters.
   torch::serialize::OutputArchive out;
-  write_train_state(out, state, nullptr, t.extra);
+  write_train_state(out, state, nullptr, t.extra, t.qat);
   out.save_to([&](const void* data, size_t n) {
     snap.train_archive.append(static_cast<const char*>(data), n);
     return n;
@@ -370,7 +384,7 @@ TrainState load_archive_checkpoint(const std::string& path, const Trained& t,
   } catch (const c10::Error& e) {
     throw mismatch(path, e.what_without_backtrace());
   }
-  read_train_state(in, path, &t.optimizer, t.extra);
+  read_train_state(in, path, &t.optimizer, t.extra, t.qat);
   log_info("checkpoint ", path, " is of the earlier format (one archive); loaded it, and the "
            "next checkpoint is written in the current one");
   return state;
@@ -511,7 +525,7 @@ TrainState load_checkpoint(const std::string& dir, const ShardLayout& layout,
   } catch (const ConfigError& e) {
     throw mismatch(dir, e.what());
   }
-  read_train_state(in, train_path, nullptr, extra);
+  read_train_state(in, train_path, nullptr, extra, t.qat);
   if (!same) {
     log_warn("checkpoint ", dir, " was written with tp=", saved.tp, " x pp=", saved.pp,
              "; loaded its weights and optimizer state into tp=", layout.tp, " x pp=",

@@ -35,7 +35,8 @@ namespace strata::train {
 // data-parallel coordinate 0:
 //   model-<tag>.pt   its parameters and buffers (local names and shapes), a
 //                    torch.load-able state dict
-//   train-<tag>.pt   step, data position, generator, loss scale (a
+//   train-<tag>.pt   step, data position, generator, loss scale, QAT
+//                    observers (a
 //                    checkpoint file without model and optimizer)
 //   optim-<tag>.pt   its optimizer state by parameter name, a state dict of
 //                    "<name>/<field>" (the optimizer's OptimizerStateCodec,
@@ -64,6 +65,8 @@ struct Trained {
   torch::nn::Module* extra = nullptr;
   // The model's tensor-parallel parameters and how each is cut.
   std::map<std::string, dist::TpShard> splits = {};
+  // Quantization-aware training's observers (trainer/qat.h), in train-<tag>.pt.
+  torch::nn::Module* qat = nullptr;
 };
 
 struct TrainState {

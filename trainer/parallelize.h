@@ -19,6 +19,7 @@
 #pragma once
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -71,6 +72,13 @@ struct ParallelModel {
     return pipe && !pipe->first() && std::find(tied.begin(), tied.end(), name) != tied.end();
   }
   bool model_parallel() const { return tp->size() * pp->size() > 1; }
+  // A graph that computes the model's forward in its place over the same
+  // parameters (quantization-aware training, trainer/qat.h); empty: the
+  // model's own forward. Whole models only (no pipeline).
+  std::function<at::Tensor(const at::Tensor&)> forward_graph;
+  at::Tensor forward(const at::Tensor& x) const {
+    return forward_graph ? forward_graph(x) : model->forward(x);
+  }
   // Whether this rank computes the loss (the last stage, or everyone).
   bool computes_loss() const { return !pipe || pipe->last(); }
 };

@@ -72,14 +72,22 @@ Node* sole_relu_reader(Value* v) {
   return is_relu(user) ? user : nullptr;
 }
 
+}  // namespace
+
 // Ops that take a quantized tensor and return one with the same scale and
 // zero point (Note [Post-training quantization]).
-bool passes_quantized_through(const Node* n) {
+bool int8_passes_through(const Node* n) {
   return is(n, "aten::max_pool2d") || is(n, "aten::flatten") || is_relu(n) ||
          is(n, "aten::reshape") || is(n, "aten::view") || is(n, "aten::mean") ||
          is(n, "aten::adaptive_avg_pool2d") || is(n, "aten::avg_pool2d") ||
          (is(n, "aten::dropout") && jit::toIValue(n->input(2)) == c10::IValue(false));
 }
+
+std::string activation_point(size_t op_index, const std::string& layer, const char* role) {
+  return str(op_index, ":", layer, ":", role);
+}
+
+namespace {
 
 // A range observer over the calibration batches.
 struct RangeObserver {
@@ -466,12 +474,17 @@ QuantReport quantize(FrozenGraph& fg, const QuantOptions& opts,
     return report;
   }
 
-  // Static: the ops to replace, and the values whose ranges they need.
+  // Static: the ops to replace, and the values whose ranges they need,
+  // each named (Note [QAT ranges]).
   std::vector<Target> targets;
   std::vector<Value*> observed;
+  std::vector<std::string> keys;
   std::unordered_map<const Value*, size_t> slot;
-  auto observe = [&](Value* v) {
-    if (slot.emplace(v, observed.size()).second) observed.push_back(v);
+  auto observe = [&](Value* v, const std::string& key) {
+    if (slot.emplace(v, observed.size()).second) {
+      observed.push_back(v);
+      keys.push_back(key);
+    }
   };
   std::unordered_set<const Node*> absorbed;
   for (Node* n : nodes) {
@@ -482,25 +495,41 @@ QuantReport quantize(FrozenGraph& fg, const QuantOptions& opts,
     if (!add && !quantizable(n)) continue;
     Target t{n, sole_relu_reader(n->output())};
     if (t.relu) absorbed.insert(t.relu);
-    observe(n->input(0));
-    if (add) observe(n->input(1));
-    observe(t.out());
+    const size_t k = targets.size();
+    const std::string layer = add ? "add" : fg.name_of(n->input(1));
+    observe(n->input(0), activation_point(k, layer, "in"));
+    if (add) observe(n->input(1), activation_point(k, layer, "in2"));
+    observe(t.out(), activation_point(k, layer, "out"));
     targets.push_back(t);
   }
   if (targets.empty()) return report;
-  STRATA_CHECK_T(ConfigError, !calibration.empty(),
-                 "static quantization needs at least one calibration batch");
 
-  // Calibration: the observed values' ranges over the batches.
+  // The ranges: learned (QAT), or observed over the calibration batches.
   std::vector<RangeObserver> ranges(observed.size(),
                                     RangeObserver{opts.observer, opts.averaging_constant,
                                                   opts.percentile});
-  fg.observe(observed, calibration, [&](const std::vector<at::Tensor>& seen) {
-    for (size_t i = 0; i < seen.size(); ++i) ranges[i].update(seen[i]);
-  });
+  if (!opts.ranges.empty()) {
+    const std::unordered_set<std::string> ours(keys.begin(), keys.end());
+    for (const auto& [key, r] : opts.ranges) {
+      STRATA_CHECK_T(ConfigError, ours.count(key), "the QAT activation ranges name '", key,
+                     "', which this model's int8 ops do not have: they were learned for "
+                     "another model; export the run that learned them, or use --quantize static");
+    }
+  } else {
+    STRATA_CHECK_T(ConfigError, !calibration.empty(),
+                   "static quantization needs at least one calibration batch");
+    fg.observe(observed, calibration, [&](const std::vector<at::Tensor>& seen) {
+      for (size_t i = 0; i < seen.size(); ++i) ranges[i].update(seen[i]);
+    });
+  }
   auto qparams = [&](Value* v) {
-    const RangeObserver& r = ranges.at(slot.at(v));
-    return affine_qparams(r.lo, r.hi, reduce_range);
+    const size_t i = slot.at(v);
+    if (opts.ranges.empty()) return affine_qparams(ranges[i].lo, ranges[i].hi, reduce_range);
+    const auto it = opts.ranges.find(keys[i]);
+    STRATA_CHECK_T(ConfigError, it != opts.ranges.end(), "the QAT activation ranges have none "
+                   "for '", keys[i], "', which this model's int8 ops need: they were learned "
+                   "for another model; export the run that learned them, or use --quantize static");
+    return affine_qparams(it->second.first, it->second.second, reduce_range);
   };
 
   // Rewrite in order. `replaced`: float values now computed quantized (their
@@ -508,6 +537,7 @@ QuantReport quantize(FrozenGraph& fg, const QuantOptions& opts,
   // stay and are also quantized once for the int8 ops that read them.
   std::vector<std::pair<Value*, Value*>> replaced;
   std::unordered_map<const Value*, Value*> as_quantized, quantized_copy;
+  std::unordered_map<const Value*, std::pair<double, int64_t>> qparams_of;  // quantized values
   auto quantized_input = [&](Value* v) {
     if (const auto it = as_quantized.find(v); it != as_quantized.end()) return it->second;
     if (const auto it = quantized_copy.find(v); it != quantized_copy.end()) return it->second;
@@ -516,6 +546,7 @@ QuantReport quantize(FrozenGraph& fg, const QuantOptions& opts,
     Value* q = g.insert(c10::aten::quantize_per_tensor,
                         {v, scale, zp, static_cast<int64_t>(at::kQUInt8)});
     quantized_copy[v] = q;
+    qparams_of[q] = {scale, zp};
     return q;
   };
   size_t next_target = 0;
@@ -545,9 +576,10 @@ QuantReport quantize(FrozenGraph& fg, const QuantOptions& opts,
         y = g.insert(sym(op), {a, packed, scale, zp});
         layer = layer_of(n, op, w, qw);
       }
-      const auto [in_scale, in_zp] = qparams(n->input(0));
+      const auto [in_scale, in_zp] = qparams_of.at(a);
       layer.input_scale = in_scale;
       layer.input_zero_point = in_zp;
+      qparams_of[y] = {scale, zp};
       layer.output_scale = scale;
       layer.output_zero_point = zp;
       report.layers.push_back(layer);
@@ -555,7 +587,7 @@ QuantReport quantize(FrozenGraph& fg, const QuantOptions& opts,
       replaced.emplace_back(t.out(), y);
       continue;
     }
-    if (absorbed.count(n) || !passes_quantized_through(n)) continue;
+    if (absorbed.count(n) || !int8_passes_through(n)) continue;
     const auto it = as_quantized.find(n->input(0));
     if (it == as_quantized.end()) continue;
     Value* qin = it->second;
@@ -563,6 +595,7 @@ QuantReport quantize(FrozenGraph& fg, const QuantOptions& opts,
     c->insertAfter(n);
     c->output()->setType(c10::TensorType::get());
     as_quantized[n->output()] = c->output();
+    qparams_of[c->output()] = qparams_of.at(qin);
     replaced.emplace_back(n->output(), c->output());
   }
   for (const auto& [v, q] : replaced) {

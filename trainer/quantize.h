@@ -37,6 +37,7 @@
 #include <torch/script.h>
 
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -91,7 +92,25 @@ struct QuantOptions {
   ObserverKind observer = ObserverKind::kMinMax;
   double averaging_constant = 0.01;  // moving average: min += c * (batch min - min)
   double percentile = 99.99;         // percentile: the range [p', p] of each batch, averaged
+  // Static: the activation ranges by point (Note [QAT ranges]), as
+  // quantization-aware training learned them, instead of calibration.
+  std::map<std::string, std::pair<double, double>> ranges;
 };
+
+// Note [QAT ranges]: the activations static quantization needs a range for
+// are named by the int8 op that reads or writes them: "<k>:<layer>:<role>",
+// k the op's index among the conv2d, linear and residual add ops quantize()
+// replaces (graph order), layer its weight's parameter name ("add" for an
+// add), role "in", "in2" (an add's second input) or "out" (after the ReLU
+// it absorbs). The QAT graph (trainer/qat.h) and quantize() enumerate the
+// same ops of the same forward, so the names agree; a value that two
+// points name takes the first, and the names of the layers make a
+// different model's ranges fail to match rather than apply.
+std::string activation_point(size_t op_index, const std::string& layer, const char* role);
+
+// Whether int8 execution passes a quantized tensor through `n` with its
+// scale and zero point (max pooling, flatten, ReLU, eval dropout, ...).
+bool int8_passes_through(const torch::jit::Node* n);
 
 // Parses "minmax", "moving_average", "percentile"; ConfigError naming `where` otherwise.
 ObserverKind parse_observer(const std::string& name, const std::string& where);

@@ -52,6 +52,11 @@ inline Constraint in_range(double lo, double hi) {
   c.hi = hi;
   return c;
 }
+inline Constraint in_range_open_low(double lo, double hi) {  // (lo, hi]
+  Constraint c = in_range(lo, hi);
+  c.lo_open = true;
+  return c;
+}
 inline Constraint one_of(std::vector<std::string> choices) {
   Constraint c;
   c.choices = std::move(choices);
@@ -210,6 +215,28 @@ struct PruneSection {
   }
 };
 
+// Quantization-aware training (trainer/qat.h).
+struct QatSection {
+  bool enabled = false;
+  int64_t start_step = 0;
+  int64_t freeze_observer_step = 0;
+  int64_t freeze_bn_step = 0;
+  bool per_channel = true;
+  double averaging_constant = 0.01;
+  bool reduce_range = false;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("enabled", enabled, any(), "train with int8 fake quantization of the weights and activations, so that the model converts to static int8 (strata-export --quantize qat) with the ranges it learned");
+    v.field("start_step", start_step, at_least(0), "the step fake quantization and the activation observers start at (plain float training before)");
+    v.field("freeze_observer_step", freeze_observer_step, at_least(0), "the step the activation ranges stop moving (0: never); after start_step");
+    v.field("freeze_bn_step", freeze_bn_step, at_least(0), "the step BatchNorm switches from batch statistics to its running statistics, as the int8 model computes it (0: never)");
+    v.field("per_channel", per_channel, any(), "weight scales per output channel (true) or one per tensor");
+    v.field("averaging_constant", averaging_constant, in_range_open_low(0, 1), "the activation observers' moving average: range += c (batch range - range)");
+    v.field("reduce_range", reduce_range, any(), "7-bit activations, for the FBGEMM and x86 int8 engines (their kernels would saturate on 8)");
+  }
+};
+
 struct TrainSection {
   int64_t epochs = 10;
   int64_t max_steps = 0;
@@ -221,6 +248,7 @@ struct TrainSection {
   std::string activation_checkpointing = "none";
   int64_t checkpoint_every = 2;
   PruneSection prune;
+  QatSection qat;
 
   template <class V>
   void visit(V& v) {
@@ -234,6 +262,7 @@ struct TrainSection {
     v.field("activation_checkpointing", activation_checkpointing, one_of({"none", "full", "every_k"}), "recompute activations in backward instead of keeping them: per unit of the model (transformer block, CNN stage); every_k: units 0, k, 2k, ...");
     v.field("checkpoint_every", checkpoint_every, at_least(1), "k of activation_checkpointing: every_k");
     v.section("prune", prune, "magnitude pruning during training: a cubic sparsity ramp, masks kept through optimizer steps and resumes");
+    v.section("qat", qat, "quantization-aware training: int8 fake quantization with straight-through gradients, converted by strata-export --quantize qat");
   }
 };
 

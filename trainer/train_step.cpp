@@ -154,7 +154,7 @@ void TrainStep::backward_micro(const Batch& b, int64_t i, at::Tensor& loss_sum) 
   at::Tensor output;
   {
     AutocastGuard amp(device_.type(), dtype);  // forward and loss only
-    output = model.forward(inputs);
+    output = pm_.forward(inputs);
   }
   at::Tensor loss = loss_(output, inputs, targets);
   at::Tensor scaled = scale(loss);

@@ -27,6 +27,7 @@
 #include "trainer/data/datasets.h"
 #include "trainer/metrics.h"
 #include "trainer/prune.h"
+#include "trainer/qat.h"
 #include "trainer/parallelize.h"
 #include "trainer/stop.h"
 #include "trainer/train_step.h"
@@ -85,6 +86,7 @@ struct Trainer::Impl {
   void add_hints(std::vector<std::pair<std::string, at::Tensor>>* trained);
   void plan_steps(const ScheduleRegistry& schedules);
   void log_setup() const;
+  void start_qat();
   EvalResult evaluate();
   void log_eval(const EvalResult& e);
   void log_prune();
@@ -111,7 +113,8 @@ struct Trainer::Impl {
   ShardLayout shard_layout() const;
   // What checkpoints save and restore.
   Trained trained() const {
-    return Trained{*pm.model, *optimizer, optimizer_spec->state, hints.get(), pm.splits};
+    return Trained{*pm.model, *optimizer, optimizer_spec->state, hints.get(), pm.splits,
+                   qat ? &qat->observers() : nullptr};
   }
   int64_t map_data_position(const TrainState& saved) const;
   // Mean over data-parallel ranks of this rank's value (collective); a
@@ -142,6 +145,7 @@ struct Trainer::Impl {
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   std::unique_ptr<TrainStep> step;
   std::unique_ptr<Pruner> pruner;  // train.prune.sparsity > 0
+  std::shared_ptr<QatGraph> qat;   // train.qat.enabled
   std::unique_ptr<LrSchedule> schedule;
   int64_t micro_per_epoch = 0;
   int64_t steps_per_epoch = 0;
@@ -235,7 +239,26 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
                                       recipe.where("train.prune"));
     step->set_pruner(pruner.get());
   }
+  if (recipe.train.qat.enabled) start_qat();
   log_setup();
+}
+
+// Quantization-aware training: the model's forward replaced by its QAT graph.
+void Trainer::Impl::start_qat() {
+  const std::string where = recipe.where("train.qat");
+  STRATA_CHECK_T(ConfigError, !pm.model_parallel(), where,
+                 "train.qat with tensor or pipeline parallelism is not supported (the QAT graph "
+                 "is traced from the whole model); use data parallelism only");
+  STRATA_CHECK_T(ConfigError, hints == nullptr, where,
+                 "train.qat with distill.hints is not supported (the hints read the model's "
+                 "units, which the QAT graph does not expose); distil on logits only");
+  qat = std::make_shared<QatGraph>(*pm.model, recipe.train.qat,
+                                   eval_inputs.slice(0, 0, std::min<int64_t>(2, eval_inputs.size(0))),
+                                   where);
+  pm.forward_graph = [q = qat.get()](const at::Tensor& x) { return q->forward(x); };
+  log_info("quantization-aware training from step ", recipe.train.qat.start_step, ": ",
+           qat->weights(), " weights (", recipe.train.qat.per_channel ? "per channel" : "per tensor",
+           ") and ", qat->activations(), " activations fake-quantized to int8");
 }
 
 // Steps per epoch and in all, and the learning-rate schedule over them.
@@ -440,8 +463,10 @@ EvalResult Trainer::Impl::evaluate() {
         eval_inputs, eval_targets, recipe.data.eval_batch_size, compute_dtype, shown);
     model.train();
   } else {
-    e = evaluate_classifier(model, eval_inputs, eval_targets, recipe.data.eval_batch_size,
-                            compute_dtype, shown);
+    model.eval();
+    e = evaluate_classifier([&](const at::Tensor& x) { return pm.forward(x); }, eval_inputs,
+                            eval_targets, recipe.data.eval_batch_size, compute_dtype, shown);
+    model.train();
   }
   progress.clear();
   at::Tensor sums = at::tensor({e.loss_sum, static_cast<double>(e.correct),
@@ -620,7 +645,11 @@ TrainResult Trainer::Impl::run() {
   const double every_s = recipe.checkpoint.every_minutes * 60.0;
   while (state.step < total_steps) {
     if (pruner && pruner->update(state.step)) log_prune();
+    if (qat) qat->set_step(state.step);
     const StepResult r = step->run(next, schedule->lr(state.step));
+    if (qat && qat->observing() && dp_size > 1) {
+      qat->average_over(*dp_group, dist::transport_device(*mesh.world(), device));
+    }
     if (r.skipped) {
       log_warn("step ", state.step + 1, ": inf/NaN gradients in fp16; step skipped, "
                "loss scale lowered to ", format_double(step->scaler().scale()));
@@ -678,6 +707,7 @@ TrainResult Trainer::Impl::run() {
     } else {
       save_state_dict(join_path(run_dir, "model.pt"), *pm.model);
     }
+    if (qat) save_qat_ranges(qat->ranges(), join_path(run_dir, "qat.pt"));
   }
 
   TrainResult result{last_eval.loss, last_eval.accuracy, lm, state.step,

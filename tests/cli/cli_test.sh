@@ -67,7 +67,7 @@ check "strata-export missing run" 2 "^strata-export: error: '/nonexistent' does 
 check "strata-export run without model.pt" 2 "^strata-export: error: '$SRC/recipes' has no model.pt: it is not a finished run" -- "$BIN/strata-export" "$SRC/recipes"
 check "strata-export unknown format" 2 "^strata-export: error: --format: tflite not in \{safetensors,torchscript,onnx\}" -- "$BIN/strata-export" "$SRC/recipes" --format tflite
 check "strata-export --quantize needs torchscript" 2 "^strata-export: error: --quantize static writes TorchScript or ONNX; pass --format torchscript or onnx" -- "$BIN/strata-export" "$SRC/recipes" --quantize static
-check "strata-export unknown --quantize" 2 "^strata-export: error: --quantize: int4 not in \{none,dynamic,static\}" -- "$BIN/strata-export" "$SRC/recipes" --format torchscript --quantize int4
+check "strata-export unknown --quantize" 2 "^strata-export: error: --quantize: int4 not in \{none,dynamic,static,qat\}" -- "$BIN/strata-export" "$SRC/recipes" --format torchscript --quantize int4
 check "strata-fedsim train.prune" 2 "^strata-fedsim: error: .*train.prune is not supported on federated clients yet" -- "$BIN/strata-fedsim" "$SRC/recipes/fed_fmnist_sync.yaml" train.prune.sparsity=0.5
 echo "cli: $pass passed, $fails failed"
 [ "$fails" -eq 0 ]

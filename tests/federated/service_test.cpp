@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "federated/client.h"
+#include "federated/learner.h"
 #include "federated/clock.h"
 #include "federated/partition.h"
 #include "federated/server.h"
@@ -451,6 +452,49 @@ TEST(FedSim, AGptEdgeModelLearnsTheTextCorpus) {
     EXPECT_NE(std::string(e.what()).find("use federated.sim.partition=iid"), std::string::npos)
         << e.what();
   }
+}
+
+// Quantization-aware edge clients: the learner trains its updates through
+// the QAT graph (the update differs from a float client's from the same
+// model and data, and its observers carry over to the next update), and a
+// federation of them learns.
+TEST(FedSim, QuantizationAwareClientsTrainThroughFakeQuantization) {
+  test::TempDir dir;
+  const std::vector<std::string> cnn{"model.name=cnn", "model.channels=[8,16]", "model.fc=32"};
+  std::vector<std::string> with_qat = cnn;
+  with_qat.insert(with_qat.end(), {"train.qat.enabled=true", "train.qat.start_step=0"});
+  const train::Recipe plain_r = small_recipe(dir.path() + "/plain", cnn);
+  const train::Recipe qat_r = small_recipe(dir.path() + "/qat", with_qat);
+  const train::Registries reg = train::builtin_registries();
+  const train::LoadedData data = reg.datasets.get("fashion_mnist", "", "").load(qat_r, 0, 1);
+  std::vector<int64_t> idx(256);
+  std::iota(idx.begin(), idx.end(), 0);
+  const LocalData local = local_data(data, idx);
+  auto build = [&](const train::Recipe& r) {
+    torch::manual_seed(0);
+    return reg.models.get("cnn", "", "").build(r.model, data.shape, train::ModelPart{});
+  };
+  Learner plain(plain_r, reg, build(plain_r));
+  Learner qat(qat_r, reg, build(qat_r));
+  const at::Tensor global = plain.layout().flatten(plain.model());
+  ASSERT_TRUE(at::equal(global, qat.layout().flatten(qat.model())));
+  const LocalResult a = plain.train_epochs(global, local, 1, 1, 7, 0.0);
+  const LocalResult b = qat.train_epochs(global, local, 1, 1, 7, 0.0);
+  EXPECT_EQ(a.num_samples, b.num_samples);
+  EXPECT_FALSE(at::allclose(a.delta, b.delta)) << "the QAT client trained as a float one";
+  // Close, though: the same steps through int8-rounded weights and activations.
+  EXPECT_LT((a.delta - b.delta).norm().item<double>(), 0.5 * a.delta.norm().item<double>());
+  const LocalResult b2 = qat.train_epochs(global, local, 1, 1, 7, 0.0);
+  EXPECT_FALSE(at::equal(b.delta, b2.delta)) << "the observers did not carry over";
+
+  std::vector<std::string> fed = with_qat;
+  fed.insert(fed.end(), {"federated.sim.clients=4", "federated.sim.partition=iid",
+                         "federated.sync.rounds=3", "federated.sync.clients_per_round=2",
+                         "federated.sync.over_selection=0"});
+  const train::Recipe sim = small_recipe(dir.path() + "/sim", fed);
+  const SimResult s = run_fedsim(sim, reg);
+  EXPECT_EQ(s.versions, 3);
+  EXPECT_GT(s.test_accuracy, 0.5);  // chance: 0.1
 }
 
 TEST(FedSim, SyncAndAsyncRunsLearnAndRecordEveryVersion) {

@@ -34,6 +34,7 @@ const std::string kRecipe = std::string(STRATA_SOURCE_DIR) + "/recipes/fashion_m
 const std::string kMpirun =
     "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
     "mpirun --oversubscribe --bind-to none ";
+const std::string kMpirunNp2 = kMpirun + "-np 2 ";
 
 // An MLP run without BatchNorm, so data parallelism is exact up to float
 // summation order.
@@ -265,6 +266,51 @@ TEST(DataParallel, SigtermToOneRankStopsBothAtTheSameStepAndTheRunResumesBitwise
   auto straight = run_command(command("straight"));
   ASSERT_EQ(straight.exit_code, 0) << straight.output;
   expect_bitwise_equal_models(dir / "stopped/model.pt", dir / "straight/model.pt");
+}
+
+TEST(DataParallel, QuantizationAwareTrainingStopsAndResumesBitwiseAndConvertsToWhatItEvaluated) {
+  // Each rank observes its own batches; the observers are averaged over
+  // the ranks after every step, so every rank fake-quantizes alike and
+  // rank 0's checkpointed observers are every rank's: a run stopped and
+  // resumed ends bitwise as an uninterrupted one, and the evaluation the
+  // ranks ran together (each on its shard, summed) is that of the int8
+  // model converted with rank 0's ranges.
+  using namespace std::chrono_literals;
+  TempDir dir;
+  const auto command = [&](const std::string& run) {
+    return kMpirunNp2 + kBin + " " + mlp_run(dir / run, 32) +
+           " model.name=cnn model.channels=[8,16] model.fc=32 train.max_steps=60"
+           " train.qat.enabled=true train.qat.start_step=10 train.qat.freeze_bn_step=40";
+  };
+  strata::test::ChildProcess mpirun("env STRATA_LOG_ALL_RANKS=1 " + command("stopped"));
+  ASSERT_TRUE(mpirun.wait_output("[rank 1/2] INFO step 20/", 1, 120s)) << mpirun.output();
+  const std::map<int, pid_t> ranks = children_by(mpirun.pid(), "OMPI_COMM_WORLD_RANK");
+  ASSERT_EQ(ranks.size(), 2u) << mpirun.output();
+  ASSERT_EQ(::kill(ranks.at(1), SIGTERM), 0);
+  const auto status = mpirun.wait_exit(120s);
+  ASSERT_TRUE(status.has_value()) << mpirun.output();
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 143) << mpirun.output();
+  EXPECT_NE(mpirun.output().find("activations fake-quantized to int8"), std::string::npos)
+      << mpirun.output();
+  auto resumed = run_command(command("stopped"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed from"), std::string::npos) << resumed.output;
+  auto straight = run_command(command("straight"));
+  ASSERT_EQ(straight.exit_code, 0) << straight.output;
+  EXPECT_NE(straight.output.find("data parallel over 2 ranks"), std::string::npos);
+  expect_bitwise_equal_models(dir / "stopped/model.pt", dir / "straight/model.pt");
+  expect_bitwise_equal_models(dir / "stopped/qat.pt", dir / "straight/qat.pt");
+
+  auto exported = run_command(kBin.substr(0, kBin.rfind('/') + 1) + "strata-export " +
+                              dir / "straight" + " --format torchscript --quantize qat");
+  ASSERT_EQ(exported.exit_code, 0) << exported.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(exported.output, m, std::regex("test accuracy ([0-9.]+)")))
+      << exported.output;
+  const std::string summary = read_lines(dir / "straight/metrics.jsonl").back();
+  const double evaluated = std::stod(strata::test::json_text(summary, "accuracy").value_or("0"));
+  EXPECT_GT(evaluated, 0.6) << summary;
+  EXPECT_NEAR(std::stod(m[1]), evaluated, 0.003) << exported.output;
 }
 
 // torchrun's --max-restarts: a rank SIGKILLed mid-run makes strata-run stop

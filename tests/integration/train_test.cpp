@@ -26,6 +26,7 @@ using strata::test::run_command;
 using strata::test::TempDir;
 
 const std::string kBin = STRATA_TRAIN_BIN;
+const std::string kBinDir = kBin.substr(0, kBin.rfind('/') + 1);  // strata-export's too
 const std::string kRecipes = std::string(STRATA_SOURCE_DIR) + "/recipes/";
 
 // A short MLP run that exercises augmentation, dropout (RNG state), gradient
@@ -280,20 +281,28 @@ TEST(StrataTrain, SigkillAndResumeIsBitwiseEqualToAnUninterruptedRun) {
   expect_same_run(dir / "killed", dir / "straight");
 }
 
+// Runs `extra`'s small run killed after its second checkpoint and resumed,
+// and uninterrupted, and checks that both end alike (expect_same_run);
+// returns the uninterrupted run's output.
+std::string expect_kill_and_resume_bitwise(TempDir& dir, const std::string& extra) {
+  const int status =
+      signal_after(small_run(dir / "killed") + extra, "saved checkpoint", 2, SIGKILL).status;
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+      << "the run finished before it could be killed";
+  auto resumed = run_command(small_run(dir / "killed") + extra);
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed from"), std::string::npos);
+  auto straight = run_command(small_run(dir / "straight") + extra);
+  EXPECT_EQ(straight.exit_code, 0) << straight.output;
+  expect_same_run(dir / "killed", dir / "straight");
+  return straight.output;
+}
+
 TEST(StrataTrain, PruningMasksSurviveAKillAndResumeBitwise) {
   TempDir dir;
-  const std::string prune =
-      " train.prune.sparsity=0.8 train.prune.start_step=10 train.prune.every=20";
-  const int status =
-      signal_after(small_run(dir / "killed") + prune, "saved checkpoint", 2, SIGKILL).status;
-  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
-      << "the run finished before it could be killed";
-  auto resumed = run_command(small_run(dir / "killed") + prune);
-  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
-  EXPECT_NE(resumed.output.find("resumed from"), std::string::npos);
-  auto straight = run_command(small_run(dir / "straight") + prune);
-  ASSERT_EQ(straight.exit_code, 0) << straight.output;
-  expect_same_run(dir / "killed", dir / "straight");
+  expect_kill_and_resume_bitwise(
+      dir, " train.prune.sparsity=0.8 train.prune.start_step=10 train.prune.every=20");
+  if (HasFailure()) return;
 
   // 80% of the matrices' weights are zero in model.pt; no bias is pruned.
   auto model = strata::test::load_state_dict(dir / "straight/model.pt");
@@ -315,6 +324,48 @@ TEST(StrataTrain, PruningMasksSurviveAKillAndResumeBitwise) {
   }
   EXPECT_NE(last_prune.find("\"target\":0.8"), std::string::npos) << last_prune;
   EXPECT_NE(last_prune.find("\"net.0.weight\":"), std::string::npos) << last_prune;
+}
+
+TEST(StrataTrain, QuantizationAwareTrainingSurvivesAKillAndResumesBitwise) {
+  // The cnn (BatchNorm folded while training, frozen at step 100),
+  // observers frozen at step 120; killed after the second checkpoint.
+  TempDir dir;
+  const std::string out = expect_kill_and_resume_bitwise(
+      dir, " model.name=cnn model.channels=[8,16] model.fc=32 train.qat.enabled=true"
+           " train.qat.start_step=20 train.qat.freeze_observer_step=120"
+           " train.qat.freeze_bn_step=100");
+  if (HasFailure()) return;
+  EXPECT_NE(out.find("activations fake-quantized to int8"), std::string::npos) << out;
+  const auto a = strata::train::load_state_dict(dir / "killed/qat.pt");
+  const auto b = strata::train::load_state_dict(dir / "straight/qat.pt");
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_GE(a.size(), 4u);  // the input and each layer's output
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].first, b[i].first);
+    EXPECT_TRUE(at::equal(a[i].second, b[i].second)) << a[i].first;
+  }
+
+  // The int8 model converted with the learned ranges scores what the QAT
+  // graph's evaluation scored: the run's final accuracy.
+  auto exported = run_command(kBinDir + "strata-export " + dir / "straight" +
+                              " --format torchscript --quantize qat");
+  ASSERT_EQ(exported.exit_code, 0) << exported.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(exported.output, m, std::regex("test accuracy ([0-9.]+)")))
+      << exported.output;
+  const double int8 = std::stod(m[1]);
+  const std::string summary = read_lines(dir / "straight/metrics.jsonl").back();
+  const double qat_acc = std::stod(field(summary, "accuracy"));
+  EXPECT_NEAR(int8, qat_acc, 0.003) << exported.output;
+}
+
+TEST(StrataTrain, QatExportOfARunWithoutQatIsAUsageError) {
+  TempDir dir;
+  auto r = run_command(small_run(dir / "run") + " train.epochs=1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto e = run_command(kBinDir + "strata-export " + dir / "run" + " --format torchscript --quantize qat");
+  EXPECT_EQ(e.exit_code, 2) << e.output;
+  EXPECT_NE(e.output.find("has no qat.pt"), std::string::npos) << e.output;
 }
 
 TEST(StrataTrain, APruningSparsityOfOneIsARecipeError) {
