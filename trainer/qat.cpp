@@ -146,6 +146,19 @@ struct ModuleReads {
       if (v.isTensor()) tensors[n->output()] = {v.toTensor(), path};
     }
   }
+  // What the frozen graph of quantize() holds as a constant (Note [The
+  // frozen graph]): a constant, a parameter or buffer read directly, or a
+  // list of constants. Its passes key on exactly that, so this graph's
+  // must too (a value computed from parameters alone is not one).
+  bool constant(const Value* v) const {
+    const Node* n = v->node();
+    if (n->kind() == c10::prim::Constant || tensors.count(v)) return true;
+    if (n->kind() != c10::prim::ListConstruct) return false;
+    for (const Value* e : n->inputs()) {
+      if (e->node()->kind() != c10::prim::Constant) return false;
+    }
+    return true;
+  }
   const at::Tensor* tensor(const Value* v) const {
     const auto it = tensors.find(v);
     return it == tensors.end() ? nullptr : &it->second.first;
@@ -173,7 +186,7 @@ void to_linear(const std::shared_ptr<jit::Graph>& graph, const ModuleReads& m) {
     Value* y = nullptr;
     if (is(n, "aten::addmm")) {
       Value* w = transposed_weight(n->input(2));
-      if (w && m.fixed.count(n->input(0)) && jit::toIValue(n->input(3)) == c10::IValue(1) &&
+      if (w && jit::toIValue(n->input(3)) == c10::IValue(1) &&
           jit::toIValue(n->input(4)) == c10::IValue(1)) {
         y = g.insert(c10::aten::linear, {n->input(1), w, n->input(0)});
       }
@@ -254,10 +267,10 @@ QatGraph::QatGraph(Model& model, const QatSection& section, const at::Tensor& ex
                       (!is(n, "aten::_convolution") ||
                        jit::toIValue(n->input(6)) == c10::IValue(false));
     bool weighted = conv || (is(n, "aten::linear") && m.tensor(n->input(1)));
-    for (size_t i = 1; weighted && i < n->inputs().size(); ++i) weighted = m.fixed.count(n->input(i));
+    for (size_t i = 1; weighted && i < n->inputs().size(); ++i) weighted = m.constant(n->input(i));
     const bool add = is(n, "aten::add") && n->inputs().size() == 3 &&
                      n->input(1)->type()->isSubtypeOf(*c10::TensorType::get()) &&
-                     !m.fixed.count(n->input(0)) && !m.fixed.count(n->input(1)) &&
+                     !m.constant(n->input(0)) && !m.constant(n->input(1)) &&
                      jit::toIValue(n->input(2)) == c10::IValue(1);
     if (!weighted && !add) {
       if (!absorbed.count(n) && (int8_passes_through(n) || is(n, "aten::dropout")) &&
@@ -274,7 +287,7 @@ QatGraph::QatGraph(Model& model, const QatSection& section, const at::Tensor& ex
         t.out->uses()[0].offset == 0) {
       Node* bn = t.out->uses()[0].user;
       bool fixed = true;
-      for (size_t i = 1; i < 5; ++i) fixed = fixed && m.fixed.count(bn->input(i));
+      for (size_t i = 1; i < 5; ++i) fixed = fixed && m.constant(bn->input(i));
       if (fixed && m.tensor(bn->input(4))) {
         t.bn = bn;
         t.out = bn->output();

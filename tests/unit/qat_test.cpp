@@ -19,6 +19,11 @@ namespace {
 
 at::Tensor images(int64_t n) { return torch::randn({n, 1, 28, 28}); }
 
+// A batch for small_model(name): images, or token ids for gpt.
+at::Tensor inputs(const std::string& name, int64_t n) {
+  return name == "gpt" ? torch::randint(0, 256, {n, 12}, at::kLong) : images(n);
+}
+
 double max_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a - b).abs().max().item<double>();
 }
@@ -139,22 +144,22 @@ TEST(QatGraph, EvaluationComputesTheConvertedInt8Model) {
   // weights) and the static int8 model converted with the learned ranges
   // differ only by the int8 kernels' rounding: on average by a small
   // fraction of one output quantization step.
-  for (const std::string name : {"cnn", "resnet_small", "mlp"}) {
+  for (const std::string name : {"cnn", "resnet_small", "mlp", "gpt"}) {
     torch::manual_seed(0);
     auto model = st::testing::small_model(name);
-    st::QatGraph qat(*model, section(0), images(2), "");
+    st::QatGraph qat(*model, section(0), inputs(name, 2), "");
     model->train();
     {
       torch::NoGradGuard no_grad;
-      for (int i = 0; i < 20; ++i) qat.forward(images(32));
+      for (int i = 0; i < 20; ++i) qat.forward(inputs(name, 32));
     }
     const auto ranges = qat.ranges();
     EXPECT_EQ(static_cast<int64_t>(ranges.size()), qat.activations()) << name;
     model->eval();
     torch::NoGradGuard no_grad;
-    const at::Tensor x = images(256);
+    const at::Tensor x = inputs(name, name == "gpt" ? 32 : 256);
     const at::Tensor fq = qat.forward(x);
-    st::FrozenGraph g = st::freeze(st::trace_torchscript(*model, images(2)));
+    st::FrozenGraph g = st::freeze(st::trace_torchscript(*model, inputs(name, 2)));
     st::fold_batchnorm(g);
     st::QuantOptions o;
     o.ranges = ranges;
@@ -163,7 +168,7 @@ TEST(QatGraph, EvaluationComputesTheConvertedInt8Model) {
     const at::Tensor int8 = g.run(x);
     const double out_scale = rep.layers.back().output_scale;
     const double mean = (fq - int8).abs().mean().item<double>();
-    const double agree = (fq.argmax(1) == int8.argmax(1)).to(at::kDouble).mean().item<double>();
+    const double agree = (fq.argmax(-1) == int8.argmax(-1)).to(at::kDouble).mean().item<double>();
     EXPECT_LE(mean, 0.05 * out_scale) << name << " (output scale " << out_scale << ")";
     EXPECT_GE(agree, 0.95) << name;
     // The float model without fake quantization is further off.
