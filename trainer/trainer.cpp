@@ -249,6 +249,11 @@ void Trainer::Impl::start_qat() {
   STRATA_CHECK_T(ConfigError, !pm.model_parallel(), where,
                  "train.qat with tensor or pipeline parallelism is not supported (the QAT graph "
                  "is traced from the whole model); use data parallelism only");
+  STRATA_CHECK_T(ConfigError, recipe.train.activation_checkpointing == "none", where,
+                 "train.qat with train.activation_checkpointing=",
+                 recipe.train.activation_checkpointing, " is not supported (the QAT graph "
+                 "replaces the model's forward, where checkpointing happens); set "
+                 "train.activation_checkpointing=none");
   STRATA_CHECK_T(ConfigError, hints == nullptr, where,
                  "train.qat with distill.hints is not supported (the hints read the model's "
                  "units, which the QAT graph does not expose); distil on logits only");

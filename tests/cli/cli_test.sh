@@ -6,6 +6,8 @@
 set -uo pipefail
 BIN=$1
 SRC=$2
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
 fails=0
 pass=0
 check() {  # check NAME WANT_RC PATTERN -- COMMAND...
@@ -68,6 +70,7 @@ check "strata-export run without model.pt" 2 "^strata-export: error: '$SRC/recip
 check "strata-export unknown format" 2 "^strata-export: error: --format: tflite not in \{safetensors,torchscript,onnx\}" -- "$BIN/strata-export" "$SRC/recipes" --format tflite
 check "strata-export --quantize needs torchscript" 2 "^strata-export: error: --quantize static writes TorchScript or ONNX; pass --format torchscript or onnx" -- "$BIN/strata-export" "$SRC/recipes" --quantize static
 check "strata-export unknown --quantize" 2 "^strata-export: error: --quantize: int4 not in \{none,dynamic,static,qat\}" -- "$BIN/strata-export" "$SRC/recipes" --format torchscript --quantize int4
+check "strata-train train.qat with activation checkpointing" 2 "^strata-train: error: .*train.qat with train.activation_checkpointing=full is not supported" -- "$BIN/strata-train" "$SRC/recipes/fashion_mnist.yaml" run.dir="$WORK/qat_ac" train.qat.enabled=true train.activation_checkpointing=full
 check "strata-fedsim train.prune" 2 "^strata-fedsim: error: .*train.prune is not supported on federated clients yet" -- "$BIN/strata-fedsim" "$SRC/recipes/fed_fmnist_sync.yaml" train.prune.sparsity=0.5
 echo "cli: $pass passed, $fails failed"
 [ "$fails" -eq 0 ]
