@@ -247,6 +247,7 @@ struct TrainSection {
   std::string precision = "fp32";
   std::string activation_checkpointing = "none";
   int64_t checkpoint_every = 2;
+  std::string init;
   PruneSection prune;
   QatSection qat;
 
@@ -261,6 +262,7 @@ struct TrainSection {
     v.field("precision", precision, one_of({"fp32", "bf16", "fp16"}), "autocast compute dtype; weights stay fp32; fp16 adds dynamic loss scaling (GPU only)");
     v.field("activation_checkpointing", activation_checkpointing, one_of({"none", "full", "every_k"}), "recompute activations in backward instead of keeping them: per unit of the model (transformer block, CNN stage); every_k: units 0, k, 2k, ...");
     v.field("checkpoint_every", checkpoint_every, at_least(1), "k of activation_checkpointing: every_k");
+    v.field("init", init, any(), "start from these weights instead of the seeded initialisation: a model.pt of a run of the same model (fine-tuning a trained model, e.g. to prune it or train it quantization-aware); a resumed checkpoint takes precedence; empty: none");
     v.section("prune", prune, "magnitude pruning during training: a cubic sparsity ramp, masks kept through optimizer steps and resumes");
     v.section("qat", qat, "quantization-aware training: int8 fake quantization with straight-through gradients, converted by strata-export --quantize qat");
   }

@@ -87,6 +87,7 @@ struct Trainer::Impl {
   void plan_steps(const ScheduleRegistry& schedules);
   void log_setup() const;
   void start_qat();
+  void init_weights();
   EvalResult evaluate();
   void log_eval(const EvalResult& e);
   void log_prune();
@@ -207,6 +208,7 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
                    recipe.where("model.name"));
   Model& model = *pm.model;
   model.to(device);
+  if (!recipe.train.init.empty()) init_weights();
   // The teacher is whole on every rank that computes the loss (a
   // pipeline's last stage).
   if (!recipe.distill.teacher.empty() && pm.computes_loss()) {
@@ -241,6 +243,22 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
   }
   if (recipe.train.qat.enabled) start_qat();
   log_setup();
+}
+
+// train.init: the model's weights from a model.pt (fine-tuning), before the
+// optimizer and the data-parallel broadcast see them.
+void Trainer::Impl::init_weights() {
+  const std::string where = recipe.where("train.init");
+  const std::string& path = recipe.train.init;
+  STRATA_CHECK_T(ConfigError, !pm.model_parallel(), where,
+                 "train.init with tensor or pipeline parallelism is not supported yet (each rank "
+                 "holds part of the model); fine-tune with data parallelism only");
+  STRATA_CHECK_T(ConfigError, path_exists(path), where, "train.init = '", path,
+                 "' does not exist; point it at the model.pt of a finished run (runs/<name>/model.pt)");
+  assign_state_dict(*pm.model, load_state_dict(path), str(where, "train.init '", path, "'"),
+                    str("point train.init at a model.pt of the same model (model.name is ",
+                        recipe.model.name, ", with this recipe's model settings)"));
+  log_info("starting from the weights of ", path);
 }
 
 // Quantization-aware training: the model's forward replaced by its QAT graph.

@@ -368,6 +368,37 @@ TEST(StrataTrain, QatExportOfARunWithoutQatIsAUsageError) {
   EXPECT_NE(e.output.find("has no qat.pt"), std::string::npos) << e.output;
 }
 
+TEST(StrataTrain, TrainInitStartsFromATrainedModelAndRefusesAnotherModelsWeights) {
+  TempDir dir;
+  auto trained = run_command(small_run(dir / "trained") + " train.epochs=1");
+  ASSERT_EQ(trained.exit_code, 0) << trained.output;
+  const double acc = std::stod(field(read_lines(dir / "trained/metrics.jsonl").back(), "accuracy"));
+  ASSERT_GT(acc, 0.6);
+  // Two steps at a small learning rate: from the trained weights the model
+  // keeps their accuracy; from the seeded initialisation it is near chance.
+  const std::string two_steps = " train.max_steps=2 optimizer.lr=1e-4";
+  auto tuned = run_command(small_run(dir / "tuned") + two_steps +
+                           " train.init=" + dir / "trained/model.pt");
+  ASSERT_EQ(tuned.exit_code, 0) << tuned.output;
+  EXPECT_NE(tuned.output.find("starting from the weights of"), std::string::npos) << tuned.output;
+  auto fresh = run_command(small_run(dir / "fresh") + two_steps);
+  ASSERT_EQ(fresh.exit_code, 0) << fresh.output;
+  const double tuned_acc =
+      std::stod(field(read_lines(dir / "tuned/metrics.jsonl").back(), "accuracy"));
+  const double fresh_acc =
+      std::stod(field(read_lines(dir / "fresh/metrics.jsonl").back(), "accuracy"));
+  EXPECT_NEAR(tuned_acc, acc, 0.02);
+  EXPECT_LT(fresh_acc, acc - 0.2);
+
+  auto other = run_command(small_run(dir / "other") + " model.name=cnn train.init=" +
+                           dir / "trained/model.pt");
+  EXPECT_EQ(other.exit_code, 2) << other.output;
+  EXPECT_NE(other.output.find("train.init '"), std::string::npos) << other.output;
+  auto missing = run_command(small_run(dir / "missing") + " train.init=" + dir / "nope.pt");
+  EXPECT_EQ(missing.exit_code, 2) << missing.output;
+  EXPECT_NE(missing.output.find("does not exist"), std::string::npos) << missing.output;
+}
+
 TEST(StrataTrain, APruningSparsityOfOneIsARecipeError) {
   TempDir dir;
   auto r = run_command(small_run(dir / "run") + " train.prune.sparsity=1");
