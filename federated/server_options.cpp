@@ -2,7 +2,9 @@
 
 #include <torch/torch.h>
 
+#include "core/fs.h"
 #include "federated/server.h"
+#include "trainer/checkpoint.h"
 
 namespace strata::fed {
 namespace {
@@ -73,8 +75,20 @@ std::shared_ptr<train::Model> build_server_model(const train::Recipe& recipe,
                                                  const train::Registries& registries,
                                                  const train::InputShape& input) {
   torch::manual_seed(recipe.run.seed);
-  return registries.models.get(recipe.model.name, recipe.where("model.name"), "model.name")
-      .build(recipe.model, input, train::ModelPart{});
+  auto model = registries.models.get(recipe.model.name, recipe.where("model.name"), "model.name")
+                   .build(recipe.model, input, train::ModelPart{});
+  // train.init: the federation starts from a trained model (version 1).
+  const std::string& init = recipe.train.init;
+  if (!init.empty()) {
+    const std::string where = recipe.where("train.init");
+    STRATA_CHECK_T(ConfigError, path_exists(init), where, "train.init = '", init,
+                   "' does not exist; point it at the model.pt of a finished run");
+    train::assign_state_dict(*model, train::load_state_dict(init),
+                             str(where, "train.init '", init, "'"),
+                             str("point train.init at a model.pt of the same model (model.name is ",
+                                 recipe.model.name, ", with this recipe's model settings)"));
+  }
+  return model;
 }
 
 std::unique_ptr<FedServer> make_fed_server(const train::Recipe& recipe,

@@ -71,7 +71,9 @@ EvalData eval_data(const train::LoadedData& data);
 // The whole evaluation split of the recipe's dataset (data.name).
 EvalData load_eval_data(const train::Recipe& recipe, const train::Registries& registries);
 // The recipe's model (model.name from the registry, seeded by run.seed),
-// built for `input`.
+// built for `input`; with train.init, holding that model.pt's weights (a
+// federation that starts from a trained model). ConfigError for a missing
+// file or another model's weights.
 std::shared_ptr<train::Model> build_server_model(const train::Recipe& recipe,
                                                  const train::Registries& registries,
                                                  const train::InputShape& input);

@@ -15,12 +15,14 @@
 #include "federated/clock.h"
 #include "federated/partition.h"
 #include "federated/server.h"
+#include "federated/server_options.h"
 #include "federated/service.h"
 #include "federated/sim.h"
 #include "federated/wire.h"
 #include "strata_fed.grpc.pb.h"
 #include "federated/fixture.h"
 #include "test_util.h"
+#include "trainer/checkpoint.h"
 #include "trainer/recipe.h"
 #include "trainer/trainer.h"
 
@@ -495,6 +497,29 @@ TEST(FedSim, QuantizationAwareClientsTrainThroughFakeQuantization) {
   const SimResult s = run_fedsim(sim, reg);
   EXPECT_EQ(s.versions, 3);
   EXPECT_GT(s.test_accuracy, 0.5);  // chance: 0.1
+}
+
+// train.init: the federation's first version is a trained model's weights.
+TEST(FedServerModel, TrainInitStartsTheFederationFromAModelPt) {
+  test::TempDir dir;
+  const train::Registries reg = train::builtin_registries();
+  const train::InputShape shape;
+  const auto seeded = build_server_model(small_recipe(dir.path()), reg, shape);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : seeded->parameters()) p.add_(1.0);
+  }
+  const std::string path = dir.path() + "/model.pt";
+  train::save_state_dict(path, *seeded);
+  const auto init = build_server_model(small_recipe(dir.path(), {"train.init=" + path}), reg, shape);
+  auto a = seeded->named_parameters();
+  for (const auto& p : init->named_parameters()) EXPECT_TRUE(at::equal(p.value(), a[p.key()]));
+  EXPECT_THROW(build_server_model(small_recipe(dir.path(), {"train.init=" + path, "model.name=cnn"}),
+                                  reg, shape),
+               ConfigError);
+  EXPECT_THROW(build_server_model(small_recipe(dir.path(), {"train.init=" + dir.path() + "/no.pt"}),
+                                  reg, shape),
+               ConfigError);
 }
 
 TEST(FedSim, SyncAndAsyncRunsLearnAndRecordEveryVersion) {
