@@ -2,7 +2,6 @@
 
 #include <torch/torch.h>
 
-#include "core/fs.h"
 #include "federated/server.h"
 #include "trainer/checkpoint.h"
 
@@ -78,16 +77,7 @@ std::shared_ptr<train::Model> build_server_model(const train::Recipe& recipe,
   auto model = registries.models.get(recipe.model.name, recipe.where("model.name"), "model.name")
                    .build(recipe.model, input, train::ModelPart{});
   // train.init: the federation starts from a trained model (version 1).
-  const std::string& init = recipe.train.init;
-  if (!init.empty()) {
-    const std::string where = recipe.where("train.init");
-    STRATA_CHECK_T(ConfigError, path_exists(init), where, "train.init = '", init,
-                   "' does not exist; point it at the model.pt of a finished run");
-    train::assign_state_dict(*model, train::load_state_dict(init),
-                             str(where, "train.init '", init, "'"),
-                             str("point train.init at a model.pt of the same model (model.name is ",
-                                 recipe.model.name, ", with this recipe's model settings)"));
-  }
+  if (!recipe.train.init.empty()) train::load_init_weights(*model, recipe);
   return model;
 }
 

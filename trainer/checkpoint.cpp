@@ -619,4 +619,14 @@ void assign_state_dict(torch::nn::Module& model,
   }
 }
 
+void load_init_weights(torch::nn::Module& model, const Recipe& recipe) {
+  const std::string where = recipe.where("train.init");
+  const std::string& path = recipe.train.init;
+  STRATA_CHECK_T(ConfigError, path_exists(path), where, "train.init = '", path,
+                 "' does not exist; point it at the model.pt of a finished run (runs/<name>/model.pt)");
+  assign_state_dict(model, load_state_dict(path), str(where, "train.init '", path, "'"),
+                    str("point train.init at a model.pt of the same model (model.name is ",
+                        recipe.model.name, ", with this recipe's model settings)"));
+}
+
 }  // namespace strata::train

@@ -178,4 +178,9 @@ void assign_state_dict(torch::nn::Module& model,
                        const std::vector<std::pair<std::string, at::Tensor>>& saved,
                        const std::string& source, const std::string& fix);
 
+// train.init: `model`'s weights from the recipe's model.pt (fine-tuning a
+// trained model; a federation's first version). ConfigError naming the
+// recipe key for a missing file or another model's weights.
+void load_init_weights(torch::nn::Module& model, const Recipe& recipe);
+
 }  // namespace strata::train

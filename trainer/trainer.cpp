@@ -248,17 +248,11 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
 // train.init: the model's weights from a model.pt (fine-tuning), before the
 // optimizer and the data-parallel broadcast see them.
 void Trainer::Impl::init_weights() {
-  const std::string where = recipe.where("train.init");
-  const std::string& path = recipe.train.init;
-  STRATA_CHECK_T(ConfigError, !pm.model_parallel(), where,
+  STRATA_CHECK_T(ConfigError, !pm.model_parallel(), recipe.where("train.init"),
                  "train.init with tensor or pipeline parallelism is not supported yet (each rank "
                  "holds part of the model); fine-tune with data parallelism only");
-  STRATA_CHECK_T(ConfigError, path_exists(path), where, "train.init = '", path,
-                 "' does not exist; point it at the model.pt of a finished run (runs/<name>/model.pt)");
-  assign_state_dict(*pm.model, load_state_dict(path), str(where, "train.init '", path, "'"),
-                    str("point train.init at a model.pt of the same model (model.name is ",
-                        recipe.model.name, ", with this recipe's model settings)"));
-  log_info("starting from the weights of ", path);
+  load_init_weights(*pm.model, recipe);
+  log_info("starting from the weights of ", recipe.train.init);
 }
 
 // Quantization-aware training: the model's forward replaced by its QAT graph.
