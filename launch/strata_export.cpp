@@ -2,7 +2,8 @@
 //
 //   strata-export RUN_DIR [--format safetensors|torchscript|onnx] [--out FILE]
 //                 [--quantize dynamic|static|qat [--observer minmax|moving_average|percentile]
-//                  [--calibration-batches N] [--per-tensor] [--engine E] [--threads N]]
+//                  [--calibration-batches N] [--per-tensor] [--engine E]] [--keep-channels]
+//                 [--threads N]
 //
 // Reads RUN_DIR/model.pt (what strata-train and strata-fedsim leave) and
 // writes it in the chosen format, then reads the file back and checks it:
@@ -23,6 +24,11 @@
 //   onnx         the model (trainer/onnx.h), by default RUN_DIR/model.onnx
 //                (RUN_DIR/model.int8.onnx with --quantize static: QDQ),
 //                opset 17, checked by the ONNX checker; onnxruntime runs it.
+// A run trained with structured pruning (train.prune.structure=channels)
+// exports as a smaller dense model: the channels it zeroed are deleted from
+// the TorchScript, int8 and ONNX graphs (trainer/channels.h), and the report
+// compares its size and latency with the unpruned model's (--keep-channels:
+// the trained shapes).
 // It prints a table of the tensors and writes the report RUN_DIR/export.json.
 //
 // Exit codes: 0 written and verified, 2 usage error (no such run, no
@@ -41,6 +47,7 @@
 #include "core/fs.h"
 #include "core/strings.h"
 #include "strata/config.h"
+#include "trainer/channels.h"
 #include "trainer/checkpoint.h"
 #include "trainer/cli.h"
 #include "trainer/recipe.h"
@@ -113,56 +120,12 @@ Rebuilt rebuild(const std::string& run_dir, const Tensors& tensors, const std::s
   return r;
 }
 
-// Rebuilds the recipe's model with the run's weights, traces it into
-// TorchScript, saves it, loads it back and compares outputs and accuracy.
-void export_torchscript(const std::string& run_dir, const Tensors& tensors,
-                        const std::string& model_pt, const std::string& out,
-                        nlohmann::ordered_json& report) {
-  const Rebuilt r = rebuild(run_dir, tensors, model_pt, "--format torchscript");
-  const st::Recipe& recipe = r.recipe;
-  const st::LoadedData& data = r.data;
-  const std::shared_ptr<st::Model>& model = r.model;
-  const at::Tensor& example = r.example;
-  torch::jit::Module traced = st::trace_torchscript(*model, example);
-  const std::string tmp = out + ".tmp";
-  traced.save(tmp);
-  std::filesystem::rename(tmp, out);
-
-  torch::jit::Module back = torch::jit::load(out);
-  back.eval();
-  torch::NoGradGuard no_grad;
-  const double diff = (back.forward({example}).toTensor() - model->forward(example))
-                          .abs().max().item<double>();
-  STRATA_CHECK_T(Error, diff <= 1e-5, out, ": the loaded TorchScript's outputs differ from the "
-                 "model's by ", diff, " (more than 1e-5)");
-  const int64_t batch = recipe.data.eval_batch_size;
-  const st::EvalSums ours = st::evaluate_classifier(*model, data.eval_inputs, data.eval_targets, batch);
-  const st::EvalSums theirs = st::evaluate_classifier(
-      [&](const at::Tensor& x) { return back.forward({x}).toTensor(); }, data.eval_inputs,
-      data.eval_targets, batch);
-  auto accuracy = [](const st::EvalSums& s) {
-    return s.count ? static_cast<double>(s.correct) / static_cast<double>(s.count) : 0.0;
-  };
-  report["model"] = recipe.model.name;
-  report["example_shape"] = example.sizes().vec();
-  report["max_abs_diff"] = diff;
-  report["eval_split"] = data.eval_split;
-  report["eval_samples"] = data.eval_inputs.size(0);
-  report["accuracy_model"] = accuracy(ours);
-  report["accuracy_torchscript"] = accuracy(theirs);
-  std::cout << "traced " << recipe.model.name << " on " << example.sizes()
-            << "; reloaded outputs within " << strata::format_metric(diff) << " of the model's; "
-            << data.eval_split << " accuracy " << strata::format_metric(accuracy(theirs))
-            << " (model " << strata::format_metric(accuracy(ours)) << ")\n";
-  STRATA_CHECK_T(Error, ours.correct == theirs.correct, out, ": the loaded TorchScript scores ",
-                 theirs.correct, " correct, the model ", ours.correct);
-}
-
 // The options of an int8 export (--quantize and the flags that tune it).
 struct Int8Flags {
   st::QuantOptions quant;
   int64_t calibration_batches = 16;
   int threads = 1;  // for the latency figures: an edge device's one core
+  bool shrink = true;  // delete the channels structured pruning zeroed
 };
 
 // Median milliseconds of `forward` on `x` over `reps` calls (after warm-up).
@@ -178,6 +141,26 @@ double latency_ms(const std::function<at::Tensor(const at::Tensor&)>& forward,
   }
   std::nth_element(ms.begin(), ms.begin() + reps / 2, ms.end());
   return ms[static_cast<size_t>(reps / 2)];
+}
+
+using Forward = std::function<at::Tensor(const at::Tensor&)>;
+
+// Each forward's latency at batch 1 and 64 of `inputs` on `threads`
+// threads: {"batch_1": {"<name>_ms": ..., ...}, "batch_64": ...}.
+nlohmann::ordered_json latencies(const std::vector<std::pair<std::string, Forward>>& forwards,
+                                 const at::Tensor& inputs, int threads) {
+  const int threads_before = at::get_num_threads();
+  at::set_num_threads(threads);
+  nlohmann::ordered_json out;
+  for (const int64_t bs : {int64_t{1}, int64_t{64}}) {
+    const at::Tensor x = inputs.narrow(0, 0, std::min(bs, inputs.size(0)));
+    const int reps = bs == 1 ? 200 : 30;
+    nlohmann::ordered_json at_bs;
+    for (const auto& [name, forward] : forwards) at_bs[name + "_ms"] = latency_ms(forward, x, reps);
+    out["batch_" + std::to_string(bs)] = at_bs;
+  }
+  at::set_num_threads(threads_before);
+  return out;
 }
 
 // Calibration batches for static quantization: `n` batches of
@@ -209,13 +192,15 @@ struct Prepared {
   Rebuilt r;
   torch::jit::Module traced;
   st::FrozenGraph g;
+  std::vector<st::ShrunkLayer> shrunk;  // channels structured pruning zeroed, deleted
   int folded = 0;
   std::optional<st::QuantReport> q;
 };
 
 Prepared prepare(const std::string& run_dir, const Tensors& tensors, const std::string& model_pt,
-                 const std::string& format, const std::optional<Int8Flags>& quantize) {
-  Prepared p{rebuild(run_dir, tensors, model_pt, format), {}, {}, 0, std::nullopt};
+                 const std::string& format, const std::optional<Int8Flags>& quantize,
+                 bool shrink) {
+  Prepared p{rebuild(run_dir, tensors, model_pt, format), {}, {}, {}, 0, std::nullopt};
   const bool is_static = quantize && quantize->quant.mode == st::QuantMode::kStatic;
   const bool calibrate = is_static && quantize->quant.ranges.empty();
   const std::vector<at::Tensor> calibration =
@@ -223,6 +208,7 @@ Prepared prepare(const std::string& run_dir, const Tensors& tensors, const std::
   torch::NoGradGuard no_grad;
   p.traced = st::trace_torchscript(*p.r.model, p.r.example);
   p.g = st::freeze(p.traced);
+  if (shrink) p.shrunk = st::shrink_channels(p.g, p.r.example);
   p.folded = st::fold_batchnorm(p.g);
   if (quantize) {
     p.q = st::quantize(p.g, quantize->quant, calibration);
@@ -274,13 +260,111 @@ void describe_int8(const Prepared& p, const Int8Flags& flags, nlohmann::ordered_
   report["layers"] = layers;
 }
 
+// The channels structured pruning zeroed that the export deleted, as a
+// table and in the report.
+void describe_channels(const Prepared& p, nlohmann::ordered_json& report) {
+  if (p.shrunk.empty()) return;
+  std::cout << std::left << std::setw(32) << "pruned layer" << std::right << std::setw(10)
+            << "channels" << std::setw(8) << "kept" << "\n";
+  nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+  for (const st::ShrunkLayer& l : p.shrunk) {
+    std::cout << std::left << std::setw(32) << l.layer << std::right << std::setw(10)
+              << l.channels << std::setw(8) << l.kept << "\n";
+    layers.push_back({{"layer", l.layer}, {"channels", l.channels}, {"kept", l.kept}});
+  }
+  report["pruned_channels"] = layers;
+}
+
+// The model as TorchScript, loadable by torch::jit::load and torch.jit.load:
+// the trace of the recipe's model with the run's weights; for a run whose
+// structured pruning zeroed channels, the frozen graph with them deleted
+// (a smaller dense model, BatchNorm folded). Loaded back, its outputs and
+// accuracy on the recipe's evaluation split are compared with the model's.
+void export_torchscript(const std::string& run_dir, const Tensors& tensors,
+                        const std::string& model_pt, const std::string& out, bool shrink,
+                        int threads, nlohmann::ordered_json& report) {
+  Prepared p = prepare(run_dir, tensors, model_pt, "--format torchscript", std::nullopt, shrink);
+  const Rebuilt& r = p.r;
+  const st::Recipe& recipe = r.recipe;
+  const st::LoadedData& data = r.data;
+  const std::shared_ptr<st::Model>& model = r.model;
+  const at::Tensor& example = r.example;
+  const bool pruned = !p.shrunk.empty();
+  torch::jit::Module module = pruned ? st::to_module(p.g, "PrunedModel") : p.traced;
+  const std::string tmp = out + ".tmp";
+  module.save(tmp);
+  std::filesystem::rename(tmp, out);
+
+  torch::jit::Module back = torch::jit::load(out);
+  back.eval();
+  torch::NoGradGuard no_grad;
+  const double diff = (back.forward({example}).toTensor() - model->forward(example))
+                          .abs().max().item<double>();
+  STRATA_CHECK_T(Error, diff <= 1e-5, out, ": the loaded TorchScript's outputs differ from the "
+                 "model's by ", diff, " (more than 1e-5)");
+  const int64_t batch = recipe.data.eval_batch_size;
+  const st::EvalSums ours = st::evaluate_classifier(*model, data.eval_inputs, data.eval_targets, batch);
+  const st::EvalSums theirs = st::evaluate_classifier(
+      [&](const at::Tensor& x) { return back.forward({x}).toTensor(); }, data.eval_inputs,
+      data.eval_targets, batch);
+  auto accuracy = [](const st::EvalSums& s) {
+    return s.count ? static_cast<double>(s.correct) / static_cast<double>(s.count) : 0.0;
+  };
+  report["model"] = recipe.model.name;
+  report["example_shape"] = example.sizes().vec();
+  report["max_abs_diff"] = diff;
+  report["eval_split"] = data.eval_split;
+  report["eval_samples"] = data.eval_inputs.size(0);
+  report["accuracy_model"] = accuracy(ours);
+  report["accuracy_torchscript"] = accuracy(theirs);
+  std::cout << "traced " << recipe.model.name << " on " << example.sizes()
+            << "; reloaded outputs within " << strata::format_metric(diff) << " of the model's; "
+            << data.eval_split << " accuracy " << strata::format_metric(accuracy(theirs))
+            << " (model " << strata::format_metric(accuracy(ours)) << ")\n";
+  // The smaller model sums in another order (and folded its BatchNorm), so
+  // a prediction on a tie could flip; the unpruned trace runs the model's ops.
+  STRATA_CHECK_T(Error, pruned || ours.correct == theirs.correct, out,
+                 ": the loaded TorchScript scores ", theirs.correct, " correct, the model ",
+                 ours.correct);
+  if (!pruned) return;
+
+  describe_channels(p, report);
+  p.traced.save(tmp);
+  const auto dense_bytes = static_cast<int64_t>(std::filesystem::file_size(tmp));
+  std::filesystem::remove(tmp);
+  const auto pruned_bytes = static_cast<int64_t>(std::filesystem::file_size(out));
+  const nlohmann::ordered_json latency = latencies(
+      {{"unpruned", [&](const at::Tensor& v) { return p.traced.forward({v}).toTensor(); }},
+       {"pruned", [&](const at::Tensor& v) { return back.forward({v}).toTensor(); }}},
+      data.eval_inputs, threads);
+  int64_t channels = 0, kept = 0;
+  for (const st::ShrunkLayer& l : p.shrunk) {
+    channels += l.channels;
+    kept += l.kept;
+  }
+  report["file_bytes_unpruned"] = dense_bytes;
+  report["latency_threads"] = threads;
+  report["latency"] = latency;
+  const auto& l1 = latency["batch_1"];
+  const auto& l64 = latency["batch_64"];
+  std::cout << "structured pruning: " << channels - kept << " of " << channels
+            << " channels deleted in " << p.shrunk.size() << " layers; " << pruned_bytes
+            << " bytes (unpruned " << dense_bytes << ", "
+            << strata::format_metric(static_cast<double>(dense_bytes) / static_cast<double>(pruned_bytes))
+            << "x smaller); latency batch 1 " << strata::format_metric(l1["pruned_ms"].get<double>())
+            << " ms (unpruned " << strata::format_metric(l1["unpruned_ms"].get<double>())
+            << "), batch 64 " << strata::format_metric(l64["pruned_ms"].get<double>())
+            << " ms (unpruned " << strata::format_metric(l64["unpruned_ms"].get<double>()) << "), "
+            << threads << " thread" << (threads == 1 ? "" : "s") << "\n";
+}
+
 // Quantizes the run's model to int8 (dynamic or static, trainer/quantize.h),
 // saves it as TorchScript, loads it back and reports accuracy, agreement
 // with the float model, sizes and latency.
 void export_int8_torchscript(const std::string& run_dir, const Tensors& tensors,
                              const std::string& model_pt, const std::string& out,
                              const Int8Flags& flags, nlohmann::ordered_json& report) {
-  Prepared p = prepare(run_dir, tensors, model_pt, "--quantize", flags);
+  Prepared p = prepare(run_dir, tensors, model_pt, "--quantize", flags, flags.shrink);
   const Rebuilt& r = p.r;
   st::FrozenGraph& g = p.g;
   torch::jit::Module& traced = p.traced;
@@ -318,20 +402,13 @@ void export_int8_torchscript(const std::string& run_dir, const Tensors& tensors,
   }
   auto ratio = [](int64_t a, int64_t b) { return b ? static_cast<double>(a) / static_cast<double>(b) : 0.0; };
 
-  // Latency at batch 1 and 64 on `flags.threads` threads.
-  const int threads_before = at::get_num_threads();
-  at::set_num_threads(flags.threads);
-  nlohmann::ordered_json latency;
-  for (const int64_t bs : {int64_t{1}, int64_t{64}}) {
-    const at::Tensor x = inputs.narrow(0, 0, std::min(bs, inputs.size(0)));
-    const int reps = bs == 1 ? 200 : 30;
-    latency["batch_" + std::to_string(bs)] = {
-        {"fp32_ms", latency_ms([&](const at::Tensor& v) { return traced.forward({v}).toTensor(); }, x, reps)},
-        {"int8_ms", latency_ms([&](const at::Tensor& v) { return back.forward({v}).toTensor(); }, x, reps)}};
-  }
-  at::set_num_threads(threads_before);
+  const nlohmann::ordered_json latency = latencies(
+      {{"fp32", [&](const at::Tensor& v) { return traced.forward({v}).toTensor(); }},
+       {"int8", [&](const at::Tensor& v) { return back.forward({v}).toTensor(); }}},
+      inputs, flags.threads);
 
   report["model"] = r.recipe.model.name;
+  describe_channels(p, report);
   describe_int8(p, flags, report);
   report["eval_split"] = r.data.eval_split;
   report["eval_predictions"] = count;
@@ -359,14 +436,15 @@ void export_int8_torchscript(const std::string& run_dir, const Tensors& tensors,
 // Writes the run's model as ONNX (trainer/onnx.h): float, or QDQ int8 with
 // --quantize static; checked by the ONNX checker.
 void export_onnx(const std::string& run_dir, const Tensors& tensors, const std::string& model_pt,
-                 const std::string& out, const std::optional<Int8Flags>& quantize,
+                 const std::string& out, const std::optional<Int8Flags>& quantize, bool shrink,
                  nlohmann::ordered_json& report) {
 #if STRATA_HAVE_ONNX
   STRATA_CHECK_T(UsageError, !quantize || quantize->quant.mode == st::QuantMode::kStatic,
                  "--format onnx --quantize dynamic: dynamic int8 has no QDQ form; use "
                  "--quantize static, or dynamic with --format torchscript");
-  Prepared p = prepare(run_dir, tensors, model_pt, "--format onnx", quantize);
+  Prepared p = prepare(run_dir, tensors, model_pt, "--format onnx", quantize, shrink);
   report["model"] = p.r.recipe.model.name;
+  describe_channels(p, report);
   if (quantize) describe_int8(p, *quantize, report);
   const st::OnnxReport o =
       st::save_onnx(p.g, p.r.example, out, std::string("strata ") + STRATA_VERSION);
@@ -383,7 +461,8 @@ void export_onnx(const std::string& run_dir, const Tensors& tensors, const std::
   std::cout << "ONNX opset " << o.opset << ", " << o.nodes << " nodes (" << ops << "), "
             << o.initializer_bytes << " bytes of initializers; the ONNX checker passed\n";
 #else
-  (void)run_dir, (void)tensors, (void)model_pt, (void)out, (void)quantize, (void)report;
+  (void)run_dir, (void)tensors, (void)model_pt, (void)out, (void)quantize, (void)shrink,
+      (void)report;
   throw strata::UsageError("this strata-export was built without ONNX: install libonnx-dev "
                    "(launch/setup does) and rebuild");
 #endif
@@ -426,6 +505,11 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app->add_flag("--per-tensor", per_tensor,
                   "one int8 scale per weight tensor instead of one per output channel");
+    bool keep_channels = false;
+    app->add_flag("--keep-channels", keep_channels,
+                  "torchscript and onnx: keep the channels structured pruning "
+                  "(train.prune.structure=channels) zeroed instead of deleting them from the "
+                  "exported model");
     app->add_option("--threads", int8.threads, "threads for the latency figures")
         ->check(CLI::Range(1, 1024))
         ->capture_default_str();
@@ -440,6 +524,7 @@ int main(int argc, char** argv) {
     int8.quant.mode = quantize == "dynamic" ? st::QuantMode::kDynamic : st::QuantMode::kStatic;
     int8.quant.per_channel = !per_tensor;
     int8.quant.observer = st::parse_observer(observer, "--observer: ");
+    int8.shrink = !keep_channels;
 
     STRATA_CHECK_T(UsageError, strata::path_exists(run_dir),
                    "'", run_dir, "' does not exist; pass a run directory (runs/<name>)");
@@ -473,11 +558,11 @@ int main(int argc, char** argv) {
       export_safetensors(run_dir, tensors, out, report);
     } else if (format == "onnx") {
       export_onnx(run_dir, tensors, model_pt, out,
-                  quantized ? std::optional<Int8Flags>(int8) : std::nullopt, report);
+                  quantized ? std::optional<Int8Flags>(int8) : std::nullopt, int8.shrink, report);
     } else if (quantized) {
       export_int8_torchscript(run_dir, tensors, model_pt, out, int8, report);
     } else {
-      export_torchscript(run_dir, tensors, model_pt, out, report);
+      export_torchscript(run_dir, tensors, model_pt, out, int8.shrink, int8.threads, report);
     }
     report["file_bytes"] = std::filesystem::file_size(out);
     report["tensors"] = nlohmann::ordered_json::array();

@@ -1,5 +1,6 @@
 #include "trainer/prune.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.h"
@@ -30,7 +31,7 @@ at::Tensor keep_above(const at::Tensor& magnitudes, const at::Tensor& pool, doub
 }  // namespace
 
 Pruner::Pruner(const PruneSection& section, torch::nn::Module& model, int64_t total_steps,
-               const std::string& where)
+               const std::string& where, const std::vector<ChannelGroup>& groups)
     : s_(section), start_(section.start_step),
       end_(section.end_step > 0 ? section.end_step : total_steps - 1) {
   STRATA_CHECK_T(ConfigError, s_.sparsity >= 0.0 && s_.sparsity < 1.0, where,
@@ -44,6 +45,27 @@ Pruner::Pruner(const PruneSection& section, torch::nn::Module& model, int64_t to
   STRATA_CHECK_T(ConfigError, start_ < end_, where, "train.prune.start_step ", start_,
                  " must come before the end of the ramp (train.prune.end_step ", end_,
                  s_.end_step > 0 ? "" : ", the run's last step", ")");
+  if (s_.structure == "channels") {
+    STRATA_CHECK_T(ConfigError, s_.scope == "layer", where,
+                   "train.prune.structure=channels prunes each layer's channels to the sparsity "
+                   "on its own (norms of different layers do not compare): set "
+                   "train.prune.scope=layer");
+    const auto params = model.named_parameters();
+    for (const ChannelGroup& g : groups) {
+      if (excluded(g.layer, s_.exclude)) continue;
+      Channels c{g.layer, params[g.layer], {}, {}};
+      for (const std::string& t : g.zeroed) c.zeroed.push_back(params[t]);
+      c.keep = at::ones({g.channels}, c.weight.options());
+      channels_.push_back(std::move(c));
+    }
+    STRATA_CHECK_T(ConfigError, !channels_.empty(), where,
+                   "train.prune.structure=channels: the model has no conv or linear layer whose "
+                   "channels every reader can lose (Note [Channel groups]: a channel that feeds a "
+                   "residual add, attention heads or the output stays)",
+                   s_.exclude.empty() ? "" : " less train.prune.exclude '" + s_.exclude + "'",
+                   "; prune with structure=weights");
+    return;
+  }
   for (auto& p : model.named_parameters()) {
     if (p.value().dim() < 2 || excluded(p.key(), s_.exclude)) continue;
     entries_.push_back({p.key(), p.value(), at::ones_like(p.value(), at::MemoryFormat::Preserve)});
@@ -70,6 +92,10 @@ bool Pruner::update(int64_t step) {
 
 void Pruner::prune_to(double sparsity) {
   torch::NoGradGuard no_grad;
+  if (!channels_.empty()) {
+    prune_channels_to(sparsity);
+    return;
+  }
   if (s_.scope == "layer") {
     for (Entry& e : entries_) {
       const at::Tensor m = e.weight.detach().abs();
@@ -85,10 +111,35 @@ void Pruner::prune_to(double sparsity) {
   apply();
 }
 
+// Each group's `floor(sparsity * channels)` channels (at most all but one)
+// of the smallest weight-row norms pruned; ties go to the lower index, so
+// channels already zero stay pruned as the ramp rises.
+void Pruner::prune_channels_to(double sparsity) {
+  for (Channels& c : channels_) {
+    const int64_t n = c.keep.numel();
+    const int64_t k =
+        std::min(n - 1, static_cast<int64_t>(std::floor(sparsity * static_cast<double>(n))));
+    const at::Tensor rows = c.weight.detach().flatten(1).to(at::kDouble);
+    const at::Tensor norms = s_.norm == "l2" ? rows.pow(2).sum(1) : rows.abs().sum(1);
+    const at::Tensor order = std::get<1>(norms.sort(/*stable=*/true, 0, /*descending=*/false));
+    c.keep = at::ones_like(c.keep);
+    c.keep.index_fill_(0, order.narrow(0, 0, k), 0);
+  }
+  masking_ = sparsity > 0.0;
+  apply();
+}
+
 void Pruner::apply() {
   if (!masking_) return;  // before the ramp: every mask is all ones
   torch::NoGradGuard no_grad;
   for (Entry& e : entries_) e.weight.mul_(e.mask);
+  for (Channels& c : channels_) {
+    for (at::Tensor& t : c.zeroed) {
+      std::vector<int64_t> shape(static_cast<size_t>(t.dim()), 1);
+      shape[0] = -1;
+      t.mul_(c.keep.view(shape));
+    }
+  }
 }
 
 void Pruner::restore_from_weights() {
@@ -98,12 +149,19 @@ void Pruner::restore_from_weights() {
     e.mask = e.weight.detach().ne(0).to(e.weight.scalar_type());
     masking_ = masking_ || e.mask.eq(0).any().item<bool>();
   }
+  for (Channels& c : channels_) {
+    c.keep = c.weight.detach().flatten(1).ne(0).any(1).to(c.weight.scalar_type());
+    masking_ = masking_ || c.keep.eq(0).any().item<bool>();
+  }
 }
 
 std::vector<Pruner::Layer> Pruner::sparsity() const {
   std::vector<Layer> out;
   for (const Entry& e : entries_) {
     out.push_back({e.name, e.mask.numel(), e.mask.eq(0).sum().item<int64_t>()});
+  }
+  for (const Channels& c : channels_) {
+    out.push_back({c.name, c.keep.numel(), c.keep.eq(0).sum().item<int64_t>()});
   }
   return out;
 }

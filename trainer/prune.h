@@ -15,6 +15,16 @@
 // 0.0 would be taken as pruned; trained float weights are not). Data
 // parallel ranks hold equal weights and so compute equal masks; a model
 // split over ranks (tensor or pipeline parallel) is refused for now.
+//
+// With structure=channels the same ramp prunes whole channels instead
+// (Note [Channel groups]): each group -- a conv's output channels or a
+// linear's units whose every reader can lose them -- loses the fraction of
+// its channels whose producer weights have the smallest L1 (or L2) norm
+// (at least one channel stays), and the mask zeroes the channel's weight
+// row, bias, and the weight and bias of its BatchNorm, so the channel's
+// output is exactly 0 through training, checkpoints and resume (the
+// channel mask comes back from the weight rows), and strata-export can
+// delete it (shrink_channels).
 #pragma once
 
 #include <torch/torch.h>
@@ -23,6 +33,7 @@
 #include <utility>
 #include <vector>
 
+#include "trainer/channels.h"
 #include "trainer/recipe.h"
 
 namespace strata::train {
@@ -32,8 +43,10 @@ class Pruner {
   // Prunes `model`'s weights over a run of `total_steps` steps.
   // ConfigError (naming `where`, the recipe section's place) for a sparsity
   // outside [0, 1), an empty step range, or no weight left to prune.
+  // structure=channels prunes `groups` (channel_groups(model, ...)) less
+  // those train.prune.exclude names.
   Pruner(const PruneSection& section, torch::nn::Module& model, int64_t total_steps,
-         const std::string& where);
+         const std::string& where, const std::vector<ChannelGroup>& groups = {});
 
   // The ramp's sparsity after `step` steps.
   double target(int64_t step) const;
@@ -48,10 +61,11 @@ class Pruner {
 
   struct Layer {
     std::string name;
-    int64_t numel = 0;
+    int64_t numel = 0;  // weights, or channels (structure channels)
     int64_t pruned = 0;
   };
-  // Each pruned weight's size and pruned count (one host sync per tensor).
+  // Each pruned weight's (or channel group's) size and pruned count (one
+  // host sync per tensor).
   std::vector<Layer> sparsity() const;
 
  private:
@@ -60,11 +74,20 @@ class Pruner {
     at::Tensor weight;
     at::Tensor mask;  // same dtype as the weight: 1 kept, 0 pruned
   };
+  // structure=channels: a group's tensors and its channel mask.
+  struct Channels {
+    std::string name;              // the producer's weight
+    at::Tensor weight;             // whose rows rank the channels
+    std::vector<at::Tensor> zeroed;  // indexed by channel along dim 0
+    at::Tensor keep;               // [channels], the weight's dtype: 1 kept, 0 pruned
+  };
   void prune_to(double sparsity);
+  void prune_channels_to(double sparsity);
 
   PruneSection s_;
   int64_t start_, end_;
   std::vector<Entry> entries_;
+  std::vector<Channels> channels_;
   bool masking_ = false;  // some mask prunes: apply() has work
 };
 

@@ -226,6 +226,11 @@ void FrozenGraph::observe(const std::vector<Value*>& values, const std::vector<a
   }
 }
 
+void FrozenGraph::drop_dead() {
+  jit::EliminateDeadCode(graph);
+  prune_names(*this);
+}
+
 std::string FrozenGraph::name_of(const Value* v) const {
   const auto it = names.find(v);
   return it == names.end() ? std::string() : it->second;
@@ -309,8 +314,7 @@ int fold_batchnorm(FrozenGraph& fg) {
     n->destroy();
     ++folded;
   }
-  jit::EliminateDeadCode(fg.graph);
-  prune_names(fg);
+  fg.drop_dead();
   return folded;
 }
 
@@ -469,8 +473,7 @@ QuantReport quantize(FrozenGraph& fg, const QuantOptions& opts,
       report.layers.push_back(layer_of(n, "quantized::linear_dynamic", w, qw));
       n->destroy();
     }
-    jit::EliminateDeadCode(fg.graph);
-    prune_names(fg);
+    fg.drop_dead();
     return report;
   }
 
@@ -603,8 +606,7 @@ QuantReport quantize(FrozenGraph& fg, const QuantOptions& opts,
     jit::WithInsertPoint guard(q->node()->next());
     v->replaceAllUsesWith(g.insert(c10::aten::dequantize, {q}));
   }
-  jit::EliminateDeadCode(fg.graph);
-  prune_names(fg);
+  fg.drop_dead();
   return report;
 }
 

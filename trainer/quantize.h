@@ -62,6 +62,9 @@ struct FrozenGraph {
                const std::function<void(const std::vector<at::Tensor>& seen)>& seen) const;
   // The parameter name of constant `v`, or "" when it has none.
   std::string name_of(const torch::jit::Value* v) const;
+  // Deletes the ops no output depends on, and the names of the constants
+  // that go with them (a freed Value's address may be reused).
+  void drop_dead();
 };
 
 // `v` when it is a constant, or a list built of constant ints (the trace

@@ -203,11 +203,15 @@ struct PruneSection {
   int64_t end_step = 0;
   int64_t every = 100;
   std::string exclude;
+  std::string structure = "weights";
+  std::string norm = "l1";
 
   template <class V>
   void visit(V& v) {
-    v.field("sparsity", sparsity, at_least(0), "final fraction of the pruned weights set to zero, in [0, 1) (0: off); weights: every parameter of 2 or more dimensions (conv kernels, linear and embedding matrices)");
-    v.field("scope", scope, one_of({"global", "layer"}), "global: one magnitude threshold over all pruned weights; layer: each weight tensor pruned to the sparsity on its own");
+    v.field("sparsity", sparsity, at_least(0), "final fraction of the pruned weights (structure weights) or of each layer's channels (structure channels) set to zero, in [0, 1) (0: off)");
+    v.field("structure", structure, one_of({"weights", "channels"}), "weights: single weights by magnitude, every parameter of 2 or more dimensions (conv kernels, linear and embedding matrices); channels: whole conv output channels and linear units by the norm of their weights, with their BatchNorm entries, where every reader can lose them (strata-export then writes a smaller dense model)");
+    v.field("norm", norm, one_of({"l1", "l2"}), "structure channels: the norm of a channel's weights that ranks it (the smallest are pruned)");
+    v.field("scope", scope, one_of({"global", "layer"}), "global: one magnitude threshold over all pruned weights; layer: each weight tensor pruned to the sparsity on its own (structure channels: layer only, each layer loses that fraction of its channels)");
     v.field("start_step", start_step, at_least(0), "the step pruning starts at (sparsity 0 before)");
     v.field("end_step", end_step, at_least(0), "the step it reaches the final sparsity (0: the run's last, so the final model has it); the cubic ramp s(t) = s_f (1 - (1 - (t - start) / (end - start))^3) in between");
     v.field("every", every, at_least(1), "steps between mask updates on the ramp; pruned weights stay zero through every optimizer step");

@@ -237,8 +237,13 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
                    "train.prune with tensor or pipeline parallelism is not supported yet (each "
                    "rank holds part of the weights, and the global threshold would need them "
                    "all); prune with data parallelism only");
+    const std::vector<ChannelGroup> groups =
+        recipe.train.prune.structure == "channels"
+            ? channel_groups(*pm.model,
+                             eval_inputs.slice(0, 0, std::min<int64_t>(2, eval_inputs.size(0))))
+            : std::vector<ChannelGroup>{};
     pruner = std::make_unique<Pruner>(recipe.train.prune, model, total_steps,
-                                      recipe.where("train.prune"));
+                                      recipe.where("train.prune"), groups);
     step->set_pruner(pruner.get());
   }
   if (recipe.train.qat.enabled) start_qat();
@@ -518,18 +523,21 @@ void Trainer::Impl::log_prune() {
     pruned += l.pruned;
   }
   const double sparsity = n ? static_cast<double>(pruned) / static_cast<double>(n) : 0.0;
+  // structure=channels counts channels: the layers' fractions of them.
+  const char* unit = recipe.train.prune.structure == "channels" ? "channels" : "weights";
   metrics->write(JsonObject()
                      .add("kind", "prune")
+                     .add("structure", recipe.train.prune.structure)
                      .add("step", state.step)
                      .add("target", pruner->target(state.step))
                      .add("sparsity", sparsity)
                      .add("pruned", pruned)
-                     .add("weights", n)
+                     .add(unit, n)
                      .add("layers", layers)
                      .add("time_s", seconds_since(run_t0)));
   if (state.step > 0 || sparsity > 0) {
     log_info("pruned to sparsity ", format_metric(sparsity), " at step ", state.step, " (",
-             pruned, " of ", n, " weights)");
+             pruned, " of ", n, " ", unit, ")");
   }
 }
 

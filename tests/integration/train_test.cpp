@@ -5,12 +5,15 @@
 #include <signal.h>
 #include <sys/wait.h>
 #include <torch/serialize.h>
+#include <torch/script.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
 #include <regex>
+
+#include <nlohmann/json.hpp>
 
 #include "core/fs.h"
 #include "core/json.h"
@@ -324,6 +327,56 @@ TEST(StrataTrain, PruningMasksSurviveAKillAndResumeBitwise) {
   }
   EXPECT_NE(last_prune.find("\"target\":0.8"), std::string::npos) << last_prune;
   EXPECT_NE(last_prune.find("\"net.0.weight\":"), std::string::npos) << last_prune;
+}
+
+TEST(StrataTrain, StructuredPruningSurvivesAKillAndResumesBitwiseAndExportsASmallerModel) {
+  TempDir dir;
+  expect_kill_and_resume_bitwise(
+      dir, " model.name=cnn model.channels=[8,16] model.fc=32 train.prune.sparsity=0.5"
+           " train.prune.structure=channels train.prune.scope=layer train.prune.start_step=10"
+           " train.prune.every=20");
+  if (HasFailure()) return;
+  // Half of each layer's channels are zero rows, with their BatchNorm entries.
+  auto model = strata::test::load_state_dict(dir / "straight/model.pt");
+  auto zero_rows = [&](const std::string& name) {
+    return model.at(name).toTensor().flatten(1).eq(0).all(1);
+  };
+  const at::Tensor conv0 = zero_rows("features.0.weight");
+  EXPECT_EQ(conv0.sum().item<int64_t>(), 4);
+  EXPECT_TRUE(at::equal(model.at("features.1.weight").toTensor().eq(0), conv0));
+  EXPECT_TRUE(at::equal(model.at("features.1.bias").toTensor().eq(0), conv0));
+  EXPECT_EQ(zero_rows("features.4.weight").sum().item<int64_t>(), 8);
+  EXPECT_EQ(zero_rows("classifier.0.weight").sum().item<int64_t>(), 16);
+  std::string last_prune;
+  for (const auto& l : read_lines(dir / "straight/metrics.jsonl")) {
+    if (field(l, "kind") == "prune") last_prune = l;
+  }
+  EXPECT_NE(last_prune.find("\"channels\":56,\"layers\":{\"features.0.weight\":0.5"),
+            std::string::npos) << last_prune;
+
+  // The export deletes them: a smaller dense TorchScript model with the
+  // model's accuracy.
+  auto exported = run_command(kBinDir + "strata-export " + dir / "straight" + " --format torchscript");
+  ASSERT_EQ(exported.exit_code, 0) << exported.output;
+  EXPECT_NE(exported.output.find("structured pruning: 28 of 56 channels deleted in 3 layers"),
+            std::string::npos) << exported.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(exported.output, m,
+                                std::regex("test accuracy ([0-9.]+) \\(model ([0-9.]+)\\)")))
+      << exported.output;
+  EXPECT_NEAR(std::stod(m[1]), std::stod(m[2]), 0.002);
+  torch::jit::Module back = torch::jit::load(dir / "straight/model.torchscript.pt");
+  const at::Tensor y = back.forward({torch::zeros({3, 1, 28, 28})}).toTensor();
+  EXPECT_EQ(y.sizes(), (std::vector<int64_t>{3, 10}));
+  const auto report = nlohmann::json::parse(strata::read_file(dir / "straight/export.json"));
+  ASSERT_EQ(report["pruned_channels"].size(), 3u);
+  EXPECT_EQ(report["pruned_channels"][0]["kept"], 4);
+  EXPECT_LT(report["file_bytes"].get<int64_t>(), report["file_bytes_unpruned"].get<int64_t>() / 2);
+  // --keep-channels writes the model as trained.
+  auto kept = run_command(kBinDir + "strata-export " + dir / "straight" +
+                          " --format torchscript --keep-channels");
+  ASSERT_EQ(kept.exit_code, 0) << kept.output;
+  EXPECT_EQ(kept.output.find("structured pruning"), std::string::npos) << kept.output;
 }
 
 TEST(StrataTrain, QuantizationAwareTrainingSurvivesAKillAndResumesBitwise) {
