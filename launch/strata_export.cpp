@@ -49,6 +49,7 @@
 #include "strata/config.h"
 #include "trainer/channels.h"
 #include "trainer/checkpoint.h"
+#include "trainer/distill.h"
 #include "trainer/cli.h"
 #include "trainer/recipe.h"
 #include "trainer/evaluate.h"
@@ -260,6 +261,67 @@ void describe_int8(const Prepared& p, const Int8Flags& flags, nlohmann::ordered_
   report["layers"] = layers;
 }
 
+// The bytes of `module` saved as TorchScript.
+int64_t saved_bytes(const torch::jit::Module& module, const std::string& tmp) {
+  module.save(tmp);
+  const auto bytes = static_cast<int64_t>(std::filesystem::file_size(tmp));
+  std::filesystem::remove(tmp);
+  return bytes;
+}
+
+double accuracy_of(const st::EvalSums& s) {
+  return s.count ? static_cast<double>(s.correct) / static_cast<double>(s.count) : 0.0;
+}
+
+// A distilled run (recipe.distill.teacher): teacher, student and the
+// compressed student (the exported file) side by side -- accuracy on the
+// evaluation split, parameters, fp32 TorchScript bytes -- printed and in the
+// report ("distillation"). A teacher file no longer there is noted, not an error.
+void describe_distillation(const Rebuilt& r, const torch::jit::Module& student_traced,
+                           const std::string& compressed, double compressed_accuracy,
+                           const std::string& out, nlohmann::ordered_json& report) {
+  const st::DistillSection& d = r.recipe.distill;
+  if (d.teacher.empty()) return;
+  if (!strata::path_exists(d.teacher)) {
+    std::cout << "distilled from " << d.teacher << ", which is not there any more: no teacher "
+              << "figures\n";
+    report["distillation"] = {{"teacher", d.teacher}, {"teacher_missing", true}};
+    return;
+  }
+  torch::NoGradGuard no_grad;
+  const st::Registries registries = st::builtin_registries();
+  const std::shared_ptr<st::Model> teacher =
+      st::load_teacher(r.recipe, registries.models, r.data.shape, at::kCPU);
+  const int64_t batch = r.recipe.data.eval_batch_size;
+  const double teacher_acc = accuracy_of(
+      st::evaluate_classifier(*teacher, r.data.eval_inputs, r.data.eval_targets, batch));
+  const double student_acc = accuracy_of(
+      st::evaluate_classifier(*r.model, r.data.eval_inputs, r.data.eval_targets, batch));
+  const std::string tmp = out + ".tmp";
+  const int64_t teacher_bytes = saved_bytes(st::trace_torchscript(*teacher, r.example), tmp);
+  const int64_t student_bytes = saved_bytes(student_traced, tmp);
+  const auto compressed_bytes = static_cast<int64_t>(std::filesystem::file_size(out));
+  const nlohmann::ordered_json rows = nlohmann::ordered_json::array({
+      {{"model", "teacher"}, {"spec", d.teacher_model.name}, {"accuracy", teacher_acc},
+       {"parameters", st::parameter_count(*teacher)}, {"file_bytes", teacher_bytes}},
+      {{"model", "student"}, {"spec", r.recipe.model.name}, {"accuracy", student_acc},
+       {"parameters", st::parameter_count(*r.model)}, {"file_bytes", student_bytes}},
+      {{"model", "compressed student"}, {"spec", compressed}, {"accuracy", compressed_accuracy},
+       {"parameters", st::parameter_count(*r.model)}, {"file_bytes", compressed_bytes}}});
+  std::cout << "distilled from " << d.teacher << ":\n"
+            << std::left << std::setw(22) << "" << std::setw(24) << "model" << std::right
+            << std::setw(10) << r.data.eval_split << std::setw(12) << "parameters"
+            << std::setw(12) << "bytes" << "\n";
+  for (const auto& row : rows) {
+    std::cout << std::left << std::setw(22) << row["model"].get<std::string>() << std::setw(24)
+              << row["spec"].get<std::string>() << std::right << std::setw(10)
+              << strata::format_metric(row["accuracy"].get<double>()) << std::setw(12)
+              << row["parameters"].get<int64_t>() << std::setw(12)
+              << row["file_bytes"].get<int64_t>() << "\n";
+  }
+  report["distillation"] = {{"teacher", d.teacher}, {"models", rows}};
+}
+
 // The channels structured pruning zeroed that the export deleted, as a
 // table and in the report.
 void describe_channels(const Prepared& p, nlohmann::ordered_json& report) {
@@ -307,9 +369,7 @@ void export_torchscript(const std::string& run_dir, const Tensors& tensors,
   const st::EvalSums theirs = st::evaluate_classifier(
       [&](const at::Tensor& x) { return back.forward({x}).toTensor(); }, data.eval_inputs,
       data.eval_targets, batch);
-  auto accuracy = [](const st::EvalSums& s) {
-    return s.count ? static_cast<double>(s.correct) / static_cast<double>(s.count) : 0.0;
-  };
+  const auto accuracy = accuracy_of;
   report["model"] = recipe.model.name;
   report["example_shape"] = example.sizes().vec();
   report["max_abs_diff"] = diff;
@@ -329,9 +389,7 @@ void export_torchscript(const std::string& run_dir, const Tensors& tensors,
   if (!pruned) return;
 
   describe_channels(p, report);
-  p.traced.save(tmp);
-  const auto dense_bytes = static_cast<int64_t>(std::filesystem::file_size(tmp));
-  std::filesystem::remove(tmp);
+  const int64_t dense_bytes = saved_bytes(p.traced, tmp);
   const auto pruned_bytes = static_cast<int64_t>(std::filesystem::file_size(out));
   const nlohmann::ordered_json latency = latencies(
       {{"unpruned", [&](const at::Tensor& v) { return p.traced.forward({v}).toTensor(); }},
@@ -356,6 +414,7 @@ void export_torchscript(const std::string& run_dir, const Tensors& tensors,
             << "), batch 64 " << strata::format_metric(l64["pruned_ms"].get<double>())
             << " ms (unpruned " << strata::format_metric(l64["unpruned_ms"].get<double>()) << "), "
             << threads << " thread" << (threads == 1 ? "" : "s") << "\n";
+  describe_distillation(r, p.traced, "channels pruned", accuracy(theirs), out, report);
 }
 
 // Quantizes the run's model to int8 (dynamic or static, trainer/quantize.h),
@@ -380,9 +439,7 @@ void export_int8_torchscript(const std::string& run_dir, const Tensors& tensors,
   STRATA_CHECK_T(Error, at::equal(back.forward({r.example}).toTensor(), mine), out,
                  ": the loaded int8 TorchScript computes other outputs than the graph it was "
                  "saved from");
-  traced.save(tmp);
-  const auto fp32_bytes = static_cast<int64_t>(std::filesystem::file_size(tmp));
-  std::filesystem::remove(tmp);
+  const int64_t fp32_bytes = saved_bytes(traced, tmp);
   const auto int8_bytes = static_cast<int64_t>(std::filesystem::file_size(out));
 
   // Accuracy of both, and how often they agree, over the evaluation split.
@@ -431,6 +488,10 @@ void export_int8_torchscript(const std::string& run_dir, const Tensors& tensors,
             << fp32_bytes << "); batch-1 latency " << strata::format_metric(l1["int8_ms"].get<double>())
             << " ms (fp32 " << strata::format_metric(l1["fp32_ms"].get<double>()) << " ms, "
             << flags.threads << " thread" << (flags.threads == 1 ? "" : "s") << ")\n";
+  describe_distillation(r, traced,
+                        std::string(!flags.quant.ranges.empty() ? "qat" : is_static ? "static" : "dynamic") +
+                            " int8" + (p.shrunk.empty() ? "" : ", channels pruned"),
+                        ratio(correct_int8, count), out, report);
 }
 
 // Writes the run's model as ONNX (trainer/onnx.h): float, or QDQ int8 with

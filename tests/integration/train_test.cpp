@@ -109,7 +109,8 @@ TEST(StrataTrain, GptLearnsBytesOfText) {
 }
 
 // A teacher run's model.pt distils into a smaller student from the
-// command line; the student learns.
+// command line; the student learns, and its int8 export reports teacher,
+// student and compressed student side by side.
 TEST(StrataTrain, DistilsFromATeachersModelPt) {
   TempDir dir;
   const std::string base = kBin + " " + kRecipes + "fashion_mnist_mlp.yaml data.train_subset=6000"
@@ -122,7 +123,27 @@ TEST(StrataTrain, DistilsFromATeachersModelPt) {
                        " distill.alpha=0.5 distill.temperature=4");
   ASSERT_EQ(s.exit_code, 0) << s.output;
   EXPECT_NE(s.output.find("distilling from"), std::string::npos) << s.output;
-  EXPECT_GT(std::stod(field(read_lines(dir / "student/metrics.jsonl").back(), "accuracy")), 0.7);
+  const double student_acc =
+      std::stod(field(read_lines(dir / "student/metrics.jsonl").back(), "accuracy"));
+  EXPECT_GT(student_acc, 0.7);
+
+  // Compressed, the export puts teacher, student and compressed student side by side.
+  auto e = run_command(kBinDir + "strata-export " + dir / "student" +
+                       " --format torchscript --quantize dynamic");
+  ASSERT_EQ(e.exit_code, 0) << e.output;
+  EXPECT_NE(e.output.find("distilled from"), std::string::npos) << e.output;
+  const auto report = nlohmann::json::parse(strata::read_file(dir / "student/export.json"));
+  const auto& rows = report["distillation"]["models"];
+  ASSERT_EQ(rows.size(), 3u) << report.dump();
+  EXPECT_EQ(rows[0]["model"], "teacher");
+  EXPECT_EQ(rows[0]["accuracy"].get<double>(),
+            std::stod(field(read_lines(dir / "teacher/metrics.jsonl").back(), "accuracy")));
+  EXPECT_EQ(rows[1]["accuracy"].get<double>(), student_acc);
+  EXPECT_EQ(rows[2]["accuracy"].get<double>(), report["accuracy_int8"].get<double>());
+  EXPECT_GT(rows[0]["parameters"].get<int64_t>(), rows[1]["parameters"].get<int64_t>());
+  EXPECT_GT(rows[0]["file_bytes"].get<int64_t>(), rows[1]["file_bytes"].get<int64_t>());
+  EXPECT_GT(rows[1]["file_bytes"].get<int64_t>(), rows[2]["file_bytes"].get<int64_t>());
+
   auto bad = run_command(base + " run.dir=" + dir / "bad distill.teacher=" + dir / "teacher/model.pt" +
                          " distill.teacher_model.name=mlp");  // default hidden [256,128]
   EXPECT_EQ(bad.exit_code, 2) << bad.output;
