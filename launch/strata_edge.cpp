@@ -6,9 +6,23 @@
 // The shard is part I of the recipe's federated.sim partition (clients,
 // partition, dirichlet_alpha, run.seed), so N processes with I = 0..N-1
 // split the data like strata-fedsim's N threads. TLS: federated.server.tls_ca.
+//
+//   strata-edge infer MODEL INPUT... [--labels IDX] [--top K] [--batch N]
+//                     [--limit N] [--threads N] [--quiet]
+//
+// runs a model strata-export wrote (--format strata-int8, or torchscript:
+// trainer/edge_model.h) on images -- PNG, JPEG, BMP or PGM files of the
+// model's size, or IDX image files (all their images) -- without a recipe,
+// MPI or the training data, and prints each image's most probable classes
+// (with --labels, the IDX labels of an IDX input: the accuracy).
 // Exit codes: 0 success, 2 usage/recipe error, 1 runtime failure.
 #include <ATen/Parallel.h>
+#if STRATA_HAVE_STB
+#include <stb_image.h>
+#endif
 
+#include <iomanip>
+#include <chrono>
 #include <iostream>
 #include <vector>
 
@@ -21,6 +35,8 @@
 #include "federated/learner.h"
 #include "federated/partition.h"
 #include "trainer/cli.h"
+#include "trainer/data/idx.h"
+#include "trainer/edge_model.h"
 #include "trainer/trainer.h"
 
 namespace st = strata::train;
@@ -50,15 +66,152 @@ std::string read_token(const std::string& path, const std::string& client) {
                                        "with strata-fedserver enroll RECIPE ID --out DIR)"));
 }
 
+// One input file's images as [N, C, H, W] uint8: an IDX image file (all
+// of its images, at most `limit`), or one image file (stb_image: PNG, JPEG,
+// BMP, PGM, ...) of the model's size, read with the model's channels.
+at::Tensor read_images(const std::string& path, const std::vector<int64_t>& shape, int64_t limit) {
+  STRATA_CHECK_T(UsageError, strata::path_exists(path), "input '", path,
+                 "' does not exist");
+  STRATA_CHECK_T(UsageError, shape.size() == 3, "the model takes inputs of ",
+                 shape.size(), " dimensions, not images [C, H, W]");
+  const int64_t c = shape[0], h = shape[1], w = shape[2];
+  const std::string data = strata::read_file(path);
+  const bool idx = data.size() >= 4 && data[0] == 0 && data[1] == 0 && data[2] == 8;
+  const bool gzip = data.size() >= 2 && static_cast<uint8_t>(data[0]) == 0x1f &&
+                    static_cast<uint8_t>(data[1]) == 0x8b;
+  if (idx || gzip) {
+    const st::IdxArray a = st::read_idx(path);
+    const bool fits = (a.dims.size() == 3 && c == 1 && a.dims[1] == h && a.dims[2] == w) ||
+                      (a.dims.size() == 4 && a.dims[1] == c && a.dims[2] == h && a.dims[3] == w);
+    STRATA_CHECK_T(UsageError, fits, "'", path, "' holds IDX images of shape ",
+                   c10::IntArrayRef(a.dims), "; the model takes [", c, ", ", h, ", ", w, "]");
+    const int64_t n = limit > 0 ? std::min(limit, a.dims[0]) : a.dims[0];
+    return at::from_blob(const_cast<uint8_t*>(a.data.data()), {n, c, h, w}, at::kByte).clone();
+  }
+#if STRATA_HAVE_STB
+  int iw = 0, ih = 0, ic = 0;
+  uint8_t* pixels = stbi_load_from_memory(reinterpret_cast<const stbi_uc*>(data.data()),
+                                          static_cast<int>(data.size()), &iw, &ih, &ic,
+                                          static_cast<int>(c));
+  STRATA_CHECK_T(UsageError, pixels != nullptr, "'", path, "' is neither an IDX file "
+                 "nor an image stb_image reads (PNG, JPEG, BMP, PGM/PPM, ...): ",
+                 stbi_failure_reason());
+  const at::Tensor hwc = at::from_blob(pixels, {ih, iw, c}, at::kByte).clone();
+  stbi_image_free(pixels);
+  STRATA_CHECK_T(UsageError, ih == h && iw == w, "'", path, "' is ", iw, "x", ih,
+                 " pixels; the model takes ", w, "x", h, " (resize it first)");
+  return hwc.permute({2, 0, 1}).unsqueeze(0).contiguous();
+#else
+  throw strata::UsageError(strata::str("'", path, "' is not an IDX file, and this strata-edge "
+                                       "was built without stb_image (libstb-dev) for image "
+                                       "files; install it (launch/setup does) and rebuild"));
+#endif
+}
+
+// strata-edge infer: an exported model run on images.
+int infer_main(int argc, char** argv) {
+  auto app = st::make_app("strata-edge infer",
+                          "Runs a model strata-export wrote (--format strata-int8, or "
+                          "torchscript) on images and prints each one's most probable classes.");
+  std::string model_path, labels_path;
+  std::vector<std::string> inputs;
+  int64_t top = 1, batch = 64, limit = 0;
+  int threads = 1;
+  bool quiet = false;
+  app->add_option("MODEL", model_path, "the exported model (RUN_DIR/model.strata-int8)")
+      ->required();
+  app->add_option("INPUT", inputs,
+                  "images of the model's size (PNG, JPEG, BMP, PGM) or IDX image files")
+      ->required();
+  app->add_option("--labels", labels_path,
+                  "IDX labels of the (one) IDX input: prints the accuracy")
+      ->type_name("IDX");
+  app->add_option("--top", top, "classes to print per image")->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app->add_option("--batch", batch, "images per forward")->check(CLI::Range(1, 65536))
+      ->capture_default_str();
+  app->add_option("--limit", limit, "at most this many images of an IDX input (0: all)")
+      ->check(CLI::NonNegativeNumber);
+  app->add_option("--threads", threads, "intra-op threads")->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  app->add_flag("--quiet", quiet, "no line per image: only the summary");
+  if (!st::parse_args(*app, argc, argv)) return 0;
+  at::set_num_threads(threads);
+  st::EdgeModel model(model_path);
+  STRATA_CHECK_T(UsageError, model.takes_pixels(), model_path,
+                 " is not an image model; strata-edge infer runs image classifiers");
+  std::vector<int64_t> labels;
+  if (!labels_path.empty()) {
+    STRATA_CHECK_T(UsageError, inputs.size() == 1, "--labels goes with one IDX input, "
+                   "not ", inputs.size(), " inputs");
+    const st::IdxArray a = st::read_idx(labels_path);
+    STRATA_CHECK_T(UsageError, a.dims.size() == 1, "--labels '", labels_path,
+                   "' is not a 1-D IDX label file");
+    labels.assign(a.data.begin(), a.data.end());
+  }
+  const auto& m = model.manifest();
+  std::cout << model_path << ": " << m["model"].value("name", std::string("?")) << ", "
+            << m.value("format", std::string("?"))
+            << (m.contains("int8") ? " (" + m["int8"].value("scheme", std::string()) + " int8, " +
+                                         m["int8"].value("engine", std::string()) + ")"
+                                   : std::string(" (fp32)"))
+            << "\n";
+  int64_t seen = 0, correct = 0;
+  double ms = 0;
+  for (const std::string& input : inputs) {
+    const at::Tensor images = read_images(input, model.input_shape(), limit);
+    const int64_t n = images.size(0);
+    STRATA_CHECK_T(UsageError, labels.empty() || static_cast<int64_t>(labels.size()) >= n,
+                   "--labels '", labels_path, "' has ", labels.size(), " labels for ", n,
+                   " images");
+    for (int64_t i = 0; i < n; i += batch) {
+      const int64_t b = std::min(batch, n - i);
+      const at::Tensor x = model.from_pixels(images.narrow(0, i, b));
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto predictions = model.classify(x, top);
+      ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      for (int64_t j = 0; j < b; ++j) {
+        const auto& p = predictions[static_cast<size_t>(j)];
+        if (!labels.empty()) correct += p[0].label == labels[static_cast<size_t>(i + j)];
+        if (quiet) continue;
+        std::cout << input;
+        if (n > 1 || images.size(0) != 1) std::cout << "[" << i + j << "]";
+        std::cout << ":";
+        for (const st::Prediction& k : p) {
+          std::cout << " " << k.label << " (" << std::fixed << std::setprecision(4)
+                    << k.probability << ")";
+        }
+        std::cout.unsetf(std::ios::floatfield);
+        std::cout << "\n";
+      }
+    }
+    seen += n;
+  }
+  std::cout << seen << " image" << (seen == 1 ? "" : "s") << " in "
+            << strata::format_metric(ms) << " ms of forward (" << threads << " thread"
+            << (threads == 1 ? "" : "s") << ", batches of " << batch << ")";
+  if (!labels.empty()) {
+    std::cout << "; accuracy " << strata::format_metric(static_cast<double>(correct) /
+                                                        static_cast<double>(seen))
+              << " (" << correct << " of " << seen << ", labels " << labels_path << ")";
+  }
+  std::cout << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc >= 2 && std::string(argv[1]) == "infer") {
+    return st::run_main("strata-edge infer", [&] { return infer_main(argc - 1, argv + 1); });
+  }
   return st::run_main("strata-edge", [&] {
     auto app = st::make_app(
         "strata-edge",
         "One edge client: learns from its shard of the training set (part --shard of the "
         "recipe's federated.sim partition) and submits updates to a federated server until it "
-        "says training has finished.");
+        "says training has finished. 'strata-edge infer MODEL INPUT...' runs an exported model "
+        "(see strata-edge infer --help).");
     st::RecipeArgs args;
     args.example =
         "strata-edge recipes/fed_fmnist_sync.yaml --server 127.0.0.1:7070 --client edge-0 "

@@ -50,6 +50,7 @@
 #include "trainer/channels.h"
 #include "trainer/checkpoint.h"
 #include "trainer/distill.h"
+#include "trainer/edge_model.h"
 #include "trainer/cli.h"
 #include "trainer/recipe.h"
 #include "trainer/evaluate.h"
@@ -127,6 +128,7 @@ struct Int8Flags {
   int64_t calibration_batches = 16;
   int threads = 1;  // for the latency figures: an edge device's one core
   bool shrink = true;  // delete the channels structured pruning zeroed
+  std::string format = "torchscript";  // or strata-int8 (the manifest's "format")
 };
 
 // Median milliseconds of `forward` on `x` over `reps` calls (after warm-up).
@@ -222,6 +224,22 @@ Prepared prepare(const std::string& run_dir, const Tensors& tensors, const std::
   return p;
 }
 
+// One int8 op: its weight's scales and (static) its activations' scales and zero points.
+nlohmann::ordered_json int8_layer(const st::QuantLayer& l, bool is_static) {
+  nlohmann::ordered_json j{{"name", l.name}, {"op", l.op}, {"weight_shape", l.weight_shape}};
+  if (l.weight_scale_max > 0) {
+    j["weight_scale_min"] = l.weight_scale_min;
+    j["weight_scale_max"] = l.weight_scale_max;
+  }
+  if (is_static) {
+    j["input_scale"] = l.input_scale;
+    j["input_zero_point"] = l.input_zero_point;
+    j["output_scale"] = l.output_scale;
+    j["output_zero_point"] = l.output_zero_point;
+  }
+  return j;
+}
+
 // The int8 layers as a table and in the report.
 void describe_int8(const Prepared& p, const Int8Flags& flags, nlohmann::ordered_json& report) {
   const st::QuantReport& q = *p.q;
@@ -235,14 +253,9 @@ void describe_int8(const Prepared& p, const Int8Flags& flags, nlohmann::ordered_
     std::cout << std::left << std::setw(32) << l.name << std::setw(28) << l.op << std::right
               << std::setw(12) << l.float_bytes << std::setw(12) << l.weight_bytes << std::setw(12)
               << scale(l.input_scale) << std::setw(12) << scale(l.output_scale) << "\n";
-    nlohmann::ordered_json j{{"name", l.name}, {"op", l.op}, {"weight_shape", l.weight_shape},
-                             {"fp32_bytes", l.float_bytes}, {"int8_bytes", l.weight_bytes}};
-    if (is_static) {
-      j["input_scale"] = l.input_scale;
-      j["input_zero_point"] = l.input_zero_point;
-      j["output_scale"] = l.output_scale;
-      j["output_zero_point"] = l.output_zero_point;
-    }
+    nlohmann::ordered_json j = int8_layer(l, is_static);
+    j["fp32_bytes"] = l.float_bytes;
+    j["int8_bytes"] = l.weight_bytes;
     layers.push_back(j);
   }
   const bool qat = !flags.quant.ranges.empty();
@@ -259,6 +272,48 @@ void describe_int8(const Prepared& p, const Int8Flags& flags, nlohmann::ordered_
   report["folded_batchnorms"] = p.folded;
   report["float_layers_kept"] = q.float_ops_kept;
   report["layers"] = layers;
+}
+
+// The manifest every TorchScript export carries (Note [The strata-int8
+// package], trainer/edge_model.h): what a runtime needs to feed the model.
+nlohmann::ordered_json edge_manifest(const Prepared& p, const std::string& format,
+                                     const Int8Flags* int8) {
+  const Rebuilt& r = p.r;
+  nlohmann::ordered_json input;
+  std::vector<int64_t> shape(r.example.sizes().begin() + 1, r.example.sizes().end());
+  input["shape"] = shape;
+  input["dtype"] = c10::toString(r.example.scalar_type());
+  if (r.data.pixel_std > 0) {
+    input["pixel_mean"] = r.data.pixel_mean;
+    input["pixel_std"] = r.data.pixel_std;
+  }
+  nlohmann::ordered_json m{{"format", format},
+                   {"version", st::kEdgeManifestVersion},
+                   {"producer", std::string("strata ") + STRATA_VERSION},
+                   {"model", {{"name", r.recipe.model.name},
+                              {"task", r.data.task == st::Task::kClassification
+                                           ? "classification" : "language_model"}}},
+                   {"classes", r.data.shape.classes},
+                   {"input", input}};
+  if (!p.shrunk.empty()) {
+    nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+    for (const st::ShrunkLayer& l : p.shrunk) {
+      layers.push_back({{"layer", l.layer}, {"channels", l.channels}, {"kept", l.kept}});
+    }
+    m["pruned_channels"] = layers;
+  }
+  if (int8 && p.q) {
+    nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+    const bool is_static = int8->quant.mode == st::QuantMode::kStatic;
+    for (const st::QuantLayer& l : p.q->layers) {
+      layers.push_back(int8_layer(l, is_static));
+    }
+    m["int8"] = {{"engine", p.q->engine},
+                 {"scheme", !int8->quant.ranges.empty() ? "qat" : is_static ? "static" : "dynamic"},
+                 {"per_channel", int8->quant.per_channel},
+                 {"layers", layers}};
+  }
+  return m;
 }
 
 // The bytes of `module` saved as TorchScript.
@@ -354,8 +409,7 @@ void export_torchscript(const std::string& run_dir, const Tensors& tensors,
   const bool pruned = !p.shrunk.empty();
   torch::jit::Module module = pruned ? st::to_module(p.g, "PrunedModel") : p.traced;
   const std::string tmp = out + ".tmp";
-  module.save(tmp);
-  std::filesystem::rename(tmp, out);
+  st::save_edge_model(module, edge_manifest(p, "torchscript", nullptr), out);
 
   torch::jit::Module back = torch::jit::load(out);
   back.eval();
@@ -432,8 +486,7 @@ void export_int8_torchscript(const std::string& run_dir, const Tensors& tensors,
   const int folded = p.folded;
   torch::NoGradGuard no_grad;
   const std::string tmp = out + ".tmp";
-  st::to_module(g, "Int8Model").save(tmp);
-  std::filesystem::rename(tmp, out);
+  st::save_edge_model(st::to_module(g, "Int8Model"), edge_manifest(p, flags.format, &flags), out);
   torch::jit::Module back = torch::jit::load(out);
   const at::Tensor mine = g.run(r.example);
   STRATA_CHECK_T(Error, at::equal(back.forward({r.example}).toTensor(), mine), out,
@@ -541,8 +594,10 @@ int main(int argc, char** argv) {
         ->required();
     app->add_option("--format", format,
                     "safetensors (the Hugging Face weights format), torchscript (the model, "
-                    "for torch::jit::load and torch.jit.load) or onnx (for onnxruntime)")
-        ->check(CLI::IsMember({"safetensors", "torchscript", "onnx"}));
+                    "for torch::jit::load and torch.jit.load), onnx (for onnxruntime) or "
+                    "strata-int8 (the int8 model with its manifest, for strata-edge infer; "
+                    "--quantize static unless given)")
+        ->check(CLI::IsMember({"safetensors", "torchscript", "onnx", "strata-int8"}));
     std::string quantize = "none", observer = "minmax";
     bool per_tensor = false;
     Int8Flags int8;
@@ -578,6 +633,13 @@ int main(int argc, char** argv) {
                     "output file (default: RUN_DIR/model.safetensors, RUN_DIR/model.torchscript.pt)")
         ->type_name("FILE");
     if (!st::parse_args(*app, argc, argv)) return 0;
+    if (format == "strata-int8") {
+      STRATA_CHECK_T(UsageError, quantize != "none" || !app->get_option("--quantize")->count(),
+                     "--format strata-int8 is an int8 model: pass --quantize static, qat or "
+                     "dynamic (or leave --quantize out: static)");
+      if (quantize == "none") quantize = "static";
+      int8.format = format;
+    }
     const bool quantized = quantize != "none";
     STRATA_CHECK_T(UsageError, !quantized || format != "safetensors", "--quantize ", quantize,
                    " writes TorchScript or ONNX; pass --format torchscript or onnx (safetensors "
@@ -607,6 +669,7 @@ int main(int argc, char** argv) {
       out = strata::join_path(
           run_dir, format == "safetensors" ? "model.safetensors"
                    : format == "onnx"      ? (quantized ? "model.int8.onnx" : "model.onnx")
+                   : format == "strata-int8" ? "model.strata-int8"
                    : quantized             ? "model.int8.torchscript.pt"
                                            : "model.torchscript.pt");
     }

@@ -434,6 +434,10 @@ QuantReport quantize(FrozenGraph& fg, const QuantOptions& opts,
     l.weight_shape = w.sizes().vec();
     l.float_bytes = bytes_of(w);
     l.weight_bytes = qw.numel() + 4 * (opts.per_channel ? qw.size(0) : 1);
+    const at::Tensor scales = opts.per_channel ? qw.q_per_channel_scales()
+                                               : at::full({1}, qw.q_scale(), at::kDouble);
+    l.weight_scale_min = scales.min().item<double>();
+    l.weight_scale_max = scales.max().item<double>();
     return l;
   };
   auto prepack = [&](Node* n, const at::Tensor& qw, const at::Tensor& bias) {

@@ -133,6 +133,7 @@ struct QuantLayer {
   std::vector<int64_t> weight_shape;
   int64_t weight_bytes = 0;  // int8 weights + float scales
   int64_t float_bytes = 0;   // the float weights it replaces
+  double weight_scale_min = 0, weight_scale_max = 0;  // over the weight's channels (0 for an add)
   double input_scale = 0, output_scale = 0;  // static: activation scales (0 for dynamic)
   int64_t input_zero_point = 0, output_zero_point = 0;
 };

@@ -41,6 +41,9 @@ check "strata-edge --shard abc" 2 "^strata-edge: error: Could not convert: --sha
 check "strata-edge --shard out of range" 2 "^strata-edge: error: --shard 100 is outside \[0, 100\)" -- "$BIN/strata-edge" "$R" --server 127.0.0.1:1 --client a --token-file "$R" --shard 100
 check "strata-edge missing --server" 2 "^strata-edge: error: --server, --client and --token-file are required" -- "$BIN/strata-edge" "$R"
 check "strata-edge --token-file missing" 2 "^strata-edge: error: --token-file: File does not exist" -- "$BIN/strata-edge" "$R" --token-file /nonexistent
+check "strata-edge infer --help" 0 "Usage: strata-edge infer .*MODEL" -- bash -c "'$BIN/strata-edge' infer --help | tr '\n' ' '"
+check "strata-edge infer without inputs" 2 "^strata-edge infer: error: INPUT is required" -- "$BIN/strata-edge" infer /nonexistent
+check "strata-edge infer missing model" 2 "^strata-edge infer: error: '/nonexistent' does not exist; pass a model strata-export wrote" -- "$BIN/strata-edge" infer /nonexistent "$R"
 check "strata-edge --print-recipe" 0 "^federated:" -- "$BIN/strata-edge" "$R" --print-recipe
 check "strata-fedserver --help lists subcommands" 0 "enroll .*rotate .*revoke .*clients .*status " -- bash -c "'$BIN/strata-fedserver' --help | tr '\n' ' '"
 check "strata-fedserver enroll --help" 0 "--out DIR" -- "$BIN/strata-fedserver" enroll --help
@@ -67,7 +70,7 @@ check "strata-export --version" 0 "^strata-export [0-9]+\.[0-9]+\.[0-9]+ " -- "$
 check "strata-export no run" 2 "^strata-export: error: RUN_DIR is required" -- "$BIN/strata-export"
 check "strata-export missing run" 2 "^strata-export: error: '/nonexistent' does not exist; pass a run directory" -- "$BIN/strata-export" /nonexistent
 check "strata-export run without model.pt" 2 "^strata-export: error: '$SRC/recipes' has no model.pt: it is not a finished run" -- "$BIN/strata-export" "$SRC/recipes"
-check "strata-export unknown format" 2 "^strata-export: error: --format: tflite not in \{safetensors,torchscript,onnx\}" -- "$BIN/strata-export" "$SRC/recipes" --format tflite
+check "strata-export unknown format" 2 "^strata-export: error: --format: tflite not in \{safetensors,torchscript,onnx,strata-int8\}" -- "$BIN/strata-export" "$SRC/recipes" --format tflite
 check "strata-export --quantize needs torchscript" 2 "^strata-export: error: --quantize static writes TorchScript or ONNX; pass --format torchscript or onnx" -- "$BIN/strata-export" "$SRC/recipes" --quantize static
 check "strata-export unknown --quantize" 2 "^strata-export: error: --quantize: int4 not in \{none,dynamic,static,qat\}" -- "$BIN/strata-export" "$SRC/recipes" --format torchscript --quantize int4
 check "strata-train train.qat with activation checkpointing" 2 "^strata-train: error: .*train.qat with train.activation_checkpointing=full is not supported" -- "$BIN/strata-train" "$SRC/recipes/fashion_mnist.yaml" run.dir="$WORK/qat_ac" train.qat.enabled=true train.activation_checkpointing=full

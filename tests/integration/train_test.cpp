@@ -18,7 +18,9 @@
 #include "core/fs.h"
 #include "core/json.h"
 #include "trainer/checkpoint.h"
+#include "trainer/data/idx.h"
 #include "trainer/data/text.h"
+#include "trainer/edge_model.h"
 #include "child_process.h"
 #include "test_util.h"
 
@@ -398,6 +400,82 @@ TEST(StrataTrain, StructuredPruningSurvivesAKillAndResumesBitwiseAndExportsASmal
                           " --format torchscript --keep-channels");
   ASSERT_EQ(kept.exit_code, 0) << kept.output;
   EXPECT_EQ(kept.output.find("structured pruning"), std::string::npos) << kept.output;
+}
+
+// The strata-int8 package runs on the edge without the run: strata-edge
+// infer on IDX and image files, and the SDK class it uses.
+TEST(StrataTrain, StrataInt8PackageRunsInStrataEdgeInferAndTheSdk) {
+  const std::string edge = kBinDir + "strata-edge";
+  if (!strata::path_exists(edge)) GTEST_SKIP() << "built without the federated extension";
+  TempDir dir;
+  auto r = run_command(small_run(dir / "run") +
+                       " model.name=cnn model.channels=[8,16] model.fc=32 train.epochs=1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto e = run_command(kBinDir + "strata-export " + dir / "run" + " --format strata-int8");
+  ASSERT_EQ(e.exit_code, 0) << e.output;
+  const std::string package = dir / "run/model.strata-int8";
+  const auto report = nlohmann::json::parse(strata::read_file(dir / "run/export.json"));
+  const auto correct = static_cast<int64_t>(
+      std::llround(report["accuracy_int8"].get<double>() * 1000));  // data.test_subset=1000
+
+  // The test set's first 1000 images (the run's evaluation subset): the
+  // accuracy strata-export measured.
+  const std::string data = "/usr/share/datasets/fashion-mnist/";
+  auto infer = run_command(edge + " infer " + package + " " + data +
+                           "t10k-images-idx3-ubyte.gz --labels " + data +
+                           "t10k-labels-idx1-ubyte.gz --limit 1000 --quiet");
+  ASSERT_EQ(infer.exit_code, 0) << infer.output;
+  EXPECT_NE(infer.output.find("strata-int8 (static int8"), std::string::npos) << infer.output;
+  EXPECT_NE(infer.output.find("(" + std::to_string(correct) + " of 1000"), std::string::npos)
+      << infer.output << " want " << correct;
+
+  // Image 17 as a PGM file: the class the IDX run gave it.
+  const strata::train::IdxArray images = strata::train::read_idx(data + "t10k-images-idx3-ubyte.gz");
+  auto pgm = [&](const std::string& path, int64_t width) {
+    std::string bytes = "P5\n" + std::to_string(width) + " 28\n255\n";
+    for (int64_t y = 0; y < 28; ++y) {
+      for (int64_t x = 0; x < width; ++x) {
+        bytes += static_cast<char>(images.data[static_cast<size_t>(17 * 784 + y * 28 + std::min<int64_t>(x, 27))]);
+      }
+    }
+    strata::atomic_write_file(path, bytes);
+  };
+  pgm(dir / "seventeen.pgm", 28);
+  auto all = run_command(edge + " infer " + package + " " + data + "t10k-images-idx3-ubyte.gz --limit 18");
+  ASSERT_EQ(all.exit_code, 0) << all.output;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(all.output, m, std::regex("\\[17\\]: ([0-9]+) \\(([0-9.]+)\\)")))
+      << all.output;
+  auto one = run_command(edge + " infer " + package + " " + dir / "seventeen.pgm --top 3");
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  EXPECT_NE(one.output.find("seventeen.pgm: " + m[1].str() + " (" + m[2].str() + ")"),
+            std::string::npos) << one.output;
+
+  // The SDK: the same model, shape checks, raw pixels normalised as in training.
+  strata::train::EdgeModel sdk(package);
+  EXPECT_EQ(sdk.input_shape(), (std::vector<int64_t>{1, 28, 28}));
+  EXPECT_EQ(sdk.manifest()["int8"]["scheme"], "static");
+  const at::Tensor pixels =
+      at::from_blob(const_cast<uint8_t*>(images.data.data()), {18, 28, 28}, at::kByte).clone();
+  const auto predictions = sdk.classify(sdk.from_pixels(pixels), 2);
+  ASSERT_EQ(predictions.size(), 18u);
+  EXPECT_EQ(std::to_string(predictions[17][0].label), m[1].str());
+  EXPECT_GE(predictions[17][0].probability, predictions[17][1].probability);
+  EXPECT_THROW(sdk.forward(torch::zeros({2, 28, 28})), strata::UsageError);
+
+  // Bad input: exit 2, naming the problem.
+  pgm(dir / "narrow.pgm", 27);
+  auto narrow = run_command(edge + " infer " + package + " " + dir / "narrow.pgm");
+  EXPECT_EQ(narrow.exit_code, 2) << narrow.output;
+  EXPECT_NE(narrow.output.find("is 27x28 pixels; the model takes 28x28"), std::string::npos)
+      << narrow.output;
+  torch::jit::Module plain("plain");
+  plain.save(dir / "plain.pt");
+  auto foreign = run_command(edge + " infer " + dir / "plain.pt " + dir / "seventeen.pgm");
+  EXPECT_EQ(foreign.exit_code, 2) << foreign.output;
+  EXPECT_NE(foreign.output.find("has no strata.json"), std::string::npos) << foreign.output;
+  auto missing = run_command(edge + " infer " + dir / "none.strata-int8 " + dir / "seventeen.pgm");
+  EXPECT_EQ(missing.exit_code, 2) << missing.output;
 }
 
 TEST(StrataTrain, QuantizationAwareTrainingSurvivesAKillAndResumesBitwise) {

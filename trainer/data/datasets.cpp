@@ -20,6 +20,8 @@ LoadedData fashion_mnist(const Recipe& recipe, int rank, int world) {
   LoadedData out;
   out.task = Task::kClassification;
   out.shape = InputShape{train->channels, train->height, train->width, train->classes};
+  out.pixel_mean = train->mean;
+  out.pixel_std = train->std;
   out.train_samples = train->size;
   out.eval_split = "test";
   const auto [begin, end] = shard_range(test.size, rank, world);

@@ -57,6 +57,9 @@ struct LoadedData {
   // partitions; empty for language modelling.
   std::vector<int64_t> train_labels;
   std::string summary;  // "60000 training / 10000 test samples"
+  // Images: how 8-bit pixels p became the model's inputs, (p / 255 - mean) / std
+  // (for a runtime that feeds the exported model raw images); std 0: not images.
+  double pixel_mean = 0.0, pixel_std = 0.0;
 };
 
 // Loads the recipe's data for the rank `rank` of `world` data-parallel
