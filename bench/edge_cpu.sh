@@ -60,39 +60,45 @@ for engine in onednn qnnpack; do
   "$PY" bench/edge_int8.py build "$WORK/cnn" "$WORK/mlp" --engine "$engine" > "$WORK/ptq_$engine.md"
 done
 
-# --- quantization-aware fine-tuning --------------------------------------
-FT="train.init=$WORK/cnn/model.pt schedule.warmup_steps=0"
-train cnn_qat recipes/fashion_mnist.yaml $FT train.epochs=1 optimizer.lr=0.001 \
-  train.qat.enabled=true train.qat.freeze_bn_step=300 train.qat.freeze_observer_step=350
-export_run cnn_qat qat --format torchscript --quantize qat
-
-# --- pruning while fine-tuning --------------------------------------------
-PRUNE="train.epochs=2 optimizer.lr=0.01 train.prune.end_step=600 train.prune.every=50"
-for s in 50 80 90; do
-  train "cnn_p$s" recipes/fashion_mnist.yaml $FT $PRUNE "train.prune.sparsity=0.$s"
-  export_run "cnn_p$s" fp32 --format torchscript
-  export_run "cnn_p$s" int8 --format torchscript --quantize static
-done
-train cnn_c50 recipes/fashion_mnist.yaml $FT $PRUNE train.prune.sparsity=0.5 \
-  train.prune.structure=channels train.prune.scope=layer
-export_run cnn_c50 fp32 --format torchscript
-export_run cnn_c50 int8 --format torchscript --quantize static
-
-# --- int8 exports of the fp32 models (the summary's own rows) -------------
-export_run cnn fp32 --format torchscript
-export_run cnn static --format torchscript --quantize static
-export_run cnn static_pt --format torchscript --quantize static --per-tensor
-export_run cnn dynamic --format torchscript --quantize dynamic
-export_run mlp fp32 --format torchscript
-export_run mlp dynamic --format torchscript --quantize dynamic
-
-# --- distill, then compress -----------------------------------------------
+# --- the distilled student ----------------------------------------------
 TEACHER="distill.teacher=$WORK/cnn/model.pt distill.teacher_model.name=cnn"
 TEACHER="$TEACHER distill.teacher_model.channels=[32,64] distill.teacher_model.fc=128"
 TEACHER="$TEACHER distill.teacher_model.dropout=0"
 train student_alone recipes/fmnist_student_distill.yaml "distill.teacher=''"
 train student recipes/fmnist_student_distill.yaml $TEACHER
-export_run student static --format torchscript --quantize static
+
+# compress NAME RECIPE [overrides of every fine-tune...]: the run WORK/NAME
+# quantized (dynamic, static per channel and per tensor), QAT-fine-tuned
+# (1 epoch) and pruned while fine-tuning (2 epochs, 50 / 80 / 90%), each
+# exported and measured.
+compress() {
+  local name=$1 recipe=$2
+  shift 2
+  local ft=("train.init=$WORK/$name/model.pt" schedule.warmup_steps=0 "$@")
+  export_run "$name" fp32 --format torchscript
+  export_run "$name" static --format torchscript --quantize static
+  export_run "$name" static_pt --format torchscript --quantize static --per-tensor
+  export_run "$name" dynamic --format torchscript --quantize dynamic
+  train "${name}_qat" "$recipe" "${ft[@]}" train.epochs=1 optimizer.lr=0.001 \
+    train.qat.enabled=true train.qat.freeze_bn_step=300 train.qat.freeze_observer_step=350
+  export_run "${name}_qat" qat --format torchscript --quantize qat
+  for s in 50 80 90; do
+    train "${name}_p$s" "$recipe" "${ft[@]}" train.epochs=2 optimizer.lr=0.01 \
+      train.prune.end_step=600 train.prune.every=50 "train.prune.sparsity=0.$s"
+    export_run "${name}_p$s" fp32 --format torchscript
+    export_run "${name}_p$s" int8 --format torchscript --quantize static
+  done
+}
+compress cnn recipes/fashion_mnist.yaml
+compress mlp recipes/fashion_mnist_mlp.yaml
+compress student recipes/fmnist_student_distill.yaml $TEACHER
+
+# --- structured pruning: half of each layer's channels --------------------
+train cnn_c50 recipes/fashion_mnist.yaml "train.init=$WORK/cnn/model.pt" schedule.warmup_steps=0 \
+  train.epochs=2 optimizer.lr=0.01 train.prune.end_step=600 train.prune.every=50 \
+  train.prune.sparsity=0.5 train.prune.structure=channels train.prune.scope=layer
+export_run cnn_c50 fp32 --format torchscript
+export_run cnn_c50 int8 --format torchscript --quantize static
 
 # --- the summary ----------------------------------------------------------
 "$PY" - "$WORK" <<'EOF'
@@ -111,49 +117,50 @@ def summary_accuracy(name):
                 acc = r["accuracy"]
     return acc
 
-cnn_fp32 = report("cnn", "fp32")
-base = {"cnn": cnn_fp32["accuracy_torchscript"], "mlp": report("mlp", "fp32")["accuracy_torchscript"]}
-base_bytes = {"cnn": cnn_fp32["file_bytes"], "mlp": report("mlp", "fp32")["file_bytes"]}
+models = ("cnn", "mlp", "student")
+base = {m: report(m, "fp32")["accuracy_torchscript"] for m in models}
+base_bytes = {m: report(m, "fp32")["file_bytes"] for m in models}
 rows, checks = [], []
 
-def row(model, variant, acc, nbytes, b1=None, b64=None, ref=None):
-    ref = base[model] if ref is None else ref
-    rows.append((model, variant, acc, (acc - ref) * 100, nbytes, base_bytes[model] / nbytes, b1, b64))
+def row(model, variant, acc, nbytes, b1=None, b64=None):
+    rows.append((model, variant, acc, (acc - base[model]) * 100, nbytes, base_bytes[model] / nbytes, b1, b64))
 
-def int8(model, tag, variant, ref=None):
-    r = report(model, tag)
+def int8(model, run, tag, variant):
+    r = report(run, tag)
     lat = r["latency"]
     row(model, variant, r["accuracy_int8"], r["file_bytes"], lat["batch_1"]["int8_ms"],
-        lat["batch_64"]["int8_ms"], ref)
+        lat["batch_64"]["int8_ms"])
     return r
 
-lat = report("cnn", "static")["latency"]
-row("cnn", "fp32", base["cnn"], base_bytes["cnn"], lat["batch_1"]["fp32_ms"], lat["batch_64"]["fp32_ms"])
-pc = int8("cnn", "static", "static int8 per channel")
-checks.append(("cnn static per-channel PTQ within 1.0 point of fp32",
-               abs(pc["accuracy_int8"] - base["cnn"]) * 100 <= 1.0))
-checks.append(("cnn static per-channel PTQ >= 3.5x smaller", base_bytes["cnn"] / pc["file_bytes"] >= 3.5))
-int8("cnn", "static_pt", "static int8 per tensor")
-int8("cnn", "dynamic", "dynamic int8")
-qat = int8("cnn", "qat", "QAT fine-tune (1 epoch), int8")
-checks.append(("cnn QAT within 0.3 points", abs(qat["accuracy_int8"] - base["cnn"]) * 100 <= 0.3))
-for s, limit in ((50, 0.3), (80, 1.0), (90, 2.0)):
-    r = report(f"cnn_p{s}", "fp32")
-    acc = r["accuracy_torchscript"]
-    row("cnn", f"magnitude pruning {s}% (fine-tune 2 epochs)", acc, r["file_bytes"])
-    checks.append((f"cnn {s}% magnitude pruning within {limit} points", (base["cnn"] - acc) * 100 <= limit))
-    int8(f"cnn_p{s}", "int8", f"magnitude pruning {s}%, static int8")
-c = report("cnn_c50", "fp32")
-row("cnn", "channels pruned 50% (fine-tune 2 epochs), smaller dense", c["accuracy_torchscript"],
-    c["file_bytes"], c["latency"]["batch_1"]["pruned_ms"], c["latency"]["batch_64"]["pruned_ms"])
-int8("cnn_c50", "int8", "channels pruned 50%, static int8")
-checks.append(("structured 50% reports its dense size and latency reduction",
-               c["file_bytes"] < c["file_bytes_unpruned"] and "pruned_ms" in c["latency"]["batch_1"]))
-m = report("mlp", "dynamic")
-lat = m["latency"]
-row("mlp", "fp32", base["mlp"], base_bytes["mlp"], lat["batch_1"]["fp32_ms"], lat["batch_64"]["fp32_ms"])
-int8("mlp", "dynamic", "dynamic int8")
-checks.append(("mlp dynamic int8 within 0.5 points", abs(m["accuracy_int8"] - base["mlp"]) * 100 <= 0.5))
+for m in models:
+    lat = report(m, "static")["latency"]
+    row(m, "fp32", base[m], base_bytes[m], lat["batch_1"]["fp32_ms"], lat["batch_64"]["fp32_ms"])
+    pc = int8(m, m, "static", "static int8 per channel")
+    int8(m, m, "static_pt", "static int8 per tensor")
+    dyn = int8(m, m, "dynamic", "dynamic int8")
+    qat = int8(m, f"{m}_qat", "qat", "QAT fine-tune (1 epoch), int8")
+    if m == "cnn":
+        checks.append(("cnn static per-channel PTQ within 1.0 point of fp32",
+                       abs(pc["accuracy_int8"] - base[m]) * 100 <= 1.0))
+        checks.append(("cnn static per-channel PTQ >= 3.5x smaller", base_bytes[m] / pc["file_bytes"] >= 3.5))
+        checks.append(("cnn QAT within 0.3 points", abs(qat["accuracy_int8"] - base[m]) * 100 <= 0.3))
+    if m == "mlp":
+        checks.append(("mlp dynamic int8 within 0.5 points", abs(dyn["accuracy_int8"] - base[m]) * 100 <= 0.5))
+    for s, limit in ((50, 0.3), (80, 1.0), (90, 2.0)):
+        r = report(f"{m}_p{s}", "fp32")
+        acc = r["accuracy_torchscript"]
+        row(m, f"magnitude pruning {s}% (fine-tune 2 epochs)", acc, r["file_bytes"])
+        if m == "cnn":
+            checks.append((f"cnn {s}% magnitude pruning within {limit} points", (base[m] - acc) * 100 <= limit))
+        int8(m, f"{m}_p{s}", "int8", f"magnitude pruning {s}%, static int8")
+    if m == "cnn":
+        c = report("cnn_c50", "fp32")
+        row("cnn", "channels pruned 50% (fine-tune 2 epochs), smaller dense", c["accuracy_torchscript"],
+            c["file_bytes"], c["latency"]["batch_1"]["pruned_ms"], c["latency"]["batch_64"]["pruned_ms"])
+        int8("cnn", "cnn_c50", "int8", "channels pruned 50%, static int8")
+        checks.append(("structured 50% reports its dense size and latency reduction",
+                       c["file_bytes"] < c["file_bytes_unpruned"] and "pruned_ms" in c["latency"]["batch_1"]))
+pc = report("cnn", "static")
 
 print(f"engine {pc['engine']}, {pc['latency_threads']} thread(s), Fashion-MNIST test set "
       f"({pc['eval_predictions']} images); Δ against the fp32 model of the same row's model\n")

@@ -209,6 +209,47 @@ FetchedModel EdgeClient::fetch(int64_t have_version, std::chrono::milliseconds w
   return m;
 }
 
+std::string EdgeClient::fetch_package(int64_t* version) {
+  std::string bytes;
+  const grpc::Status s = impl_->with_retries("GetModel", [&](int, std::chrono::milliseconds*) {
+    bytes.clear();
+    grpc::ClientContext ctx;
+    impl_->prepare(ctx, std::chrono::milliseconds(0));
+    pb::GetModelRequest req;
+    req.set_client_id(impl_->o.client_id);
+    req.set_format("strata-int8");
+    auto reader = impl_->stub->GetModel(&ctx, req);
+    pb::ModelChunk chunk;
+    if (!reader->Read(&chunk) || !chunk.has_info()) return reader->Finish();
+    const pb::ModelInfo& info = chunk.info();
+    *version = static_cast<int64_t>(info.version());
+    const uint64_t want = info.package_bytes();
+    if (info.format() != "strata-int8" || want == 0 || want > (uint64_t{1} << 32)) {
+      ctx.TryCancel();
+      reader->Finish();
+      return grpc::Status(grpc::StatusCode::INTERNAL,
+                          str("bad package stream: format '", info.format(), "', ", want, " bytes"));
+    }
+    while (reader->Read(&chunk)) {
+      if (!chunk.has_data() || bytes.size() + chunk.data().size() > want) {
+        ctx.TryCancel();
+        reader->Finish();
+        return grpc::Status(grpc::StatusCode::INTERNAL,
+                            "bad package stream: more than the announced bytes");
+      }
+      bytes += chunk.data();
+    }
+    grpc::Status st = reader->Finish();
+    if (st.ok() && bytes.size() != want) {
+      return grpc::Status(grpc::StatusCode::INTERNAL,
+                          str("bad package stream: ", bytes.size(), " of ", want, " bytes"));
+    }
+    return st;
+  });
+  if (!s.ok()) impl_->fail("GetModel", s);
+  return bytes;
+}
+
 SubmitResult EdgeClient::submit(const UpdateToSend& u) {
   std::vector<EncodedTensor> encoded;
   for (const auto& [name, t] : u.tensors) encoded.push_back(encode(name, t, u.encoding));

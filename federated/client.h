@@ -73,6 +73,11 @@ class EdgeClient {
   // polls up to `wait`. CommError after max_retries transient failures or on
   // a refusal (UNAUTHENTICATED etc.), naming the server's reason.
   FetchedModel fetch(int64_t have_version, std::chrono::milliseconds wait);
+  // The current version as a strata-int8 package (a server with
+  // federated.server.publish; trainer/edge_model.h runs it), for a client
+  // that only infers; `version` gets its version. CommError (naming
+  // FAILED_PRECONDITION) when the server does not publish.
+  std::string fetch_package(int64_t* version);
 
   // Encodes and streams one update. A refusal is a result (accepted false,
   // code and reason set), not an exception; transport failures are retried

@@ -12,7 +12,9 @@
 #include "core/fs.h"
 #include "core/logging.h"
 #include "core/strings.h"
+#include "trainer/edge_model.h"
 #include "trainer/evaluate.h"
+#include "trainer/torchscript.h"
 
 namespace strata::fed {
 namespace {
@@ -70,6 +72,14 @@ FedServer::FedServer(ServerOptions options, std::shared_ptr<train::Model> model,
                           "min_updates (sync) or buffer_size (async), or lower "
                           "federated.byzantine, federated.trim_fraction or "
                           "federated.bucket_size"));
+  }
+  if (o_.service.publish != "none") {
+    STRATA_CHECK_T(ConfigError, eval_.pixel_std > 0, "federated.server.publish=",
+                   o_.service.publish, ": the model does not take images (packages are for "
+                   "image classifiers); set it to none");
+    torch::NoGradGuard no_grad;
+    package_traced_ =
+        train::trace_torchscript(*model_, eval_.inputs.narrow(0, 0, 1)).deepcopy();
   }
   open_store();
   trigger_ = make_trigger(o_, *strategy_, version_, clock_->now());
@@ -438,6 +448,39 @@ void FedServer::remember_statistics(int64_t next_version) {
   for (auto it = statistics_.begin(); it != statistics_.end();) {
     it = it->first < next_version - policy_.max_staleness ? statistics_.erase(it) : std::next(it);
   }
+}
+
+std::shared_ptr<const std::string> FedServer::package(const ModelView& v) {
+  if (!package_traced_) return nullptr;
+  std::lock_guard<std::mutex> lock(package_mu_);
+  if (package_version_ == v.version) return package_;
+  torch::NoGradGuard no_grad;
+  const auto t0 = RealClock::now();
+  std::map<std::string, at::Tensor> values;
+  for (auto& [name, t] : layout_.unflatten(*v.flat)) values[name] = t;
+  // Every parameter and statistic the layout carries (a buffer it does not,
+  // num_batches_tracked, keeps its value: the int8 graph does not read it).
+  for (const auto& p : package_traced_->named_parameters()) p.value.detach().copy_(values.at(p.name));
+  for (const auto& b : package_traced_->named_buffers()) {
+    if (const auto it = values.find(b.name); it != values.end()) b.value.copy_(it->second);
+  }
+  train::QuantOptions q;
+  q.mode = o_.service.publish == "int8_dynamic" ? train::QuantMode::kDynamic
+                                                : train::QuantMode::kStatic;
+  std::vector<at::Tensor> calibration;
+  const int64_t n = std::min(o_.service.publish_calibration_samples, eval_.inputs.size(0));
+  for (int64_t i = 0; i < n; i += o_.eval_batch_size) {
+    calibration.push_back(eval_.inputs.narrow(0, i, std::min(o_.eval_batch_size, n - i)));
+  }
+  const train::EdgeModelInfo info{o_.model_name, train::Task::kClassification, eval_.shape.classes,
+                                  eval_.inputs.narrow(0, 0, 1), eval_.pixel_mean, eval_.pixel_std};
+  package_ = std::make_shared<const std::string>(
+      train::int8_package(*package_traced_, info, q, calibration));
+  package_version_ = v.version;
+  log_info("published version ", v.version, " as a strata-int8 package (", o_.service.publish,
+           ", ", package_->size(), " bytes, ",
+           format_metric(std::chrono::duration<double>(RealClock::now() - t0).count()), " s)");
+  return package_;
 }
 
 // Every eval_every versions and the last one, on the evaluation data.

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <torch/script.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -110,6 +111,12 @@ class FedServer {
   int64_t max_staleness() const { return trigger_->max_staleness(); }
   ClientConfig client_config() const { return strategy_->configure(); }
   ServerStore& store() { return *store_; }
+
+  // The global model of `v` as a strata-int8 package
+  // (federated.server.publish; trainer/edge_model.h), built on the first
+  // request for a version and kept until the next; null when the server
+  // does not publish.
+  std::shared_ptr<const std::string> package(const ModelView& v);
 
   // A Rejection (UNAUTHENTICATED) unless `token` is the client's token.
   // Counts nothing: a refused update is counted by count_rejection, a
@@ -206,6 +213,12 @@ class FedServer {
 
   const ServerOptions o_;
   std::shared_ptr<train::Model> model_;  // evaluation (aggregation thread)
+  // Publishing (package()): the model traced once and deep-copied, so the
+  // packaging does not touch the aggregation thread's model.
+  std::mutex package_mu_;
+  std::optional<torch::jit::Module> package_traced_;
+  int64_t package_version_ = 0;
+  std::shared_ptr<const std::string> package_;
   TensorLayout layout_;
   std::unique_ptr<ServerStore> store_;
   std::unique_ptr<Strategy> strategy_;

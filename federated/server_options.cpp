@@ -62,7 +62,8 @@ ServerOptions server_options(const train::Recipe& recipe) {
 }
 
 EvalData eval_data(const train::LoadedData& data) {
-  return EvalData{data.shape, data.eval_inputs, data.eval_targets, data.eval_split};
+  return EvalData{data.shape,      data.eval_inputs, data.eval_targets,
+                  data.eval_split, data.pixel_mean,  data.pixel_std};
 }
 
 EvalData load_eval_data(const train::Recipe& recipe, const train::Registries& registries) {

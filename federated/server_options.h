@@ -61,6 +61,7 @@ struct EvalData {
   train::InputShape shape;     // the model is built for it
   at::Tensor inputs, targets;  // the evaluation split (CPU)
   std::string split = "test";
+  double pixel_mean = 0.0, pixel_std = 0.0;  // images: LoadedData's normalisation (a published package's)
 };
 
 // The recipe's federated section (and the run, model, data and optimizer

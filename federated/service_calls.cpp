@@ -243,10 +243,24 @@ void Poll::start(const grpc::ByteBuffer& request) {
     finish(to_status(*r));
     return;
   }
+  const std::string& format = req.format();
+  if (!format.empty() && format != "fp32" && format != "strata-int8") {
+    finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        str("GetModel format ", quote(format, 32), " is not one of fp32, "
+                            "strata-int8")));
+    return;
+  }
+  if (format == "strata-int8" && s_.core().options().service.publish == "none") {
+    finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "this server does not publish strata-int8 packages "
+                        "(federated.server.publish is none); fetch the fp32 model"));
+    return;
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     have_ = req.have_version();
     client = req.client_id();
+    package_ = format == "strata-int8";
   }
   FedServer& core = s_.core();
   core.check_in(req.client_id());
@@ -320,8 +334,24 @@ void Poll::answer(const ModelView& v) {
   pb::ModelChunk info;
   rpc::fill_model_info(s_.core(), v, info.mutable_info());
   std::shared_ptr<const std::vector<grpc::ByteBuffer>> model;
-  // The tensors go whenever the version is not the client's.
-  if (static_cast<uint64_t>(v.version) != have_) model = s_.encoded(v);
+  // The tensors (or the package) go whenever the version is not the client's.
+  if (static_cast<uint64_t>(v.version) != have_) {
+    if (package_) {
+      uint64_t package_bytes = 0;
+      try {
+        model = s_.encoded_package(v, &package_bytes);
+      } catch (const std::exception& e) {
+        log_warn("cannot publish version ", v.version, " as a strata-int8 package: ", e.what());
+        finish(grpc::Status(grpc::StatusCode::INTERNAL,
+                            "the server could not build the strata-int8 package"));
+        return;
+      }
+      info.mutable_info()->set_format("strata-int8");
+      info.mutable_info()->set_package_bytes(package_bytes);
+    } else {
+      model = s_.encoded(v);
+    }
+  }
   std::lock_guard<std::mutex> lock(mu_);
   if (done_) return;
   info_ = serialize(info);

@@ -145,6 +145,7 @@ class Poll final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
   bool waiting_ = false, done_ = false;
   bool seen_ = false;  // the watchdog has checked it once
   uint64_t have_ = 0;
+  bool package_ = false;  // format strata-int8
   Clock::time_point deadline_ = kNever;
   grpc::ByteBuffer info_, cur_;
   std::shared_ptr<const std::vector<grpc::ByteBuffer>> model_;
@@ -426,6 +427,27 @@ class FederationService final
     return cached_;
   }
 
+  // The strata-int8 package of `v` (FedServer::package) as `data` chunks
+  // of kChunkBytes, built once per version.
+  std::shared_ptr<const std::vector<grpc::ByteBuffer>> encoded_package(const ModelView& v,
+                                                                       uint64_t* size) {
+    const std::shared_ptr<const std::string> bytes = core_.package(v);
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    if (package_version_ != v.version) {
+      auto out = std::make_shared<std::vector<grpc::ByteBuffer>>();
+      for (size_t at = 0; at < bytes->size(); at += kChunkBytes) {
+        pb::ModelChunk c;
+        c.set_data(bytes->substr(at, kChunkBytes));
+        out->push_back(serialize(c));
+      }
+      package_chunks_ = std::move(out);
+      package_size_ = bytes->size();
+      package_version_ = v.version;
+    }
+    *size = package_size_;
+    return package_chunks_;
+  }
+
   // Ends waiting senders and long polls and stops taking new ones; the
   // first step of a shutdown (GrpcService::shutdown).
   void stop() {
@@ -544,6 +566,9 @@ class FederationService final
   std::mutex cache_mu_;
   int64_t cached_version_ = -1;
   std::shared_ptr<const std::vector<grpc::ByteBuffer>> cached_;
+  int64_t package_version_ = -1;  // encoded_package's cache
+  uint64_t package_size_ = 0;
+  std::shared_ptr<const std::vector<grpc::ByteBuffer>> package_chunks_;
 
   std::thread watchdog_;
   std::vector<std::thread> workers_;

@@ -135,8 +135,35 @@ int infer_main(int argc, char** argv) {
   app->add_option("--threads", threads, "intra-op threads")->check(CLI::Range(1, 1024))
       ->capture_default_str();
   app->add_flag("--quiet", quiet, "no line per image: only the summary");
+  std::string server, client, token_file, tls_ca;
+  app->add_option("--server", server,
+                  "fetch the current global model from this federated server (which publishes "
+                  "strata-int8: federated.server.publish) into MODEL first")
+      ->type_name("HOST:PORT");
+  app->add_option("--client", client, "--server: this client's id, as enrolled")->type_name("ID");
+  app->add_option("--token-file", token_file, "--server: the client's token file")
+      ->type_name("FILE")
+      ->check(CLI::ExistingFile);
+  app->add_option("--tls-ca", tls_ca, "--server: CA certificate (PEM) of a TLS server")
+      ->type_name("FILE")
+      ->check(CLI::ExistingFile);
   if (!st::parse_args(*app, argc, argv)) return 0;
   at::set_num_threads(threads);
+  if (!server.empty()) {
+    STRATA_CHECK_T(UsageError, !client.empty() && !token_file.empty(),
+                   "--server needs --client and --token-file");
+    sf::EdgeClientOptions eo;
+    eo.address = server;
+    eo.client_id = client;
+    eo.token = read_token(token_file, client);
+    eo.tls_ca = tls_ca;
+    sf::EdgeClient edge(eo);
+    int64_t version = 0;
+    const std::string bytes = edge.fetch_package(&version);
+    strata::atomic_write_file(model_path, bytes);
+    std::cout << "fetched version " << version << " from " << server << ": " << bytes.size()
+              << " bytes into " << model_path << "\n";
+  }
   st::EdgeModel model(model_path);
   STRATA_CHECK_T(UsageError, model.takes_pixels(), model_path,
                  " is not an image model; strata-edge infer runs image classifiers");

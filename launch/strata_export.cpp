@@ -224,22 +224,6 @@ Prepared prepare(const std::string& run_dir, const Tensors& tensors, const std::
   return p;
 }
 
-// One int8 op: its weight's scales and (static) its activations' scales and zero points.
-nlohmann::ordered_json int8_layer(const st::QuantLayer& l, bool is_static) {
-  nlohmann::ordered_json j{{"name", l.name}, {"op", l.op}, {"weight_shape", l.weight_shape}};
-  if (l.weight_scale_max > 0) {
-    j["weight_scale_min"] = l.weight_scale_min;
-    j["weight_scale_max"] = l.weight_scale_max;
-  }
-  if (is_static) {
-    j["input_scale"] = l.input_scale;
-    j["input_zero_point"] = l.input_zero_point;
-    j["output_scale"] = l.output_scale;
-    j["output_zero_point"] = l.output_zero_point;
-  }
-  return j;
-}
-
 // The int8 layers as a table and in the report.
 void describe_int8(const Prepared& p, const Int8Flags& flags, nlohmann::ordered_json& report) {
   const st::QuantReport& q = *p.q;
@@ -253,7 +237,7 @@ void describe_int8(const Prepared& p, const Int8Flags& flags, nlohmann::ordered_
     std::cout << std::left << std::setw(32) << l.name << std::setw(28) << l.op << std::right
               << std::setw(12) << l.float_bytes << std::setw(12) << l.weight_bytes << std::setw(12)
               << scale(l.input_scale) << std::setw(12) << scale(l.output_scale) << "\n";
-    nlohmann::ordered_json j = int8_layer(l, is_static);
+    nlohmann::ordered_json j = st::int8_layer_json(l, is_static);
     j["fp32_bytes"] = l.float_bytes;
     j["int8_bytes"] = l.weight_bytes;
     layers.push_back(j);
@@ -278,42 +262,10 @@ void describe_int8(const Prepared& p, const Int8Flags& flags, nlohmann::ordered_
 // package], trainer/edge_model.h): what a runtime needs to feed the model.
 nlohmann::ordered_json edge_manifest(const Prepared& p, const std::string& format,
                                      const Int8Flags* int8) {
-  const Rebuilt& r = p.r;
-  nlohmann::ordered_json input;
-  std::vector<int64_t> shape(r.example.sizes().begin() + 1, r.example.sizes().end());
-  input["shape"] = shape;
-  input["dtype"] = c10::toString(r.example.scalar_type());
-  if (r.data.pixel_std > 0) {
-    input["pixel_mean"] = r.data.pixel_mean;
-    input["pixel_std"] = r.data.pixel_std;
-  }
-  nlohmann::ordered_json m{{"format", format},
-                   {"version", st::kEdgeManifestVersion},
-                   {"producer", std::string("strata ") + STRATA_VERSION},
-                   {"model", {{"name", r.recipe.model.name},
-                              {"task", r.data.task == st::Task::kClassification
-                                           ? "classification" : "language_model"}}},
-                   {"classes", r.data.shape.classes},
-                   {"input", input}};
-  if (!p.shrunk.empty()) {
-    nlohmann::ordered_json layers = nlohmann::ordered_json::array();
-    for (const st::ShrunkLayer& l : p.shrunk) {
-      layers.push_back({{"layer", l.layer}, {"channels", l.channels}, {"kept", l.kept}});
-    }
-    m["pruned_channels"] = layers;
-  }
-  if (int8 && p.q) {
-    nlohmann::ordered_json layers = nlohmann::ordered_json::array();
-    const bool is_static = int8->quant.mode == st::QuantMode::kStatic;
-    for (const st::QuantLayer& l : p.q->layers) {
-      layers.push_back(int8_layer(l, is_static));
-    }
-    m["int8"] = {{"engine", p.q->engine},
-                 {"scheme", !int8->quant.ranges.empty() ? "qat" : is_static ? "static" : "dynamic"},
-                 {"per_channel", int8->quant.per_channel},
-                 {"layers", layers}};
-  }
-  return m;
+  const st::EdgeModelInfo info{p.r.recipe.model.name, p.r.data.task, p.r.data.shape.classes,
+                               p.r.example, p.r.data.pixel_mean, p.r.data.pixel_std};
+  return st::edge_manifest(format, info, p.shrunk, int8 && p.q ? &*p.q : nullptr,
+                           int8 ? &int8->quant : nullptr);
 }
 
 // The bytes of `module` saved as TorchScript.

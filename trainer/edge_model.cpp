@@ -3,10 +3,12 @@
 #include <caffe2/serialize/inline_container.h>
 
 #include <filesystem>
+#include <sstream>
 
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/strings.h"
+#include "strata/config.h"
 #include "trainer/quantize.h"
 
 namespace strata::train {
@@ -16,6 +18,71 @@ void save_edge_model(const torch::jit::Module& module, const nlohmann::ordered_j
   const std::string tmp = path + ".tmp";
   module.save(tmp, {{kEdgeManifest, manifest.dump(2)}});
   std::filesystem::rename(tmp, path);
+}
+
+nlohmann::ordered_json int8_layer_json(const QuantLayer& l, bool is_static) {
+  nlohmann::ordered_json j{{"name", l.name}, {"op", l.op}, {"weight_shape", l.weight_shape}};
+  if (l.weight_scale_max > 0) {
+    j["weight_scale_min"] = l.weight_scale_min;
+    j["weight_scale_max"] = l.weight_scale_max;
+  }
+  if (is_static) {
+    j["input_scale"] = l.input_scale;
+    j["input_zero_point"] = l.input_zero_point;
+    j["output_scale"] = l.output_scale;
+    j["output_zero_point"] = l.output_zero_point;
+  }
+  return j;
+}
+
+nlohmann::ordered_json edge_manifest(const std::string& format, const EdgeModelInfo& info,
+                                     const std::vector<ShrunkLayer>& shrunk,
+                                     const QuantReport* q, const QuantOptions* opts) {
+  nlohmann::ordered_json input;
+  input["shape"] = std::vector<int64_t>(info.example.sizes().begin() + 1, info.example.sizes().end());
+  input["dtype"] = c10::toString(info.example.scalar_type());
+  if (info.pixel_std > 0) {
+    input["pixel_mean"] = info.pixel_mean;
+    input["pixel_std"] = info.pixel_std;
+  }
+  nlohmann::ordered_json m{
+      {"format", format},
+      {"version", kEdgeManifestVersion},
+      {"producer", std::string("strata ") + STRATA_VERSION},
+      {"model", {{"name", info.model_name},
+                 {"task", info.task == Task::kClassification ? "classification" : "language_model"}}},
+      {"classes", info.classes},
+      {"input", input}};
+  if (!shrunk.empty()) {
+    nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+    for (const ShrunkLayer& l : shrunk) {
+      layers.push_back({{"layer", l.layer}, {"channels", l.channels}, {"kept", l.kept}});
+    }
+    m["pruned_channels"] = layers;
+  }
+  if (q && opts) {
+    nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+    const bool is_static = opts->mode == QuantMode::kStatic;
+    for (const QuantLayer& l : q->layers) layers.push_back(int8_layer_json(l, is_static));
+    m["int8"] = {{"engine", q->engine},
+                 {"scheme", !opts->ranges.empty() ? "qat" : is_static ? "static" : "dynamic"},
+                 {"per_channel", opts->per_channel},
+                 {"layers", layers}};
+  }
+  return m;
+}
+
+std::string int8_package(const torch::jit::Module& traced, const EdgeModelInfo& info,
+                         const QuantOptions& opts, const std::vector<at::Tensor>& calibration) {
+  torch::NoGradGuard no_grad;
+  FrozenGraph g = train::freeze(traced);
+  const std::vector<ShrunkLayer> shrunk = shrink_channels(g, info.example);
+  fold_batchnorm(g);
+  const QuantReport q = quantize(g, opts, calibration);
+  std::ostringstream out;
+  to_module(g, "Int8Model").save(out, {{kEdgeManifest, edge_manifest("strata-int8", info, shrunk,
+                                                                     &q, &opts).dump(2)}});
+  return out.str();
 }
 
 namespace {

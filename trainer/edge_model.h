@@ -17,7 +17,7 @@
 //      "int8": {"engine", "scheme", "per_channel", "layers": [{"name", "op",
 //               "weight_shape", "weight_scale_min/max", "input_scale",
 //               "input_zero_point", "output_scale", "output_zero_point"}]},
-//      "pruned_channels", "eval": {"split", "samples", "accuracy"}}.
+//      "pruned_channels"}.
 // Every TorchScript export of strata-export carries the same manifest
 // ("format": "torchscript", no "int8" for fp32). EdgeModel reads it first:
 // it makes the manifest's int8 engine current before loading (LibTorch
@@ -29,6 +29,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "trainer/channels.h"
+#include "trainer/models/models.h"
+#include "trainer/quantize.h"
+
 #include <string>
 #include <vector>
 
@@ -37,6 +41,31 @@ namespace strata::train {
 // The archive entry of the manifest ("extra/strata.json" in the zip).
 inline constexpr const char* kEdgeManifest = "strata.json";
 inline constexpr int kEdgeManifestVersion = 1;
+
+// What the manifest says of the model and its input.
+struct EdgeModelInfo {
+  std::string model_name;   // the recipe's model.name
+  Task task = Task::kClassification;
+  int64_t classes = 0;
+  at::Tensor example;       // a batch of inputs: the shape and dtype of one sample
+  double pixel_mean = 0.0, pixel_std = 0.0;  // images: (p / 255 - mean) / std; std 0: none
+};
+
+// The manifest of a model exported as `format` ("torchscript",
+// "strata-int8"), with the channels structured pruning deleted and, for an
+// int8 model, its quantization (`q` and the options it was made with).
+nlohmann::ordered_json edge_manifest(const std::string& format, const EdgeModelInfo& info,
+                                     const std::vector<ShrunkLayer>& shrunk,
+                                     const QuantReport* q, const QuantOptions* opts);
+// One int8 op of a report: weight scales and (static) activation scales and zero points.
+nlohmann::ordered_json int8_layer_json(const QuantLayer& l, bool is_static);
+
+// A model traced (trace_torchscript) as a strata-int8 package in memory:
+// frozen, channels structured pruning zeroed deleted, BatchNorm folded,
+// quantized with `opts` (static: calibrated on `calibration`). What the
+// federated server publishes for clients that only infer.
+std::string int8_package(const torch::jit::Module& traced, const EdgeModelInfo& info,
+                         const QuantOptions& opts, const std::vector<at::Tensor>& calibration);
 
 // Saves `module` with `manifest` (Note [The strata-int8 package]) to `path`
 // (atomically: a temporary file renamed).

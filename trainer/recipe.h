@@ -423,6 +423,8 @@ struct FedServerSection {
   double contended_idle_timeout_s = 2.0;
   double progress_every_s = 10.0;
   int64_t eval_every = 1;
+  std::string publish = "none";
+  int64_t publish_calibration_samples = 256;
 
   template <class V>
   void visit(V& v) {
@@ -444,6 +446,8 @@ struct FedServerSection {
     v.field("contended_idle_timeout_s", contended_idle_timeout_s, in_range(0.1, 3600), "while senders wait for an ingest slot, an upload that sent no chunk for this long is ended and its slot handed on (stalled streams cannot hold every slot)");
     v.field("progress_every_s", progress_every_s, at_least(0), "the server prints a progress line (round or buffer fill, clients, accepted and refused) this often (0: never)");
     v.field("eval_every", eval_every, at_least(1), "evaluate the global model on the test set every this many versions");
+    v.field("publish", publish, one_of({"none", "int8_static", "int8_dynamic"}), "also serve each global version as a strata-int8 package (GetModel format strata-int8: strata-edge infer --server) for clients that only infer; int8_static calibrates on the server's evaluation data");
+    v.field("publish_calibration_samples", publish_calibration_samples, at_least(1), "publish int8_static: evaluation samples the activation ranges are calibrated on");
   }
 };
 

@@ -23,6 +23,7 @@
 #include "federated/fixture.h"
 #include "test_util.h"
 #include "trainer/checkpoint.h"
+#include "trainer/edge_model.h"
 #include "trainer/recipe.h"
 #include "trainer/trainer.h"
 
@@ -358,6 +359,81 @@ TEST(FedService, EdgeClientFetchesAndSubmitsWithEncodings) {
     FAIL();
   } catch (const CommError& e) {
     EXPECT_NE(std::string(e.what()).find("UNAUTHENTICATED"), std::string::npos) << e.what();
+  }
+}
+
+// A server that publishes (federated.server.publish): a client that only
+// infers fetches each version as a strata-int8 package, which the edge
+// runtime runs with the fp32 global model's predictions; other formats,
+// and packages from a server that does not publish, are refused.
+TEST(FedService, InferOnlyClientsFetchEachVersionAsAStrataInt8Package) {
+  test::TempDir dir;
+  const train::Recipe r = small_recipe(dir.path(), {"federated.mode=async",
+                                                    "federated.async.buffer_size=1",
+                                                    "federated.server.publish=int8_static"});
+  Fixture f(r);
+  EdgeClient c(f.client_options("edge-1", f.token));
+  int64_t version = 0;
+  const std::string path = dir.path() + "/global.strata-int8";
+  strata::atomic_write_file(path, c.fetch_package(&version));
+  EXPECT_EQ(version, 1);
+  train::EdgeModel package(path);
+  EXPECT_EQ(package.manifest()["format"], "strata-int8");
+  EXPECT_EQ(package.manifest()["int8"]["scheme"], "static");
+  EXPECT_EQ(package.input_shape(), (std::vector<int64_t>{1, 28, 28}));
+
+  // Version 2, after an update: the package follows, and predicts what the
+  // fp32 model of that version does.
+  UpdateToSend u;
+  u.base_version = 1;
+  u.num_samples = 5;
+  const FetchedModel m = c.fetch(0, std::chrono::milliseconds(0));
+  for (const auto& [name, t] : m.tensors) u.tensors.emplace_back(name, at::randn(t.sizes()) * 0.05);
+  ASSERT_TRUE(c.submit(u).accepted);
+  f.wait_version(2);
+  strata::atomic_write_file(path, c.fetch_package(&version));
+  EXPECT_EQ(version, 2);
+  train::EdgeModel v2(path);
+  const train::Registries reg = train::builtin_registries();
+  const EvalData eval = load_eval_data(r, reg);
+  auto fp32 = build_server_model(r, reg, eval.shape);
+  const FetchedModel m2 = c.fetch(0, std::chrono::milliseconds(0));
+  ASSERT_EQ(m2.version, 2);
+  {
+    torch::NoGradGuard no_grad;
+    auto params = fp32->named_parameters();
+    auto buffers = fp32->named_buffers();
+    for (const auto& [name, t] : m2.tensors) {
+      (params.contains(name) ? params[name] : buffers[name]).copy_(t);
+    }
+  }
+  fp32->eval();
+  torch::NoGradGuard no_grad;
+  const at::Tensor want = fp32->forward(eval.inputs).argmax(1);
+  const at::Tensor got = v2.forward(eval.inputs).argmax(1);
+  EXPECT_GE(want.eq(got).to(at::kFloat).mean().item<double>(), 0.95);
+
+  // Refusals.
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", "Bearer " + f.token);
+  pb::GetModelRequest req;
+  req.set_client_id("edge-1");
+  req.set_format("tflite");
+  auto reader = f.stub->GetModel(&ctx, req);
+  pb::ModelChunk chunk;
+  while (reader->Read(&chunk)) {
+  }
+  expect_status(reader->Finish(), grpc::StatusCode::INVALID_ARGUMENT, "is not one of fp32, strata-int8");
+  test::TempDir plain_dir;
+  Fixture plain(small_recipe(plain_dir.path()));
+  EdgeClientOptions o = plain.client_options("edge-1", plain.token);
+  o.max_retries = 0;
+  EdgeClient none(o);
+  try {
+    none.fetch_package(&version);
+    FAIL();
+  } catch (const CommError& e) {
+    EXPECT_NE(std::string(e.what()).find("does not publish"), std::string::npos) << e.what();
   }
 }
 
