@@ -152,9 +152,17 @@ def export_int8(bin_dir, run):
     assert report["folded_batchnorms"] == 2 and len(report["layers"]) == 4, report
     assert report["compression"] > 3.5, report
     torch.backends.quantized.engine = report["engine"]
-    module = torch.jit.load(os.path.join(run, "model.int8.torchscript.pt"))
+    extra = {"strata.json": ""}
+    module = torch.jit.load(os.path.join(run, "model.int8.torchscript.pt"), _extra_files=extra)
     for op in ("quantized.conv2d_relu", "quantized.linear_relu", "quantized.linear"):
         assert op in module.code, module.code
+    # The manifest a runtime feeds the model by (Note [The strata-int8 package]).
+    manifest = json.loads(extra["strata.json"])
+    assert manifest["version"] == 1 and manifest["input"]["shape"] == [1, 28, 28], manifest
+    assert manifest["int8"]["engine"] == report["engine"], manifest
+    assert [l["name"] for l in manifest["int8"]["layers"]] == \
+        [l["name"] for l in report["layers"]], manifest
+    print("int8 manifest: input", manifest["input"], "engine", manifest["int8"]["engine"])
     print("int8 usage errors: exit 2 for calibration batches out of range")
     return module, report
 
