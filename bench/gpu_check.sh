@@ -11,8 +11,10 @@
 # Environment: EXTRA_PREFIX (prefixes searched besides LibTorch's, e.g. where
 # yaml-cpp and GoogleTest live), CMAKE_ARGS (more configure arguments), DATA
 # (the Fashion-MNIST directory), BUILD (build-cuda), PARTS (default
-# "tests cnn cnnbench gpt": which parts run after the build; gpt is
-# bench/gpt_gpu.sh). Logs: $BUILD/logs/.
+# "tests cnn cnnbench gpt int8": which parts run after the build; gpt is
+# bench/gpt_gpu.sh; int8 runs the edge-compression unit tests -- int8 PTQ,
+# QAT, pruning, TorchScript -- on the CPU of this newer LibTorch, whose legacy
+# quantized:: ops issue #17 has to know about). Logs: $BUILD/logs/.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPORT=${1:?usage: bench/gpu_check.sh REPORT.md [STEPS]}
@@ -46,7 +48,7 @@ ninja -C "$BUILD" strata-train cuda_test \
 say "- build (configure + strata-train + tests): $(( $(date +%s) - t0 )) s"
 say ""
 
-PARTS=" ${PARTS:-tests cnn cnnbench gpt} "
+PARTS=" ${PARTS:-tests cnn cnnbench gpt int8} "
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 
 if part tests; then
@@ -106,4 +108,20 @@ if part gpt; then
   say "## GPT (124M) training tokens/s and MFU: Strata vs PyTorch eager"
   say ""
   BUILD=$BUILD bench/gpt_gpu.sh 60 2>&1 | tee -a "$REPORT"
+fi
+
+if part int8; then
+  say ""
+  say "## int8, QAT and pruning on this LibTorch (CPU; issue #17)"
+  say ""
+  say '```'
+  if ninja -C "$BUILD" quantize_test qat_test prune_test torchscript_test > "$LOGS/build_int8.log" 2>&1; then
+    (cd "$BUILD" && ctest -R "Quantiz|Qat|Prune|TorchScript" --output-on-failure 2>&1) > "$LOGS/ctest_int8.log"
+    grep -E "tests passed|tests failed|\*\*\*Failed|Not Run" "$LOGS/ctest_int8.log" | tee -a "$REPORT"
+    grep -E "^(unknown|Unknown|.*Could not find|.*not registered).*" "$LOGS/ctest_int8.log" | sort -u | head -5 | tee -a "$REPORT"
+  else
+    grep -B2 -A8 "error" "$LOGS/build_int8.log" | head -40 | tee -a "$REPORT"
+    say "int8 build FAILED"
+  fi
+  say '```'
 fi

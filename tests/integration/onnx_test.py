@@ -31,6 +31,10 @@ MODELS = {
     "cnn": ("recipes/fashion_mnist.yaml", FMNIST),
     "resnet_small": ("recipes/fashion_mnist.yaml",
                      FMNIST + ["model.name=resnet_small", "model.channels=[8,16]", "model.blocks=1"]),
+    # Half of each layer's channels pruned: exported as the smaller dense model.
+    "cnn_channels_pruned": ("recipes/fashion_mnist.yaml",
+                            FMNIST + ["train.prune.sparsity=0.5", "train.prune.structure=channels",
+                                      "train.prune.scope=layer", "train.prune.every=2"]),
     "gpt": ("recipes/gpt_tiny.yaml", ["model.seq_len=32", "model.n_layer=2", "model.d_model=64",
                                       "train.max_steps=4", "run.threads=2", "train.eval_every=0"]),
 }
@@ -63,6 +67,8 @@ def main():
             runs[name] = d
             out, report = export(bin_dir, d, "--format", "onnx")
             assert report["onnx_checker"] == "passed" and report["opset"] >= 13, report
+            if name == "cnn_channels_pruned":
+                assert [l["kept"] for l in report["pruned_channels"]] == [16, 32, 64], report
             export(bin_dir, d, "--format", "torchscript")
             ts = torch.jit.load(os.path.join(d, "model.torchscript.pt"))
             sess = session(os.path.join(d, "model.onnx"))
