@@ -77,7 +77,14 @@ at::Tensor qat_bn_weight(const at::Tensor& w, const c10::optional<at::Tensor>& g
 at::Tensor qat_bn_output(const at::Tensor& y, const c10::optional<at::Tensor>& gamma,
                          const at::Tensor& var, double eps, const c10::optional<at::Tensor>& bias,
                          bool enabled) {
-  at::Tensor out = enabled ? y / bn_factor(gamma, var, eps, y.dim(), 1) : y;
+  // A channel whose BatchNorm weight is 0 (pruned: train.prune.structure=
+  // channels) has a folded weight of 0, so its y is 0: it stays 0 rather
+  // than 0 / 0.
+  at::Tensor out = y;
+  if (enabled) {
+    const at::Tensor f = bn_factor(gamma, var, eps, y.dim(), 1);
+    out = y / at::where(f == 0, at::ones_like(f), f);
+  }
   if (bias && bias->defined()) {
     std::vector<int64_t> shape(static_cast<size_t>(y.dim()), 1);
     shape[1] = -1;

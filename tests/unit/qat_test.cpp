@@ -138,6 +138,33 @@ TEST(QatGraph, BeforeStartItIsTheModel) {
   }
 }
 
+// A channel pruned with its BatchNorm (weight and bias 0: structured
+// pruning) is folded to zero weights and stays an exact 0 -- not 0 / 0 --
+// in training and evaluation, with finite gradients.
+TEST(QatGraph, AChannelWhoseBatchNormWeightIsZeroStaysZero) {
+  torch::manual_seed(0);
+  auto model = st::testing::small_model("cnn");
+  {
+    torch::NoGradGuard no_grad;
+    auto p = model->named_parameters();
+    p["features.0.weight"][3].zero_();
+    p["features.1.weight"][3].zero_();
+    p["features.1.bias"][3].zero_();
+  }
+  st::QatGraph qat(*model, section(/*start=*/0), images(2), "");
+  qat.set_step(5);
+  model->train();
+  const at::Tensor y = qat.forward(images(8));
+  EXPECT_TRUE(y.isfinite().all().item<bool>());
+  y.pow(2).sum().backward();
+  for (auto& p : model->named_parameters()) {
+    EXPECT_TRUE(p.value().grad().isfinite().all().item<bool>()) << p.key();
+  }
+  model->eval();
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(qat.forward(images(8)).isfinite().all().item<bool>());
+}
+
 TEST(QatGraph, EvaluationComputesTheConvertedInt8Model) {
   // After observing training batches, the graph's evaluation forward
   // (BatchNorm on running statistics, folded into the fake-quantized
