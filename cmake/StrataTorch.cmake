@@ -53,11 +53,50 @@ if(NOT STRATA_TORCH_ABI EQUAL STRATA_SYSTEM_ABI)
     "torch >= 2.7 wheel: python3 -c 'import torch;print(torch.utils.cmake_prefix_path)').")
 endif()
 
+# A pip wheel's LibTorch ships protobuf headers of its own version in its
+# include directory; on the include path they would shadow the system
+# protobuf that gRPC and libonnx-dev are built with (and that Strata's
+# generated code needs). Strata reads that directory through a view without
+# google/ (symbolic links to every other entry); LibTorch's headers that
+# Strata includes do not use protobuf.
+set(STRATA_TORCH_INCLUDE_DIRS "")
+foreach(_dir IN LISTS TORCH_INCLUDE_DIRS)
+  # (A system include directory, e.g. Debian's /usr/include, holds the
+  # system protobuf itself: nothing to hide.)
+  if(EXISTS "${_dir}/google/protobuf/message.h" AND
+     NOT _dir IN_LIST CMAKE_CXX_IMPLICIT_INCLUDE_DIRECTORIES)
+    set(_view "${CMAKE_BINARY_DIR}/torch-include")
+    file(MAKE_DIRECTORY "${_view}")
+    file(GLOB _entries RELATIVE "${_dir}" "${_dir}/*")
+    foreach(_e IN LISTS _entries)
+      if(NOT _e STREQUAL "google" AND NOT EXISTS "${_view}/${_e}")
+        file(CREATE_LINK "${_dir}/${_e}" "${_view}/${_e}" SYMBOLIC)
+      endif()
+    endforeach()
+    message(STATUS "Strata: LibTorch bundles protobuf headers; its includes are read through "
+                   "${_view} (without google/), so gRPC and ONNX compile against the system protobuf")
+    list(APPEND STRATA_TORCH_INCLUDE_DIRS "${_view}")
+    # FindProtobuf would take the bundled headers too (CMAKE_PREFIX_PATH
+    # leads to them) while linking the system library: point it at the
+    # system's headers unless the user did.
+    find_path(STRATA_SYSTEM_PROTOBUF_INCLUDE google/protobuf/message.h
+              NO_CMAKE_PATH NO_CMAKE_ENVIRONMENT_PATH NO_PACKAGE_ROOT_PATH)
+    if(STRATA_SYSTEM_PROTOBUF_INCLUDE AND NOT Protobuf_INCLUDE_DIR)
+      set(Protobuf_INCLUDE_DIR "${STRATA_SYSTEM_PROTOBUF_INCLUDE}" CACHE PATH
+          "protobuf headers (the system's, not LibTorch's bundled ones)")
+    endif()
+  else()
+    list(APPEND STRATA_TORCH_INCLUDE_DIRS "${_dir}")
+  endif()
+endforeach()
+
 add_library(strata_torch INTERFACE)
 add_library(strata::torch ALIAS strata_torch)
 target_link_libraries(strata_torch INTERFACE ${TORCH_LIBRARIES})
 # SYSTEM: LibTorch's own warnings are not ours to fix.
-target_include_directories(strata_torch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})
+# (Installed, the target names LibTorch's own directories: the view is of this build.)
+target_include_directories(strata_torch SYSTEM INTERFACE
+  "$<BUILD_INTERFACE:${STRATA_TORCH_INCLUDE_DIRS}>" "$<INSTALL_INTERFACE:${TORCH_INCLUDE_DIRS}>")
 # Non-include flags LibTorch asks for (the ABI define above).
 separate_arguments(_strata_torch_flags UNIX_COMMAND "${TORCH_CXX_FLAGS}")
 list(FILTER _strata_torch_flags EXCLUDE REGEX "^-I")

@@ -4,6 +4,7 @@
 #include <onnx/onnx_pb.h>
 
 #include <cmath>
+#include <limits>
 #include <functional>
 #include <unordered_map>
 #include <unordered_set>
@@ -419,6 +420,37 @@ class Writer {
       node("Where", {mask, value, input(0)}, {out(o)});
     } else if (kind == "aten::softmax") {
       attr(node("Softmax", {input(0)}, {out(o)}), "axis", constant(n, 1).toInt());
+    } else if (kind == "aten::scaled_dot_product_attention") {
+      // LibTorch >= 2 (the gpt's causal attention): softmax(Q K^T * scale
+      // [+ causal mask]) V, as its math kernel computes it; evaluation, so
+      // no dropout. The mask is a constant of the traced sequence length.
+      const at::Tensor& q = seen_.at(n->input(0));
+      const at::Tensor& k = seen_.at(n->input(1));
+      STRATA_CHECK_T(ConfigError, constant(n, 3).isNone() && constant(n, 4).toDouble() == 0.0,
+                     "ONNX export: scaled_dot_product_attention with an attention mask or "
+                     "dropout is not supported; export --format torchscript instead");
+      const bool causal = constant(n, 5).toBool();
+      const c10::IValue scale_iv = n->inputs().size() > 6 ? constant(n, 6) : c10::IValue();
+      const double scale = scale_iv.isNone() ? 1.0 / std::sqrt(static_cast<double>(q.size(-1)))
+                                             : scale_iv.toDouble();
+      const int64_t r = q.dim();
+      std::vector<int64_t> perm(static_cast<size_t>(r));
+      for (int64_t i = 0; i < r; ++i) perm[static_cast<size_t>(i)] = i;
+      std::swap(perm[static_cast<size_t>(r - 1)], perm[static_cast<size_t>(r - 2)]);
+      const std::string kt = fresh("t");
+      attr(node("Transpose", {input(1)}, {kt}), "perm", perm);
+      std::string scores = op1("Mul", {op1("MatMul", {input(0), kt}),
+                                       initializer(at::scalar_tensor(scale, q.options()), "")});
+      if (causal) {
+        const int64_t t = q.size(-2), s = k.size(-2);
+        const at::Tensor future = at::ones({t, s}, q.options().dtype(at::kBool)).triu(1);
+        const at::Tensor mask = at::zeros({t, s}, q.options())
+                                    .masked_fill(future, -std::numeric_limits<double>::infinity());
+        scores = op1("Add", {scores, initializer(mask, "")});
+      }
+      const std::string probs = fresh("t");
+      attr(node("Softmax", {scores}, {probs}), "axis", int64_t{-1});
+      node("MatMul", {probs, input(2)}, {out(o)});
     } else if (kind == "aten::gelu") {
       const at::Tensor& x = seen_.at(n->input(0));
       auto c = [&](double v) { return initializer(at::scalar_tensor(v, x.options()), ""); };
