@@ -421,7 +421,7 @@ class Writer {
     } else if (kind == "aten::softmax") {
       attr(node("Softmax", {input(0)}, {out(o)}), "axis", constant(n, 1).toInt());
     } else if (kind == "aten::scaled_dot_product_attention") {
-      // LibTorch >= 2 (the gpt's causal attention): softmax(Q K^T * scale
+      // LibTorch >= 2 (a transformer's causal attention): softmax(Q K^T * scale
       // [+ causal mask]) V, as its math kernel computes it; evaluation, so
       // no dropout. The mask is a constant of the traced sequence length.
       const at::Tensor& q = seen_.at(n->input(0));
