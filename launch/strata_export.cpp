@@ -191,30 +191,25 @@ std::vector<at::Tensor> calibration_batches(const Rebuilt& r, int64_t n) {
 // The run's model traced and frozen with BatchNorm folded (the graph every
 // edge format starts from, trainer/quantize.h), and quantized to int8 when
 // `quantize` is set.
-struct Prepared {
+struct Prepared : st::EdgeGraph {
   Rebuilt r;
   torch::jit::Module traced;
-  st::FrozenGraph g;
-  std::vector<st::ShrunkLayer> shrunk;  // channels structured pruning zeroed, deleted
-  int folded = 0;
-  std::optional<st::QuantReport> q;
 };
 
 Prepared prepare(const std::string& run_dir, const Tensors& tensors, const std::string& model_pt,
                  const std::string& format, const std::optional<Int8Flags>& quantize,
                  bool shrink) {
-  Prepared p{rebuild(run_dir, tensors, model_pt, format), {}, {}, {}, 0, std::nullopt};
+  Prepared p;
+  p.r = rebuild(run_dir, tensors, model_pt, format);
   const bool is_static = quantize && quantize->quant.mode == st::QuantMode::kStatic;
   const bool calibrate = is_static && quantize->quant.ranges.empty();
   const std::vector<at::Tensor> calibration =
       calibrate ? calibration_batches(p.r, quantize->calibration_batches) : std::vector<at::Tensor>{};
   torch::NoGradGuard no_grad;
   p.traced = st::trace_torchscript(*p.r.model, p.r.example);
-  p.g = st::freeze(p.traced);
-  if (shrink) p.shrunk = st::shrink_channels(p.g, p.r.example);
-  p.folded = st::fold_batchnorm(p.g);
+  static_cast<st::EdgeGraph&>(p) = st::edge_graph(
+      p.traced, p.r.example, shrink, quantize ? &quantize->quant : nullptr, calibration);
   if (quantize) {
-    p.q = st::quantize(p.g, quantize->quant, calibration);
     STRATA_CHECK_T(UsageError, !p.q->layers.empty(), "model '", p.r.recipe.model.name,
                    "' has no layer ",
                    is_static ? "that static quantization covers (conv2d, linear)"

@@ -176,7 +176,7 @@ void replace_constant(FrozenGraph& g, Node* n, size_t i, const at::Tensor& t) {
 
 }  // namespace
 
-std::vector<ChannelGroup> channel_groups(const FrozenGraph& g, const at::Tensor& example) {
+std::vector<ChannelGroup> channel_groups(const FrozenGraph& g) {
   const std::vector<Group> groups = find_groups(g);
   std::vector<ChannelGroup> out;
   for (const Group& group : groups) {
@@ -192,14 +192,13 @@ std::vector<ChannelGroup> channel_groups(const FrozenGraph& g, const at::Tensor&
     for (const Reader& r : group.readers) c.consumers.push_back(g.name_of(r.node->input(1)));
     out.push_back(std::move(c));
   }
-  (void)example;  // the groups do not depend on the shapes; shrink_channels does
   return out;
 }
 
 std::vector<ChannelGroup> channel_groups(Model& model, const at::Tensor& example) {
   torch::NoGradGuard no_grad;
   const FrozenGraph g = train::freeze(trace_torchscript(model, example));
-  return channel_groups(g, example);
+  return channel_groups(g);
 }
 
 std::vector<ShrunkLayer> shrink_channels(FrozenGraph& g, const at::Tensor& example) {

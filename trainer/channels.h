@@ -43,9 +43,8 @@ struct ChannelGroup {
   std::vector<std::string> consumers;
 };
 
-// The prunable channel groups of `g` (Note [Channel groups]); `example` a
-// batch the graph runs on (for the spatial size behind a flatten).
-std::vector<ChannelGroup> channel_groups(const FrozenGraph& g, const at::Tensor& example);
+// The prunable channel groups of `g` (Note [Channel groups]).
+std::vector<ChannelGroup> channel_groups(const FrozenGraph& g);
 // Those of `model`, traced on `example` (Note [Tracing the model seam]).
 std::vector<ChannelGroup> channel_groups(Model& model, const at::Tensor& example);
 
@@ -56,7 +55,8 @@ struct ShrunkLayer {
 };
 
 // Deletes the zero channels of every group of `g` (keeping at least one
-// per group) before BatchNorm folding; the layers that lost channels.
+// per group); `example` a batch the graph runs on (for the spatial size
+// behind a flatten). The layers that lost channels.
 std::vector<ShrunkLayer> shrink_channels(FrozenGraph& g, const at::Tensor& example);
 
 }  // namespace strata::train

@@ -9,6 +9,7 @@
 #include "core/fs.h"
 #include "core/strings.h"
 #include "strata/config.h"
+#include "trainer/data/dataset.h"
 #include "trainer/quantize.h"
 
 namespace strata::train {
@@ -72,16 +73,24 @@ nlohmann::ordered_json edge_manifest(const std::string& format, const EdgeModelI
   return m;
 }
 
+EdgeGraph edge_graph(const torch::jit::Module& traced, const at::Tensor& example, bool shrink,
+                     const QuantOptions* opts, const std::vector<at::Tensor>& calibration) {
+  torch::NoGradGuard no_grad;
+  EdgeGraph e;
+  e.g = train::freeze(traced);
+  if (shrink) e.shrunk = shrink_channels(e.g, example);
+  e.folded = fold_batchnorm(e.g);
+  if (opts) e.q = quantize(e.g, *opts, calibration);
+  return e;
+}
+
 std::string int8_package(const torch::jit::Module& traced, const EdgeModelInfo& info,
                          const QuantOptions& opts, const std::vector<at::Tensor>& calibration) {
-  torch::NoGradGuard no_grad;
-  FrozenGraph g = train::freeze(traced);
-  const std::vector<ShrunkLayer> shrunk = shrink_channels(g, info.example);
-  fold_batchnorm(g);
-  const QuantReport q = quantize(g, opts, calibration);
+  const EdgeGraph e = edge_graph(traced, info.example, /*shrink=*/true, &opts, calibration);
   std::ostringstream out;
-  to_module(g, "Int8Model").save(out, {{kEdgeManifest, edge_manifest("strata-int8", info, shrunk,
-                                                                     &q, &opts).dump(2)}});
+  to_module(e.g, "Int8Model")
+      .save(out, {{kEdgeManifest,
+                   edge_manifest("strata-int8", info, e.shrunk, &*e.q, &opts).dump(2)}});
   return out.str();
 }
 
@@ -157,12 +166,9 @@ at::Tensor EdgeModel::from_pixels(const at::Tensor& pixels) const {
                  "no pixel normalisation)");
   at::Tensor p = pixels;
   if (p.dim() == 3 && input_shape_.size() == 3 && input_shape_[0] == 1) p = p.unsqueeze(1);
-  // The float arithmetic of the training loader (trainer/data/loader.cpp),
-  // bit for bit: an int8 model's input quantization rounds these values, and
-  // a pixel level a rounding apart would move to the next step.
-  const auto mean = static_cast<float>(pixel_mean_), std = static_cast<float>(pixel_std_);
-  const float scale = 1.f / (255.f * std);
-  const float shift = -mean / std;
+  // The training loader's float arithmetic, bit for bit (pixel_affine).
+  const auto [scale, shift] =
+      pixel_affine(static_cast<float>(pixel_mean_), static_cast<float>(pixel_std_));
   return p.to(at::kFloat).mul(scale).add(shift);
 }
 

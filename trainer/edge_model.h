@@ -33,6 +33,7 @@
 #include "trainer/models/models.h"
 #include "trainer/quantize.h"
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,19 @@ nlohmann::ordered_json edge_manifest(const std::string& format, const EdgeModelI
                                      const QuantReport* q, const QuantOptions* opts);
 // One int8 op of a report: weight scales and (static) activation scales and zero points.
 nlohmann::ordered_json int8_layer_json(const QuantLayer& l, bool is_static);
+
+// The graph every edge export writes (Note [The frozen graph]): `traced`
+// frozen, the channels structured pruning zeroed deleted (with `shrink`),
+// BatchNorm folded and, with `opts`, quantized to int8 (static: calibrated
+// on `calibration`, or with opts->ranges).
+struct EdgeGraph {
+  FrozenGraph g;
+  std::vector<ShrunkLayer> shrunk;
+  int folded = 0;  // batch norms
+  std::optional<QuantReport> q;
+};
+EdgeGraph edge_graph(const torch::jit::Module& traced, const at::Tensor& example, bool shrink,
+                     const QuantOptions* opts, const std::vector<at::Tensor>& calibration);
 
 // A model traced (trace_torchscript) as a strata-int8 package in memory:
 // frozen, channels structured pruning zeroed deleted, BatchNorm folded,

@@ -53,9 +53,9 @@ Pruner::Pruner(const PruneSection& section, torch::nn::Module& model, int64_t to
     const auto params = model.named_parameters();
     for (const ChannelGroup& g : groups) {
       if (excluded(g.layer, s_.exclude)) continue;
-      Channels c{g.layer, params[g.layer], {}, {}};
+      Channels c{g.layer, params[g.layer], {}, {}, {}};
       for (const std::string& t : g.zeroed) c.zeroed.push_back(params[t]);
-      c.keep = at::ones({g.channels}, c.weight.options());
+      c.set_keep(at::ones({g.channels}, c.weight.options()));
       channels_.push_back(std::move(c));
     }
     STRATA_CHECK_T(ConfigError, !channels_.empty(), where,
@@ -122,8 +122,7 @@ void Pruner::prune_channels_to(double sparsity) {
     const at::Tensor rows = c.weight.detach().flatten(1).to(at::kDouble);
     const at::Tensor norms = s_.norm == "l2" ? rows.pow(2).sum(1) : rows.abs().sum(1);
     const at::Tensor order = std::get<1>(norms.sort(/*stable=*/true, 0, /*descending=*/false));
-    c.keep = at::ones_like(c.keep);
-    c.keep.index_fill_(0, order.narrow(0, 0, k), 0);
+    c.set_keep(at::ones_like(c.keep).index_fill_(0, order.narrow(0, 0, k), 0));
   }
   masking_ = sparsity > 0.0;
   apply();
@@ -134,11 +133,17 @@ void Pruner::apply() {
   torch::NoGradGuard no_grad;
   for (Entry& e : entries_) e.weight.mul_(e.mask);
   for (Channels& c : channels_) {
-    for (at::Tensor& t : c.zeroed) {
-      std::vector<int64_t> shape(static_cast<size_t>(t.dim()), 1);
-      shape[0] = -1;
-      t.mul_(c.keep.view(shape));
-    }
+    for (size_t i = 0; i < c.zeroed.size(); ++i) c.zeroed[i].mul_(c.masks[i]);
+  }
+}
+
+void Pruner::Channels::set_keep(at::Tensor k) {
+  keep = std::move(k);
+  masks.clear();
+  for (const at::Tensor& t : zeroed) {
+    std::vector<int64_t> shape(static_cast<size_t>(t.dim()), 1);
+    shape[0] = -1;
+    masks.push_back(keep.view(shape));
   }
 }
 
@@ -150,7 +155,7 @@ void Pruner::restore_from_weights() {
     masking_ = masking_ || e.mask.eq(0).any().item<bool>();
   }
   for (Channels& c : channels_) {
-    c.keep = c.weight.detach().flatten(1).ne(0).any(1).to(c.weight.scalar_type());
+    c.set_keep(c.weight.detach().flatten(1).ne(0).any(1).to(c.weight.scalar_type()));
     masking_ = masking_ || c.keep.eq(0).any().item<bool>();
   }
 }

@@ -80,6 +80,8 @@ class Pruner {
     at::Tensor weight;             // whose rows rank the channels
     std::vector<at::Tensor> zeroed;  // indexed by channel along dim 0
     at::Tensor keep;               // [channels], the weight's dtype: 1 kept, 0 pruned
+    std::vector<at::Tensor> masks;   // keep as a view of each zeroed tensor's rank
+    void set_keep(at::Tensor k);
   };
   void prune_to(double sparsity);
   void prune_channels_to(double sparsity);

@@ -133,8 +133,6 @@ struct ModuleReads {
   std::unordered_map<const Value*, std::pair<at::Tensor, std::string>> tensors;
 
   ModuleReads(jit::Graph& g, const jit::Module& m) {
-    std::unordered_map<const Value*, std::pair<c10::IValue, std::string>> objects;
-    objects[g.inputs()[0]] = {m._ivalue(), ""};
     fixed.insert(g.inputs()[0]);
     for (Node* n : g.nodes()) {
       bool all = true;
@@ -142,15 +140,9 @@ struct ModuleReads {
       if (all) {
         for (Value* o : n->outputs()) fixed.insert(o);
       }
-      if (n->kind() != c10::prim::GetAttr) continue;
-      const auto src = objects.find(n->input());
-      if (src == objects.end()) continue;
-      const std::string field = n->s(c10::attr::name);
-      const std::string path =
-          src->second.second.empty() ? field : src->second.second + "." + field;
-      const c10::IValue v = src->second.first.toObjectRef().getAttr(field);
-      if (v.isObject()) objects[n->output()] = {v, path};
-      if (v.isTensor()) tensors[n->output()] = {v.toTensor(), path};
+    }
+    for (const ModuleRead& r : module_reads(g, m)) {
+      if (r.value.isTensor()) tensors[r.node->output()] = {r.value.toTensor(), r.name};
     }
   }
   // What the frozen graph of quantize() holds as a constant (Note [The
@@ -175,41 +167,6 @@ struct ModuleReads {
     return it == tensors.end() ? std::string() : it->second.second;
   }
 };
-
-// addmm(b, x, t(W), 1, 1) and matmul(x, t(W)) over a 2-d module weight W
-// become linear(x, W, b), as canonicalize() in quantize.cpp does for the
-// frozen graph, so that the rewrite below sees one form.
-void to_linear(const std::shared_ptr<jit::Graph>& graph, const ModuleReads& m) {
-  jit::Graph& g = *graph;
-  std::vector<Node*> nodes(g.nodes().begin(), g.nodes().end());
-  auto transposed_weight = [&](Value* v) -> Value* {
-    Node* t = v->node();
-    if (!is(t, "aten::t")) return nullptr;
-    const at::Tensor* w = m.tensor(t->input());
-    return w && w->dim() == 2 ? t->input() : nullptr;
-  };
-  for (Node* n : nodes) {
-    jit::WithInsertPoint guard(n);
-    Value* y = nullptr;
-    if (is(n, "aten::addmm")) {
-      Value* w = transposed_weight(n->input(2));
-      if (w && jit::toIValue(n->input(3)) == c10::IValue(1) &&
-          jit::toIValue(n->input(4)) == c10::IValue(1)) {
-        y = g.insert(c10::aten::linear, {n->input(1), w, n->input(0)});
-      }
-    } else if (is(n, "aten::matmul")) {
-      if (Value* w = transposed_weight(n->input(1))) {
-        y = g.insert(c10::aten::linear, {n->input(0), w, g.insertConstant(c10::IValue())});
-      }
-    }
-    if (y) {
-      y->setType(n->output()->type());
-      n->output()->replaceAllUsesWith(y);
-      n->destroy();
-    }
-  }
-  jit::EliminateDeadCode(graph);
-}
 
 // Moves the input-independent nodes that define `v` (GetAttr chains,
 // constants) before `before`, so that an op there can read it.
@@ -239,7 +196,15 @@ QatGraph::QatGraph(Model& model, const QatSection& section, const at::Tensor& ex
   Value* bn_batch = g.addInput("bn_batch_statistics")->setType(c10::BoolType::get());
   Value* observe = g.addInput("observe")->setType(c10::BoolType::get());
   Value* enabled = g.addInput("fake_quant")->setType(c10::BoolType::get());
-  to_linear(graph_, ModuleReads(g, traced_));
+  {
+    // Linear layers in one form (matmul_to_linear), as quantize() sees them.
+    const ModuleReads before(g, traced_);
+    matmul_to_linear(g, [&](Value* w) {
+      const at::Tensor* t = before.tensor(w);
+      return t && t->dim() == 2;
+    });
+    jit::EliminateDeadCode(graph_);
+  }
   const ModuleReads m(g, traced_);
   const at::Device device = example.device();
 

@@ -135,46 +135,27 @@ struct Target {
   Value* out() const { return relu ? relu->output() : node->output(); }
 };
 
-// The traced forms of conv2d and linear back to the ops themselves, so that
-// the passes match one form: aten::_convolution (2-d, not transposed) is
-// conv2d; addmm(b, x, t(W)) and matmul(x, t(W)) over a constant W are
-// linear (which computes exactly that).
+// The traced form of conv2d back to the op itself: aten::_convolution (2-d,
+// not transposed) over a constant weight is conv2d; and linear's
+// (matmul_to_linear) over constant 2-d weights.
 void canonicalize(jit::Graph& g) {
   std::vector<Node*> nodes(g.nodes().begin(), g.nodes().end());
-  auto transposed_constant = [](Value* v) -> Value* {
-    Node* t = v->node();
-    if (!is(t, "aten::t")) return nullptr;
-    const auto w = constant_tensor(t->input());
-    return w && w->dim() == 2 ? t->input() : nullptr;
-  };
   for (Node* n : nodes) {
+    if (!is(n, "aten::_convolution")) continue;
+    const auto w = constant_tensor(n->input(1));
+    const auto transposed = jit::toIValue(n->input(6));
+    if (!w || w->dim() != 4 || !transposed || transposed->toBool()) continue;
     jit::WithInsertPoint guard(n);
-    Value* replacement = nullptr;
-    if (is(n, "aten::_convolution")) {
-      const auto w = constant_tensor(n->input(1));
-      const auto transposed = jit::toIValue(n->input(6));
-      if (w && w->dim() == 4 && transposed && !transposed->toBool()) {
-        replacement = g.insert(c10::aten::conv2d, {n->input(0), n->input(1), n->input(2),
-                                                   n->input(3), n->input(4), n->input(5),
-                                                   n->input(8)});
-      }
-    } else if (is(n, "aten::addmm")) {
-      Value* w = transposed_constant(n->input(2));
-      if (w && jit::toIValue(n->input(3)) == c10::IValue(1) &&
-          jit::toIValue(n->input(4)) == c10::IValue(1)) {
-        replacement = g.insert(c10::aten::linear, {n->input(1), w, n->input(0)});
-      }
-    } else if (is(n, "aten::matmul")) {
-      if (Value* w = transposed_constant(n->input(1))) {
-        replacement = g.insert(c10::aten::linear, {n->input(0), w, g.insertConstant(c10::IValue())});
-      }
-    }
-    if (replacement) {
-      replacement->setType(c10::TensorType::get());
-      n->output()->replaceAllUsesWith(replacement);
-      n->destroy();
-    }
+    Value* conv = g.insert(c10::aten::conv2d, {n->input(0), n->input(1), n->input(2), n->input(3),
+                                               n->input(4), n->input(5), n->input(8)});
+    conv->setType(c10::TensorType::get());
+    n->output()->replaceAllUsesWith(conv);
+    n->destroy();
   }
+  matmul_to_linear(g, [](Value* w) {
+    const auto t = constant_tensor(w);
+    return t && t->dim() == 2;
+  });
 }
 
 int64_t bytes_of(const at::Tensor& t) { return t.defined() ? t.numel() * t.element_size() : 0; }
@@ -236,28 +217,64 @@ std::string FrozenGraph::name_of(const Value* v) const {
   return it == names.end() ? std::string() : it->second;
 }
 
-FrozenGraph freeze(const jit::Module& traced) {
-  FrozenGraph out;
-  out.graph = traced.get_method("forward").graph()->copy();
-  jit::Graph& g = *out.graph;
+std::vector<ModuleRead> module_reads(jit::Graph& g, const jit::Module& module) {
+  std::vector<ModuleRead> out;
   std::unordered_map<const Value*, std::pair<c10::IValue, std::string>> objects;
-  objects[g.inputs()[0]] = {traced._ivalue(), ""};
+  objects[g.inputs()[0]] = {module._ivalue(), ""};
   for (Node* n : g.nodes()) {
     if (n->kind() != c10::prim::GetAttr) continue;
     const auto src = objects.find(n->input());
     STRATA_INTERNAL_ASSERT(src != objects.end(), "a traced GetAttr reads from the module");
     const std::string field = n->s(c10::attr::name);
     const std::string path = src->second.second.empty() ? field : src->second.second + "." + field;
-    const c10::IValue v = src->second.first.toObjectRef().getAttr(field);
+    c10::IValue v = src->second.first.toObjectRef().getAttr(field);
     if (v.isObject()) {
       objects[n->output()] = {v, path};
-      continue;
+    } else {
+      out.push_back({n, std::move(v), path});
     }
-    STRATA_CHECK(v.isTensor(), "the traced model reads '", path, "', which is not a tensor");
+  }
+  return out;
+}
+
+void matmul_to_linear(jit::Graph& g, const std::function<bool(Value*)>& is_weight) {
+  std::vector<Node*> nodes(g.nodes().begin(), g.nodes().end());
+  auto transposed_weight = [&](Value* v) -> Value* {
+    Node* t = v->node();
+    return is(t, "aten::t") && is_weight(t->input()) ? t->input() : nullptr;
+  };
+  for (Node* n : nodes) {
     jit::WithInsertPoint guard(n);
-    Value* c = g.insertConstant(v.toTensor().detach());
-    out.names[c] = path;
-    n->output()->replaceAllUsesWith(c);
+    Value* y = nullptr;
+    if (is(n, "aten::addmm")) {
+      Value* w = transposed_weight(n->input(2));
+      if (w && jit::toIValue(n->input(3)) == c10::IValue(1) &&
+          jit::toIValue(n->input(4)) == c10::IValue(1)) {
+        y = g.insert(c10::aten::linear, {n->input(1), w, n->input(0)});
+      }
+    } else if (is(n, "aten::matmul")) {
+      if (Value* w = transposed_weight(n->input(1))) {
+        y = g.insert(c10::aten::linear, {n->input(0), w, g.insertConstant(c10::IValue())});
+      }
+    }
+    if (y) {
+      y->setType(n->output()->type());
+      n->output()->replaceAllUsesWith(y);
+      n->destroy();
+    }
+  }
+}
+
+FrozenGraph freeze(const jit::Module& traced) {
+  FrozenGraph out;
+  out.graph = traced.get_method("forward").graph()->copy();
+  jit::Graph& g = *out.graph;
+  for (const ModuleRead& r : module_reads(g, traced)) {
+    STRATA_CHECK(r.value.isTensor(), "the traced model reads '", r.name, "', which is not a tensor");
+    jit::WithInsertPoint guard(r.node);
+    Value* c = g.insertConstant(r.value.toTensor().detach());
+    out.names[c] = r.name;
+    r.node->output()->replaceAllUsesWith(c);
   }
   jit::EliminateDeadCode(out.graph);
   jit::ConstantPropagationImmutableTypes(out.graph);

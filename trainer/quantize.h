@@ -72,6 +72,23 @@ struct FrozenGraph {
 // it depends on the input.
 std::optional<c10::IValue> constant_of(torch::jit::Value* v);
 
+// An attribute a traced graph reads from its module (the end of a
+// prim::GetAttr chain from `self` that is not a submodule), with its
+// dotted name ("features.0.weight").
+struct ModuleRead {
+  torch::jit::Node* node;  // the GetAttr
+  c10::IValue value;
+  std::string name;
+};
+// Every such read of `g` (a method graph of `module`), in graph order.
+std::vector<ModuleRead> module_reads(torch::jit::Graph& g, const torch::jit::Module& module);
+
+// The traced forms of linear back to linear: addmm(b, x, t(W), 1, 1) and
+// matmul(x, t(W)) over a W that `is_weight` accepts become linear(x, W, b),
+// which computes exactly that, so that later passes match one form.
+void matmul_to_linear(torch::jit::Graph& g,
+                      const std::function<bool(torch::jit::Value*)>& is_weight);
+
 // `traced` (trace_torchscript's module) with its parameters and buffers
 // read as named constants.
 FrozenGraph freeze(const torch::jit::Module& traced);

@@ -118,6 +118,10 @@ struct Trainer::Impl {
                    qat ? &qat->observers() : nullptr};
   }
   int64_t map_data_position(const TrainState& saved) const;
+  // A small batch of evaluation inputs to trace the model on (QAT, channel groups).
+  at::Tensor example_batch() const {
+    return eval_inputs.slice(0, 0, std::min<int64_t>(2, eval_inputs.size(0)));
+  }
   // Mean over data-parallel ranks of this rank's value (collective); a
   // pipeline's last stage has it and tells the others.
   double global_mean(const at::Tensor& local) const;
@@ -240,7 +244,7 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
     const std::vector<ChannelGroup> groups =
         recipe.train.prune.structure == "channels"
             ? channel_groups(*pm.model,
-                             eval_inputs.slice(0, 0, std::min<int64_t>(2, eval_inputs.size(0))))
+                             example_batch())
             : std::vector<ChannelGroup>{};
     pruner = std::make_unique<Pruner>(recipe.train.prune, model, total_steps,
                                       recipe.where("train.prune"), groups);
@@ -275,7 +279,7 @@ void Trainer::Impl::start_qat() {
                  "train.qat with distill.hints is not supported (the hints read the model's "
                  "units, which the QAT graph does not expose); distil on logits only");
   qat = std::make_shared<QatGraph>(*pm.model, recipe.train.qat,
-                                   eval_inputs.slice(0, 0, std::min<int64_t>(2, eval_inputs.size(0))),
+                                   example_batch(),
                                    where);
   pm.forward_graph = [q = qat.get()](const at::Tensor& x) { return q->forward(x); };
   log_info("quantization-aware training from step ", recipe.train.qat.start_step, ": ",

@@ -51,6 +51,11 @@ std::string field(const std::string& line, const std::string& key) {
   return v.value_or("");
 }
 
+// The accuracy of a finished run's last record (its summary).
+double final_accuracy(const std::string& run_dir) {
+  return std::stod(field(read_lines(run_dir + "/metrics.jsonl").back(), "accuracy"));
+}
+
 TEST(StrataTrain, WritesTheRunDirectoryContract) {
   TempDir dir;
   auto r = run_command(small_run(dir / "run") + " train.epochs=1");
@@ -126,7 +131,7 @@ TEST(StrataTrain, DistilsFromATeachersModelPt) {
   ASSERT_EQ(s.exit_code, 0) << s.output;
   EXPECT_NE(s.output.find("distilling from"), std::string::npos) << s.output;
   const double student_acc =
-      std::stod(field(read_lines(dir / "student/metrics.jsonl").back(), "accuracy"));
+      final_accuracy(dir / "student");
   EXPECT_GT(student_acc, 0.7);
 
   // Compressed, the export puts teacher, student and compressed student side by side.
@@ -139,7 +144,7 @@ TEST(StrataTrain, DistilsFromATeachersModelPt) {
   ASSERT_EQ(rows.size(), 3u) << report.dump();
   EXPECT_EQ(rows[0]["model"], "teacher");
   EXPECT_EQ(rows[0]["accuracy"].get<double>(),
-            std::stod(field(read_lines(dir / "teacher/metrics.jsonl").back(), "accuracy")));
+            final_accuracy(dir / "teacher"));
   EXPECT_EQ(rows[1]["accuracy"].get<double>(), student_acc);
   EXPECT_EQ(rows[2]["accuracy"].get<double>(), report["accuracy_int8"].get<double>());
   EXPECT_GT(rows[0]["parameters"].get<int64_t>(), rows[1]["parameters"].get<int64_t>());
@@ -174,7 +179,7 @@ TEST(StrataTrain, DistilsWithFeatureHintsAndResumesTheirProjections) {
   for (const auto& [name, tensor] : strata::train::load_state_dict(dir / "student/model.pt")) {
     EXPECT_EQ(name.find("proj"), std::string::npos) << name;
   }
-  EXPECT_GT(std::stod(field(read_lines(dir / "student/metrics.jsonl").back(), "accuracy")), 0.5);
+  EXPECT_GT(final_accuracy(dir / "student"), 0.5);
   auto mlp = run_command(kBin + " " + kRecipes + "fashion_mnist_mlp.yaml run.dir=" + dir / "mlp" +
                          " distill.teacher=" + dir / "teacher/model.pt" +
                          " distill.teacher_model.name=cnn distill.teacher_model.channels=[8,16]"
@@ -524,7 +529,7 @@ TEST(StrataTrain, TrainInitStartsFromATrainedModelAndRefusesAnotherModelsWeights
   TempDir dir;
   auto trained = run_command(small_run(dir / "trained") + " train.epochs=1");
   ASSERT_EQ(trained.exit_code, 0) << trained.output;
-  const double acc = std::stod(field(read_lines(dir / "trained/metrics.jsonl").back(), "accuracy"));
+  const double acc = final_accuracy(dir / "trained");
   ASSERT_GT(acc, 0.6);
   // Two steps at a small learning rate: from the trained weights the model
   // keeps their accuracy; from the seeded initialisation it is near chance.
@@ -536,9 +541,9 @@ TEST(StrataTrain, TrainInitStartsFromATrainedModelAndRefusesAnotherModelsWeights
   auto fresh = run_command(small_run(dir / "fresh") + two_steps);
   ASSERT_EQ(fresh.exit_code, 0) << fresh.output;
   const double tuned_acc =
-      std::stod(field(read_lines(dir / "tuned/metrics.jsonl").back(), "accuracy"));
+      final_accuracy(dir / "tuned");
   const double fresh_acc =
-      std::stod(field(read_lines(dir / "fresh/metrics.jsonl").back(), "accuracy"));
+      final_accuracy(dir / "fresh");
   EXPECT_NEAR(tuned_acc, acc, 0.02);
   EXPECT_LT(fresh_acc, acc - 0.2);
 

@@ -25,6 +25,16 @@ struct ImageDataset {
   int64_t sample_bytes() const { return channels * height * width; }
 };
 
+// (x / 255 - mean) / std as the float affine map x * scale + shift that the
+// loader applies (and an edge runtime must apply bit for bit: an int8
+// model's input quantization rounds these values).
+struct PixelAffine {
+  float scale, shift;
+};
+inline PixelAffine pixel_affine(float mean, float std) {
+  return {1.f / (255.f * std), -mean / std};
+}
+
 enum class Split { kTrain, kTest };
 
 // Loads Fashion-MNIST from `root` (train-*/t10k-*-ubyte.gz). `subset` > 0

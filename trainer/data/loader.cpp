@@ -17,8 +17,7 @@ void augment_into(const ImageDataset& d, const uint8_t* src, float* dst,
   const int64_t dy = pad > 0 ? static_cast<int64_t>(rng.below(2 * pad + 1)) - pad : 0;
   const int64_t dx = pad > 0 ? static_cast<int64_t>(rng.below(2 * pad + 1)) - pad : 0;
   const bool flip = hflip && (rng.next() & 1);
-  const float scale = 1.f / (255.f * d.std);
-  const float shift = -d.mean / d.std;
+  const auto [scale, shift] = pixel_affine(d.mean, d.std);
   for (int64_t c = 0; c < d.channels; ++c) {
     const uint8_t* s = src + c * H * W;
     float* o = dst + c * H * W;
