@@ -48,6 +48,13 @@ JsonObject& JsonObject::add(const std::string& k, bool v) {
   return *this;
 }
 
+JsonObject& JsonObject::add(const std::string& k, const std::vector<double>& v) {
+  nlohmann::ordered_json a = nlohmann::ordered_json::array();
+  for (double x : v) a.push_back(std::isfinite(x) ? nlohmann::ordered_json(x) : nullptr);
+  (*j_)[k] = std::move(a);
+  return *this;
+}
+
 JsonObject& JsonObject::add(const std::string& k, const JsonObject& v) {
   (*j_)[k] = *v.j_;
   return *this;

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace strata {
 
@@ -36,6 +37,7 @@ class JsonObject {
   }
   JsonObject& add(const std::string& key, bool value);
   JsonObject& add(const std::string& key, const JsonObject& value);  // nested
+  JsonObject& add(const std::string& key, const std::vector<double>& values);  // an array
   // One line (no newline); text is escaped as JSON requires, invalid
   // UTF-8 replaced rather than refused.
   std::string str() const;

@@ -62,7 +62,7 @@ LocalResult Learner::learn(const at::Tensor& global, int64_t steps, double proxi
   // The recipe's step; no data-parallel group, so its reducer settings are unused.
   const train::TrainStepOptions so = train::train_step_options(recipe_);
   train::TrainStep step(pm_, *optimizer, {},
-                        train::cross_entropy_loss(device_.type(), so.compute_dtype), nullptr,
+                        train::model_loss(model, device_.type(), so.compute_dtype), nullptr,
                         device_, so);
   step.set_proximal(proximal_mu);
   LocalResult r;

@@ -95,6 +95,7 @@ void write_train_state(torch::serialize::OutputArchive& out, const TrainState& s
     out.write("window_steps", scalar(state.window_steps));
     out.write("window_loss", at::tensor(state.window_loss, at::kDouble));
   }
+  if (!state.online.empty()) out.write("online", at::tensor(state.online, at::kDouble));
   {
     auto gen = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
@@ -133,6 +134,11 @@ TrainState read_counters(torch::serialize::InputArchive& in) {
     state.window_steps = steps.item<int64_t>();
     const at::Tensor l = losses.to(at::kDouble).contiguous();
     state.window_loss.assign(l.data_ptr<double>(), l.data_ptr<double>() + l.numel());
+  }
+  at::Tensor online;
+  if (in.try_read("online", online)) {
+    const at::Tensor o = online.to(at::kDouble).contiguous();
+    state.online.assign(o.data_ptr<double>(), o.data_ptr<double>() + o.numel());
   }
   return state;
 }

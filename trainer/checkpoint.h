@@ -82,6 +82,8 @@ struct TrainState {
   // uninterrupted one would (bitwise in the same layout).
   int64_t window_steps = 0;
   std::vector<double> window_loss{};  // by dp rank
+  // Prequential counts (trainer/prequential.h), empty without.
+  std::vector<double> online{};
 };
 
 // A checkpoint shard copied out of the live model and optimizer into host

@@ -65,7 +65,7 @@ void MetricsWriter::write(const JsonObject& record) {
     return;
   }
   const std::string k = kind->get<std::string>();
-  if (k != "train" && k != "eval" && k != "version") return;
+  if (k != "train" && k != "eval" && k != "version" && k != "online") return;
   const auto scalars = scalars_of(r, k);
   if (scalars.empty()) return;
   const double wall = std::chrono::duration<double>(

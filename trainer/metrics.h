@@ -19,7 +19,7 @@ class TensorBoardWriter;
 
 class MetricsWriter {
  public:
-  // With `tensorboard` (metrics.tensorboard), every number of a train,
+  // With `tensorboard` (metrics.tensorboard), every number of a train, online,
   // eval or version record is also a TensorBoard scalar "<kind>/<key>" at
   // the record's step, in an event file next to metrics.jsonl
   // (trainer/tensorboard.h).

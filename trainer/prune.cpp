@@ -171,4 +171,26 @@ std::vector<Pruner::Layer> Pruner::sparsity() const {
   return out;
 }
 
+PruneSummary prune_record(const Pruner& pruner, const std::string& structure, int64_t step) {
+  PruneSummary p;
+  JsonObject layers;
+  for (const Pruner::Layer& l : pruner.sparsity()) {
+    layers.add(l.name, static_cast<double>(l.pruned) / static_cast<double>(l.numel));
+    p.total += l.numel;
+    p.pruned += l.pruned;
+  }
+  p.sparsity = p.total ? static_cast<double>(p.pruned) / static_cast<double>(p.total) : 0.0;
+  // structure=channels counts channels: the layers' fractions of them.
+  p.unit = structure == "channels" ? "channels" : "weights";
+  p.record.add("kind", "prune")
+      .add("structure", structure)
+      .add("step", step)
+      .add("target", pruner.target(step))
+      .add("sparsity", p.sparsity)
+      .add("pruned", p.pruned)
+      .add(p.unit, p.total)
+      .add("layers", layers);
+  return p;
+}
+
 }  // namespace strata::train

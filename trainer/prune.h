@@ -33,6 +33,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/json.h"
 #include "trainer/channels.h"
 #include "trainer/recipe.h"
 
@@ -92,5 +93,16 @@ class Pruner {
   std::vector<Channels> channels_;
   bool masking_ = false;  // some mask prunes: apply() has work
 };
+
+// A "prune" record of metrics.jsonl (kind, structure, step, the ramp's
+// target, the sparsity reached, pruned and total weights -- or channels,
+// with structure=channels -- and each layer's fraction), and its totals.
+struct PruneSummary {
+  JsonObject record;
+  double sparsity = 0.0;
+  int64_t pruned = 0, total = 0;
+  const char* unit = "weights";
+};
+PruneSummary prune_record(const Pruner& pruner, const std::string& structure, int64_t step);
 
 }  // namespace strata::train

@@ -82,9 +82,27 @@ struct RunSection {
   }
 };
 
+// Hedge Backpropagation (model.name: hbp; trainer/models/hbp.h).
+struct HbpSection {
+  bool hedge = true;
+  double beta = 0.99;
+  double smoothing = 0.2;
+  std::string hedge_loss = "minmax";
+
+  template <class V>
+  void visit(V& v) {
+    v.field("hedge", hedge, any(), "learn the mixture weights alpha online (false: alpha stays on the deepest head, which is plain online backprop of the same network)");
+    v.field("beta", beta, in_range_open_low(0, 1), "the hedge's discount: alpha(l) *= beta^loss(l) after every step");
+    v.field("smoothing", smoothing, in_range(0, 1), "s: every alpha(l) is kept at least s / L (L hidden layers) before normalising");
+    v.field("hedge_loss", hedge_loss, one_of({"minmax", "raw"}), "the loss the hedge discounts by: minmax (each step's head losses scaled to [0, 1] by their minimum and maximum, as the paper's code does) | raw (the heads' cross-entropy)");
+  }
+};
+
 struct ModelSection {
   std::string name = "cnn";
   std::vector<int64_t> hidden = {256, 128};
+  int64_t depth = 0;
+  HbpSection hbp;
   std::vector<int64_t> channels = {32, 64};
   int64_t fc = 128;
   int64_t blocks = 2;
@@ -97,8 +115,9 @@ struct ModelSection {
 
   template <class V>
   void visit(V& v) {
-    v.field("name", name, any(), "a registered model (built in: mlp, cnn, resnet_small and a transformer language model; strata-train --list prints them all)");
-    v.field("hidden", hidden, at_least(1), "mlp: hidden layer widths");
+    v.field("name", name, any(), "a registered model (built in: mlp, cnn, resnet_small, hbp (Hedge Backpropagation, for online streams) and a transformer language model; strata-train --list prints them all)");
+    v.field("hidden", hidden, at_least(1), "mlp, hbp: hidden layer widths");
+    v.field("depth", depth, at_least(0), "mlp, hbp: this many hidden layers of width hidden[0] (0: hidden as listed)");
     v.field("channels", channels, at_least(1), "cnn: conv channels per stage; resnet_small: stage widths");
     v.field("fc", fc, at_least(1), "cnn: width of the hidden fully connected layer");
     v.field("blocks", blocks, at_least(1), "resnet_small: residual blocks per stage");
@@ -108,6 +127,11 @@ struct ModelSection {
     v.field("d_model", d_model, at_least(1), "transformers: embedding width");
     v.field("seq_len", seq_len, at_least(1), "transformers: context length in tokens (bytes)");
     v.field("vocab_size", vocab_size, at_least(0), "transformers: embedding rows (0: the data's, 256 for bytes; larger pads, e.g. 50304 as in the 124M-parameter benchmark recipe)");
+    v.section("hbp", hbp, "Hedge Backpropagation: a classifier on every hidden layer, mixed by weights learned online");
+  }
+  // The hidden widths mlp and hbp build: depth copies of hidden[0], or hidden.
+  std::vector<int64_t> hidden_widths() const {
+    return depth > 0 ? std::vector<int64_t>(static_cast<size_t>(depth), hidden.at(0)) : hidden;
   }
 };
 
@@ -135,11 +159,18 @@ struct DataSection {
   int64_t prefetch = 4;
   int64_t train_subset = 0;
   int64_t test_subset = 0;
+  int64_t instances = 500000;
+  int64_t features = 50;
+  int64_t stream_seed = 1;
+  std::string stream_file;
+  std::string drift = "permute";
+  std::vector<int64_t> drift_at = {};
+  int64_t drift_width = 0;
   AugmentSection augment;
 
   template <class V>
   void visit(V& v) {
-    v.field("name", name, any(), "a registered dataset: fashion_mnist (images), text (byte-level language modelling), tokens (a pre-tokenised corpus); strata-train --list prints them all");
+    v.field("name", name, any(), "a registered dataset: fashion_mnist (images), text (byte-level language modelling), tokens (a pre-tokenised corpus), syn8, cd1, cd2 (synthetic online streams, cd: concept drift), fmnist_drift (Fashion-MNIST as a drifting stream), stream_file (a recorded stream); strata-train --list prints them all");
     v.field("root", root, any(), "fashion_mnist: directory with the IDX files (*-ubyte.gz), e.g. from Debian's dataset-fashion-mnist");
     v.field("text", text, any(), "text: a text file, or a directory whose files are concatenated (default: Debian's fortunes package)");
     v.field("tokens", tokens, any(), "tokens: a directory holding train.bin and val.bin, uint16 token ids (nanoGPT's raw layout, or llm.c's with its 1024-byte header), memory-mapped");
@@ -151,6 +182,13 @@ struct DataSection {
     v.field("prefetch", prefetch, at_least(1), "batches prepared ahead by the loader thread");
     v.field("train_subset", train_subset, at_least(0), "use only the first N training samples (0: all; text and tokens: tokens)");
     v.field("test_subset", test_subset, at_least(0), "evaluate on only the first N test samples (0: all; text and tokens: validation windows)");
+    v.field("instances", instances, at_least(1), "syn8, cd1, cd2, fmnist_drift: instances in the stream (one pass of train.epochs = 1)");
+    v.field("features", features, at_least(1), "syn8, cd1, cd2: features per instance");
+    v.field("stream_seed", stream_seed, at_least(0), "syn8, cd1, cd2, fmnist_drift: the seed the stream's concepts and instances are drawn from (kept apart from run.seed, so runs compare on the same stream)");
+    v.field("stream_file", stream_file, any(), "stream_file: a recorded stream (rows of float32 features and an int32 label, format in recipes/README.md), read in order");
+    v.field("drift", drift, one_of({"permute", "rotate"}), "fmnist_drift: what changes at each drift point: permute (the classes' labels are permuted anew) | rotate (the images turn by another 90 degrees)");
+    v.field("drift_at", drift_at, at_least(1), "fmnist_drift: the instances at which the concept changes, increasing (empty: no drift)");
+    v.field("drift_width", drift_width, at_least(0), "fmnist_drift: 0 abrupt; else each drift is gradual over this many instances (an instance takes the new concept with probability rising linearly from 0 to 1)");
     v.section("augment", augment, "training-time augmentation");
   }
 };
@@ -252,6 +290,7 @@ struct TrainSection {
   std::string activation_checkpointing = "none";
   int64_t checkpoint_every = 2;
   std::string init;
+  bool prequential = false;
   PruneSection prune;
   QatSection qat;
 
@@ -267,6 +306,7 @@ struct TrainSection {
     v.field("activation_checkpointing", activation_checkpointing, one_of({"none", "full", "every_k"}), "recompute activations in backward instead of keeping them: per unit of the model (transformer block, CNN stage); every_k: units 0, k, 2k, ...");
     v.field("checkpoint_every", checkpoint_every, at_least(1), "k of activation_checkpointing: every_k");
     v.field("init", init, any(), "start from these weights instead of the seeded initialisation: a model.pt of a run of the same model (fine-tuning a trained model, e.g. to prune it or train it quantization-aware); a resumed checkpoint takes precedence; empty: none");
+    v.field("prequential", prequential, any(), "test-then-train: score every training micro-batch by its own training forward, before its step, into online records (cumulative and windowed error; always on for a stream without a held-out split, e.g. syn8)");
     v.section("prune", prune, "magnitude pruning during training: a cubic sparsity ramp, masks kept through optimizer steps and resumes");
     v.section("qat", qat, "quantization-aware training: int8 fake quantization with straight-through gradients, converted by strata-export --quantize qat");
   }

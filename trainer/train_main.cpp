@@ -109,11 +109,15 @@ int train_main(const std::string& program, int argc, char** argv, const Registri
     const TrainResult r = trainer.run();
     if (r.stopped_by != 0) return r.exit_code;  // Note [Stopping together]
     if (info.rank == 0) {
-      if (r.language_model) {
+      if (r.online_instances > 0) {
+        std::cout << "final online error " << strata::format_metric(r.online_error) << " over "
+                  << r.online_instances << " instances (prequential)" << (r.evaluated ? "; " : "");
+      }
+      if (r.evaluated && r.language_model) {
         std::cout << "final validation loss " << strata::format_metric(r.test_loss)
                   << " (perplexity " << strata::format_metric(std::exp(r.test_loss))
                   << ", next-token accuracy " << strata::format_metric(r.test_accuracy) << ")";
-      } else {
+      } else if (r.evaluated) {
         std::cout << "final test accuracy " << strata::format_metric(r.test_accuracy)
                   << " (loss " << strata::format_metric(r.test_loss) << ")";
       }

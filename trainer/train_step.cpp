@@ -41,11 +41,11 @@ TrainStepOptions train_step_options(const Recipe& r) {
   return o;
 }
 
-LossFn cross_entropy_loss(at::DeviceType device_type, at::ScalarType dtype) {
-  return [device_type, dtype](const at::Tensor& output, const at::Tensor&,
-                              const at::Tensor& targets) {
+LossFn model_loss(Model& model, at::DeviceType device_type, at::ScalarType dtype) {
+  return [&model, device_type, dtype](const at::Tensor& output, const at::Tensor&,
+                                      const at::Tensor& targets) {
     AutocastGuard amp(device_type, dtype);
-    return cross_entropy(output, targets);
+    return model.loss(output, targets);
   };
 }
 
@@ -190,10 +190,15 @@ bool TrainStep::epilogue(double lr) {
     }
   }
   set_learning_rate(optimizer_, lr);
-  if (!scaler_.update()) return false;
-  optimizer_.step();
-  if (pruner_) pruner_->apply();
-  return true;
+  const bool stepped = scaler_.update();
+  if (stepped) {
+    optimizer_.step();
+    if (pruner_) pruner_->apply();
+  }
+  pm_.model->after_step([this](at::Tensor& t) {
+    if (dp_) dp_->all_reduce(t, dist::ReduceOp::kAvg)->wait();
+  });
+  return stepped;
 }
 
 }  // namespace strata::train

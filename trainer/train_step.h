@@ -10,7 +10,8 @@
 //      tied gradients over the pipeline, unscale (fp16 loss scaling), add
 //      the proximal term (FedProx), clip, set the learning rate, and step
 //      the optimizer -- or skip the step on overflow; then the pruning
-//      masks (trainer/prune.h) zero the pruned weights again.
+//      masks (trainer/prune.h) zero the pruned weights again; last,
+//      Model::after_step (hbp's hedge update of its mixture weights).
 // No host synchronisation: the mean loss comes back as a device tensor.
 //
 // Data parallelism is the last layout applied to a model (after
@@ -56,8 +57,9 @@ using LossFn = std::function<at::Tensor(const at::Tensor& output, const at::Tens
 // Cross-entropy over the last dimension (classification: [B, K] vs [B];
 // language modelling: [B, T, V] vs [B, T]).
 at::Tensor cross_entropy(const at::Tensor& output, const at::Tensor& targets);
-// The task loss of every registered model: cross_entropy under autocast.
-LossFn cross_entropy_loss(at::DeviceType device_type, at::ScalarType dtype);
+// The model's own training loss (Model::loss: the task's cross-entropy
+// unless the model says otherwise) under autocast.
+LossFn model_loss(Model& model, at::DeviceType device_type, at::ScalarType dtype);
 
 struct StepResult {
   // The mean micro-batch loss: 0-dim double on the device, no host sync

@@ -26,6 +26,7 @@
 #include "trainer/evaluate.h"
 #include "trainer/data/datasets.h"
 #include "trainer/metrics.h"
+#include "trainer/prequential.h"
 #include "trainer/prune.h"
 #include "trainer/qat.h"
 #include "trainer/parallelize.h"
@@ -126,6 +127,8 @@ struct Trainer::Impl {
   // pipeline's last stage has it and tells the others.
   double global_mean(const at::Tensor& local) const;
   bool writer() const { return mesh.rank() == 0; }
+  // Whether the data has a held-out split to evaluate on (a stream has none).
+  bool evaluates() const { return data.eval_samples > 0; }
   bool due(int64_t every) const {
     return state.step % (every > 0 ? every : steps_per_epoch) == 0;
   }
@@ -151,6 +154,7 @@ struct Trainer::Impl {
   std::unique_ptr<TrainStep> step;
   std::unique_ptr<Pruner> pruner;  // train.prune.sparsity > 0
   std::shared_ptr<QatGraph> qat;   // train.qat.enabled
+  std::unique_ptr<Prequential> online;  // train.prequential, or a stream
   std::unique_ptr<LrSchedule> schedule;
   int64_t micro_per_epoch = 0;
   int64_t steps_per_epoch = 0;
@@ -251,6 +255,12 @@ Trainer::Impl::Impl(Recipe r, const Registries& registries,
     step->set_pruner(pruner.get());
   }
   if (recipe.train.qat.enabled) start_qat();
+  if (recipe.train.prequential || !evaluates()) {
+    STRATA_CHECK_T(ConfigError, !pm.pipe, recipe.where("train.prequential"), "prequential "
+                   "evaluation scores the model's output, which a pipeline's stages do not all "
+                   "see; use distributed.pipeline_parallel.stages = 1");
+    online = std::make_unique<Prequential>(device);
+  }
   log_setup();
 }
 
@@ -410,6 +420,7 @@ void Trainer::Impl::resume_or_start() {
       window_steps = window_carried = saved.window_steps;
     }
     if (pruner) pruner->restore_from_weights();
+    if (online && !saved.online.empty()) online->restore(saved.online, dp_rank == 0);
     log_info("resumed from ", path, " at step ", state.step);
   }
   if (mesh.size() > 1) {
@@ -464,11 +475,12 @@ at::Tensor Trainer::Impl::micro_loss(const at::Tensor& logits, const at::Tensor&
     AutocastGuard amp(device.type(), teacher_dtype);
     teacher_logits = teacher->forward(inputs);
   }
+  if (online) online->score(logits, targets);
   AutocastGuard amp(device.type(), compute_dtype);
   at::Tensor loss =
       teacher ? distillation_loss(logits, teacher_logits, targets, recipe.distill.alpha,
                                   recipe.distill.temperature)
-              : F::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+              : pm.model->loss(logits, targets);
   if (hints) loss = loss + recipe.distill.hint_weight * hints->forward(*pm.model, *teacher);
   return loss;
 }
@@ -519,29 +531,11 @@ JsonObject Trainer::Impl::eval_record(const char* kind, const EvalResult& e) con
 
 // A "prune" record: the ramp's target and each pruned weight's sparsity.
 void Trainer::Impl::log_prune() {
-  JsonObject layers;
-  int64_t n = 0, pruned = 0;
-  for (const Pruner::Layer& l : pruner->sparsity()) {
-    layers.add(l.name, static_cast<double>(l.pruned) / static_cast<double>(l.numel));
-    n += l.numel;
-    pruned += l.pruned;
-  }
-  const double sparsity = n ? static_cast<double>(pruned) / static_cast<double>(n) : 0.0;
-  // structure=channels counts channels: the layers' fractions of them.
-  const char* unit = recipe.train.prune.structure == "channels" ? "channels" : "weights";
-  metrics->write(JsonObject()
-                     .add("kind", "prune")
-                     .add("structure", recipe.train.prune.structure)
-                     .add("step", state.step)
-                     .add("target", pruner->target(state.step))
-                     .add("sparsity", sparsity)
-                     .add("pruned", pruned)
-                     .add(unit, n)
-                     .add("layers", layers)
-                     .add("time_s", seconds_since(run_t0)));
-  if (state.step > 0 || sparsity > 0) {
-    log_info("pruned to sparsity ", format_metric(sparsity), " at step ", state.step, " (",
-             pruned, " of ", n, " ", unit, ")");
+  const PruneSummary p = prune_record(*pruner, recipe.train.prune.structure, state.step);
+  metrics->write(JsonObject(p.record).add("time_s", seconds_since(run_t0)));
+  if (state.step > 0 || p.sparsity > 0) {
+    log_info("pruned to sparsity ", format_metric(p.sparsity), " at step ", state.step, " (",
+             p.pruned, " of ", p.total, " ", p.unit, ")");
   }
 }
 
@@ -576,6 +570,10 @@ void Trainer::Impl::log_train(int64_t epoch, double window_s, double run_s) {
     record.add("loss_scale", scaler.scale()).add("skipped_steps", scaler.skipped_steps());
   }
   metrics->write(record.add("time_s", run_s));
+  if (online) {
+    metrics->write(online->close_window(state.step, dp_group.get(), pm.model->mixture_weights())
+                       .add("time_s", run_s));
+  }
   shown_loss = loss;
   shown_rate = rate;
 }
@@ -590,6 +588,7 @@ void Trainer::Impl::save_checkpoint(bool background) {
   state.loss_scale = scaler.enabled() ? scaler.scale() : 0.0;
   state.loss_scale_growth = scaler.growth_tracker();
   state.window_steps = window_steps;
+  if (online) state.online = online->state(dp_group.get());
   state.window_loss.clear();
   if (window_steps > 0) {  // collective: every rank saves at this step
     const at::Device on = dist::transport_device(*mesh.world(), device);
@@ -716,7 +715,7 @@ TrainResult Trainer::Impl::run() {
       agreement.finish();
       return stop_early(stop.signal, t0, start_step);
     }
-    if (due(recipe.train.eval_every) && !last) log_eval(evaluate());
+    if (due(recipe.train.eval_every) && !last && evaluates()) log_eval(evaluate());
     if (last) {
       save_checkpoint();
     } else if (due(recipe.checkpoint.every_steps) || stop.checkpoint) {
@@ -726,7 +725,7 @@ TrainResult Trainer::Impl::run() {
   }
   agreement.finish();
   progress.finish();
-  if (last_eval_step != state.step) log_eval(evaluate());
+  if (last_eval_step != state.step && evaluates()) log_eval(evaluate());
   save_checkpoint();
   finish_write();
   if (writer()) {
@@ -741,9 +740,17 @@ TrainResult Trainer::Impl::run() {
 
   TrainResult result{last_eval.loss, last_eval.accuracy, lm, state.step,
                      seconds_since(t0), run_dir};
-  metrics->write(eval_record("summary", last_eval)
-                     .add("steps_this_run", state.step - start_step)
-                     .add("wall_s", result.wall_s));
+  // A stream has no held-out split: its summary is the prequential error.
+  JsonObject summary = evaluates() ? eval_record("summary", last_eval)
+                                    : JsonObject().add("kind", "summary").add("step", state.step);
+  result.evaluated = evaluates();
+  if (online) {
+    result.online_error = online->error();
+    result.online_instances = online->instances();
+    summary.add("online_error", result.online_error).add("instances", result.online_instances);
+  }
+  metrics->write(
+      summary.add("steps_this_run", state.step - start_step).add("wall_s", result.wall_s));
   return result;
 }
 

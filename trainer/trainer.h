@@ -34,6 +34,11 @@ struct TrainResult {
   int64_t steps = 0;
   double wall_s = 0.0;
   std::string run_dir;
+  // Prequential runs (trainer/prequential.h): the final cumulative error of
+  // the training stream's predictions, over online_instances (0: none).
+  double online_error = 0.0;
+  int64_t online_instances = 0;
+  bool evaluated = true;  // false: the data has no held-out split (a stream)
   // Note [Stopping together]: the signal that stopped the run early, after
   // a checkpoint at `steps` (0: it ran to the end); the process exits with
   // exit_code.

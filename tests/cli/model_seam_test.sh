@@ -11,7 +11,7 @@ SRC=${1:?usage: model_seam_test.sh SOURCE_DIR}
 cd "$SRC"
 hits=$( (grep -rniwE 'gpt|gpt_[a-z0-9_]*|kGpt[A-Za-z0-9_]*' \
             --include='*.h' --include='*.cpp' --include='*.proto' trainer distributed federated
-          grep -rnE '(==|!=) *"(mlp|cnn|resnet_small)"' \
+          grep -rnE '(==|!=) *"(mlp|cnn|resnet_small|hbp)"' \
             --include='*.h' --include='*.cpp' trainer distributed federated) \
         | grep -v '^trainer/models/' || true)
 if [ -n "$hits" ]; then

@@ -714,3 +714,69 @@ TEST(StrataTrain, GptOnATokenFileTrainsAsOnItsText) {
   ASSERT_EQ(c.exit_code, 0) << c.output;
   EXPECT_NE(c.output.find("model gpt with"), std::string::npos) << c.output;
 }
+
+// Online learning (Note [Hedge Backpropagation]): HBP on the CD1 drift
+// stream, test-then-train, SIGKILLed after its second checkpoint (each
+// inside a record's window) and resumed, ends bitwise like the
+// uninterrupted run: weights, alpha, and every online record's counts.
+TEST(StrataTrain, OnlineHbpOnADriftingStreamSurvivesAKillAndResumesBitwise) {
+  TempDir dir;
+  const auto online_run = [&](const std::string& name) {
+    return kBin + " " + kRecipes + "online_hbp.yaml run.dir=" + dir / name +
+           " data.instances=30000 model.depth=6 run.log_every=1000 checkpoint.every_steps=3500"
+           " checkpoint.every_minutes=0 run.threads=1";
+  };
+  const int status = signal_after(online_run("killed"), "saved checkpoint", 2, SIGKILL).status;
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+      << "the run finished before it could be killed";
+  auto resumed = run_command(online_run("killed"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed from"), std::string::npos);
+  auto straight = run_command(online_run("straight"));
+  ASSERT_EQ(straight.exit_code, 0) << straight.output;
+  EXPECT_NE(straight.output.find("final online error"), std::string::npos) << straight.output;
+
+  auto a = strata::test::load_state_dict(dir / "killed/model.pt");
+  auto b = strata::test::load_state_dict(dir / "straight/model.pt");
+  ASSERT_TRUE(b.contains("alpha"));
+  for (const auto& item : b) {
+    EXPECT_TRUE(at::equal(a.at(item.key()).toTensor(), item.value().toTensor()))
+        << item.key().toStringRef();
+  }
+  std::vector<nlohmann::json> ka, kb;
+  for (const auto& l : read_lines(dir / "killed/metrics.jsonl")) {
+    auto r = nlohmann::json::parse(l);
+    if (r["kind"] == "online") ka.push_back(r);
+  }
+  for (const auto& l : read_lines(dir / "straight/metrics.jsonl")) {
+    auto r = nlohmann::json::parse(l);
+    if (r["kind"] == "online") kb.push_back(r);
+  }
+  ASSERT_EQ(kb.size(), 30u);
+  ASSERT_EQ(ka.size(), kb.size());
+  for (size_t i = 0; i < kb.size(); ++i) {
+    EXPECT_EQ(kb[i]["instances"], static_cast<int64_t>(1000 * (i + 1)));
+    EXPECT_EQ(ka[i]["instances"], kb[i]["instances"]);
+    EXPECT_EQ(ka[i]["error"], kb[i]["error"]) << i;
+    EXPECT_EQ(ka[i]["window_error"], kb[i]["window_error"]) << i;
+    EXPECT_EQ(ka[i]["alpha"], kb[i]["alpha"]) << i;
+    double sum = 0;
+    for (double x : kb[i]["alpha"]) sum += x;
+    EXPECT_NEAR(sum, 1.0, 1e-5);
+    EXPECT_EQ(kb[i]["alpha"].size(), 7u);
+  }
+  const auto last = nlohmann::json::parse(read_lines(dir / "straight/metrics.jsonl").back());
+  EXPECT_EQ(last["kind"], "summary");
+  EXPECT_EQ(last["online_error"], kb.back()["error"]);
+  EXPECT_LT(last["online_error"].get<double>(), 0.47);  // learned: chance is 0.5
+  EXPECT_EQ(last.count("accuracy"), 0u);  // a stream has no held-out split
+}
+
+TEST(StrataTrain, HbpWithUnequalWidthsExitsTwoWithTheFix) {
+  TempDir dir;
+  auto r = run_command(kBin + " " + kRecipes + "online_hbp.yaml run.dir=" + dir / "r" +
+                       " model.depth=0 model.hidden=[100,50] data.instances=100");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("set model.hidden=[100] and model.depth=2"), std::string::npos)
+      << r.output;
+}

@@ -7,6 +7,7 @@
 #include "core/strings.h"
 #include "trainer/data/dataset.h"
 #include "trainer/data/sampler.h"
+#include "trainer/data/stream.h"
 #include "trainer/data/text.h"
 
 namespace strata::train {
@@ -120,6 +121,11 @@ void register_builtin_datasets(DatasetRegistry& registry) {
   registry.add("fashion_mnist", {fashion_mnist, Task::kClassification});
   registry.add("text", {text, Task::kLanguageModel});
   registry.add("tokens", {tokens, Task::kLanguageModel});
+  registry.add("syn8", {load_syn8, Task::kClassification});
+  registry.add("cd1", {load_cd1, Task::kClassification});
+  registry.add("cd2", {load_cd2, Task::kClassification});
+  registry.add("fmnist_drift", {load_fmnist_drift, Task::kClassification});
+  registry.add("stream_file", {load_stream_file, Task::kClassification});
 }
 
 }  // namespace strata::train

@@ -9,6 +9,7 @@
 #include "core/strings.h"
 #include "trainer/activation_checkpoint.h"
 #include "trainer/models/gpt.h"
+#include "trainer/models/hbp.h"
 
 namespace strata::train {
 namespace nn = torch::nn;
@@ -30,6 +31,11 @@ void Model::set_taps(const std::vector<std::string>& names) {
                    all.empty() ? std::string("none") : join(all, ", "));
     tapped_[static_cast<size_t>(it - all.begin())] = true;
   }
+}
+
+at::Tensor Model::loss(const at::Tensor& output, const at::Tensor& targets) {
+  return torch::nn::functional::cross_entropy(output.reshape({-1, output.size(-1)}),
+                                              targets.reshape({-1}));
 }
 
 namespace {
@@ -57,7 +63,7 @@ class Mlp final : public Model {
  public:
   Mlp(const ModelSection& c, const InputShape& in) {
     int64_t width = in.channels * in.height * in.width;
-    for (int64_t h : c.hidden) {
+    for (int64_t h : c.hidden_widths()) {
       net_->push_back(nn::Linear(width, h));
       net_->push_back(nn::ReLU());
       if (c.dropout > 0) net_->push_back(nn::Dropout(c.dropout));
@@ -209,17 +215,6 @@ class ResNetSmall final : public Model {
   nn::Sequential head_;
 };
 
-// A classifier: built whole (no tensor or pipeline parallelism).
-template <class M>
-ModelSpec classifier() {
-  ModelSpec spec;
-  spec.build = [](const ModelSection& c, const InputShape& in, const ModelPart&) {
-    return std::static_pointer_cast<Model>(std::make_shared<M>(c, in));
-  };
-  spec.task = Task::kClassification;
-  return spec;
-}
-
 }  // namespace
 
 void register_builtin_models(ModelRegistry& registry) {
@@ -227,6 +222,7 @@ void register_builtin_models(ModelRegistry& registry) {
   registry.add("cnn", classifier<Cnn>());
   registry.add("resnet_small", classifier<ResNetSmall>());
   registry.add("gpt", gpt_spec());
+  registry.add("hbp", classifier<HedgeNet>());
 }
 
 const char* task_name(Task task) {

@@ -51,6 +51,20 @@ class Model : public torch::nn::Module {
   ~Model() override = default;
   virtual at::Tensor forward(const at::Tensor& x) = 0;
 
+  // The training loss of a micro-batch (a mean) from this model's output
+  // for it: the task's cross-entropy over the last dimension, unless the
+  // model trains with an objective of its own (hbp: the alpha-weighted sum
+  // of its heads' losses, Note [Hedge Backpropagation]).
+  virtual at::Tensor loss(const at::Tensor& output, const at::Tensor& targets);
+  // Called by TrainStep after every step (taken, or skipped on an fp16
+  // overflow), with a function that averages a tensor over the data-parallel ranks in place
+  // (nothing to do without data parallelism): hbp's hedge update.
+  virtual void after_step(const std::function<void(at::Tensor&)>& mean_over_data) {}
+  // A model that predicts by mixing the outputs of several heads (hbp):
+  // the mixture's weights, one per head, on the model's device. Undefined
+  // for every other model.
+  virtual at::Tensor mixture_weights() const { return {}; }
+
   // Activation checkpointing (Note [Activation checkpointing]): how many
   // units (transformer blocks, CNN stages) the model can checkpoint, and
   // which ones it does (plan[i] for unit i; missing entries: no).
@@ -113,6 +127,18 @@ struct ModelSpec {
   bool pipelined() const { return static_cast<bool>(layer_weights); }
 };
 using ModelRegistry = Registry<ModelSpec>;
+
+// The spec of a classifier M(config, input), built whole (no tensor or
+// pipeline parallelism).
+template <class M>
+ModelSpec classifier() {
+  ModelSpec spec;
+  spec.build = [](const ModelSection& c, const InputShape& in, const ModelPart&) {
+    return std::static_pointer_cast<Model>(std::make_shared<M>(c, in));
+  };
+  spec.task = Task::kClassification;
+  return spec;
+}
 
 // The registered names whose spec satisfies `pred` (for messages).
 std::vector<std::string> models_where(const ModelRegistry& registry,
