@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # launch/strata-plot on real runs: two strata-train runs with other learning
-# rates overlaid into one PNG, a federated run's versions, and the errors a
+# rates overlaid into one PNG, a federated run's versions, an online HBP
+# run's errors and alpha per depth, and the errors a
 # user meets (no such run, a directory that is not one) with exit 2.
 #   plot_test.sh BIN_DIR SOURCE_DIR
 set -uo pipefail
@@ -34,6 +35,13 @@ if [ $? -eq 0 ] && png "$WORK/lr0.05/metrics.png" && grep -q "skipped 1 line" <<
   run.threads=2 > "$WORK/fed.out" 2>&1 || { cat "$WORK/fed.out"; bad "fedsim"; }
 out=$("$PLOT" "$WORK/fed" -o "$WORK/fed.png" 2>&1)
 if [ $? -eq 0 ] && png "$WORK/fed.png" && grep -q "2 panel(s), 1 run(s)" <<<"$out"; then ok; else bad "federated: $out"; fi
+# An online (prequential) HBP run: windowed and cumulative error against the
+# instances, and alpha per depth (train loss, lr and throughput besides).
+"$BIN/strata-train" "$SRC/recipes/online_hbp.yaml" run.dir="$WORK/online" data.instances=3000 \
+  model.depth=4 run.log_every=500 run.threads=2 > "$WORK/online.out" 2>&1 ||
+  { cat "$WORK/online.out"; bad "online run"; }
+out=$("$PLOT" "$WORK/online" -o "$WORK/online.png" 2>&1)
+if [ $? -eq 0 ] && png "$WORK/online.png" && grep -q "6 panel(s), 1 run(s)" <<<"$out"; then ok; else bad "online: $out"; fi
 out=$("$PLOT" "$WORK/nope" 2>&1); rc=$?
 if [ $rc -eq 2 ] && grep -q "^strata-plot: error: '$WORK/nope' is not a directory" <<<"$out"; then ok; else bad "missing run: $rc $out"; fi
 mkdir "$WORK/empty"
