@@ -780,3 +780,15 @@ TEST(StrataTrain, HbpWithUnequalWidthsExitsTwoWithTheFix) {
   EXPECT_NE(r.output.find("set model.hidden=[100] and model.depth=2"), std::string::npos)
       << r.output;
 }
+
+TEST(StrataTrain, HbpWithQatOrAStreamFileMissingIsARecipeError) {
+  TempDir dir;
+  auto qat = run_command(kBin + " " + kRecipes + "online_hbp.yaml run.dir=" + dir / "qat" +
+                         " data.instances=200 model.depth=3 train.qat.enabled=true");
+  EXPECT_EQ(qat.exit_code, 2) << qat.output;
+  EXPECT_NE(qat.output.find("does not support train.qat"), std::string::npos) << qat.output;
+  auto file = run_command(kBin + " " + kRecipes + "online_hbp.yaml run.dir=" + dir / "file" +
+                          " data.name=stream_file");
+  EXPECT_EQ(file.exit_code, 2) << file.output;
+  EXPECT_NE(file.output.find("needs data.stream_file"), std::string::npos) << file.output;
+}

@@ -189,8 +189,8 @@ Concept make_concept(uint64_t seed, int64_t features, int64_t depth) {
   return c;
 }
 
-LoadedData stream_data(const Recipe& recipe, int rank, int world, const std::string& name,
-                       const std::vector<int64_t>& depths, const std::vector<int64_t>& concepts) {
+LoadedData stream_data(const Recipe& recipe, const std::vector<int64_t>& depths,
+                       const std::vector<int64_t>& concepts) {
   const DataSection& d = recipe.data;
   LoadedData out;
   out.task = Task::kClassification;
@@ -212,7 +212,7 @@ LoadedData stream_data(const Recipe& recipe, int rank, int world, const std::str
     for (int64_t c : concepts) names.push_back(str("C", c));
     drift = str(", concepts ", join(names, "-"), " in equal shares");
   }
-  out.summary = str(name, ": a stream of ", d.instances, " instances of ", d.features,
+  out.summary = str("a stream of ", d.instances, " instances of ", d.features,
                     " features, 2 classes", drift, " (prequential: no held-out split)");
   return out;
 }
@@ -267,14 +267,13 @@ ChunkFn synthetic_stream(uint64_t seed, int64_t features, int64_t instances,
   };
 }
 
-LoadedData load_syn8(const Recipe& recipe, int rank, int world) {
-  return stream_data(recipe, rank, world, "syn8", {8}, {1});
+// Every rank reads the whole stream (StreamSource picks its batches).
+LoadedData load_syn8(const Recipe& recipe, int, int) { return stream_data(recipe, {8}, {1}); }
+LoadedData load_cd1(const Recipe& recipe, int, int) {
+  return stream_data(recipe, {8, 8, 8}, {1, 2, 1});
 }
-LoadedData load_cd1(const Recipe& recipe, int rank, int world) {
-  return stream_data(recipe, rank, world, "cd1", {8, 8, 8}, {1, 2, 1});
-}
-LoadedData load_cd2(const Recipe& recipe, int rank, int world) {
-  return stream_data(recipe, rank, world, "cd2", {8, 6, 8}, {1, 2, 3});
+LoadedData load_cd2(const Recipe& recipe, int, int) {
+  return stream_data(recipe, {8, 6, 8}, {1, 2, 3});
 }
 
 }  // namespace strata::train

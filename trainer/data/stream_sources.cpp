@@ -59,7 +59,7 @@ LoadedData rows_stream(const Recipe& recipe, at::Tensor inputs, at::Tensor targe
 LoadedData load_stream_file(const Recipe& recipe, int, int) {
   const DataSection& d = recipe.data;
   const std::string where = recipe.where("data.stream_file");
-  STRATA_CHECK_T(DataError, !d.stream_file.empty(), where,
+  STRATA_CHECK_T(ConfigError, !d.stream_file.empty(), where,
                  "data.name=stream_file needs data.stream_file: a recorded stream (\"SSTREAM1\", "
                  "uint32 features, uint32 classes, then float32 features + int32 label per row; "
                  "recipes/README.md)");
@@ -101,8 +101,8 @@ LoadedData load_stream_file(const Recipe& recipe, int, int) {
     y[i] = label;
   }
   return rows_stream(recipe, inputs, targets, InputShape{1, 1, F, K},
-                     str("stream file ", d.stream_file, ": ", n, " instances of ", F,
-                         " features, ", K, " classes (prequential: no held-out split)"));
+                     str(n, " instances of ", F, " features, ", K, " classes from ",
+                         d.stream_file, " (prequential: no held-out split)"));
 }
 
 // Note [Drifting Fashion-MNIST]
@@ -195,7 +195,7 @@ LoadedData load_fmnist_drift(const Recipe& recipe, int, int) {
   out.stream = [chunks, o](const StreamRequest& r) { return make_stream_source(chunks, o, r); };
   std::vector<std::string> points;
   for (int64_t t : drift_at) points.push_back(std::to_string(t));
-  out.summary = str("fmnist_drift: ", n, " instances from the 70000 Fashion-MNIST images, ",
+  out.summary = str(n, " instances from the 70000 Fashion-MNIST images, ",
                     drift_at.empty() ? std::string("no drift")
                                      : str(d.drift, " drift at ", join(points, ", "),
                                            width > 0 ? str(" over ", width, " instances each")

@@ -370,7 +370,12 @@ at::Tensor HedgeNet::forward(const at::Tensor& x) {
 }
 
 at::Tensor HedgeNet::loss(const at::Tensor& output, const at::Tensor& targets) {
-  STRATA_CHECK(heads_out_.defined(), "hbp: loss() needs the heads of a forward in training mode");
+  // Something that replaces the model's forward (train.qat's graph) never
+  // produces the heads.
+  STRATA_CHECK_T(ConfigError, heads_out_.defined(), "model.name=hbp trains on its heads' "
+                 "outputs, which only its own forward in training mode produces; it does not "
+                 "support train.qat (whose graph replaces that forward): set "
+                 "train.qat.enabled=false");
   const at::Tensor logits = std::exchange(heads_out_, at::Tensor());
   const at::Tensor y = targets.reshape({-1});
   at::Tensor loss, per_head;
