@@ -192,20 +192,11 @@ Concept make_concept(uint64_t seed, int64_t features, int64_t depth) {
 LoadedData stream_data(const Recipe& recipe, const std::vector<int64_t>& depths,
                        const std::vector<int64_t>& concepts) {
   const DataSection& d = recipe.data;
-  LoadedData out;
-  out.task = Task::kClassification;
-  out.shape = InputShape{1, 1, d.features, 2};
-  out.train_samples = d.instances;
-  out.eval_split = "none";
-  out.eval_samples = 0;
-  out.eval_inputs = at::empty({0, d.features}, at::kFloat);
-  out.eval_targets = at::empty({0}, at::kLong);
-  const StreamOptions base{d.instances, 1000, d.batch_size, d.prefetch};
-  const ChunkFn chunks = synthetic_stream(static_cast<uint64_t>(d.stream_seed), d.features,
-                                          d.instances, depths, concepts, base.chunk);
-  out.stream = [chunks, base](const StreamRequest& r) {
-    return make_stream_source(chunks, base, r);
-  };
+  constexpr int64_t kChunk = 1000;
+  LoadedData out = stream_loaded(
+      recipe, InputShape{1, 1, d.features, 2}, d.instances, kChunk,
+      synthetic_stream(static_cast<uint64_t>(d.stream_seed), d.features, d.instances, depths,
+                       concepts, kChunk));
   std::string drift;
   if (concepts.size() > 1) {
     std::vector<std::string> names;
@@ -222,6 +213,23 @@ LoadedData stream_data(const Recipe& recipe, const std::vector<int64_t>& depths,
 std::unique_ptr<BatchSource> make_stream_source(ChunkFn chunks, const StreamOptions& options,
                                                 const StreamRequest& request) {
   return std::make_unique<StreamSource>(std::move(chunks), options, request);
+}
+
+LoadedData stream_loaded(const Recipe& recipe, const InputShape& shape, int64_t instances,
+                         int64_t chunk, ChunkFn chunks) {
+  LoadedData out;
+  out.task = Task::kClassification;
+  out.shape = shape;
+  out.train_samples = instances;
+  out.eval_split = "none";
+  out.eval_samples = 0;
+  out.eval_inputs = at::empty({0, shape.channels, shape.height, shape.width}, at::kFloat);
+  out.eval_targets = at::empty({0}, at::kLong);
+  const StreamOptions o{instances, chunk, recipe.data.batch_size, recipe.data.prefetch};
+  out.stream = [chunks = std::move(chunks), o](const StreamRequest& r) {
+    return make_stream_source(chunks, o, r);
+  };
+  return out;
 }
 
 ChunkFn synthetic_stream(uint64_t seed, int64_t features, int64_t instances,

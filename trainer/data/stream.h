@@ -49,6 +49,13 @@ struct StreamOptions {
 std::unique_ptr<BatchSource> make_stream_source(ChunkFn chunks, const StreamOptions& options,
                                                 const StreamRequest& request);
 
+// What a classification stream gives the trainer: `instances` in one pass
+// in batches sliced from `chunks` (of `chunk` instances each, made ahead on
+// a worker thread), and no evaluation split (it is scored prequentially).
+// The caller adds the summary and anything else it has.
+LoadedData stream_loaded(const Recipe& recipe, const InputShape& shape, int64_t instances,
+                         int64_t chunk, ChunkFn chunks);
+
 // The synthetic streams' loaders (DatasetSpec::load).
 LoadedData load_syn8(const Recipe& recipe, int rank, int world);
 LoadedData load_cd1(const Recipe& recipe, int rank, int world);

@@ -21,21 +21,11 @@ constexpr int64_t kChunk = 1000;
 // A stream of in-memory rows, chunk after chunk.
 LoadedData rows_stream(const Recipe& recipe, at::Tensor inputs, at::Tensor targets,
                        const InputShape& shape, std::string summary) {
-  LoadedData out;
-  out.task = Task::kClassification;
-  out.shape = shape;
-  out.train_samples = targets.size(0);
-  out.eval_split = "none";
-  std::vector<int64_t> empty_shape = inputs.sizes().vec();
-  empty_shape[0] = 0;
-  out.eval_inputs = at::empty(empty_shape, at::kFloat);
-  out.eval_targets = at::empty({0}, at::kLong);
-  const StreamOptions o{out.train_samples, kChunk, recipe.data.batch_size, recipe.data.prefetch};
-  const ChunkFn chunks = [inputs, targets, n = out.train_samples](int64_t c) {
+  const int64_t n = targets.size(0);
+  LoadedData out = stream_loaded(recipe, shape, n, kChunk, [inputs, targets, n](int64_t c) {
     const int64_t begin = c * kChunk, end = std::min(n, begin + kChunk);
     return StreamChunk{inputs.slice(0, begin, end), targets.slice(0, begin, end)};
-  };
-  out.stream = [chunks, o](const StreamRequest& r) { return make_stream_source(chunks, o, r); };
+  });
   out.train_rows = [inputs, targets](const std::vector<int64_t>& indices) {
     const at::Tensor idx = at::tensor(indices, at::kLong);
     return std::make_pair(inputs.index_select(0, idx), targets.index_select(0, idx));
@@ -182,17 +172,10 @@ LoadedData load_fmnist_drift(const Recipe& recipe, int, int) {
     }
     return StreamChunk{x, y};
   };
-  LoadedData out;
-  out.task = Task::kClassification;
-  out.shape = InputShape{train->channels, train->height, train->width, K};
+  LoadedData out = stream_loaded(
+      recipe, InputShape{train->channels, train->height, train->width, K}, n, kChunk, chunks);
   out.pixel_mean = train->mean;
   out.pixel_std = train->std;
-  out.train_samples = n;
-  out.eval_split = "none";
-  out.eval_inputs = at::empty({0, train->channels, train->height, train->width}, at::kFloat);
-  out.eval_targets = at::empty({0}, at::kLong);
-  const StreamOptions o{n, kChunk, d.batch_size, d.prefetch};
-  out.stream = [chunks, o](const StreamRequest& r) { return make_stream_source(chunks, o, r); };
   std::vector<std::string> points;
   for (int64_t t : drift_at) points.push_back(std::to_string(t));
   out.summary = str(n, " instances from the 70000 Fashion-MNIST images, ",

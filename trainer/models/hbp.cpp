@@ -196,13 +196,19 @@ class HedgeHeads : public torch::autograd::Function<HedgeHeads> {
     log_softmax_rows(logits.data_ptr<float>(), logp.data_ptr<float>(), (d.L + 1) * d.B, d.K);
     at::Tensor mix = at::empty({d.B, d.K}, f32);
     const float* a = alpha.data_ptr<float>();
+    std::vector<float> log_a(static_cast<size_t>(d.L + 1));
+    for (int64_t l = 0; l <= d.L; ++l) log_a[static_cast<size_t>(l)] = std::log(a[l]);
     const float* lp = logp.data_ptr<float>();
     float* out = mix.data_ptr<float>();
     for (int64_t i = 0; i < d.B * d.K; ++i) {
       float m = -std::numeric_limits<float>::infinity();
-      for (int64_t l = 0; l <= d.L; ++l) m = std::max(m, std::log(a[l]) + lp[l * d.B * d.K + i]);
+      for (int64_t l = 0; l <= d.L; ++l) {
+        m = std::max(m, log_a[static_cast<size_t>(l)] + lp[l * d.B * d.K + i]);
+      }
       float s = 0.f;
-      for (int64_t l = 0; l <= d.L; ++l) s += std::exp(std::log(a[l]) + lp[l * d.B * d.K + i] - m);
+      for (int64_t l = 0; l <= d.L; ++l) {
+        s += std::exp(log_a[static_cast<size_t>(l)] + lp[l * d.B * d.K + i] - m);
+      }
       out[i] = m + std::log(s);
     }
     ctx->save_for_backward(p);
