@@ -48,7 +48,7 @@ EdgeRunStats run_edge(EdgeClient& client, std::shared_ptr<train::Model> model,
   const train::Recipe& r = *o.recipe;
   Learner learner(r, *o.registries, std::move(model));
   const TensorLayout& layout = learner.layout();
-  SampleStream stream(data, mix_seed(o.seed, 1));
+  SampleStream stream(data, mix_seed(o.seed, 1), o.drift);
   EncodeOptions enc{parse_encoding(r.federated.client.encoding), r.federated.client.topk_fraction};
   EdgeRunStats st;
   int64_t have = 0;
@@ -101,6 +101,8 @@ EdgeRunStats run_edge(EdgeClient& client, std::shared_ptr<train::Model> model,
     const SubmitResult res = client.submit(u);
     ++st.submitted;
     st.samples += lr.num_samples;
+    st.online_instances += lr.online_instances;
+    st.online_errors += lr.online_errors;
     if (res.accepted) {
       ++st.accepted;
     } else {
@@ -111,7 +113,14 @@ EdgeRunStats run_edge(EdgeClient& client, std::shared_ptr<train::Model> model,
     if (o.report) {
       log_info(o.name, ": ", async ? "" : str("round ", m.round, ", "), "base version ", have,
                ": trained on ", lr.num_samples, " samples (mean loss ",
-               format_metric(lr.mean_loss), "); update ",
+               format_metric(lr.mean_loss),
+               lr.online_instances > 0
+                   ? str(", online error ",
+                         format_metric(lr.online_errors /
+                                       static_cast<double>(lr.online_instances)),
+                         ", ", format_metric(st.online_error()), " so far")
+                   : std::string(),
+               "); update ",
                res.accepted ? str("accepted (server at version ", res.current_version,
                                   res.duplicate ? ", a retry of an acknowledged update" : "",
                                   ")")

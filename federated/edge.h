@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "federated/client.h"
@@ -51,6 +52,7 @@ struct EdgeRunOptions {
   double attack_scale = 100.0;
   Semaphore* compute = nullptr;           // optional
   const std::atomic<bool>* stop = nullptr;  // optional
+  std::optional<ClientDrift> drift;  // federated.sim.drift of a simulated client (client_drift)
   std::string name;      // for progress lines (strata-edge prints one per round)
   bool report = false;   // log one INFO line per submitted update
 };
@@ -61,6 +63,12 @@ struct EdgeRunStats {
   int64_t refused = 0;
   int64_t samples = 0;
   std::string last_refusal;
+  // Async: prequential counts over every instance learned online.
+  int64_t online_instances = 0;
+  double online_errors = 0.0;
+  double online_error() const {
+    return online_instances > 0 ? online_errors / static_cast<double>(online_instances) : 0.0;
+  }
 };
 
 // Runs until the server reports the end (or *stop). CommError when the

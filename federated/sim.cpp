@@ -13,6 +13,8 @@
 #include <thread>
 
 #include "core/error.h"
+#include "core/fs.h"
+#include "core/json.h"
 #include "core/logging.h"
 #include "core/random.h"
 #include "core/strings.h"
@@ -34,6 +36,13 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
   // the server's evaluation split.
   ClientShards shards = load_client_shards(recipe, registries);
   const train::LoadedData& data = shards.data;
+  // Recipe errors the clients would meet, before anything starts.
+  client_drift(recipe, data, 0);
+  const auto build_model = [&] {
+    return registries.models.get(recipe.model.name, "", "model.name")
+        .build(recipe.model, data.shape, train::ModelPart{});
+  };
+  keep_local_slots(recipe, TensorLayout::of(*build_model()));
   train::Recipe server_recipe = recipe;
   server_recipe.federated.server.address = "127.0.0.1:0";
   const std::unique_ptr<FedServer> owned =
@@ -52,14 +61,19 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
   for (int64_t i = 0; i < bad; ++i) malicious[order[i]] = true;
   log_info("fedsim: ", sim.clients, " clients (", sim.partition,
            sim.partition == "dirichlet" ? str(" alpha ", format_double(sim.dirichlet_alpha)) : "",
-           "), ", bad, " malicious (", sim.attack, " x", format_double(sim.attack_scale),
-           "), server on ", address);
+           "), ", bad, " malicious (", sim.attack, " x", format_double(sim.attack_scale), ")",
+           sim.drift == "none" ? std::string()
+                               : str(", streams drifting (", sim.drift, ", every ~",
+                                     sim.drift_every, " instances of a client, ", sim.concepts,
+                                     " concepts)"),
+           ", server on ", address);
 
   Semaphore compute(sim.parallel_clients);
   std::atomic<bool> stop{false};
   std::mutex mu;
   std::vector<std::string> errors;
   int64_t accepted = 0, refused = 0;
+  std::vector<EdgeRunStats> stats(static_cast<size_t>(sim.clients));
   std::vector<std::thread> threads;
   std::set<std::string> enrolled;
   for (const auto& c : server.store().clients()) enrolled.insert(c.id);
@@ -77,8 +91,7 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
         eo.token = token;
         eo.max_retries = static_cast<int>(recipe.federated.client.max_retries);
         EdgeClient client(eo);
-        auto model = registries.models.get(recipe.model.name, "", "model.name")
-                         .build(recipe.model, data.shape, train::ModelPart{});
+        auto model = build_model();
         EdgeRunOptions ro;
         ro.recipe = &recipe;
         ro.registries = &registries;
@@ -87,10 +100,12 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
         ro.attack_scale = sim.attack_scale;
         ro.compute = &compute;
         ro.stop = &stop;
+        ro.drift = client_drift(recipe, data, ro.seed);
         const EdgeRunStats st = run_edge(client, model, local_data(data, shards.shards[c]), ro);
         std::lock_guard<std::mutex> lock(mu);
         accepted += st.accepted;
         refused += st.refused;
+        stats[static_cast<size_t>(c)] = st;
       } catch (const std::exception& e) {
         std::lock_guard<std::mutex> lock(mu);
         errors.push_back(str(id, ": ", e.what()));
@@ -126,6 +141,29 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
   r.refused = refused;
   r.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.run_dir = recipe.run_dir();
+  std::vector<double> submitted, instances;
+  double error_sum = 0.0;
+  int64_t learned = 0;
+  for (const EdgeRunStats& st : stats) {
+    submitted.push_back(static_cast<double>(st.submitted));
+    instances.push_back(static_cast<double>(st.online_instances));
+    r.client_online_error.push_back(st.online_error());
+    r.online_instances += st.online_instances;
+    if (st.online_instances > 0) {
+      error_sum += st.online_error();
+      ++learned;
+    }
+  }
+  r.online_error = learned > 0 ? error_sum / static_cast<double>(learned) : 0.0;
+  JsonObject clients;
+  clients.add("clients", sim.clients).add("submitted", submitted);
+  if (r.online_instances > 0) {
+    clients.add("online_error_mean", r.online_error)
+        .add("online_instances", r.online_instances)
+        .add("instances", instances)
+        .add("online_error", r.client_online_error);
+  }
+  atomic_write_file(join_path(r.run_dir, "clients.json"), clients.str() + "\n");
   return r;
 }
 

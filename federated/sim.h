@@ -1,10 +1,14 @@
 // strata-fedsim: a federated server and N edge clients in one process,
 // talking real gRPC over loopback. The training set is partitioned over the
 // clients (IID or Dirichlet label skew); a share of them may corrupt their
-// updates. The server writes its run directory as strata-fedserver would.
+// updates; with federated.sim.drift every client's stream drifts at its own
+// points. The server writes its run directory as strata-fedserver would,
+// and the simulation adds clients.json: each client's updates and, in
+// async mode, its prequential (test-then-train) error.
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "trainer/recipe.h"
 #include "trainer/trainer.h"
@@ -18,6 +22,12 @@ struct SimResult {
   int64_t refused = 0;
   double wall_s = 0.0;
   std::string run_dir;
+  // Async: the clients' prequential error (each client's errors over the
+  // instances it learned online), its mean over the clients that learned,
+  // and the instances of all clients. Also in <run_dir>/clients.json.
+  std::vector<double> client_online_error;
+  double online_error = 0.0;
+  int64_t online_instances = 0;
 };
 
 SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& registries);

@@ -289,13 +289,19 @@ int main(int argc, char** argv) {
     ro.recipe = &recipe;
     ro.registries = &registries;
     ro.seed = strata::mix_seed(seed, static_cast<uint64_t>(shard), 3);
+    ro.drift = sf::client_drift(recipe, shards.data, ro.seed);
     ro.name = client;
     ro.report = true;
     strata::log_info(client, ": shard ", shard, " of ", sim.clients, " (", mine.size(),
                      " samples); server ", server, eo.tls_ca.empty() ? " (plaintext)" : " (TLS)");
     const auto stats = sf::run_edge(edge, model, sf::local_data(shards.data, mine), ro);
     std::cout << client << ": " << stats.accepted << " updates accepted, " << stats.refused
-              << " refused, " << stats.samples << " samples\n";
+              << " refused, " << stats.samples << " samples";
+    if (stats.online_instances > 0) {
+      std::cout << "; online (prequential) error " << strata::format_metric(stats.online_error())
+                << " over " << stats.online_instances << " instances";
+    }
+    std::cout << "\n";
     return 0;
   });
 }

@@ -28,6 +28,11 @@ int main(int argc, char** argv) {
               << r.versions << " aggregations (" << r.accepted << " updates accepted, "
               << r.refused << " refused), " << strata::format_duration(r.wall_s)
               << "; run directory " << r.run_dir << "\n";
+    if (r.online_instances > 0) {
+      std::cout << "clients' online (prequential) error " << strata::format_metric(r.online_error)
+                << " (mean over " << r.client_online_error.size() << " clients, "
+                << r.online_instances << " instances)\n";
+    }
     return 0;
   });
 }

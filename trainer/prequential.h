@@ -39,6 +39,7 @@ class Prequential {
 
   // The cumulative error and instances of the closed windows.
   double error() const { return instances_ > 0 ? errors_ / static_cast<double>(instances_) : 0.0; }
+  double errors() const { return errors_; }
   int64_t instances() const { return instances_; }
 
   // Collective: [errors, instances, window errors, window instances], the

@@ -495,12 +495,14 @@ struct FedClientSection {
   std::string encoding = "fp32";
   double topk_fraction = 0.01;
   int64_t max_retries = 8;
+  std::vector<std::string> keep_local = {};
 
   template <class V>
   void visit(V& v) {
     v.field("encoding", encoding, one_of({"fp32", "fp16", "int8", "topk"}), "how clients encode their updates");
     v.field("topk_fraction", topk_fraction, in_range(0, 1), "topk: share of each tensor's elements sent");
     v.field("max_retries", max_retries, at_least(0), "a client's attempts per call after a transient failure (exponential backoff)");
+    v.field("keep_local", keep_local, any(), "model tensors (by name) a client keeps its own values of: each update starts from the server's model with these replaced by the client's own, e.g. [alpha] keeps an hbp client's hedge weights local (the server still averages what clients send, for its evaluation and new clients)");
   }
 };
 
@@ -512,6 +514,9 @@ struct FedSimSection {
   std::string attack = "scaled";
   double attack_scale = 100.0;
   int64_t parallel_clients = 2;
+  std::string drift = "none";
+  int64_t drift_every = 5000;
+  int64_t concepts = 3;
 
   template <class V>
   void visit(V& v) {
@@ -522,6 +527,9 @@ struct FedSimSection {
     v.field("attack", attack, one_of({"scaled", "sign_flip", "random"}), "what malicious clients send: their update x attack_scale, x -attack_scale, or noise of that scale");
     v.field("attack_scale", attack_scale, positive(), "magnitude of the corruption");
     v.field("parallel_clients", parallel_clients, at_least(1), "clients that may train at the same time (threads)");
+    v.field("drift", drift, one_of({"none", "permute", "rotate"}), "concept drift of every simulated client's stream (strata-fedsim, strata-edge --shard): none | permute (labels permuted) | rotate (images turned by 90 degrees), at the client's own drift points");
+    v.field("drift_every", drift_every, at_least(1), "drift: mean instances between a client's drifts (each gap drawn uniformly from 0.5 to 1.5 times this, seeded per client)");
+    v.field("concepts", concepts, at_least(2), "drift: concepts a client's stream cycles through (the first is the data as it is; rotate: at most 4)");
   }
 };
 

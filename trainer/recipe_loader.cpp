@@ -44,6 +44,7 @@ const char* type_name(double) { return "float"; }
 const char* type_name(const std::string&) { return "string"; }
 const char* type_name(const std::vector<int64_t>&) { return "list of int"; }
 const char* type_name(const std::vector<double>&) { return "list of float"; }
+const char* type_name(const std::vector<std::string>&) { return "list of string"; }
 
 // ---- scalar conversion: returns "" on success or what was expected --------
 

@@ -116,6 +116,23 @@ TEST(Hbp, StartsUniformAndForwardIsTheLogOfTheAlphaMixture) {
   EXPECT_TRUE(at::allclose(net->forward(x), mix.log(), 1e-5, 1e-6));
 }
 
+// A federated alpha can arrive with an entry below zero (a hostile or
+// corrupted update): that head is left out of the mixture, not a NaN.
+TEST(Hbp, AnAlphaBelowZeroLeavesItsHeadOutOfTheMixture) {
+  auto net = tiny_net();
+  const at::Tensor x = at::randn({6, 5});
+  for (const bool fused : {true, false}) {
+    net->set_fused(fused);
+    net->train();  // the fused forward runs in training mode
+    set_alpha(*net, {0.5f, -0.2f, 0.3f, 0.4f});
+    const at::Tensor neg = net->forward(x).detach();
+    set_alpha(*net, {0.5f, 0.f, 0.3f, 0.4f});
+    const at::Tensor zero = net->forward(x).detach();
+    EXPECT_TRUE(at::isfinite(neg).all().item<bool>()) << "fused " << fused;
+    EXPECT_TRUE(at::allclose(neg, zero)) << "fused " << fused;
+  }
+}
+
 TEST(Hbp, GradientsAreEquationsTwoAndThreeHeadByHead) {
   // Eq. 2: head l's weights get alpha_l grad CE_l; Eq. 3: layer l's
   // weights get sum_{j >= l} alpha_j grad CE_j (a shallower head does not

@@ -66,6 +66,25 @@ LoadedData load_stream_file(const Recipe& recipe, int rank, int world);
 // data.drift_at (Note [Drifting Fashion-MNIST]).
 LoadedData load_fmnist_drift(const Recipe& recipe, int rank, int world);
 
+// Concept drift of classification instances (Note [Drifting Fashion-MNIST]
+// in stream_sources.cpp): concept 0 is the data as it is; concept k > 0
+// maps label y to pi_k(y), a permutation seeded by `seed` and k (permute),
+// or turns the image by k x 90 degrees (rotate; square images). Used by
+// fmnist_drift and by the federated simulation's drifting client streams.
+class ConceptDrift {
+ public:
+  ConceptDrift(bool rotate, int64_t classes, int64_t concepts, uint64_t seed);
+  int64_t concepts() const { return concepts_; }
+  // In place: instance i of `inputs` [N, C, H, W] and `targets` [N] (int64)
+  // takes concept[i] (< concepts()).
+  void apply(at::Tensor& inputs, at::Tensor& targets, const std::vector<int64_t>& concept) const;
+
+ private:
+  bool rotate_;
+  int64_t concepts_;
+  std::vector<at::Tensor> perms_;  // pi_1 .. pi_{concepts-1} (permute)
+};
+
 // One synthetic stream as a chunk function (tests; the loaders use it):
 // `concepts` ReLU networks of the given depths over `features` inputs, each
 // labelling an equal consecutive share of `instances`.

@@ -95,6 +95,34 @@ LoadedData load_stream_file(const Recipe& recipe, int, int) {
                          d.stream_file, " (prequential: no held-out split)"));
 }
 
+ConceptDrift::ConceptDrift(bool rotate, int64_t classes, int64_t concepts, uint64_t seed)
+    : rotate_(rotate), concepts_(concepts) {
+  STRATA_INTERNAL_ASSERT(concepts >= 1 && classes >= 1);
+  for (int64_t c = 1; !rotate && c < concepts; ++c) {
+    at::Generator gen =
+        at::detail::createCPUGenerator(mix_seed(seed, 0x5045524d, static_cast<uint64_t>(c)));
+    perms_.push_back(at::randperm(classes, gen, at::kLong));
+  }
+}
+
+void ConceptDrift::apply(at::Tensor& inputs, at::Tensor& targets,
+                         const std::vector<int64_t>& concept) const {
+  STRATA_INTERNAL_ASSERT(static_cast<int64_t>(concept.size()) == targets.size(0) &&
+                         targets.scalar_type() == at::kLong && targets.is_contiguous());
+  int64_t* y = targets.data_ptr<int64_t>();
+  for (size_t i = 0; i < concept.size(); ++i) {
+    const int64_t k = concept[i];
+    STRATA_INTERNAL_ASSERT(k >= 0 && k < concepts_);
+    if (k == 0) continue;
+    const auto row = static_cast<int64_t>(i);
+    if (rotate_) {
+      inputs[row].copy_(at::rot90(inputs[row], k % 4, {1, 2}));
+    } else {
+      y[i] = perms_[static_cast<size_t>(k - 1)].data_ptr<int64_t>()[y[i]];
+    }
+  }
+}
+
 // Note [Drifting Fashion-MNIST]
 // ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
 // All 70,000 Fashion-MNIST images (training then test split) as a stream of
@@ -126,11 +154,7 @@ LoadedData load_fmnist_drift(const Recipe& recipe, int, int) {
   const std::vector<int64_t> drift_at = d.drift_at;
   const int64_t width = d.drift_width;
   const bool rotate = d.drift == "rotate";
-  std::vector<at::Tensor> perms{at::arange(K, at::kLong)};
-  for (size_t c = 1; c <= drift_at.size(); ++c) {
-    at::Generator gen = at::detail::createCPUGenerator(mix_seed(seed, 0x5045524d, c));
-    perms.push_back(at::randperm(K, gen, at::kLong));
-  }
+  const ConceptDrift drift(rotate, K, static_cast<int64_t>(drift_at.size()) + 1, seed);
   const ShardedSampler sampler(SamplerOptions{pool, 0, 1, true, seed});
   const ChunkFn chunks = [=](int64_t c) {
     const int64_t begin = c * kChunk, end = std::min(n, begin + kChunk), m = end - begin;
@@ -160,16 +184,7 @@ LoadedData load_fmnist_drift(const Recipe& recipe, int, int) {
     const at::Tensor idx = at::tensor(index, at::kLong);
     at::Tensor x = images.index_select(0, idx);
     at::Tensor y = labels.index_select(0, idx);
-    int64_t* yp = y.data_ptr<int64_t>();
-    for (int64_t i = 0; i < m; ++i) {
-      const int64_t k = concept_of[static_cast<size_t>(i)];
-      if (k == 0) continue;
-      if (rotate) {
-        x[i].copy_(at::rot90(x[i], k % 4, {1, 2}));
-      } else {
-        yp[i] = perms[static_cast<size_t>(k)].data_ptr<int64_t>()[yp[i]];
-      }
-    }
+    drift.apply(x, y, concept_of);
     return StreamChunk{x, y};
   };
   LoadedData out = stream_loaded(

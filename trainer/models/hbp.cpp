@@ -197,7 +197,10 @@ class HedgeHeads : public torch::autograd::Function<HedgeHeads> {
     at::Tensor mix = at::empty({d.B, d.K}, f32);
     const float* a = alpha.data_ptr<float>();
     std::vector<float> log_a(static_cast<size_t>(d.L + 1));
-    for (int64_t l = 0; l <= d.L; ++l) log_a[static_cast<size_t>(l)] = std::log(a[l]);
+    // An alpha below zero (a hostile federated update) leaves its head out.
+    for (int64_t l = 0; l <= d.L; ++l) {
+      log_a[static_cast<size_t>(l)] = std::log(std::max(a[l], 0.0f));
+    }
     const float* lp = logp.data_ptr<float>();
     float* out = mix.data_ptr<float>();
     for (int64_t i = 0; i < d.B * d.K; ++i) {
@@ -371,7 +374,7 @@ at::Tensor HedgeNet::forward(const at::Tensor& x) {
   }
   const at::Tensor logits = head_logits(x);
   if (is_training()) heads_out_ = logits;
-  const at::Tensor log_alpha = alpha_.log().to(logits.scalar_type()).view({-1, 1, 1});
+  const at::Tensor log_alpha = alpha_.clamp_min(0).log().to(logits.scalar_type()).view({-1, 1, 1});
   return at::logsumexp(at::log_softmax(logits, -1) + log_alpha, 0);
 }
 
