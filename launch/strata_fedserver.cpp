@@ -9,11 +9,16 @@
 //   strata-fedserver revoke RECIPE.yaml [overrides] CLIENT_ID...
 //   strata-fedserver clients list RECIPE.yaml [overrides]
 //   strata-fedserver status RECIPE.yaml [overrides] [--address HOST:PORT]
+//   strata-fedserver privacy --rate Q --rounds R [--delta D] (--noise Z | --epsilon E)
+//       privacy accounting of DP-FedAvg (federated/accountant.h): the epsilon
+//       R rounds at sampling rate Q with noise multiplier Z spend, or the
+//       least noise multiplier that keeps R rounds within epsilon E
 //
 // Exit codes: 0 success, 2 usage/recipe error, 1 runtime failure.
 #include <malloc.h>
 #include <sys/stat.h>
 
+#include <cmath>
 #include <csignal>
 #include <iomanip>
 #include <iostream>
@@ -22,6 +27,7 @@
 #include "core/error.h"
 #include "core/fs.h"
 #include "core/strings.h"
+#include "federated/accountant.h"
 #include "federated/client.h"
 #include "federated/server.h"
 #include "federated/server_store.h"
@@ -178,7 +184,66 @@ int main(int argc, char** argv) {
     stat->add_option("--tls-ca", tls_ca, "CA certificate of a TLS server (default: "
                                          "federated.server.tls_ca)")
         ->type_name("PEM");
+    double rate = 0, delta = 1e-5, noise = -1, epsilon = -1;
+    int64_t rounds = 0;
+    auto* privacy = app->add_subcommand(
+        "privacy", "privacy accounting of client-level DP-FedAvg (the sampled Gaussian "
+                   "mechanism, Renyi DP, federated/accountant.h): the epsilon --rounds rounds "
+                   "at --rate with --noise spend, or the least noise multiplier that keeps them "
+                   "within --epsilon");
+    privacy->add_option("--rate", rate, "the share of the population taking part in a round "
+                                        "(clients per round / population), in (0, 1]")
+        ->required()
+        ->check(CLI::Range(1e-12, 1.0))
+        ->type_name("Q");
+    privacy->add_option("--rounds", rounds, "rounds (aggregations)")
+        ->required()
+        ->check(CLI::PositiveNumber)
+        ->type_name("R");
+    privacy->add_option("--delta", delta, "delta of (epsilon, delta), in (0, 1) (default 1e-5)")
+        ->check(CLI::Range(1e-300, 1.0 - 1e-12))
+        ->type_name("D");
+    privacy->add_option("--noise", noise, "noise multiplier z: the noise on the sum of the "
+                                          "updates clipped to C has std z C")
+        ->check(CLI::NonNegativeNumber)
+        ->type_name("Z");
+    privacy->add_option("--epsilon", epsilon, "the budget to plan the noise for")
+        ->check(CLI::PositiveNumber)
+        ->type_name("E");
     if (!st::parse_args(*app, argc, argv)) return 0;
+
+    if (privacy->parsed()) {
+      if ((noise < 0) == (epsilon < 0)) {
+        throw strata::UsageError("strata-fedserver privacy takes one of --noise or --epsilon "
+                                 "(see strata-fedserver privacy --help)");
+      }
+      if (noise >= 0) {
+        sf::RdpAccountant a;
+        a.compose(rate, noise, rounds);
+        const sf::PrivacySpent p = a.spent(delta);
+        std::cout << "epsilon " << strata::format_metric(p.epsilon) << " at delta "
+                  << strata::format_double(delta) << " after " << rounds << " rounds at rate "
+                  << strata::format_double(rate) << " with noise multiplier "
+                  << strata::format_double(noise) << " (Renyi order "
+                  << strata::format_double(p.order) << ")\n";
+      } else {
+        const double z = sf::noise_multiplier_for(epsilon, delta, rate, rounds);
+        if (std::isinf(z)) {
+          std::cout << "no noise multiplier up to 10000 keeps " << rounds << " rounds at rate "
+                    << strata::format_double(rate) << " within epsilon "
+                    << strata::format_double(epsilon) << "\n";
+          return 1;
+        }
+        sf::RdpAccountant a;
+        a.compose(rate, z, rounds);
+        std::cout << "noise multiplier " << strata::format_metric(z) << " keeps " << rounds
+                  << " rounds at rate " << strata::format_double(rate) << " within epsilon "
+                  << strata::format_double(epsilon) << " at delta " << strata::format_double(delta)
+                  << " (spends " << strata::format_metric(a.spent(delta).epsilon)
+                  << "); the average of m clipped updates then gets noise of std z C / m\n";
+      }
+      return 0;
+    }
 
     if (enroll->parsed() || rotate->parsed()) {
       const bool is_enroll = enroll->parsed();
