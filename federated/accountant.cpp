@@ -109,6 +109,9 @@ PrivacySpent rdp_to_epsilon(const std::vector<double>& orders, const std::vector
   PrivacySpent best{kInf, 0.0};
   for (size_t i = 0; i < orders.size(); ++i) {
     const double a = orders[i];
+    // A Renyi divergence of 0 at any order: the outputs' distributions are
+    // the same (nothing has run), whatever the conversion's slack says.
+    if (rdp[i] == 0) return {0.0, a};
     const double eps = rdp[i] - (std::log(delta) + std::log(a)) / (a - 1) + std::log((a - 1) / a);
     if (eps < best.epsilon) best = {std::max(eps, 0.0), a};
   }

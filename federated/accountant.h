@@ -38,7 +38,8 @@ struct PrivacySpent {
   double order = 0.0;    // the order that gave it
 };
 
-// (epsilon, delta) from RDP values at `orders` (the same length), delta in (0, 1).
+// (epsilon, delta) from RDP values at `orders` (the same length), delta in (0, 1);
+// epsilon 0 while an order's RDP is 0 (nothing composed yet).
 PrivacySpent rdp_to_epsilon(const std::vector<double>& orders, const std::vector<double>& rdp,
                             double delta);
 

@@ -12,6 +12,7 @@
 #include "core/fs.h"
 #include "core/logging.h"
 #include "core/strings.h"
+#include "federated/accountant.h"
 #include "trainer/edge_model.h"
 #include "trainer/evaluate.h"
 #include "trainer/torchscript.h"
@@ -86,10 +87,31 @@ FedServer::FedServer(ServerOptions options, std::shared_ptr<train::Model> model,
   for (const auto& p : buffer_) trigger_->resumed(p.record.client_id);
   policy_ = o_.validation;
   policy_.max_staleness = trigger_->max_staleness();
-  finished_ = version_ - 1 >= trigger_->target_versions();
+  // A restarted private run whose budget is spent stays finished.
+  const std::optional<PrivacyStatus> privacy = strategy_->privacy();
+  finished_ = version_ - 1 >= trigger_->target_versions() || (privacy && !privacy->budget_left);
   log_info("federated server (", trigger_->mode(), ", ", o_.strategy.name, ") on model ",
            o_.model_name, ": ", layout_.numel(), " values in ", layout_.slots().size(),
            " tensors; version ", version_, "; run directory ", o_.run_dir);
+  if (privacy) {
+    const DpOptions& d = o_.strategy.dp;
+    RdpAccountant planned;
+    planned.compose(d.sample_rate, d.noise_multiplier, trigger_->target_versions());
+    log_info("central differential privacy: updates clipped to ",
+             d.adaptive ? str("an adaptive norm (", format_metric(privacy->clip_norm),
+                              " now, tracking the ", format_double(d.target_quantile),
+                              " quantile)")
+                        : format_double(d.clip_norm),
+             ", noise multiplier ", format_double(d.noise_multiplier), ", ",
+             d.expected_updates, " updates per aggregation at sampling rate ",
+             format_double(d.sample_rate), "; epsilon ", format_metric(privacy->epsilon),
+             " spent so far; all ", trigger_->target_versions(), " aggregations would spend ",
+             format_metric(planned.spent(d.delta).epsilon), " (delta ", format_double(d.delta),
+             ")",
+             d.target_epsilon > 0 ? str("; the run stops before exceeding epsilon ",
+                                        format_double(d.target_epsilon))
+                                  : std::string());
+  }
   aggregator_ = std::thread([this] { aggregation_loop(); });
 }
 
@@ -397,7 +419,14 @@ void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
   global_ = std::make_shared<const at::Tensor>(next);
   if (!std::isnan(e.accuracy)) last_accuracy_ = e.accuracy;
   trigger_->aggregated(clock_->now());
-  if (version - 1 >= trigger_->target_versions()) finish_locked(version, e);
+  const std::optional<PrivacyStatus> privacy = strategy_->privacy();
+  const bool budget_spent = privacy && !privacy->budget_left;
+  if (budget_spent && version - 1 < trigger_->target_versions()) {
+    log_info("privacy budget: epsilon ", format_metric(privacy->epsilon), " spent (delta ",
+             format_double(privacy->delta), "); the next aggregation would exceed "
+             "federated.privacy.target_epsilon, so training stops at version ", version);
+  }
+  if (version - 1 >= trigger_->target_versions() || budget_spent) finish_locked(version, e);
   changed_locked();
 }
 
@@ -415,10 +444,18 @@ void FedServer::record_version(const VersionFacts& v) {
   if (!v.declined.empty()) rec.add("not_applied", v.declined);
   if (!v.excluded.empty()) rec.add("excluded", join(v.excluded, ", "));
   if (!std::isnan(v.eval.accuracy)) rec.add("accuracy", v.eval.accuracy).add("loss", v.eval.loss);
+  const std::optional<PrivacyStatus> privacy = strategy_->privacy();
+  if (privacy) {
+    rec.add("epsilon", privacy->epsilon).add("delta", privacy->delta)
+        .add("clip_norm", privacy->clip_norm);
+  }
   metrics_->write(rec);
   log_info("version ", v.version, v.round > 0 ? str(" (round ", v.round, ")") : "", ": ",
            v.updates, " update(s), mean staleness ", format_metric(v.mean_staleness),
-           std::isnan(v.eval.accuracy) ? "" : str(", test accuracy ", format_metric(v.eval.accuracy)));
+           std::isnan(v.eval.accuracy) ? "" : str(", test accuracy ", format_metric(v.eval.accuracy)),
+           privacy ? str(", epsilon ", format_metric(privacy->epsilon), " (delta ",
+                         format_double(privacy->delta), ")")
+                   : "");
 }
 
 // Note [Statistics of stale updates]: the model's statistics (BatchNorm
@@ -496,14 +533,19 @@ FedServer::Evaluation FedServer::evaluate(int64_t version, const at::Tensor& par
 
 void FedServer::finish_locked(int64_t version, const Evaluation& e) {
   finished_ = true;
-  metrics_->write(JsonObject()
-                      .add("kind", "summary")
-                      .add("version", version)
-                      .add("accuracy", e.accuracy)
-                      .add("loss", e.loss)
-                      .add("accepted", accepted_)
-                      .add("rejected", rejected_)
-                      .add("wall_s", std::chrono::duration<double>(RealClock::now() - started_).count()));
+  JsonObject summary;
+  summary.add("kind", "summary")
+      .add("version", version)
+      .add("accuracy", e.accuracy)
+      .add("loss", e.loss)
+      .add("accepted", accepted_)
+      .add("rejected", rejected_);
+  if (const auto p = strategy_->privacy()) {
+    summary.add("epsilon", p->epsilon).add("delta", p->delta)
+        .add("privacy_budget_spent", !p->budget_left);
+  }
+  summary.add("wall_s", std::chrono::duration<double>(RealClock::now() - started_).count());
+  metrics_->write(summary);
 }
 
 // Note [Non-finite aggregates]: every update was finite when it was

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "core/error.h"
 #include "federated/server.h"
 #include "trainer/checkpoint.h"
 
@@ -10,6 +11,32 @@ namespace {
 
 std::chrono::milliseconds millis(double seconds) {
   return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+}
+
+// federated.privacy.mode=central as the strategy's DP options. An
+// aggregation takes sync.clients_per_round updates (those after the K-th
+// are refused) or async.buffer_size.
+DpOptions dp_options(const train::Recipe& recipe) {
+  const train::FederatedSection& f = recipe.federated;
+  const train::FedPrivacySection& p = f.privacy;
+  DpOptions d;
+  d.enabled = true;
+  d.clip_norm = p.clip_norm;
+  d.noise_multiplier = p.noise_multiplier;
+  d.expected_updates = f.mode == "sync" ? f.sync.clients_per_round : f.async.buffer_size;
+  STRATA_CHECK_T(ConfigError, p.population >= d.expected_updates,
+                 recipe.where("federated.privacy.population"),
+                 ": federated.privacy.mode=central accounts each aggregation of ",
+                 d.expected_updates, " updates as a sample of federated.privacy.population "
+                 "clients; set it to the number of clients that take part (at least ",
+                 d.expected_updates, "), got ", p.population);
+  d.sample_rate = static_cast<double>(d.expected_updates) / static_cast<double>(p.population);
+  d.adaptive = p.adaptive_clip;
+  d.target_quantile = p.target_quantile;
+  d.clip_lr = p.clip_lr;
+  d.target_epsilon = p.target_epsilon;
+  d.delta = p.delta;
+  return d;
 }
 
 }  // namespace
@@ -48,6 +75,7 @@ ServerOptions server_options(const train::Recipe& recipe) {
   s.median_norm_clip = f.median_norm_clip;
   s.bucket_size = static_cast<int>(f.bucket_size);
   s.nnm_fraction = f.nnm_fraction;
+  if (f.privacy.mode == "central") s.dp = dp_options(recipe);
   o.validation.norm_bound = f.server.norm_bound;
   o.validation.clip_to_bound = f.server.clip;
   o.validation.max_num_samples = f.server.max_num_samples;

@@ -45,6 +45,10 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
   keep_local_slots(recipe, TensorLayout::of(*build_model()));
   train::Recipe server_recipe = recipe;
   server_recipe.federated.server.address = "127.0.0.1:0";
+  // Central DP's sampling rate: the simulated population by default.
+  if (server_recipe.federated.privacy.population == 0) {
+    server_recipe.federated.privacy.population = sim.clients;
+  }
   const std::unique_ptr<FedServer> owned =
       make_fed_server(server_recipe, registries, eval_data(data));
   FedServer& server = *owned;

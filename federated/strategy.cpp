@@ -5,8 +5,11 @@
 #include <numeric>
 #include <random>
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include "core/error.h"
 #include "core/strings.h"
+#include "federated/accountant.h"
 
 namespace strata::fed {
 namespace {
@@ -240,10 +243,34 @@ constexpr Kind kKinds[] = {
 constexpr Optimizer kOptimizers[] = {Optimizer::kSgd, Optimizer::kAdam, Optimizer::kYogi,
                                      Optimizer::kAdagrad};
 
+// sigma_b of adaptive clipping's noised count (Andrew et al.: m / 20).
+double count_stddev(const DpOptions& d) {
+  return d.count_stddev > 0 ? d.count_stddev : static_cast<double>(d.expected_updates) / 20.0;
+}
+
+// Note [Central differential privacy]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// DP-FedAvg with the fixed-denominator estimator: the aggregate is
+//   (sum_i s_i clip_C(delta_i) + N(0, (z C)^2 I)) / m
+// with clip_C scaling a whole update (every parameter and statistic) down
+// to L2 norm C, s_i <= 1 the staleness weight (1 in sync rounds) and m the
+// updates an aggregation expects (sync.clients_per_round, async.buffer_size),
+// not how many came: adding or removing one client's update moves the sum
+// by at most C, whatever it claims about its sample count (which DP
+// therefore ignores). The noise is drawn from a generator seeded with OS
+// entropy at every aggregation: a seed in the recipe would let anyone who
+// reads it subtract the noise. One aggregation is the sampled Gaussian
+// mechanism at rate q = m / population and multiplier z; the accountant
+// (accountant.h) composes them. In sync rounds the server samples m of the
+// clients that checked in (uniformly, without replacement), which the
+// Poisson-sampling analysis approximates, as in Flower and McMahan et al.;
+// in async mode (FedBuff) a buffer of K updates is accounted as one
+// Poisson sample at rate K / population, which holds only if which clients
+// fill a buffer does not depend on their data.
 class ComposedStrategy final : public Strategy {
  public:
   ComposedStrategy(const StrategyOptions& o, Rule rule, Optimizer opt)
-      : o_(o), rule_(rule), opt_(opt) {}
+      : o_(o), rule_(rule), opt_(opt), clip_(o.dp.clip_norm) {}
 
   const std::string& name() const override { return o_.name; }
   ClientConfig configure() const override { return {o_.proximal_mu}; }
@@ -293,9 +320,32 @@ class ComposedStrategy final : public Strategy {
   }
 
   std::vector<std::pair<std::string, at::Tensor>> state() const override {
-    if (!m_.defined()) return {};
-    if (opt_ == Optimizer::kSgd) return {{"m", m_}};  // FedAvgM's momentum
-    return {{"m", m_}, {"v", v_}, {"steps", at::tensor({steps_}, at::kLong)}};
+    std::vector<std::pair<std::string, at::Tensor>> s;
+    if (m_.defined()) {
+      s.push_back({"m", m_});  // FedAvgM's momentum, or the first moment
+      if (opt_ != Optimizer::kSgd) {
+        s.push_back({"v", v_});
+        s.push_back({"steps", at::tensor({steps_}, at::kLong)});
+      }
+    }
+    if (o_.dp.enabled) {
+      s.push_back({"dp_clip", at::tensor({clip_}, at::kDouble)});
+      s.push_back({"dp_rdp", at::tensor(accountant_.rdp(), at::kDouble)});
+    }
+    return s;
+  }
+
+  std::optional<PrivacyStatus> privacy() const override {
+    if (!o_.dp.enabled) return std::nullopt;
+    const DpOptions& d = o_.dp;
+    PrivacyStatus p;
+    p.epsilon = accountant_.spent(d.delta).epsilon;
+    p.delta = d.delta;
+    p.clip_norm = clip_;
+    p.budget_left = d.target_epsilon <= 0 ||
+                    accountant_.spent_after(d.sample_rate, d.noise_multiplier, 1, d.delta)
+                            .epsilon <= d.target_epsilon;
+    return p;
   }
 
   // Replaces the whole state: an empty `s` is the state before any step.
@@ -303,11 +353,22 @@ class ComposedStrategy final : public Strategy {
     m_ = at::Tensor();
     v_ = at::Tensor();
     steps_ = 0;
+    clip_ = o_.dp.clip_norm;
+    accountant_ = RdpAccountant();
     for (const auto& [k, t] : s) {
       if (k == "m") m_ = t.clone();
       else if (k == "v") v_ = t.clone();
       else if (k == "steps") steps_ = t.item<int64_t>();
-      else throw DataError(str("strategy ", o_.name, ": unknown state entry '", k, "'"));
+      else if (k == "dp_clip" && o_.dp.enabled) clip_ = t.item<double>();
+      else if (k == "dp_rdp" && o_.dp.enabled) {
+        const at::Tensor r = t.to(at::kDouble).contiguous();
+        accountant_.restore({r.data_ptr<double>(), r.data_ptr<double>() + r.numel()});
+      } else {
+        throw DataError(str("strategy ", o_.name, ": unknown state entry '", k, "'",
+                            k.rfind("dp_", 0) == 0
+                                ? " (the run was private: keep federated.privacy.mode)"
+                                : ""));
+      }
     }
   }
 
@@ -332,7 +393,7 @@ class ComposedStrategy final : public Strategy {
     };
     const auto all = [&] { for (size_t k = 0; k < u.size(); ++k) select(static_cast<int>(k)); };
     switch (rule_) {
-      case Rule::kMean: all(); return weighted_mean(u);
+      case Rule::kMean: all(); return o_.dp.enabled ? private_mean(u) : weighted_mean(u);
       case Rule::kMedian: all(); return coordinate_median(u);
       case Rule::kTrimmedMean: all(); return trimmed_mean(u, o_.trim_fraction);
       case Rule::kKrum:
@@ -350,6 +411,35 @@ class ComposedStrategy final : public Strategy {
       }
     }
     throw InternalError("unreachable strategy rule");
+  }
+
+  // Note [Central differential privacy].
+  at::Tensor private_mean(const std::vector<ClientUpdate>& u) {
+    const DpOptions& d = o_.dp;
+    const double c = clip_;
+    at::Tensor sum = at::zeros_like(u[0].delta);
+    double within = 0;
+    for (const ClientUpdate& x : u) {
+      const double norm = x.delta.norm().item<double>();
+      within += norm <= c ? 1.0 : 0.0;
+      sum.add_(x.delta, x.staleness_weight * (norm > c ? c / norm : 1.0));
+    }
+    std::random_device entropy;
+    const uint64_t seed = (static_cast<uint64_t>(entropy()) << 32) | entropy();
+    at::Generator gen = at::detail::createCPUGenerator(seed);
+    const double m = static_cast<double>(d.expected_updates);
+    if (d.adaptive) {
+      const double sb = count_stddev(d);
+      const double z = std::pow(std::pow(d.noise_multiplier, -2) - std::pow(2 * sb, -2), -0.5);
+      sum.add_(at::randn(sum.sizes(), gen, at::TensorOptions(at::kFloat)), z * c);
+      const double noisy = at::randn({1}, gen, at::TensorOptions(at::kDouble)).item<double>() * sb;
+      clip_ = c * std::exp(-d.clip_lr * ((within + noisy) / m - d.target_quantile));
+    } else {
+      sum.add_(at::randn(sum.sizes(), gen, at::TensorOptions(at::kFloat)),
+               d.noise_multiplier * c);
+    }
+    accountant_.compose(d.sample_rate, d.noise_multiplier);
+    return sum / m;
   }
 
   at::Tensor apply(const at::Tensor& x, const at::Tensor& d) {
@@ -387,9 +477,12 @@ class ComposedStrategy final : public Strategy {
   at::Tensor m_, v_;
   int64_t steps_ = 0;
   std::vector<std::string> selected_;
+  double clip_;  // DP: C for the next aggregation
+  RdpAccountant accountant_;
 };
 
 }  // namespace
+
 
 std::vector<std::string> Strategy::select_clients(std::vector<std::string> available,
                                                   int64_t count, std::mt19937_64& rng) const {
@@ -399,6 +492,49 @@ std::vector<std::string> Strategy::select_clients(std::vector<std::string> avail
   }
   return available;
 }
+
+namespace {
+
+void check_dp(const DpOptions& d, const std::string& strategy, bool mean) {
+  STRATA_CHECK_T(ConfigError, mean, "federated.privacy.mode=central needs a strategy that "
+                 "averages (fedavg, fedprox, fedadam, fedyogi, fedadagrad); ", strategy,
+                 " selects among individual updates, which the privacy bound (each client "
+                 "moves the sum by at most the clip norm) does not cover");
+  STRATA_CHECK_T(ConfigError, d.clip_norm > 0, "federated.privacy.clip_norm ", d.clip_norm,
+                 " must be > 0");
+  STRATA_CHECK_T(ConfigError, d.noise_multiplier >= 0, "federated.privacy.noise_multiplier ",
+                 d.noise_multiplier, " must be >= 0");
+  STRATA_CHECK_T(ConfigError, d.expected_updates >= 1 && d.sample_rate > 0 && d.sample_rate <= 1,
+                 "central privacy: ", d.expected_updates, " updates per aggregation at sampling "
+                 "rate ", d.sample_rate, " (federated.privacy.population must be at least the "
+                 "updates of an aggregation)");
+  STRATA_CHECK_T(ConfigError, d.delta > 0 && d.delta < 1, "federated.privacy.delta ", d.delta,
+                 " must be in (0, 1)");
+  if (d.adaptive) {
+    const double sb = count_stddev(d);
+    STRATA_CHECK_T(ConfigError, d.noise_multiplier > 0 && d.noise_multiplier < 2 * sb,
+                   "federated.privacy.adaptive_clip: the noise multiplier (", d.noise_multiplier,
+                   ") must be below twice the clipped count's noise std (2 x ",
+                   format_double(sb), " = m / 10 with m = ", d.expected_updates,
+                   " updates per aggregation), or nothing is left for the update's noise; "
+                   "use more clients per aggregation or a fixed clip (adaptive_clip: false)");
+    STRATA_CHECK_T(ConfigError, d.target_quantile > 0 && d.target_quantile < 1 && d.clip_lr > 0,
+                   "federated.privacy: target_quantile ", d.target_quantile,
+                   " must be in (0, 1) and clip_lr ", d.clip_lr, " > 0");
+  }
+  if (d.target_epsilon > 0) {
+    RdpAccountant a;
+    a.compose(d.sample_rate, d.noise_multiplier);
+    const double first = a.spent(d.delta).epsilon;
+    STRATA_CHECK_T(ConfigError, first <= d.target_epsilon, "federated.privacy.target_epsilon ",
+                   format_double(d.target_epsilon), " does not allow one aggregation (it "
+                   "spends ", format_double(first), " with noise_multiplier ",
+                   format_double(d.noise_multiplier), " at rate ", format_double(d.sample_rate),
+                   "); raise the noise multiplier (strata-fedserver privacy plans it)");
+  }
+}
+
+}  // namespace
 
 std::unique_ptr<Strategy> make_strategy(const StrategyOptions& o) {
   const std::string& n = o.name;
@@ -435,6 +571,7 @@ std::unique_ptr<Strategy> make_strategy(const StrategyOptions& o) {
                  " must be >= 1 (1: off)");
   STRATA_CHECK_T(ConfigError, fraction(o.nnm_fraction), "nnm_fraction ", o.nnm_fraction,
                  " must be in [0, ", kMaxRobustFraction, "] (0: off)");
+  if (o.dp.enabled) check_dp(o.dp, n, kind->rule == Rule::kMean);
   return std::make_unique<ComposedStrategy>(o, kind->rule, opt);
 }
 

@@ -60,6 +60,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <utility>
@@ -75,6 +76,41 @@ struct ClientUpdate {
   int64_t num_samples = 1;        // >= 1
   int64_t staleness = 0;          // versions between its base and now
   double staleness_weight = 1.0;  // s(τ); 1 in sync mode
+};
+
+// Client-level central differential privacy, DP-FedAvg (McMahan et al.
+// 2018; Note [Central differential privacy] in strategy.cpp): every update
+// is clipped to L2 norm C, the clipped updates are summed with equal weights
+// (times their staleness weights, <= 1), Gaussian noise of std z C is added
+// and the sum is divided by m, the updates an aggregation expects. The RDP
+// accountant counts every applied aggregation as a sampled Gaussian
+// mechanism at rate q. Only the mean rule: robust rules select among
+// individual updates, which this sensitivity bound does not cover.
+struct DpOptions {
+  bool enabled = false;
+  double clip_norm = 1.0;         // C; with `adaptive`, where it starts
+  double noise_multiplier = 1.0;  // z
+  int64_t expected_updates = 1;   // m
+  double sample_rate = 1.0;       // q = m / population
+  // Adaptive clipping (Andrew et al. 2021): C <- C exp(-clip_lr (b - q*)),
+  // b the noised share of updates within C, q* `target_quantile`; the count
+  // gets noise of std `count_stddev` (0: m / 20) and the update noise
+  // multiplier becomes (z^-2 - (2 count_stddev)^-2)^-1/2, so both together
+  // spend what z alone would.
+  bool adaptive = false;
+  double target_quantile = 0.5;
+  double clip_lr = 0.2;
+  double count_stddev = 0.0;
+  double target_epsilon = 0.0;  // the budget (0: none)
+  double delta = 1e-5;
+};
+
+// What the privacy accounting says after the last aggregation.
+struct PrivacyStatus {
+  double epsilon = 0.0;
+  double delta = 0.0;
+  double clip_norm = 0.0;  // C for the next aggregation
+  bool budget_left = true; // the next aggregation stays within target_epsilon
 };
 
 struct StrategyOptions {
@@ -97,6 +133,7 @@ struct StrategyOptions {
   int64_t statistics_offset = -1;
   int bucket_size = 1;            // s: rule over means of s updates (1: off)
   double nnm_fraction = 0.0;      // f: mix with the n - ⌊f n⌋ nearest (0: off)
+  DpOptions dp;                   // central differential privacy (off by default)
 };
 
 // --- Pure kernels (exposed for tests and custom strategies) -------------
@@ -168,7 +205,10 @@ class Strategy {
                                 const std::vector<ClientUpdate>& updates) = 0;
   // Ids of the updates the last applied aggregate() used (krum drops some).
   virtual const std::vector<std::string>& last_selected() const = 0;
-  // Server-optimiser state (moments and step count), for durability.
+  // With DpOptions::enabled, the privacy spent so far.
+  virtual std::optional<PrivacyStatus> privacy() const { return std::nullopt; }
+  // Server-optimiser state (moments and step count; with DP the clip norm
+  // and the accountant's RDP), for durability.
   virtual std::vector<std::pair<std::string, at::Tensor>> state() const = 0;
   // Replaces the state (an empty one: as before the first aggregate).
   virtual void load_state(const std::vector<std::pair<std::string, at::Tensor>>& s) = 0;

@@ -227,7 +227,9 @@ int main(int argc, char** argv) {
                   << strata::format_double(noise) << " (Renyi order "
                   << strata::format_double(p.order) << ")\n";
       } else {
-        const double z = sf::noise_multiplier_for(epsilon, delta, rate, rounds);
+        // Rounded up to 4 decimals: the printed multiplier keeps the budget.
+        const double z =
+            std::ceil(sf::noise_multiplier_for(epsilon, delta, rate, rounds) * 1e4) / 1e4;
         if (std::isinf(z)) {
           std::cout << "no noise multiplier up to 10000 keeps " << rounds << " rounds at rate "
                     << strata::format_double(rate) << " within epsilon "
@@ -236,7 +238,7 @@ int main(int argc, char** argv) {
         }
         sf::RdpAccountant a;
         a.compose(rate, z, rounds);
-        std::cout << "noise multiplier " << strata::format_metric(z) << " keeps " << rounds
+        std::cout << "noise multiplier " << strata::format_double(z) << " keeps " << rounds
                   << " rounds at rate " << strata::format_double(rate) << " within epsilon "
                   << strata::format_double(epsilon) << " at delta " << strata::format_double(delta)
                   << " (spends " << strata::format_metric(a.spent(delta).epsilon)

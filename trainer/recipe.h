@@ -533,6 +533,31 @@ struct FedSimSection {
   }
 };
 
+struct FedPrivacySection {
+  std::string mode = "none";
+  double clip_norm = 1.0;
+  double noise_multiplier = 1.0;
+  int64_t population = 0;
+  bool adaptive_clip = false;
+  double target_quantile = 0.5;
+  double clip_lr = 0.2;
+  double target_epsilon = 0.0;
+  double delta = 1e-5;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("mode", mode, one_of({"none", "central"}), "none | central: client-level differential privacy by the server (DP-FedAvg): each update clipped to clip_norm, Gaussian noise of std noise_multiplier x clip_norm on their sum, which is divided by the updates an aggregation expects; epsilon in every version record");
+    v.field("clip_norm", clip_norm, positive(), "central: C, the L2 norm every update is clipped to (with adaptive_clip: where it starts)");
+    v.field("noise_multiplier", noise_multiplier, at_least(0), "central: z, the noise std on the sum of clipped updates is z x C (strata-fedserver privacy plans it for a budget)");
+    v.field("population", population, at_least(0), "central: the clients an aggregation's updates are sampled from, for the sampling rate q = updates per aggregation / population (0: strata-fedsim's federated.sim.clients; strata-fedserver needs it)");
+    v.field("adaptive_clip", adaptive_clip, any(), "central: track the target_quantile of update norms (Andrew et al. 2021) instead of a fixed clip_norm");
+    v.field("target_quantile", target_quantile, in_range(0, 1), "adaptive_clip: the share of updates the clip norm should leave unclipped");
+    v.field("clip_lr", clip_lr, positive(), "adaptive_clip: the geometric step of the clip norm per aggregation");
+    v.field("target_epsilon", target_epsilon, at_least(0), "central: the privacy budget; training stops cleanly before an aggregation would exceed it (0: no budget)");
+    v.field("delta", delta, in_range(0, 1), "central: delta of (epsilon, delta)");
+  }
+};
+
 struct FederatedSection {
   std::string mode = "sync";
   std::string strategy = "fedavg";
@@ -553,6 +578,7 @@ struct FederatedSection {
   FedAsyncSection async;
   FedServerSection server;
   FedClientSection client;
+  FedPrivacySection privacy;
   FedSimSection sim;
 
   template <class V>
@@ -577,6 +603,7 @@ struct FederatedSection {
     v.section("server", server, "address, TLS, validation, evaluation");
     v.section("client", client, "edge clients: update encoding, retries");
     v.section("sim", sim, "strata-fedsim: clients, partition, attackers");
+    v.section("privacy", privacy, "differential privacy and its accounting");
   }
 };
 
