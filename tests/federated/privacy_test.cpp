@@ -204,5 +204,40 @@ TEST(FedSim, CentralDpRecordsEpsilonPerVersionAndStopsAtTheBudget) {
   EXPECT_TRUE(summary);
 }
 
+// The clip norm and the accountant are committed with every version: a
+// private run restarted on its directory goes on from its epsilon, and one
+// whose budget is spent stays finished.
+TEST(FedSim, ARestartedPrivateRunGoesOnFromItsEpsilon) {
+  test::TempDir dir;
+  const auto recipe = [&](int rounds, double budget) {
+    return small_recipe(dir.path(),
+                        {"federated.sim.clients=6", "federated.sim.partition=iid",
+                         "federated.sync.rounds=" + std::to_string(rounds),
+                         "federated.sync.clients_per_round=3", "federated.sync.over_selection=0",
+                         "optimizer.momentum=0", "federated.privacy.mode=central",
+                         "federated.privacy.noise_multiplier=1.0",
+                         "federated.privacy.target_epsilon=" + std::to_string(budget)});
+  };
+  EXPECT_EQ(run_fedsim(recipe(2, 0), train::builtin_registries()).versions, 2);
+  EXPECT_EQ(run_fedsim(recipe(4, 0), train::builtin_registries()).versions, 4);
+  RdpAccountant a;
+  std::vector<double> expected;
+  for (int k = 0; k < 5; ++k) {
+    a.compose(0.5, 1.0);
+    expected.push_back(a.spent(1e-5).epsilon);
+  }
+  std::vector<double> recorded;
+  for (const auto& line : test::read_lines(dir.path() + "/metrics.jsonl")) {
+    const nlohmann::json j = parse_json_object(line, "metrics.jsonl");
+    if (j["kind"] == "version") recorded.push_back(j["epsilon"].get<double>());
+  }
+  ASSERT_EQ(recorded.size(), 4u);
+  for (size_t k = 0; k < 4; ++k) EXPECT_NEAR(recorded[k], expected[k], 1e-9) << k;
+  // A budget the fifth aggregation would exceed: nothing more runs.
+  const SimResult after =
+      run_fedsim(recipe(10, 0.5 * (expected[3] + expected[4])), train::builtin_registries());
+  EXPECT_EQ(after.versions, 4);
+}
+
 }  // namespace
 }  // namespace strata::fed
