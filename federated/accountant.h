@@ -25,8 +25,8 @@
 
 namespace strata::fed {
 
-// Orders 1.1, 1.2, ..., 10.9, 11, 12, ..., 63, 128, 256 (Opacus' defaults
-// plus the two large orders dp-accounting adds for small epsilons).
+// Orders 1.1, 1.2, ..., 10.9, 11, 12, ..., 63, 128, 256 (Opacus' defaults, 1.1-10.9
+// and 12-63, plus 11 and the large orders 128 and 256 for small epsilons).
 std::vector<double> default_rdp_orders();
 
 // The RDP at `order` (> 1) of one sampled Gaussian mechanism with sampling
