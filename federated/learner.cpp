@@ -52,7 +52,7 @@ std::vector<TensorSlot> keep_local_slots(const train::Recipe& recipe,
       std::vector<std::string> names;
       for (const TensorSlot& t : slots) names.push_back(t.name);
       throw ConfigError(str(recipe.where("federated.client.keep_local"),
-                            ": federated.client.keep_local names '", printable(name),
+                            "federated.client.keep_local names '", printable(name),
                             "', which model.name=", recipe.model.name,
                             " does not have; its tensors: ", join(names, ", ")));
     }
@@ -179,16 +179,16 @@ std::optional<ClientDrift> client_drift(const train::Recipe& recipe,
   if (sim.drift == "none") return std::nullopt;
   const std::string where = recipe.where("federated.sim.drift");
   STRATA_CHECK_T(ConfigError, data.task == train::Task::kClassification, where,
-                 ": federated.sim.drift needs a classification dataset; data.name=",
+                 "federated.sim.drift needs a classification dataset; data.name=",
                  recipe.data.name, " is language modelling (set federated.sim.drift: none)");
   const bool rotate = sim.drift == "rotate";
   if (rotate) {
     STRATA_CHECK_T(ConfigError, data.shape.height == data.shape.width && data.shape.height > 1,
-                   where, ": federated.sim.drift: rotate turns square images; data.name=",
+                   where, "federated.sim.drift: rotate turns square images; data.name=",
                    recipe.data.name, " gives inputs of ", data.shape.channels, " x ",
                    data.shape.height, " x ", data.shape.width, " (use permute)");
     STRATA_CHECK_T(ConfigError, sim.concepts <= 4, recipe.where("federated.sim.concepts"),
-                   ": rotate has 4 concepts (0, 90, 180, 270 degrees); federated.sim.concepts = ",
+                   "rotate has 4 concepts (0, 90, 180, 270 degrees); federated.sim.concepts = ",
                    sim.concepts, " (set it to 4 or fewer)");
   }
   ClientDrift d;

@@ -26,7 +26,7 @@ DpOptions dp_options(const train::Recipe& recipe) {
   d.expected_updates = f.mode == "sync" ? f.sync.clients_per_round : f.async.buffer_size;
   STRATA_CHECK_T(ConfigError, p.population >= d.expected_updates,
                  recipe.where("federated.privacy.population"),
-                 ": federated.privacy.mode=central accounts each aggregation of ",
+                 "federated.privacy.mode=central accounts each aggregation of ",
                  d.expected_updates, " updates as a sample of federated.privacy.population "
                  "clients; set it to the number of clients that take part (at least ",
                  d.expected_updates, "), got ", p.population);
