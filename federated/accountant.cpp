@@ -121,16 +121,26 @@ PrivacySpent rdp_to_epsilon(const std::vector<double>& orders, const std::vector
 RdpAccountant::RdpAccountant(std::vector<double> orders)
     : orders_(std::move(orders)), rdp_(orders_.size(), 0.0) {}
 
-void RdpAccountant::compose(double q, double z, int64_t steps) {
-  for (size_t i = 0; i < orders_.size(); ++i) {
-    rdp_[i] += static_cast<double>(steps) * sampled_gaussian_rdp(q, z, orders_[i]);
+const std::vector<double>& RdpAccountant::step_rdp(double q, double z) const {
+  if (q != step_q_ || z != step_z_ || step_.size() != orders_.size()) {
+    step_.clear();
+    for (const double a : orders_) step_.push_back(sampled_gaussian_rdp(q, z, a));
+    step_q_ = q;
+    step_z_ = z;
   }
+  return step_;
+}
+
+void RdpAccountant::compose(double q, double z, int64_t steps) {
+  const std::vector<double>& step = step_rdp(q, z);
+  for (size_t i = 0; i < orders_.size(); ++i) rdp_[i] += static_cast<double>(steps) * step[i];
 }
 
 PrivacySpent RdpAccountant::spent_after(double q, double z, int64_t steps, double delta) const {
-  RdpAccountant next = *this;
-  next.compose(q, z, steps);
-  return next.spent(delta);
+  const std::vector<double>& step = step_rdp(q, z);
+  std::vector<double> rdp = rdp_;
+  for (size_t i = 0; i < rdp.size(); ++i) rdp[i] += static_cast<double>(steps) * step[i];
+  return rdp_to_epsilon(orders_, rdp, delta);
 }
 
 void RdpAccountant::restore(std::vector<double> rdp) {

@@ -60,8 +60,14 @@ class RdpAccountant {
   void restore(std::vector<double> rdp);
 
  private:
+  // One mechanism's RDP per order at (q, z), kept for the last (q, z): a
+  // server composes the same mechanism every aggregation.
+  const std::vector<double>& step_rdp(double q, double z) const;
+
   std::vector<double> orders_;
   std::vector<double> rdp_;
+  mutable double step_q_ = -1, step_z_ = -1;
+  mutable std::vector<double> step_;
 };
 
 // The smallest noise multiplier (within a relative 1e-4) with which

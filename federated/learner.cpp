@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <tuple>
 
 #include "core/error.h"
 #include "core/random.h"
@@ -130,13 +131,7 @@ LocalResult Learner::learn(const at::Tensor& global, int64_t steps, double proxi
     loss_sum += step.run(next, recipe_.optimizer.lr).loss;
   }
   r.mean_loss = updates > 0 ? loss_sum.item<double>() / static_cast<double>(updates) : 0.0;
-  if (score) {
-    const double errors = online_.errors();
-    const int64_t instances = online_.instances();
-    online_.close_window(0, nullptr, {});
-    r.online_errors = online_.errors() - errors;
-    r.online_instances = online_.instances() - instances;
-  }
+  if (score) std::tie(r.online_errors, r.online_instances) = online_.close(nullptr);
   at::Tensor trained = layout_.flatten(model);
   r.delta = trained - global;
   if (!keep_.empty()) local_ = std::move(trained);

@@ -410,23 +410,26 @@ void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
   const int64_t selected = updates.empty() || !declined.empty()
                                ? 0
                                : static_cast<int64_t>(strategy_->last_selected().size());
+  const std::optional<PrivacyStatus> privacy = strategy_->privacy();
   record_version(VersionFacts{version, round, static_cast<int64_t>(batch.size()), selected,
                               mean_staleness, declined, excluded, e,
-                              std::chrono::duration<double>(RealClock::now() - t0).count()});
+                              std::chrono::duration<double>(RealClock::now() - t0).count(),
+                              privacy});
   remember_statistics(version);
   std::lock_guard<std::mutex> lock(mu_);
   version_ = version;
   global_ = std::make_shared<const at::Tensor>(next);
   if (!std::isnan(e.accuracy)) last_accuracy_ = e.accuracy;
   trigger_->aggregated(clock_->now());
-  const std::optional<PrivacyStatus> privacy = strategy_->privacy();
   const bool budget_spent = privacy && !privacy->budget_left;
   if (budget_spent && version - 1 < trigger_->target_versions()) {
     log_info("privacy budget: epsilon ", format_metric(privacy->epsilon), " spent (delta ",
              format_double(privacy->delta), "); the next aggregation would exceed "
              "federated.privacy.target_epsilon, so training stops at version ", version);
   }
-  if (version - 1 >= trigger_->target_versions() || budget_spent) finish_locked(version, e);
+  if (version - 1 >= trigger_->target_versions() || budget_spent) {
+    finish_locked(version, e, privacy);
+  }
   changed_locked();
 }
 
@@ -444,7 +447,7 @@ void FedServer::record_version(const VersionFacts& v) {
   if (!v.declined.empty()) rec.add("not_applied", v.declined);
   if (!v.excluded.empty()) rec.add("excluded", join(v.excluded, ", "));
   if (!std::isnan(v.eval.accuracy)) rec.add("accuracy", v.eval.accuracy).add("loss", v.eval.loss);
-  const std::optional<PrivacyStatus> privacy = strategy_->privacy();
+  const std::optional<PrivacyStatus>& privacy = v.privacy;
   if (privacy) {
     rec.add("epsilon", privacy->epsilon).add("delta", privacy->delta)
         .add("clip_norm", privacy->clip_norm);
@@ -531,7 +534,8 @@ FedServer::Evaluation FedServer::evaluate(int64_t version, const at::Tensor& par
           e.loss_sum / static_cast<double>(e.count)};
 }
 
-void FedServer::finish_locked(int64_t version, const Evaluation& e) {
+void FedServer::finish_locked(int64_t version, const Evaluation& e,
+                              const std::optional<PrivacyStatus>& privacy) {
   finished_ = true;
   JsonObject summary;
   summary.add("kind", "summary")
@@ -540,9 +544,9 @@ void FedServer::finish_locked(int64_t version, const Evaluation& e) {
       .add("loss", e.loss)
       .add("accepted", accepted_)
       .add("rejected", rejected_);
-  if (const auto p = strategy_->privacy()) {
-    summary.add("epsilon", p->epsilon).add("delta", p->delta)
-        .add("privacy_budget_spent", !p->budget_left);
+  if (privacy) {
+    summary.add("epsilon", privacy->epsilon).add("delta", privacy->delta)
+        .add("privacy_budget_spent", !privacy->budget_left);
   }
   summary.add("wall_s", std::chrono::duration<double>(RealClock::now() - started_).count());
   metrics_->write(summary);

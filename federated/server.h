@@ -207,9 +207,11 @@ class FedServer {
     std::vector<std::string> excluded;
     Evaluation eval;
     double aggregate_s = 0;
+    std::optional<PrivacyStatus> privacy;  // after this aggregation
   };
   void record_version(const VersionFacts& v);
-  void finish_locked(int64_t version, const Evaluation& e);
+  void finish_locked(int64_t version, const Evaluation& e,
+                     const std::optional<PrivacyStatus>& privacy);
 
   const ServerOptions o_;
   std::shared_ptr<train::Model> model_;  // evaluation (aggregation thread)

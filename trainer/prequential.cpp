@@ -28,20 +28,25 @@ std::pair<double, double> Prequential::window_sum(dist::Communicator* dp) const 
   return {t[0].item<double>(), t[1].item<double>()};
 }
 
-JsonObject Prequential::close_window(int64_t step, dist::Communicator* dp,
-                                     const at::Tensor& mixture) {
+std::pair<double, int64_t> Prequential::close(dist::Communicator* dp) {
   const auto [errors, n] = window_sum(dp);
   window_errors_.zero_();
   window_instances_ = 0;
   errors_ += errors;
   instances_ += static_cast<int64_t>(n);
+  return {errors, static_cast<int64_t>(n)};
+}
+
+JsonObject Prequential::close_window(int64_t step, dist::Communicator* dp,
+                                     const at::Tensor& mixture) {
+  const auto [errors, n] = close(dp);
   JsonObject r;
   r.add("kind", "online")
       .add("step", step)
       .add("instances", instances_)
       .add("error", error())
-      .add("window_instances", static_cast<int64_t>(n))
-      .add("window_error", n > 0 ? errors / n : 0.0);
+      .add("window_instances", n)
+      .add("window_error", n > 0 ? errors / static_cast<double>(n) : 0.0);
   if (mixture.defined()) {
     const at::Tensor a = mixture.detach().to(at::kCPU, at::kDouble).contiguous();
     r.add("alpha", std::vector<double>(a.data_ptr<double>(), a.data_ptr<double>() + a.numel()));

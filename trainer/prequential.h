@@ -17,6 +17,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "core/json.h"
@@ -36,10 +37,12 @@ class Prequential {
   // its record (without time_s); `mixture`: the model's mixture weights, or
   // undefined.
   JsonObject close_window(int64_t step, dist::Communicator* dp, const at::Tensor& mixture);
+  // Collective over `dp`: closes the window and returns its [errors,
+  // instances], summed over the ranks (close_window without the record).
+  std::pair<double, int64_t> close(dist::Communicator* dp);
 
   // The cumulative error and instances of the closed windows.
   double error() const { return instances_ > 0 ? errors_ / static_cast<double>(instances_) : 0.0; }
-  double errors() const { return errors_; }
   int64_t instances() const { return instances_; }
 
   // Collective: [errors, instances, window errors, window instances], the
