@@ -189,6 +189,7 @@ FetchedModel EdgeClient::fetch(int64_t have_version, std::chrono::milliseconds w
     m.round = static_cast<int64_t>(info.config().round());
     m.proximal_mu = info.config().proximal_mu();
     m.local_epochs = info.config().local_epochs();
+    m.clip_norm = info.config().clip_norm();
     TensorAssembler rx(m.version == have_version ? 0 : info.num_tensors(),
                        uint64_t{1} << 40);
     while (reader->Read(&chunk)) {

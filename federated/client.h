@@ -41,6 +41,7 @@ struct FetchedModel {
   int64_t round = 0;     // sync: selected for this round (0: not selected)
   double proximal_mu = 0;
   int64_t local_epochs = 1;
+  double clip_norm = 0;  // central DP with client_clip: clip updates to this L2 norm
   std::vector<std::pair<std::string, at::Tensor>> tensors;
 };
 

@@ -2,6 +2,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <cmath>
 #include <optional>
 
 #include "core/error.h"
@@ -34,6 +35,41 @@ struct ComputeSlot {
 
 }  // namespace
 
+at::Tensor clip_encoded(const at::Tensor& delta, double c, const TensorLayout& layout,
+                        const EncodeOptions& enc) {
+  at::Tensor out = delta.clone();
+  clip_l2_(out, c);
+  if (enc.encoding == Encoding::kFp32) return out;
+  double sq = 0;
+  for (const auto& [name, t] : layout.unflatten(out)) {
+    sq += decode(encode(name, t, enc)).square().sum().item<double>();
+  }
+  const double norm = std::sqrt(sq);
+  if (norm > c) out.mul_(c / norm);
+  return out;
+}
+
+std::optional<LocalDp> local_dp(const train::Recipe& recipe) {
+  const train::FedPrivacySection& p = recipe.federated.privacy;
+  if (p.mode != "local") return std::nullopt;
+  STRATA_CHECK_T(ConfigError, p.noise_multiplier > 0,
+                 recipe.where("federated.privacy.noise_multiplier"),
+                 "federated.privacy.mode=local adds noise of std noise_multiplier x clip_norm "
+                 "to every update a client sends; a noise multiplier of 0 would send the "
+                 "clipped update as it is (no privacy): set it above 0, or mode: none");
+  STRATA_CHECK_T(ConfigError, !p.adaptive_clip, recipe.where("federated.privacy.adaptive_clip"),
+                 "federated.privacy.mode=local clips to a fixed clip_norm (adaptive clipping "
+                 "needs the server to see which updates were clipped); set adaptive_clip: false");
+  LocalDp dp(p.clip_norm, p.noise_multiplier, p.target_epsilon, p.delta);
+  STRATA_CHECK_T(ConfigError, dp.can_release(), recipe.where("federated.privacy.target_epsilon"),
+                 "federated.privacy.target_epsilon ", format_double(p.target_epsilon),
+                 " does not allow one locally private update (one spends ",
+                 format_double(dp.epsilon_after_next()), " at noise_multiplier ",
+                 format_double(p.noise_multiplier), " and delta ", format_double(p.delta),
+                 "); raise the noise multiplier or the budget");
+  return dp;
+}
+
 Attack parse_attack(const std::string& name) {
   if (name == "scaled") return Attack::kScaled;
   if (name == "sign_flip") return Attack::kSignFlip;
@@ -50,11 +86,22 @@ EdgeRunStats run_edge(EdgeClient& client, std::shared_ptr<train::Model> model,
   const TensorLayout& layout = learner.layout();
   SampleStream stream(data, mix_seed(o.seed, 1), o.drift);
   EncodeOptions enc{parse_encoding(r.federated.client.encoding), r.federated.client.topk_fraction};
+  std::optional<LocalDp> ldp = local_dp(r);
   EdgeRunStats st;
   int64_t have = 0;
   at::Tensor global;
   const auto stopped = [&] { return o.stop && o.stop->load(); };
   while (!stopped()) {
+    if (ldp && !ldp->can_release()) {
+      st.budget_spent = true;
+      if (o.report) {
+        log_info(o.name, ": local privacy budget spent (epsilon ", format_metric(ldp->epsilon()),
+                 " after ", ldp->releases(), " updates; one more would reach ",
+                 format_metric(ldp->epsilon_after_next()),
+                 " > federated.privacy.target_epsilon); stopping");
+      }
+      break;
+    }
     const bool async = r.federated.mode == "async";
     // Async: a device learns when it gets its turn, from the newest model
     // (fetched inside the turn). Sync: wait to be selected (long poll),
@@ -90,7 +137,16 @@ EdgeRunStats run_edge(EdgeClient& client, std::shared_ptr<train::Model> model,
               : learner.train_epochs(global, data, m.local_epochs, m.round, o.seed,
                                      m.proximal_mu);
     slot.reset();
-    const at::Tensor delta = corrupt(lr.delta, o.attack, o.attack_scale,
+    // Privacy first (what an honest client does before its update leaves
+    // the device), then a simulated attacker's corruption.
+    at::Tensor honest = lr.delta;
+    if (ldp) {
+      honest = ldp->release(honest);
+      st.epsilon = ldp->epsilon();
+    } else if (m.clip_norm > 0) {
+      honest = clip_encoded(honest, m.clip_norm, layout, enc);
+    }
+    const at::Tensor delta = corrupt(honest, o.attack, o.attack_scale,
                                      mix_seed(o.seed, static_cast<uint64_t>(st.submitted), 7));
     UpdateToSend u;
     u.base_version = have;
@@ -119,6 +175,8 @@ EdgeRunStats run_edge(EdgeClient& client, std::shared_ptr<train::Model> model,
                          format_metric(lr.online_errors /
                                        static_cast<double>(lr.online_instances)),
                          ", ", format_metric(st.online_error()), " so far")
+                   : std::string(),
+               ldp ? str(", local DP epsilon ", format_metric(ldp->epsilon()), " so far")
                    : std::string(),
                "); update ",
                res.accepted ? str("accepted (server at version ", res.current_version,

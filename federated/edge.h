@@ -12,6 +12,7 @@
 #include <string>
 
 #include "federated/client.h"
+#include "federated/dp.h"
 #include "federated/learner.h"
 #include "trainer/recipe.h"
 
@@ -63,6 +64,10 @@ struct EdgeRunStats {
   int64_t refused = 0;
   int64_t samples = 0;
   std::string last_refusal;
+  // federated.privacy.mode=local: the epsilon this client's updates spent
+  // (at federated.privacy.delta), and whether it stopped for its budget.
+  double epsilon = 0.0;
+  bool budget_spent = false;
   // Async: prequential counts over every instance learned online.
   int64_t online_instances = 0;
   double online_errors = 0.0;
@@ -71,7 +76,21 @@ struct EdgeRunStats {
   }
 };
 
-// Runs until the server reports the end (or *stop). CommError when the
+// The flat update `delta` clipped to L2 norm c (> 0) as the server will
+// decode it in `enc`: a lossy encoding moves the norm (int8 rounding can
+// raise it by percents), so the encoded update is measured and scaled down
+// once more when it is above c (int8 then scales exactly; fp16 stays within
+// 2^-11 of c). Central DP with client_clip.
+at::Tensor clip_encoded(const at::Tensor& delta, double c, const TensorLayout& layout,
+                        const EncodeOptions& enc);
+
+// federated.privacy.mode=local as the client's mechanism (nullopt for other
+// modes); ConfigError for settings it cannot run with (no noise, a budget
+// smaller than one update).
+std::optional<LocalDp> local_dp(const train::Recipe& recipe);
+
+// Runs until the server reports the end (or *stop), or, with local DP and
+// a budget, until the next update would exceed it. CommError when the
 // server stays unreachable beyond the client's retries.
 EdgeRunStats run_edge(EdgeClient& client, std::shared_ptr<train::Model> model,
                       const LocalData& data, const EdgeRunOptions& options);

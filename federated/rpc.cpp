@@ -123,6 +123,7 @@ void fill_model_info(const FedServer& core, const ModelView& v, pb::ModelInfo* i
   c->set_max_chunk_bytes(kMaxChunkBytes);
   c->set_max_num_samples(static_cast<uint64_t>(o.validation.max_num_samples));
   c->set_norm_bound(o.validation.norm_bound);
+  c->set_clip_norm(o.clients.clip_norm);
 }
 
 // Why `address` cannot be bound, from a plain bind() of our own: gRPC says

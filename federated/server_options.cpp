@@ -76,6 +76,23 @@ ServerOptions server_options(const train::Recipe& recipe) {
   s.bucket_size = static_cast<int>(f.bucket_size);
   s.nnm_fraction = f.nnm_fraction;
   if (f.privacy.mode == "central") s.dp = dp_options(recipe);
+  STRATA_CHECK_T(ConfigError, !f.privacy.client_clip || f.privacy.mode == "central",
+                 recipe.where("federated.privacy.client_clip"),
+                 "federated.privacy.client_clip is a setting of mode central (the server tells "
+                 "clients to clip, and refuses updates above clip_norm); mode is ",
+                 f.privacy.mode, ": set client_clip: false",
+                 f.privacy.mode == "local" ? " (local DP clients clip anyway)" : "");
+  if (f.privacy.mode == "central" && f.privacy.client_clip) {
+    STRATA_CHECK_T(ConfigError, !f.privacy.adaptive_clip,
+                   recipe.where("federated.privacy.client_clip"),
+                   "federated.privacy.client_clip cannot be combined with adaptive_clip: "
+                   "adaptive clipping counts the updates whose norm is within the clip norm, "
+                   "which clients that clip themselves hide (every update is within it); set "
+                   "one of them to false");
+    o.clients.clip_norm = f.privacy.clip_norm;
+    // Encodings round: fp16 moves a norm by at most 2^-11 relative.
+    o.validation.refuse_above = f.privacy.clip_norm * (1 + kClientClipTolerance);
+  }
   o.validation.norm_bound = f.server.norm_bound;
   o.validation.clip_to_bound = f.server.clip;
   o.validation.max_num_samples = f.server.max_num_samples;

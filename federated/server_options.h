@@ -29,6 +29,9 @@ struct ClientPlan {
   int64_t local_epochs = 1;
   int64_t local_batch_size = 32;
   double learning_rate = 0.01;
+  // Central DP with client-side clipping: the L2 norm clients clip their
+  // updates to (0: they do not).
+  double clip_norm = 0.0;
 };
 
 // The service's address, TLS and ingest limits: the recipe's

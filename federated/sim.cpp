@@ -43,6 +43,7 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
         .build(recipe.model, data.shape, train::ModelPart{});
   };
   keep_local_slots(recipe, TensorLayout::of(*build_model()));
+  local_dp(recipe);
   train::Recipe server_recipe = recipe;
   server_recipe.federated.server.address = "127.0.0.1:0";
   // Central DP's sampling rate: the simulated population by default.
@@ -76,6 +77,7 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
   std::atomic<bool> stop{false};
   std::mutex mu;
   std::vector<std::string> errors;
+  int64_t done = 0;  // client threads that returned (finished, failed or out of budget)
   std::vector<EdgeRunStats> stats(static_cast<size_t>(sim.clients));
   std::vector<std::thread> threads;
   std::set<std::string> enrolled;
@@ -111,10 +113,13 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
         std::lock_guard<std::mutex> lock(mu);
         errors.push_back(str(id, ": ", e.what()));
       }
+      std::lock_guard<std::mutex> lock(mu);
+      ++done;
     });
   }
   // The server decides when the run is over; clients see `finished` on
-  // their next fetch. Stop early if every client failed.
+  // their next fetch. Stop early when no client is left: every one failed,
+  // or spent its local privacy budget.
   const auto finish = [&] {
     stop = true;
     for (auto& t : threads) t.join();
@@ -124,7 +129,7 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
     for (;;) {
       if (server.wait_finished(std::chrono::milliseconds(500))) break;
       std::lock_guard<std::mutex> lock(mu);
-      if (static_cast<int64_t>(errors.size()) == sim.clients) break;
+      if (done == sim.clients) break;
     }
   } catch (...) {
     finish();
@@ -133,20 +138,30 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
   finish();
   for (const auto& e : errors) log_error("fedsim client failed: ", e);
   const ServerStatus s = server.status();
-  STRATA_CHECK_T(Error, s.finished, "fedsim: every client failed before the run finished (",
+  int64_t out_of_budget = 0;
+  for (const EdgeRunStats& st : stats) out_of_budget += st.budget_spent ? 1 : 0;
+  STRATA_CHECK_T(Error, s.finished || (errors.empty() && out_of_budget > 0),
+                 "fedsim: every client failed before the run finished (",
                  errors.empty() ? "" : errors.front(), ")");
+  if (!s.finished) {
+    log_warn("fedsim: every client stopped before the server finished (", out_of_budget,
+             " spent their local privacy budget, federated.privacy.target_epsilon); the run "
+             "ends at version ", s.version);
+  }
   SimResult r;
   r.versions = s.version - 1;
   r.test_accuracy = s.last_test_accuracy;
   r.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   r.run_dir = recipe.run_dir();
-  std::vector<double> submitted, instances;
+  std::vector<double> submitted, instances, epsilon;
   double error_sum = 0.0;
   int64_t learned = 0;
   for (const EdgeRunStats& st : stats) {
     r.accepted += st.accepted;
     r.refused += st.refused;
     submitted.push_back(static_cast<double>(st.submitted));
+    epsilon.push_back(st.epsilon);
+    r.max_client_epsilon = std::max(r.max_client_epsilon, st.epsilon);
     instances.push_back(static_cast<double>(st.online_instances));
     r.client_online_error.push_back(st.online_error());
     r.online_instances += st.online_instances;
@@ -158,6 +173,11 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
   r.online_error = learned > 0 ? error_sum / static_cast<double>(learned) : 0.0;
   JsonObject clients;
   clients.add("clients", sim.clients).add("submitted", submitted);
+  if (local_dp(recipe)) {
+    clients.add("epsilon_max", r.max_client_epsilon)
+        .add("delta", recipe.federated.privacy.delta)
+        .add("epsilon", epsilon);
+  }
   if (r.online_instances > 0) {
     clients.add("online_error_mean", r.online_error)
         .add("online_instances", r.online_instances)

@@ -4,7 +4,8 @@
 // updates; with federated.sim.drift every client's stream drifts at its own
 // points. The server writes its run directory as strata-fedserver would,
 // and the simulation adds clients.json: each client's updates and, in
-// async mode, its prequential (test-then-train) error.
+// async mode, its prequential (test-then-train) error, and with local
+// differential privacy, the epsilon it spent.
 #pragma once
 
 #include <string>
@@ -28,6 +29,9 @@ struct SimResult {
   std::vector<double> client_online_error;
   double online_error = 0.0;
   int64_t online_instances = 0;
+  // federated.privacy.mode=local: the largest epsilon a client spent (each
+  // client's is in clients.json).
+  double max_client_epsilon = 0.0;
 };
 
 SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& registries);

@@ -5,11 +5,11 @@
 #include <numeric>
 #include <random>
 
-#include <ATen/CPUGeneratorImpl.h>
 
 #include "core/error.h"
 #include "core/strings.h"
 #include "federated/accountant.h"
+#include "federated/dp.h"
 
 namespace strata::fed {
 namespace {
@@ -424,9 +424,7 @@ class ComposedStrategy final : public Strategy {
       within += norm <= c ? 1.0 : 0.0;
       sum.add_(x.delta, x.staleness_weight * (norm > c ? c / norm : 1.0));
     }
-    std::random_device entropy;
-    const uint64_t seed = (static_cast<uint64_t>(entropy()) << 32) | entropy();
-    at::Generator gen = at::detail::createCPUGenerator(seed);
+    at::Generator gen = entropy_generator();
     const double m = static_cast<double>(d.expected_updates);
     if (d.adaptive) {
       const double sb = count_stddev(d);

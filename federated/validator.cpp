@@ -68,6 +68,13 @@ std::optional<Rejection> check_delta(at::Tensor& delta, const ValidationPolicy& 
                      str("the update has non-finite values (first at flat index ", first, ")")};
   }
   a->norm = delta.norm().item<double>();
+  if (p.refuse_above > 0 && a->norm > p.refuse_above) {
+    return Rejection{RejectCode::kInvalidArgument, "norm",
+                     str("update L2 norm ", a->norm, " exceeds the clip norm ",
+                         p.refuse_above / (1 + kClientClipTolerance),
+                         " that clients must clip to (ClientConfig.clip_norm, "
+                         "federated.privacy.client_clip)")};
+  }
   if (p.norm_bound > 0 && a->norm > p.norm_bound) {
     if (!p.clip_to_bound) {
       return Rejection{RejectCode::kInvalidArgument, "norm",

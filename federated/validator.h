@@ -32,6 +32,9 @@ struct ValidationPolicy {
   int64_t max_staleness = 10;       // versions; async mode
   double norm_bound = 0.0;          // L2 of the delta; 0: unbounded
   bool clip_to_bound = true;        // scale down (true) or reject (false)
+  // Refuse an update whose norm exceeds this, whatever clip_to_bound says:
+  // clients promised to clip (central DP with client_clip); 0: off.
+  double refuse_above = 0.0;
   int64_t max_num_samples = 1000000;  // a client cannot claim more
 };
 
@@ -53,6 +56,10 @@ struct UpdateFacts {
   uint64_t last_sequence = 0;    // the client's last accepted one (0: none)
   uint64_t num_samples = 0;
 };
+
+// How far above the clip norm a client-clipped update may be and still be
+// taken (relative): what an fp16 encoding of a clipped update can add.
+constexpr double kClientClipTolerance = 1e-3;
 
 // Sequences are stored as SQLite integers: at most this.
 constexpr uint64_t kMaxSequence = (uint64_t{1} << 63) - 1;

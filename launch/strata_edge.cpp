@@ -301,6 +301,11 @@ int main(int argc, char** argv) {
       std::cout << "; online (prequential) error " << strata::format_metric(stats.online_error())
                 << " over " << stats.online_instances << " instances";
     }
+    if (recipe.federated.privacy.mode == "local") {
+      std::cout << "; local differential privacy: epsilon " << strata::format_metric(stats.epsilon)
+                << " spent (delta " << strata::format_double(recipe.federated.privacy.delta)
+                << ")" << (stats.budget_spent ? ", budget reached" : "");
+    }
     std::cout << "\n";
     return 0;
   });

@@ -28,6 +28,12 @@ int main(int argc, char** argv) {
               << r.versions << " aggregations (" << r.accepted << " updates accepted, "
               << r.refused << " refused), " << strata::format_duration(r.wall_s)
               << "; run directory " << r.run_dir << "\n";
+    if (recipe->federated.privacy.mode == "local") {
+      std::cout << "local differential privacy: clients spent epsilon up to "
+                << strata::format_metric(r.max_client_epsilon) << " (delta "
+                << strata::format_double(recipe->federated.privacy.delta)
+                << "; each client's in clients.json)\n";
+    }
     if (r.online_instances > 0) {
       std::cout << "clients' online (prequential) error " << strata::format_metric(r.online_error)
                 << " (mean over " << r.client_online_error.size() << " clients, "

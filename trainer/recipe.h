@@ -541,20 +541,22 @@ struct FedPrivacySection {
   bool adaptive_clip = false;
   double target_quantile = 0.5;
   double clip_lr = 0.2;
+  bool client_clip = false;
   double target_epsilon = 0.0;
   double delta = 1e-5;
 
   template <class V>
   void visit(V& v) {
-    v.field("mode", mode, one_of({"none", "central"}), "none | central: client-level differential privacy by the server (DP-FedAvg): each update clipped to clip_norm, Gaussian noise of std noise_multiplier x clip_norm on their sum, which is divided by the updates an aggregation expects; epsilon in every version record");
-    v.field("clip_norm", clip_norm, positive(), "central: C, the L2 norm every update is clipped to (with adaptive_clip: where it starts)");
-    v.field("noise_multiplier", noise_multiplier, at_least(0), "central: z, the noise std on the sum of clipped updates is z x C (strata-fedserver privacy plans it for a budget)");
+    v.field("mode", mode, one_of({"none", "central", "local"}), "none | central: client-level differential privacy by the server (DP-FedAvg): each update clipped to clip_norm, Gaussian noise of std noise_multiplier x clip_norm on their sum, which is divided by the updates an aggregation expects; epsilon in every version record | local: each client clips its own update to clip_norm and adds noise of std noise_multiplier x clip_norm before it leaves the device (the client's recipe decides; the server adds none); each client accounts its own epsilon");
+    v.field("clip_norm", clip_norm, positive(), "C, the L2 norm every update is clipped to (central with adaptive_clip: where it starts)");
+    v.field("noise_multiplier", noise_multiplier, at_least(0), "z: central, the noise std on the sum of clipped updates is z x C (strata-fedserver privacy plans it for a budget); local, every element of a client's update gets noise of std z x C (must be > 0)");
     v.field("population", population, at_least(0), "central: the clients an aggregation's updates are sampled from, for the sampling rate q = updates per aggregation / population (0: strata-fedsim's federated.sim.clients; strata-fedserver needs it)");
     v.field("adaptive_clip", adaptive_clip, any(), "central: track the target_quantile of update norms (Andrew et al. 2021) instead of a fixed clip_norm");
     v.field("target_quantile", target_quantile, in_range(0, 1), "adaptive_clip: the share of updates the clip norm should leave unclipped");
     v.field("clip_lr", clip_lr, positive(), "adaptive_clip: the geometric step of the clip norm per aggregation");
-    v.field("target_epsilon", target_epsilon, at_least(0), "central: the privacy budget; training stops cleanly before an aggregation would exceed it (0: no budget)");
-    v.field("delta", delta, in_range(0, 1), "central: delta of (epsilon, delta)");
+    v.field("client_clip", client_clip, any(), "central: clients clip their updates to clip_norm before sending (the server tells them, ClientConfig.clip_norm) and the server refuses any update above it (not with adaptive_clip)");
+    v.field("target_epsilon", target_epsilon, at_least(0), "the privacy budget (0: none); central: training stops cleanly before an aggregation would exceed it; local: a client stops submitting before an update would exceed its own");
+    v.field("delta", delta, in_range(0, 1), "delta of (epsilon, delta)");
   }
 };
 
