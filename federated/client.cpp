@@ -12,6 +12,7 @@
 #include "core/fs.h"
 #include "core/logging.h"
 #include "core/strings.h"
+#include "federated/secagg_wire.h"
 #include "federated/wire.h"
 #include "strata_fed.grpc.pb.h"
 
@@ -190,6 +191,17 @@ FetchedModel EdgeClient::fetch(int64_t have_version, std::chrono::milliseconds w
     m.proximal_mu = info.config().proximal_mu();
     m.local_epochs = info.config().local_epochs();
     m.clip_norm = info.config().clip_norm();
+    if (info.config().has_secagg()) {
+      const pb::SecAggConfig& a = info.config().secagg();
+      SecAggSettings s;
+      s.threshold = static_cast<int>(std::min<uint32_t>(a.threshold(), 1u << 20));
+      s.neighbours = static_cast<int>(std::min<uint32_t>(a.neighbours(), 1u << 20));
+      s.clip_range = a.clip_range();
+      s.quant_bits = static_cast<int>(a.quant_bits());
+      s.max_samples = static_cast<int64_t>(std::min<uint64_t>(a.max_samples(), uint64_t{1} << 62));
+      s.values = static_cast<int64_t>(std::min<uint64_t>(a.values(), uint64_t{1} << 40));
+      m.secagg = s;
+    }
     TensorAssembler rx(m.version == have_version ? 0 : info.num_tensors(),
                        uint64_t{1} << 40);
     while (reader->Read(&chunk)) {
@@ -275,6 +287,8 @@ SubmitResult EdgeClient::submit_encoded(const UpdateToSend& u,
     info->set_kind(pb::DELTA);
     info->set_round(static_cast<uint64_t>(u.round));
     info->set_num_tensors(static_cast<uint32_t>(encoded.size()));
+    r.bytes_up += static_cast<int64_t>(head.ByteSizeLong());
+    for (const EncodedTensor& e : encoded) r.bytes_up += static_cast<int64_t>(payload_bytes(e));
     bool ok = writer->Write(head);
     for (size_t i = 0; ok && i < encoded.size(); ++i) {
       ok = write_encoded<pb::UpdateChunk>(encoded[i], writer.get());
@@ -304,6 +318,113 @@ SubmitResult EdgeClient::submit_encoded(const UpdateToSend& u,
   r.accepted = false;
   r.code = code_name(s.error_code());
   r.reason = s.error_message();
+  return r;
+}
+
+namespace {
+
+// A refusal of a SecAgg call: ends this client's part in the round.
+struct SecAggRefusal {
+  grpc::Status status;
+};
+
+}  // namespace
+
+SubmitResult EdgeClient::submit_secagg(int64_t round, const SecAggSettings& st,
+                                       const at::Tensor& update, int64_t num_samples,
+                                       bool drop_after_input) {
+  STRATA_CHECK_T(DataError,
+                 update.numel() == st.values && st.quant_bits >= 1 && st.quant_bits <= 31 &&
+                     st.clip_range > 0,
+                 "secure aggregation: the server's settings do not fit this client's update (",
+                 update.numel(), " values; the server says ", st.values, ", ", st.quant_bits,
+                 " bits, clip range ", st.clip_range, ")");
+  SubmitResult r;
+  // One call, asked again while its stage is open (the server answers
+  // `pending` after wait_ms); an hour at most for a stage.
+  const auto call = [&](pb::SecAggRequest req, const char* what) {
+    req.set_client_id(impl_->o.client_id);
+    req.set_round(static_cast<uint64_t>(round));
+    req.set_wait_ms(30000);
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::hours(1);
+    pb::SecAggReply reply;
+    for (;;) {
+      const grpc::Status s = impl_->with_retries(what, [&](int, std::chrono::milliseconds*) {
+        grpc::ClientContext ctx;
+        impl_->prepare(ctx, std::chrono::milliseconds(30000));
+        const grpc::Status s = impl_->stub->SecAgg(&ctx, req, &reply);
+        r.bytes_up += static_cast<int64_t>(req.ByteSizeLong());
+        if (s.ok()) r.bytes_down += static_cast<int64_t>(reply.ByteSizeLong());
+        return s;
+      });
+      if (!s.ok()) {
+        if (transient(s.error_code())) impl_->fail(what, s);
+        throw SecAggRefusal{s};
+      }
+      if (!reply.pending()) return reply;
+      if (std::chrono::steady_clock::now() > give_up) {
+        impl_->fail(what, grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                                       "the stage did not close within an hour"));
+      }
+    }
+  };
+  const auto malformed = [&](const std::optional<std::string>& why) {
+    if (why) throw DataError(str("secure aggregation: the server's reply is malformed: ", *why));
+  };
+  secagg::Settings s;
+  s.values = st.values;
+  s.neighbours = st.neighbours;
+  s.clip_range = st.clip_range;
+  s.quant_bits = st.quant_bits;
+  s.threshold = 2;  // the roster's
+  secagg::Client c(s);
+  const size_t max_peers = 1u << 20;
+  try {
+    pb::SecAggRequest req;
+    secagg::to_pb(c.advertise(), req.mutable_keys());
+    pb::SecAggReply reply = call(req, "SecAgg keys");
+    secagg::RosterMsg roster;
+    malformed(secagg::from_pb(reply.roster(), max_peers, &roster));
+
+    req = pb::SecAggRequest();
+    secagg::to_pb(c.share(roster), req.mutable_shares());
+    reply = call(req, "SecAgg shares");
+    secagg::InboxMsg inbox;
+    malformed(secagg::from_pb(reply.inbox(), max_peers, &inbox));
+
+    const double w = st.max_samples > 0 ? static_cast<double>(std::min(num_samples, st.max_samples)) /
+                                              static_cast<double>(st.max_samples)
+                                        : 1.0;
+    const std::vector<uint32_t> y = c.mask(update.to(at::kFloat) * w, inbox);
+    const int64_t sequence = impl_->next_sequence();
+    constexpr size_t kPerChunk = kChunkBytes / 4;
+    for (size_t at = 0; at < y.size(); at += kPerChunk) {
+      const size_t n = std::min(kPerChunk, y.size() - at);
+      req = pb::SecAggRequest();
+      pb::SecAggInput* in = req.mutable_input();
+      in->set_num_samples(static_cast<uint64_t>(num_samples));
+      in->set_sequence(static_cast<uint64_t>(sequence));
+      in->set_offset(at);
+      in->set_data(reinterpret_cast<const char*>(y.data() + at), n * 4);  // little-endian
+      call(req, "SecAgg input");
+    }
+    r.accepted = true;
+    if (drop_after_input) return r;
+
+    req = pb::SecAggRequest();
+    req.mutable_unmask();
+    reply = call(req, "SecAgg unmask");
+    secagg::UnmaskMsg fate;
+    malformed(secagg::from_pb(reply.fate(), max_peers, &fate));
+    req = pb::SecAggRequest();
+    secagg::to_pb(c.reveal(fate), req.mutable_reveal());
+    call(req, "SecAgg reveal");
+  } catch (const SecAggRefusal& e) {
+    // After the input is durable the update counts as accepted; a later
+    // refusal (the round failed) is reported in `reason`.
+    r.code = code_name(e.status.error_code());
+    r.reason = e.status.error_message();
+  }
   return r;
 }
 

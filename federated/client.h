@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -33,6 +34,16 @@ struct EdgeClientOptions {
   std::chrono::milliseconds rpc_timeout{120000};
 };
 
+// ClientConfig.secagg: the server runs secure aggregation with these.
+struct SecAggSettings {
+  int threshold = 0;     // 0: the round's majority rule (the roster says)
+  int neighbours = 0;
+  double clip_range = 8.0;
+  int quant_bits = 22;
+  int64_t max_samples = 0;  // weight cap (0: every update weighs 1)
+  int64_t values = 0;
+};
+
 struct FetchedModel {
   int64_t version = 0;
   bool changed = false;  // tensors hold a newer model than have_version
@@ -42,6 +53,7 @@ struct FetchedModel {
   double proximal_mu = 0;
   int64_t local_epochs = 1;
   double clip_norm = 0;  // central DP with client_clip: clip updates to this L2 norm
+  std::optional<SecAggSettings> secagg;  // send updates through SecAgg
   std::vector<std::pair<std::string, at::Tensor>> tensors;
 };
 
@@ -61,6 +73,9 @@ struct SubmitResult {
   int64_t update_id = 0;
   int64_t current_version = 0;
   bool clipped = false;
+  // Protobuf bytes of the calls (requests up, replies down; without HTTP/2
+  // and TLS framing), retries included.
+  int64_t bytes_up = 0, bytes_down = 0;
 };
 
 class EdgeClient {
@@ -88,6 +103,18 @@ class EdgeClient {
   // a caller send one encoding many times (benchmarks) without copies.
   SubmitResult submit_encoded(const UpdateToSend& update,
                               const std::vector<EncodedTensor>& encoded);
+
+  // Secure aggregation of one round (Note [Secure aggregation] in
+  // secagg.h): weights `update` (flat float32, the model's values) by
+  // min(num_samples, max_samples) / max_samples, then keys, shares, the
+  // masked input (accepted once it is durable), unmasking. Each stage's
+  // call is asked again while the stage is open. `drop_after_input`: go
+  // away once the input is durable, as a device that drops out (for
+  // simulations). A refusal (dropped out of the round, the round failed)
+  // is a result; transport failures after retries are CommError.
+  SubmitResult submit_secagg(int64_t round, const SecAggSettings& settings,
+                             const at::Tensor& update, int64_t num_samples,
+                             bool drop_after_input = false);
 
   // GetStatus as text lines "key value".
   std::string status();

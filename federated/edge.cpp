@@ -144,17 +144,28 @@ EdgeRunStats run_edge(EdgeClient& client, std::shared_ptr<train::Model> model,
       honest = ldp->release(honest);
       st.epsilon = ldp->epsilon();
     } else if (m.clip_norm > 0) {
-      honest = clip_encoded(honest, m.clip_norm, layout, enc);
+      honest = m.secagg ? clip_encoded(honest, m.clip_norm, layout, {Encoding::kFp32})
+                        : clip_encoded(honest, m.clip_norm, layout, enc);
     }
     const at::Tensor delta = corrupt(honest, o.attack, o.attack_scale,
                                      mix_seed(o.seed, static_cast<uint64_t>(st.submitted), 7));
-    UpdateToSend u;
-    u.base_version = have;
-    u.num_samples = lr.num_samples;
-    u.round = m.round;
-    u.tensors = layout.unflatten(delta);
-    u.encoding = enc;
-    const SubmitResult res = client.submit(u);
+    SubmitResult res;
+    if (m.secagg) {
+      // The round's masked sum (the encoding is the ring's, not the recipe's).
+      Rng r(mix_seed(o.seed, static_cast<uint64_t>(st.submitted), 0x44524f50));
+      const bool drop =
+          o.dropout > 0 && static_cast<double>(r.next() >> 11) * 0x1.0p-53 < o.dropout;
+      res = client.submit_secagg(m.round, *m.secagg, delta, lr.num_samples, drop);
+      if (drop) st.dropped += 1;
+    } else {
+      UpdateToSend u;
+      u.base_version = have;
+      u.num_samples = lr.num_samples;
+      u.round = m.round;
+      u.tensors = layout.unflatten(delta);
+      u.encoding = enc;
+      res = client.submit(u);
+    }
     ++st.submitted;
     st.samples += lr.num_samples;
     st.online_instances += lr.online_instances;

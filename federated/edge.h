@@ -54,6 +54,7 @@ struct EdgeRunOptions {
   Semaphore* compute = nullptr;           // optional
   const std::atomic<bool>* stop = nullptr;  // optional
   std::optional<ClientDrift> drift;  // federated.sim.drift of a simulated client (client_drift)
+  double dropout = 0.0;  // federated.sim.dropout: the share of updates after which it drops out
   std::string name;      // for progress lines (strata-edge prints one per round)
   bool report = false;   // log one INFO line per submitted update
 };
@@ -63,6 +64,7 @@ struct EdgeRunStats {
   int64_t accepted = 0;
   int64_t refused = 0;
   int64_t samples = 0;
+  int64_t dropped = 0;  // rounds it dropped out of after submitting (federated.sim.dropout)
   std::string last_refusal;
   // federated.privacy.mode=local: the epsilon this client's updates spent
   // (at federated.privacy.delta), and whether it stopped for its budget.

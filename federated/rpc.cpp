@@ -124,6 +124,15 @@ void fill_model_info(const FedServer& core, const ModelView& v, pb::ModelInfo* i
   c->set_max_num_samples(static_cast<uint64_t>(o.validation.max_num_samples));
   c->set_norm_bound(o.validation.norm_bound);
   c->set_clip_norm(o.clients.clip_norm);
+  if (o.secagg.enabled) {
+    pb::SecAggConfig* a = c->mutable_secagg();
+    a->set_threshold(static_cast<uint32_t>(o.secagg.settings.threshold));
+    a->set_neighbours(static_cast<uint32_t>(o.secagg.settings.neighbours));
+    a->set_clip_range(o.secagg.settings.clip_range);
+    a->set_quant_bits(static_cast<uint32_t>(o.secagg.settings.quant_bits));
+    a->set_max_samples(static_cast<uint64_t>(o.secagg.max_samples));
+    a->set_values(static_cast<uint64_t>(core.layout().numel()));
+  }
 }
 
 // Why `address` cannot be bound, from a plain bind() of our own: gRPC says

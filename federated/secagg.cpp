@@ -117,9 +117,14 @@ void check_settings(const Settings& s, int64_t participants) {
                  (uint64_t{1} << 32) / (levels + 1), " clients at ", s.quant_bits,
                  " bits); use fewer bits or fewer clients per round");
   const int64_t k = neighbour_count(s, participants);
+  if (s.threshold == 0) return;  // the majority of the neighbours, set when the keys are in
   STRATA_CHECK_T(ConfigError, s.threshold >= 2 && s.threshold <= k, "secure aggregation: ",
                  "threshold ", s.threshold, " must be in [2, ", k, "] (each of ", participants,
                  " clients shares its secrets among its ", k, " neighbours)");
+}
+
+int auto_threshold(const Settings& s, int64_t participants) {
+  return static_cast<int>(std::max<int64_t>(2, neighbour_count(s, participants) / 2 + 1));
 }
 
 int64_t neighbour_count(const Settings& s, int64_t participants) {
@@ -180,8 +185,11 @@ KeysMsg Client::advertise() {
 
 SharesMsg Client::share(const RosterMsg& roster) {
   STRATA_CHECK_T(DataError, stage_ == 1, "secure aggregation: shares before keys");
-  STRATA_CHECK_T(DataError, roster.threshold == s_.threshold, "secure aggregation: the server's "
-                 "threshold ", roster.threshold, " is not the round's ", s_.threshold);
+  // The round's threshold (the server's configured one, or its majority
+  // rule for this round's size): at least 2, so no one share reveals a secret.
+  STRATA_CHECK_T(DataError, roster.threshold >= 2, "secure aggregation: threshold ",
+                 roster.threshold, " would let a single share reveal a secret; refused");
+  s_.threshold = roster.threshold;
   STRATA_CHECK_T(DataError,
                  static_cast<int64_t>(roster.neighbours.size()) >= s_.threshold,
                  "secure aggregation: ", roster.neighbours.size(), " neighbours cannot hold ",
@@ -393,6 +401,7 @@ std::optional<std::string> Round::close_keys() {
   for (const auto& [i, k] : keys_) u1_.insert(i);
   const auto n = static_cast<int64_t>(u1_.size());
   k_ = neighbour_count(s_, n);
+  if (s_.threshold == 0) s_.threshold = auto_threshold(s_, n);
   if (k_ < s_.threshold) {
     stage_ = Stage::kDone;
     return str("only ", n, " of ", clients_.size(), " selected clients sent keys; each secret "

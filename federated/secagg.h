@@ -68,7 +68,8 @@ using Key = std::array<uint8_t, 32>;
 
 struct Settings {
   int64_t values = 0;       // length of the summed vector
-  int threshold = 2;        // t: shares that rebuild a secret
+  int threshold = 2;        // t: shares that rebuild a secret (0: a majority of the
+                            // neighbours the round has once its keys are in)
   int neighbours = 0;       // k (even; 0 or >= participants - 1: all)
   double clip_range = 8.0;  // R
   int quant_bits = 22;      // 2^bits - 1 levels over [-R, R]
@@ -78,6 +79,8 @@ struct Settings {
 void check_settings(const Settings& s, int64_t participants);
 // The neighbours a client of a round with `participants` has.
 int64_t neighbour_count(const Settings& s, int64_t participants);
+// threshold 0's meaning: a majority of the neighbours, k / 2 + 1 (at least 2).
+int auto_threshold(const Settings& s, int64_t participants);
 
 // Stage 1: client -> server.
 struct KeysMsg {
@@ -213,6 +216,7 @@ class Round {
   const std::set<int64_t>& survived() const { return u3_; }
   bool all_in() const;  // every client the stage waits for has sent
   int64_t neighbours_of_each() const { return k_; }
+  int threshold() const { return s_.threshold; }  // after close_keys
 
  private:
   std::optional<Rejection> expect(Stage stage, const std::string& client, int64_t* index,

@@ -29,6 +29,10 @@ bool is_loopback(const std::string& host) {
 
 std::unique_ptr<AggregationTrigger> make_trigger(const ServerOptions& o, const Strategy& strategy,
                                                  int64_t version, ServerClock::time_point now) {
+  if (o.mode == mode_names()[0] && o.secagg.enabled) {
+    const int64_t min_clients = std::max(3, o.secagg.settings.threshold + 1);
+    return make_secagg_rounds(o.sync, strategy, o.seed, version, min_clients, now);
+  }
   if (o.mode == mode_names()[0]) return make_sync_rounds(o.sync, strategy, o.seed, version, now);
   STRATA_CHECK_T(ConfigError, o.mode == mode_names()[1], "unknown federated mode '", o.mode,
                  "'; valid: ", join(mode_names(), ", "));
@@ -136,7 +140,22 @@ void FedServer::open_store() {
                             o_.model_name, " (", e.what(), "); use another run.dir"));
     }
     strategy_->load_state(store_->load_strategy_state());
-    for (auto& p : store_->pending_updates()) buffer_.push_back({p.record, p.delta});
+    std::vector<int64_t> abandoned;
+    for (auto& p : store_->pending_updates()) {
+      if (p.record.masked) {
+        abandoned.push_back(p.record.id);
+      } else {
+        buffer_.push_back({p.record, p.delta});
+      }
+    }
+    // A secure aggregation round's keys died with the process: its masked
+    // inputs can never be unmasked. The round starts again.
+    if (!abandoned.empty()) {
+      store_->discard_updates(abandoned);
+      log_info("abandoned the ", abandoned.size(), " masked input(s) of an unfinished secure "
+               "aggregation round (its secrets did not survive the restart); the round starts "
+               "again");
+    }
     log_info("resumed at version ", version_, " with ", buffer_.size(), " pending update(s)");
   }
   const std::string metrics_path = join_path(dir, "metrics.jsonl");
@@ -338,16 +357,21 @@ void FedServer::aggregation_loop() {
       }
       wake = *last_progress_ + o_.progress_every;
     }
+    wake = std::min(wake, secagg_step_locked(now));
     const AggregationTrigger::Poll p = trigger_->poll(now, static_cast<int64_t>(buffer_.size()));
-    if (p.selected) changed_locked();
+    if (p.selected) {
+      changed_locked();
+      wake = std::min(wake, secagg_step_locked(now));  // its protocol starts now
+    }
     if (p.take) {
       std::vector<Pending> batch(std::make_move_iterator(buffer_.begin()),
                                  std::make_move_iterator(buffer_.begin() + *p.take));
       buffer_.erase(buffer_.begin(), buffer_.begin() + *p.take);
       const int64_t round = trigger_->round();
+      const std::string note = std::exchange(secagg_note_, std::string());
       lock.unlock();
       try {
-        aggregate(std::move(batch), round);
+        aggregate(std::move(batch), round, note);
       } catch (const std::exception& e) {
         log_error("aggregation failed: ", e.what());
         lock.lock();
@@ -369,7 +393,7 @@ void FedServer::aggregation_loop() {
   }
 }
 
-void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
+void FedServer::aggregate(std::vector<Pending> batch, int64_t round, const std::string& note) {
   const auto t0 = RealClock::now();
   // In client order, not arrival order: the same updates give the same
   // aggregate bit for bit (float sums, krum's ties and bucketing depend on
@@ -390,9 +414,14 @@ void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
     u.num_samples = p.record.num_samples;
     u.staleness = version_ - p.record.base_version;
     u.staleness_weight = trigger_->staleness_weight(u.staleness);
+    u.summed = p.summed;
     staleness_sum += static_cast<double>(u.staleness);
     updates.push_back(std::move(u));
-    ids.push_back(p.record.id);
+    if (p.ledger_ids.empty()) {
+      ids.push_back(p.record.id);
+    } else {
+      ids.insert(ids.end(), p.ledger_ids.begin(), p.ledger_ids.end());
+    }
   }
   // A round closed without any update repeats the model as its version. A
   // batch the strategy declines (a round closed after its extensions with
@@ -401,6 +430,7 @@ void FedServer::aggregate(std::vector<Pending> batch, int64_t round) {
   std::string declined;
   std::vector<std::string> excluded;
   const at::Tensor next = aggregate_finite(updates, ids, &declined, &excluded);
+  if (declined.empty() && !note.empty()) declined = note;
   const int64_t version = version_ + 1;
   const Evaluation e = evaluate(version, next);
   store_->commit_version({version, ids, e.accuracy, e.loss}, layout_.unflatten(next),

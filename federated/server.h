@@ -35,6 +35,7 @@
 
 #include "federated/clock.h"
 #include "federated/layout.h"
+#include "federated/secagg.h"
 #include "federated/server_options.h"
 #include "federated/server_store.h"
 #include "federated/strategy.h"
@@ -73,6 +74,32 @@ struct SubmitOutcome {
   int64_t staleness = 0;
   double weight = 1.0;
   bool clipped = false;
+};
+
+// One SecAgg call (strata_fed.proto's SecAggRequest) as the server core
+// takes it.
+struct SecAggCall {
+  enum class Kind { kKeys, kShares, kInput, kUnmask, kReveal };
+  Kind kind = Kind::kKeys;
+  uint64_t round = 0;
+  secagg::KeysMsg keys;
+  secagg::SharesMsg shares;
+  struct Input {
+    uint64_t num_samples = 0, sequence = 0, offset = 0;
+    std::string data;  // little-endian uint32 values
+  } input;
+  secagg::RevealMsg reveal;
+};
+
+// What the call gets back: a refusal, `pending` (its stage has not closed),
+// or the stage's answer.
+struct SecAggAnswer {
+  std::optional<Rejection> rejection;
+  bool pending = false;
+  std::optional<secagg::RosterMsg> roster;
+  std::optional<secagg::InboxMsg> inbox;
+  std::optional<secagg::UnmaskMsg> fate;
+  int64_t received = 0;  // input: values received so far
 };
 
 struct ServerStatus {
@@ -163,10 +190,38 @@ class FedServer {
   // Counts a rejection made outside submit() (auth, transport limits).
   void count_rejection(const Rejection& r);
 
+  // Secure aggregation (Note [Secure aggregation] in secagg.h): applies the
+  // call's message to the open round (once: a repeated message stands as
+  // the first) and answers it. A masked input is durable in the ledger
+  // before the answer to the chunk that completes it. The caller has
+  // authenticated the client.
+  SecAggAnswer secagg(const std::string& client, const SecAggCall& call);
+  // The answer now, applying nothing: for a call that waits for its stage.
+  SecAggAnswer secagg_answer(const std::string& client, const SecAggCall& call);
+
  private:
   struct Pending {
     UpdateRecord record;
     at::Tensor delta;
+    // Secure aggregation: the ledger ids of the masked inputs the unmasked
+    // sum stands for, and the clients it sums (with central DP, delta is
+    // their clipped updates' sum).
+    std::vector<int64_t> ledger_ids;
+    int64_t summed = 1;
+  };
+  // The open secure aggregation round (server_secagg.cpp).
+  struct SecAggState {
+    int64_t round = 0;
+    std::vector<std::string> clients;  // selected; a client's index is its position
+    std::unique_ptr<secagg::Round> r;
+    ServerClock::time_point deadline;  // of the open stage
+    struct Input {
+      std::vector<uint32_t> y;         // while it arrives
+      uint64_t num_samples = 0, sequence = 0;
+      int64_t ledger_id = 0;           // once durable
+    };
+    std::map<std::string, Input> inputs;
+    std::string failed;                // why the protocol failed (empty: it did not)
   };
   // A version's evaluation (NaN when it was not evaluated).
   struct Evaluation {
@@ -175,7 +230,15 @@ class FedServer {
 
   void open_store();
   void aggregation_loop();
-  void aggregate(std::vector<Pending> batch, int64_t round);
+  void aggregate(std::vector<Pending> batch, int64_t round, const std::string& note);
+  // The open round's protocol: creates it once the trigger selected, closes
+  // stages when every client answered or at their deadlines, unmasks; the
+  // next deadline (max: none).
+  ServerClock::time_point secagg_step_locked(ServerClock::time_point now);
+  void secagg_fail_locked(const std::string& why);
+  SecAggAnswer secagg_answer_locked(const std::string& client, const SecAggCall& call);
+  std::optional<Rejection> secagg_input_locked(const std::string& client,
+                                               const SecAggCall::Input& in, int64_t* received);
   void changed_locked();  // bumps epoch_ and wakes waiters
   ServerStatus status_locked() const;
   std::string progress_locked() const;  // the periodic progress line
@@ -249,6 +312,8 @@ class FedServer {
   std::optional<ServerClock::time_point> last_progress_;  // none printed yet
   std::map<int64_t, at::Tensor> statistics_;  // by version (aggregation thread)
   std::exception_ptr error_;  // the aggregation thread's failure
+  std::unique_ptr<SecAggState> sa_;  // the open secure aggregation round
+  std::string secagg_note_;          // why the last round's protocol failed
 
   std::thread aggregator_;
 };

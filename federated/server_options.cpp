@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
+
 #include "core/error.h"
 #include "federated/server.h"
 #include "trainer/checkpoint.h"
@@ -37,6 +39,54 @@ DpOptions dp_options(const train::Recipe& recipe) {
   d.target_epsilon = p.target_epsilon;
   d.delta = p.delta;
   return d;
+}
+
+// federated.secagg, refused where the server would need what it hides.
+SecAggOptions secagg_options(const train::Recipe& recipe, int64_t selected) {
+  const train::FederatedSection& f = recipe.federated;
+  const train::FedSecAggSection& a = f.secagg;
+  const std::string where = recipe.where("federated.secagg.enabled");
+  STRATA_CHECK_T(ConfigError, f.mode == "sync", where,
+                 "secure aggregation runs in sync rounds; async mode (FedBuff) takes updates one "
+                 "at a time, which pairwise masks cannot hide: set federated.mode: sync, or "
+                 "federated.secagg.enabled: false");
+  const bool mean = f.strategy == "fedavg" || f.strategy == "fedprox" ||
+                    f.strategy == "fedadam" || f.strategy == "fedyogi" ||
+                    f.strategy == "fedadagrad";
+  STRATA_CHECK_T(ConfigError, mean, where, "federated.strategy=", f.strategy,
+                 " looks at each client's update, which secure aggregation hides from the server "
+                 "(it learns only their sum); use an averaging strategy (fedavg, fedprox, "
+                 "fedadam, fedyogi, fedadagrad) or federated.secagg.enabled: false");
+  STRATA_CHECK_T(ConfigError,
+                 f.median_norm_clip == 0 && f.bucket_size == 1 && f.nnm_fraction == 0, where,
+                 "median_norm_clip, bucket_size and nnm_fraction work on individual updates, "
+                 "which secure aggregation hides; set them off (0, 1, 0)");
+  STRATA_CHECK_T(ConfigError, f.server.norm_bound == 0, where,
+                 "federated.server.norm_bound needs each update's norm, which secure aggregation "
+                 "hides (every value is clipped to federated.secagg.clip_range instead); set it "
+                 "to 0");
+  STRATA_CHECK_T(ConfigError, !(f.privacy.mode == "central" && f.privacy.adaptive_clip), where,
+                 "adaptive clipping counts the updates within the clip norm, which secure "
+                 "aggregation hides; set federated.privacy.adaptive_clip: false");
+  SecAggOptions o;
+  o.enabled = true;
+  o.settings.threshold = static_cast<int>(a.threshold);
+  o.settings.neighbours = static_cast<int>(a.neighbours);
+  o.settings.clip_range = a.clip_range;
+  o.settings.quant_bits = static_cast<int>(a.quant_bits);
+  // Central DP sums clipped updates with equal weights.
+  o.max_samples = f.privacy.mode == "central" ? 0 : a.max_samples;
+  o.stage_timeout = millis(a.stage_timeout_s);
+  secagg::Settings check = o.settings;
+  check.values = 1;
+  if (check.threshold == 0) check.threshold = secagg::auto_threshold(check, selected);
+  try {
+    secagg::check_settings(check, selected);
+  } catch (const ConfigError& e) {
+    throw ConfigError(str(recipe.where("federated.secagg"), e.what(), " (a round selects ",
+                          selected, " clients)"));
+  }
+  return o;
 }
 
 }  // namespace
@@ -92,6 +142,13 @@ ServerOptions server_options(const train::Recipe& recipe) {
     o.clients.clip_norm = f.privacy.clip_norm;
     // Encodings round: fp16 moves a norm by at most 2^-11 relative.
     o.validation.refuse_above = f.privacy.clip_norm * (1 + kClientClipTolerance);
+  }
+  if (f.secagg.enabled) {
+    const auto selected = static_cast<int64_t>(std::ceil(
+        static_cast<double>(f.sync.clients_per_round) * (1.0 + f.sync.over_selection)));
+    o.secagg = secagg_options(recipe, selected);
+    // Central DP: clients clip, the server noises the unmasked sum.
+    if (f.privacy.mode == "central") o.clients.clip_norm = f.privacy.clip_norm;
   }
   o.validation.norm_bound = f.server.norm_bound;
   o.validation.clip_to_bound = f.server.clip;

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "federated/clock.h"
+#include "federated/secagg.h"
 #include "federated/strategy.h"
 #include "federated/trigger.h"
 #include "federated/validator.h"
@@ -39,6 +40,16 @@ struct ClientPlan {
 // service takes it as it is.
 using ServiceOptions = train::FedServerSection;
 
+// Secure aggregation (federated.secagg): the settings every round starts
+// from (values and, when 0, the threshold are the round's).
+struct SecAggOptions {
+  bool enabled = false;
+  secagg::Settings settings;
+  // The weight cap clients scale their update by (0: unweighted, with DP).
+  int64_t max_samples = 0;
+  std::chrono::milliseconds stage_timeout{30000};
+};
+
 struct ServerOptions {
   std::string run_dir;
   std::string model_name;   // in ModelInfo and messages
@@ -50,6 +61,7 @@ struct ServerOptions {
   StrategyOptions strategy;     // statistics_offset is the server's (from the model)
   ValidationPolicy validation;  // max_staleness is the trigger's
   ClientPlan clients;
+  SecAggOptions secagg;
   ServiceOptions service;
   int64_t eval_every = 1;        // evaluate every this many versions (and the last)
   int64_t eval_batch_size = 256;

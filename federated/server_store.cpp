@@ -163,6 +163,18 @@ ServerStore::ServerStore(const std::string& dir) : dir_(dir), db_(std::make_uniq
       " applied_version INTEGER REFERENCES versions(version),"
       " UNIQUE(client_id, sequence));"
       "CREATE INDEX IF NOT EXISTS updates_pending ON updates(applied_version);");
+  // Columns added since the first format (a store made before them gets
+  // them with their defaults).
+  std::vector<std::string> columns;
+  {
+    Db::Stmt q(*db_, "PRAGMA table_info(updates)");
+    while (q.step()) columns.push_back(q.text(1));
+  }
+  for (const char* c : {"masked", "discarded"}) {
+    if (std::find(columns.begin(), columns.end(), c) == columns.end()) {
+      db_->exec(str("ALTER TABLE updates ADD COLUMN ", c, " INTEGER NOT NULL DEFAULT 0").c_str());
+    }
+  }
 
   recover();
 }
@@ -184,7 +196,7 @@ void ServerStore::recover() {
   std::vector<std::string> keep;
   {
     std::lock_guard<std::mutex> lock(db_->mu);
-    Db::Stmt q(*db_, "SELECT id FROM updates WHERE applied_version IS NULL");
+    Db::Stmt q(*db_, "SELECT id FROM updates WHERE applied_version IS NULL AND discarded = 0");
     while (q.step()) keep.push_back(str("u", q.i64(0), ".f32"));
   }
   for (const auto& f : list_files(join_path(dir_, "updates"))) {
@@ -335,10 +347,11 @@ int64_t ServerStore::append_update(UpdateRecord r, const at::Tensor& delta) {
   db_->transaction([&] {
     Db::Stmt(*db_,
              "INSERT INTO updates(id, client_id, sequence, base_version, num_samples, round,"
-             " norm, clipped, numel, received_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, julianday('now'))")
+             " norm, clipped, numel, received_at, masked)"
+             " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, julianday('now'), ?)")
         .bind(1, r.id).bind(2, r.client_id).bind(3, r.sequence).bind(4, r.base_version)
         .bind(5, r.num_samples).bind(6, r.round).bind(7, r.norm)
-        .bind(8, int64_t{r.clipped}).bind(9, delta.numel())
+        .bind(8, int64_t{r.clipped}).bind(9, delta.numel()).bind(10, int64_t{r.masked})
         .step();
     Db::Stmt(*db_, "UPDATE clients SET last_sequence = ? WHERE id = ?")
         .bind(1, r.sequence).bind(2, r.client_id).step();
@@ -349,13 +362,13 @@ int64_t ServerStore::append_update(UpdateRecord r, const at::Tensor& delta) {
 std::vector<PendingUpdate> ServerStore::pending_updates() const {
   std::lock_guard<std::mutex> lock(db_->mu);
   Db::Stmt q(*db_,
-             "SELECT id, client_id, sequence, base_version, num_samples, round, norm, clipped, numel"
-             " FROM updates WHERE applied_version IS NULL ORDER BY id");
+             "SELECT id, client_id, sequence, base_version, num_samples, round, norm, clipped, numel,"
+             " masked FROM updates WHERE applied_version IS NULL AND discarded = 0 ORDER BY id");
   std::vector<PendingUpdate> out;
   while (q.step()) {
     PendingUpdate p;
     p.record = UpdateRecord{q.i64(0), q.text(1), q.i64(2), q.i64(3), q.i64(4), q.i64(5),
-                            q.f64(6), q.i64(7) != 0};
+                            q.f64(6), q.i64(7) != 0, q.i64(9) != 0};
     const std::string path = join_path(dir_, str("updates/u", p.record.id, ".f32"));
     const std::string bytes = read_file(path);
     STRATA_CHECK_T(IoError, static_cast<int64_t>(bytes.size()) == q.i64(8) * 4, path, " has ",
@@ -365,6 +378,18 @@ std::vector<PendingUpdate> ServerStore::pending_updates() const {
     out.push_back(std::move(p));
   }
   return out;
+}
+
+void ServerStore::discard_updates(const std::vector<int64_t>& ids) {
+  if (ids.empty()) return;
+  std::lock_guard<std::mutex> lock(db_->mu);
+  db_->transaction([&] {
+    for (const int64_t id : ids) {
+      Db::Stmt(*db_, "UPDATE updates SET discarded = 1 WHERE id = ? AND applied_version IS NULL")
+          .bind(1, id).step();
+    }
+  });
+  for (const int64_t id : ids) remove_file(join_path(dir_, str("updates/u", id, ".f32")));
 }
 
 int64_t ServerStore::num_updates() const {

@@ -4,8 +4,10 @@
 //                        versions, the update ledger, strategy state
 //   versions/v<N>.pt     each global model version, a state dict that
 //                        Python's torch.load reads
-//   updates/u<ID>.f32    a pending update's flat float32 delta (deleted
-//                        once a version that applied it is committed)
+//   updates/u<ID>.f32    a pending update's flat float32 delta, or a
+//                        masked input's uint32 ring elements (deleted once
+//                        a version that applied it is committed, or it is
+//                        discarded)
 //
 // Note [Federated durability]: files are written atomically (fsync, rename,
 // fsync dir) *before* the transaction that refers to them commits, so a
@@ -51,6 +53,9 @@ struct UpdateRecord {
   int64_t round = 0;
   double norm = 0.0;
   bool clipped = false;
+  // A secure aggregation round's masked input: ring elements mod 2^32,
+  // stored bit for bit in the float32 file (never applied as a delta).
+  bool masked = false;
 };
 
 struct PendingUpdate {
@@ -106,6 +111,10 @@ class ServerStore {
   // their deltas.
   std::vector<PendingUpdate> pending_updates() const;
   int64_t num_updates() const;  // ledger size, applied or not
+  // Takes updates out of the pending ones without applying them: the
+  // masked inputs of a secure aggregation round that failed or that a
+  // restart abandoned (their masks cannot be removed any more).
+  void discard_updates(const std::vector<int64_t>& ids);
 
   // --- versions -------------------------------------------------------
   // The newest committed version (nullopt: none yet).

@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -152,10 +153,49 @@ class Poll final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
   size_t next_ = 0;  // 0: info, then model_[next_ - 1]
 };
 
+// SecAgg: parsed and authenticated in the reaction, applied on a worker
+// (the chunk that completes a masked input is written durably), then
+// answered at once, or -- while its stage is open -- when the stage closes
+// (the watchdog asks the core again whenever its state changes), at wait_ms,
+// or at shutdown. A client has at most max_polls_per_client of them open.
+class StageCall final : public grpc::ServerUnaryReactor,
+                        public std::enable_shared_from_this<StageCall> {
+ public:
+  StageCall(FederationService& s, grpc::CallbackServerContext* ctx, grpc::ByteBuffer* response)
+      : s_(s), ctx_(ctx), response_(response) {}
+
+  void start(const grpc::ByteBuffer& request);
+  void apply();  // a worker
+  void OnCancel() override { finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away")); }
+  void OnDone() override {
+    const auto keep = std::move(self_);
+  }
+  // The watchdog: answers once the stage closed, at the deadline or at
+  // shutdown. False once the call has ended.
+  bool check(bool changed, Clock::time_point now, bool stopping);
+  bool finish(const grpc::Status& s, const pb::SecAggReply* reply = nullptr);
+
+  std::string client;
+  bool counted = false;  // in the per-client count of open waits
+
+ private:
+  void answer(const SecAggAnswer& a);
+
+  FederationService& s_;
+  grpc::CallbackServerContext* ctx_;
+  grpc::ByteBuffer* response_;
+  std::shared_ptr<StageCall> self_;
+  std::mutex mu_;
+  bool done_ = false, waiting_ = false;
+  Clock::time_point deadline_ = kNever;
+  SecAggCall call_;
+};
+
 class FederationService final
     : public pb::Federation::WithRawCallbackMethod_GetModel<
           pb::Federation::WithRawCallbackMethod_SubmitUpdate<
-              pb::Federation::WithRawCallbackMethod_GetStatus<pb::Federation::Service>>> {
+              pb::Federation::WithRawCallbackMethod_GetStatus<
+                  pb::Federation::WithRawCallbackMethod_SecAgg<pb::Federation::Service>>>> {
  public:
   FederationService(FedServer& core, std::string operator_token)
       : core_(core),
@@ -233,6 +273,14 @@ class FederationService final
     *response = serialize(reply);
     r->Finish(grpc::Status::OK);
     return r;
+  }
+
+  grpc::ServerUnaryReactor* SecAgg(grpc::CallbackServerContext* ctx,
+                                   const grpc::ByteBuffer* request,
+                                   grpc::ByteBuffer* response) override {
+    auto c = std::make_shared<StageCall>(*this, ctx, response);
+    c->start(*request);
+    return c.get();
   }
 
   // ---- for the reactors ---------------------------------------------
@@ -377,6 +425,25 @@ class FederationService final
     return true;
   }
 
+  // A SecAgg call that waits for its stage.
+  bool begin_wait(const std::shared_ptr<StageCall>& c, const std::string& client) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return false;
+    int64_t& open = waits_per_client_[client];
+    if (open >= cfg_.max_polls_per_client) return false;
+    ++open;
+    c->client = client;
+    c->counted = true;
+    stage_calls_.push_back(c);
+    return true;
+  }
+  void end_wait(StageCall& c) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!c.counted) return;
+    c.counted = false;
+    if (--waits_per_client_[c.client] <= 0) waits_per_client_.erase(c.client);
+  }
+
   void end_poll(Poll& p) {
     std::lock_guard<std::mutex> lock(mu_);
     if (!p.counted) return;
@@ -398,9 +465,12 @@ class FederationService final
   }
 
   void enqueue_submit(std::shared_ptr<Upload> u) {
+    enqueue([u = std::move(u)] { u->submit(); });
+  }
+  void enqueue(std::function<void()> job) {
     {
       std::lock_guard<std::mutex> lock(work_mu_);
-      work_.push_back(std::move(u));
+      work_.push_back(std::move(job));
     }
     work_cv_.notify_one();
   }
@@ -483,12 +553,14 @@ class FederationService final
       epoch = now_epoch;
       std::vector<std::shared_ptr<Upload>> uploads;
       std::vector<std::shared_ptr<Poll>> polls;
+      std::vector<std::shared_ptr<StageCall>> stage_calls;
       bool stopping;
       {
         std::unique_lock<std::mutex> lock(mu_);
         stopping = stopping_;
         prune(uploads_, &uploads);
         prune(polls_, &polls);
+        prune(stage_calls_, &stage_calls);
       }
       const auto now = Clock::now();
       const bool waiting = contended();
@@ -500,12 +572,16 @@ class FederationService final
         }
       }
       for (auto& p : polls) p->check(changed, now, stopping);
+      for (auto& c : stage_calls) c->check(changed, now, stopping);
       if (stopping) {
         // Done once every call ended, or after 5 s whatever is left (gRPC's
         // Shutdown cancels those).
         if (!stopped) stopped = now;
         std::lock_guard<std::mutex> lock(mu_);
-        if ((uploads_.empty() && polls_.empty()) || now - *stopped > std::chrono::seconds(5)) return;
+        if ((uploads_.empty() && polls_.empty() && stage_calls_.empty()) ||
+            now - *stopped > std::chrono::seconds(5)) {
+          return;
+        }
       }
     }
   }
@@ -525,15 +601,15 @@ class FederationService final
 
   void work() {
     for (;;) {
-      std::shared_ptr<Upload> u;
+      std::function<void()> job;
       {
         std::unique_lock<std::mutex> lock(work_mu_);
         work_cv_.wait(lock, [&] { return work_stop_ || !work_.empty(); });
         if (work_.empty()) return;
-        u = std::move(work_.front());
+        job = std::move(work_.front());
         work_.pop_front();
       }
-      u->submit();
+      job();
     }
   }
 
@@ -554,13 +630,14 @@ class FederationService final
   bool stopping_ = false;
   int64_t free_slots_;
   std::deque<std::weak_ptr<Upload>> waiting_;
-  std::map<std::string, int64_t> uploads_per_client_, polls_per_client_;
+  std::map<std::string, int64_t> uploads_per_client_, polls_per_client_, waits_per_client_;
   std::vector<std::weak_ptr<Upload>> uploads_;  // every open upload (the watchdog's)
   std::vector<std::weak_ptr<Poll>> polls_;      // every waiting long poll
+  std::vector<std::weak_ptr<StageCall>> stage_calls_;  // every waiting SecAgg call
 
   std::mutex work_mu_;
   std::condition_variable work_cv_;
-  std::deque<std::shared_ptr<Upload>> work_;
+  std::deque<std::function<void()>> work_;  // submits and SecAgg calls
   bool work_stop_ = false;
 
   std::mutex cache_mu_;

@@ -106,6 +106,7 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
         ro.compute = &compute;
         ro.stop = &stop;
         ro.drift = client_drift(recipe, data, ro.seed);
+        ro.dropout = sim.dropout;
         // Each thread writes only its own client's slot.
         stats[static_cast<size_t>(c)] =
             run_edge(client, model, local_data(data, shards.shards[c]), ro);
@@ -161,6 +162,7 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
     r.refused += st.refused;
     submitted.push_back(static_cast<double>(st.submitted));
     epsilon.push_back(st.epsilon);
+    r.dropped_out += st.dropped;
     r.max_client_epsilon = std::max(r.max_client_epsilon, st.epsilon);
     instances.push_back(static_cast<double>(st.online_instances));
     r.client_online_error.push_back(st.online_error());
@@ -172,7 +174,7 @@ SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& regis
   }
   r.online_error = learned > 0 ? error_sum / static_cast<double>(learned) : 0.0;
   JsonObject clients;
-  clients.add("clients", sim.clients).add("submitted", submitted);
+  clients.add("clients", sim.clients).add("submitted", submitted).add("dropped_out", r.dropped_out);
   if (local_dp(recipe)) {
     clients.add("epsilon_max", r.max_client_epsilon)
         .add("delta", recipe.federated.privacy.delta)

@@ -32,6 +32,8 @@ struct SimResult {
   // federated.privacy.mode=local: the largest epsilon a client spent (each
   // client's is in clients.json).
   double max_client_epsilon = 0.0;
+  // federated.sim.dropout: rounds clients dropped out of after submitting.
+  int64_t dropped_out = 0;
 };
 
 SimResult run_fedsim(const train::Recipe& recipe, const train::Registries& registries);

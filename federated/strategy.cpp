@@ -420,6 +420,10 @@ class ComposedStrategy final : public Strategy {
     at::Tensor sum = at::zeros_like(u[0].delta);
     double within = 0;
     for (const ClientUpdate& x : u) {
+      if (x.summed > 1) {  // secure aggregation: clipped by the clients, summed
+        sum.add_(x.delta);
+        continue;
+      }
       const double norm = x.delta.norm().item<double>();
       within += norm <= c ? 1.0 : 0.0;
       sum.add_(x.delta, x.staleness_weight * (norm > c ? c / norm : 1.0));

@@ -76,6 +76,10 @@ struct ClientUpdate {
   int64_t num_samples = 1;        // >= 1
   int64_t staleness = 0;          // versions between its base and now
   double staleness_weight = 1.0;  // s(τ); 1 in sync mode
+  // Secure aggregation: this delta is the unmasked result of `summed`
+  // clients (their weighted mean; with DP the sum of their clipped updates,
+  // which central DP takes as it is: the clients clipped).
+  int64_t summed = 1;
 };
 
 // Client-level central differential privacy, DP-FedAvg (McMahan et al.

@@ -147,6 +147,95 @@ class SyncRounds final : public AggregationTrigger {
   bool closed_ = false;     // its batch is being aggregated
 };
 
+class SecAggRounds final : public AggregationTrigger {
+ public:
+  SecAggRounds(const SyncRoundOptions& o, const Strategy& strategy, uint64_t seed, int64_t round,
+               int64_t min_clients, time_point now)
+      : o_(o), strategy_(strategy), rng_(seed), round_(round), min_clients_(min_clients),
+        select_target_(std::max<int64_t>(
+            min_clients, static_cast<int64_t>(std::ceil(static_cast<double>(o.clients_per_round) *
+                                                        (1.0 + o.over_selection))))) {
+    opened_ = now;
+  }
+
+  const std::string& mode() const override { return mode_names()[0]; }
+  int64_t target_versions() const override { return o_.rounds; }
+  int64_t batch_size() const override { return o_.clients_per_round; }
+  // The strategy sees one batch: the unmasked sum.
+  int64_t planned_batch() const override { return 1; }
+  int64_t max_staleness() const override { return 0; }
+  double staleness_weight(int64_t) const override { return 1.0; }
+  int64_t round() const override { return round_; }
+
+  bool check_in(const std::string& id) override {
+    if (selected_.count(id) || waiting_.count(id)) return false;
+    waiting_.insert(id);
+    return true;
+  }
+  // A selected client has work until its masked input is in or it dropped
+  // out (the server reports both).
+  bool has_work(const std::string& id, int64_t) const override {
+    return selected_.count(id) && !done_.count(id) && !closed_;
+  }
+  void accepted(const std::string& id) override { done_.insert(id); }
+  void refused(const std::string& id) override { done_.insert(id); }
+  std::optional<Rejection> admit(const std::string&, uint64_t, int64_t) const override {
+    return Rejection{RejectCode::kFailedPrecondition, "secagg_only",
+                     "this server runs secure aggregation (federated.secagg): send the update "
+                     "masked through the SecAgg call, not SubmitUpdate"};
+  }
+
+  Poll poll(time_point now, int64_t buffered) override {
+    Poll p;
+    const bool gathering = now - opened_ < o_.gathering;
+    const auto waiting = static_cast<int64_t>(waiting_.size());
+    if (selected_.empty() && !closed_ &&
+        (waiting >= select_target_ || (!gathering && waiting >= min_clients_))) {
+      std::vector<std::string> pool(waiting_.begin(), waiting_.end());
+      for (const std::string& id : strategy_.select_clients(std::move(pool), select_target_, rng_)) {
+        if (waiting_.erase(id)) selected_.insert(id);
+      }
+      p.selected = true;
+    }
+    if (!closed_ && (buffered >= 1 || failed_)) {
+      closed_ = true;
+      p.take = static_cast<size_t>(std::min<int64_t>(buffered, 1));
+      return p;
+    }
+    if (gathering && selected_.empty()) p.wake = opened_ + o_.gathering;
+    return p;
+  }
+
+  std::vector<std::string> selected_clients() const override {
+    return {selected_.begin(), selected_.end()};
+  }
+  void round_failed() override { failed_ = true; }
+
+  void aggregated(time_point now) override {
+    ++round_;
+    selected_.clear();
+    done_.clear();
+    failed_ = closed_ = false;
+    opened_ = now;
+  }
+
+  std::string progress(int64_t, int64_t) const override {
+    return str("round ", round_, " of ", o_.rounds, " (secure aggregation): ",
+               selected_.size(), " client(s) selected, ", waiting_.size(),
+               " waiting to be selected");
+  }
+
+ private:
+  SyncRoundOptions o_;
+  const Strategy& strategy_;
+  std::mt19937_64 rng_;
+  int64_t round_;
+  const int64_t min_clients_, select_target_;
+  std::set<std::string> waiting_, selected_, done_;
+  time_point opened_;
+  bool failed_ = false, closed_ = false;
+};
+
 class AsyncBuffer final : public AggregationTrigger {
  public:
   explicit AsyncBuffer(const AsyncBufferOptions& o) : o_(o) {}
@@ -187,6 +276,13 @@ std::unique_ptr<AggregationTrigger> make_sync_rounds(const SyncRoundOptions& o,
                                                      const Strategy& strategy, uint64_t seed,
                                                      int64_t round, ServerClock::time_point now) {
   return std::make_unique<SyncRounds>(o, strategy, seed, round, now);
+}
+
+std::unique_ptr<AggregationTrigger> make_secagg_rounds(const SyncRoundOptions& o,
+                                                       const Strategy& strategy, uint64_t seed,
+                                                       int64_t round, int64_t min_clients,
+                                                       ServerClock::time_point now) {
+  return std::make_unique<SecAggRounds>(o, strategy, seed, round, min_clients, now);
 }
 
 std::unique_ptr<AggregationTrigger> make_async_buffer(const AsyncBufferOptions& o) {

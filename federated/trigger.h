@@ -8,6 +8,13 @@
 //                 its deadline with at least min_updates, or after
 //                 max_round_extensions extended deadlines with whatever
 //                 arrived. Every update is based on the round's version.
+//   SecAggRounds  rounds of secure aggregation (federated.secagg): one
+//                 selection per round of ceil(K (1 + over_selection)) of
+//                 the clients that checked in (at least min_clients), no
+//                 top-ups (the round's key graph is fixed); the round's one
+//                 batch is the unmasked sum the server buffers, or nothing
+//                 when the protocol failed (the version repeats the model).
+//                 SubmitUpdate is refused: updates come masked.
 //   AsyncBuffer   FedBuff: anyone may submit, an update may be up to
 //                 max_staleness versions behind and is weighted
 //                 (1 + staleness)^-a; every K buffered updates become a
@@ -24,6 +31,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "federated/clock.h"
 #include "federated/strategy.h"
@@ -91,6 +99,11 @@ class AggregationTrigger {
     time_point wake = time_point::max();  // ask again by then at the latest
   };
   virtual Poll poll(time_point now, int64_t buffered) = 0;
+  // Secure aggregation: the clients selected for the open round, once it
+  // selected them (empty before); the round's protocol failed.
+  virtual std::vector<std::string> selected_clients() const { return {}; }
+  virtual void round_failed() {}
+
   // The batch poll() handed out became a version.
   virtual void aggregated(time_point /*now*/) {}
   // The mode's part of the periodic progress line.
@@ -100,6 +113,10 @@ class AggregationTrigger {
 std::unique_ptr<AggregationTrigger> make_sync_rounds(const SyncRoundOptions& o,
                                                      const Strategy& strategy, uint64_t seed,
                                                      int64_t round, ServerClock::time_point now);
+std::unique_ptr<AggregationTrigger> make_secagg_rounds(const SyncRoundOptions& o,
+                                                       const Strategy& strategy, uint64_t seed,
+                                                       int64_t round, int64_t min_clients,
+                                                       ServerClock::time_point now);
 std::unique_ptr<AggregationTrigger> make_async_buffer(const AsyncBufferOptions& o);
 
 }  // namespace strata::fed

@@ -517,6 +517,7 @@ struct FedSimSection {
   std::string drift = "none";
   int64_t drift_every = 5000;
   int64_t concepts = 3;
+  double dropout = 0.0;
 
   template <class V>
   void visit(V& v) {
@@ -530,6 +531,7 @@ struct FedSimSection {
     v.field("drift", drift, one_of({"none", "permute", "rotate"}), "concept drift of every simulated client's stream (strata-fedsim, strata-edge --shard): none | permute (labels permuted) | rotate (images turned by 90 degrees), at the client's own drift points");
     v.field("drift_every", drift_every, at_least(1), "drift: mean instances between a client's drifts (each gap drawn uniformly from 0.5 to 1.5 times this, seeded per client)");
     v.field("concepts", concepts, at_least(2), "drift: concepts a client's stream cycles through (the first is the data as it is; rotate: at most 4)");
+    v.field("dropout", dropout, in_range(0, 1), "share of a simulated client's updates after which it drops out of the round (secure aggregation: once its masked input is in, before unmasking; a plain round does not notice)");
   }
 };
 
@@ -560,6 +562,27 @@ struct FedPrivacySection {
   }
 };
 
+struct FedSecAggSection {
+  bool enabled = false;
+  int64_t neighbours = 0;
+  int64_t threshold = 0;
+  double clip_range = 8.0;
+  int64_t quant_bits = 22;
+  int64_t max_samples = 0;
+  double stage_timeout_s = 30.0;
+
+  template <class V>
+  void visit(V& v) {
+    v.field("enabled", enabled, any(), "secure aggregation (SecAgg+, sync mode): the server learns only the sum of a round's updates -- clients mask them with pairwise and self masks that cancel in the sum, surviving up to threshold dropouts (X25519 keys, Shamir shares of the mask seeds)");
+    v.field("neighbours", neighbours, at_least(0), "k: the clients each client shares keys and mask seeds with, on a random ring (SecAgg+; even; 0: every other client of the round)");
+    v.field("threshold", threshold, at_least(0), "t: shares that rebuild a client's secret, so a client's mask can be removed while at most k - t of its neighbours drop out (0: a majority of the neighbours, k / 2 + 1)");
+    v.field("clip_range", clip_range, positive(), "R: every value of an update (times its weight) is clipped to [-R, R] before quantisation");
+    v.field("quant_bits", quant_bits, in_range(1, 31), "values are quantised (stochastic rounding) onto 2^bits - 1 levels of [-R, R]; a round of n clients needs n (2^bits - 1) < 2^32");
+    v.field("max_samples", max_samples, at_least(0), "an update is weighted min(num_samples, max_samples) / max_samples before masking, so the result is the sample-weighted mean (set it near the largest client's samples: small weights lose precision to the quantisation); 0: every update weighs the same");
+    v.field("stage_timeout_s", stage_timeout_s, in_range(0.1, 3600), "the shares, masked-input and unmasking stages each close after this long with whoever answered (the keys stage, which waits for local training, after sync.round_timeout_s)");
+  }
+};
+
 struct FederatedSection {
   std::string mode = "sync";
   std::string strategy = "fedavg";
@@ -581,6 +604,7 @@ struct FederatedSection {
   FedServerSection server;
   FedClientSection client;
   FedPrivacySection privacy;
+  FedSecAggSection secagg;
   FedSimSection sim;
 
   template <class V>
@@ -606,6 +630,7 @@ struct FederatedSection {
     v.section("client", client, "edge clients: update encoding, retries");
     v.section("sim", sim, "strata-fedsim: clients, partition, attackers");
     v.section("privacy", privacy, "differential privacy and its accounting");
+    v.section("secagg", secagg, "secure aggregation: the server sees only sums");
   }
 };
 

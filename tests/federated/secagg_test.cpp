@@ -189,18 +189,30 @@ TEST(SecAgg, ASparseNeighbourGraphSumsTheSame) {
   for (int i = 0; i < 40; ++i) EXPECT_EQ(round.roster(i).neighbours.size(), 8u) << i;
 }
 
-TEST(SecAgg, AMaskedInputAloneLooksUniform) {
-  Settings s = settings(20000, 2);
-  std::vector<std::string> ids{"a", "b", "c"};
-  Round round(s, ids, 3);
+// Clients a, b, c through the shares stage of a round, every one in.
+struct Shared {
+  Round round;
   std::vector<std::unique_ptr<Client>> c;
+};
+Shared three_shared(const Settings& s, uint64_t seed) {
+  const std::vector<std::string> ids{"a", "b", "c"};
+  Shared out{Round(s, ids, seed), {}};
   for (int i = 0; i < 3; ++i) {
-    c.push_back(std::make_unique<Client>(s));
-    ASSERT_FALSE(round.advertise(ids[i], c[i]->advertise()));
+    out.c.push_back(std::make_unique<Client>(s));
+    EXPECT_FALSE(out.round.advertise(ids[i], out.c[i]->advertise()));
   }
-  ASSERT_FALSE(round.close_keys());
-  for (int i = 0; i < 3; ++i) ASSERT_FALSE(round.shares(ids[i], c[i]->share(round.roster(i))));
-  ASSERT_FALSE(round.close_shares());
+  EXPECT_FALSE(out.round.close_keys());
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_FALSE(out.round.shares(ids[i], out.c[i]->share(out.round.roster(i))));
+  }
+  EXPECT_FALSE(out.round.close_shares());
+  return out;
+}
+
+TEST(SecAgg, AMaskedInputAloneLooksUniform) {
+  Shared r = three_shared(settings(20000, 2), 3);
+  Round& round = r.round;
+  auto& c = r.c;
   // All-zero update: q(x) is the middle of the range, the masks make it
   // uniform over 2^32 (mean 2^31, std 2^32 / sqrt(12)).
   const std::vector<uint32_t> y = c[0]->mask(at::zeros({20000}), round.inbox(0));
@@ -280,20 +292,11 @@ TEST(SecAgg, MalformedMessagesAreRefusedWithReasons) {
 // The client's side refuses a server that asks for both secrets of one
 // client, and shares that were tampered with on the way.
 TEST(SecAgg, ClientsRefuseWhatWouldUnmaskAnIndividualUpdate) {
-  const Settings s = settings(20, 2);
-  std::vector<std::string> ids{"a", "b", "c"};
-  Round round(s, ids, 9);
-  std::vector<std::unique_ptr<Client>> c;
-  for (int i = 0; i < 3; ++i) {
-    c.push_back(std::make_unique<Client>(s));
-    ASSERT_FALSE(round.advertise(ids[i], c[i]->advertise()));
-  }
-  ASSERT_FALSE(round.close_keys());
-  for (int i = 0; i < 3; ++i) ASSERT_FALSE(round.shares(ids[i], c[i]->share(round.roster(i))));
-  ASSERT_FALSE(round.close_shares());
+  Shared r = three_shared(settings(20, 2), 9);
+  Round& round = r.round;
+  auto& c = r.c;
   InboxMsg tampered = round.inbox(0);
   tampered.boxes[0].box[40] ^= 1;
-  Client fresh(s);
   EXPECT_THROW(
       {
         try {
