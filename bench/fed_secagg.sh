@@ -9,7 +9,8 @@
 #     accuracy and the mean of the last five versions, side by side.
 #
 #   bench/fed_secagg.sh [OUT_DIR] [ROUNDS_FOR_COST] [CLIENTS] [K] [SKIP_ACCURACY]
-#   (defaults: /tmp/fed_secagg, 3, "10,50,100,200", "16", 0)
+#   (defaults: /tmp/fed_secagg, 3, "10,50,100,200", "16", 0; finished parts of
+#   OUT_DIR are kept, so a rerun measures only what is missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-/tmp/fed_secagg}
@@ -22,7 +23,11 @@ B=${STRATA_BUILD_DIR:-build}/bin
 mkdir -p "$OUT"
 
 echo "## cost: $ROUNDS rounds per row"
-STRATA_LOG_LEVEL=warn "$B/fed_secagg_bench" "$ROUNDS" "$CLIENTS" "$K" | tee "$OUT/cost.md"
+if [ ! -s "$OUT/cost.md" ]; then  # a rerun keeps what was measured
+  STRATA_LOG_LEVEL=warn "$B/fed_secagg_bench" "$ROUNDS" "$CLIENTS" "$K" >"$OUT/cost.md.tmp"
+  mv "$OUT/cost.md.tmp" "$OUT/cost.md"
+fi
+cat "$OUT/cost.md"
 [ "$SKIP_ACCURACY" = 1 ] && exit 0
 
 run() {  # NAME OVERRIDES...

@@ -370,7 +370,9 @@ bool Round::all_in() const {
     case Stage::kKeys: return keys_.size() == clients_.size();
     case Stage::kShares: return shares_.size() == u1_.size();
     case Stage::kMasked: return inputs_.size() == u2_.size();
-    case Stage::kReveal: return revealed_.size() == u3_.size();
+    // Unmasking needs `threshold` shares of each secret, not every
+    // survivor's reveal: a survivor that went away costs no deadline.
+    case Stage::kReveal: return revealed_.size() == u3_.size() || !enough_shares(revealed_);
     case Stage::kDone: return true;
   }
   return true;

@@ -214,7 +214,9 @@ class Round {
   const std::set<int64_t>& advertised() const { return u1_; }
   const std::set<int64_t>& shared() const { return u2_; }
   const std::set<int64_t>& survived() const { return u3_; }
-  bool all_in() const;  // every client the stage waits for has sent
+  // The stage needs nothing more: every client it waits for has sent (the
+  // unmasking stage: or every secret it needs has its shares).
+  bool all_in() const;
   int64_t neighbours_of_each() const { return k_; }
   int threshold() const { return s_.threshold; }  // after close_keys
 

@@ -11,20 +11,17 @@
 namespace strata::fed {
 namespace {
 
-class SyncRounds final : public AggregationTrigger {
+// What both kinds of rounds share: the options, the round number, the
+// clients waiting to be selected and those selected for the open round.
+class Rounds : public AggregationTrigger {
  public:
-  SyncRounds(const SyncRoundOptions& o, const Strategy& strategy, uint64_t seed, int64_t round,
-             time_point now)
-      : o_(o), strategy_(strategy), rng_(seed), round_(round),
-        select_target_(static_cast<int64_t>(std::ceil(static_cast<double>(o.clients_per_round) *
-                                                      (1.0 + o.over_selection)))) {
-    open(now);
-  }
+  Rounds(const SyncRoundOptions& o, const Strategy& strategy, uint64_t seed, int64_t round,
+         int64_t select_target)
+      : o_(o), strategy_(strategy), rng_(seed), round_(round), select_target_(select_target) {}
 
   const std::string& mode() const override { return mode_names()[0]; }
   int64_t target_versions() const override { return o_.rounds; }
   int64_t batch_size() const override { return o_.clients_per_round; }
-  int64_t planned_batch() const override { return std::min(o_.clients_per_round, min_updates()); }
   int64_t max_staleness() const override { return 0; }
   double staleness_weight(int64_t) const override { return 1.0; }
   int64_t round() const override { return round_; }
@@ -34,6 +31,41 @@ class SyncRounds final : public AggregationTrigger {
     waiting_.insert(id);
     return true;
   }
+
+ protected:
+  // Up to `count` of the waiting clients, chosen by the strategy, become
+  // selected.
+  void select(int64_t count) {
+    std::vector<std::string> pool(waiting_.begin(), waiting_.end());
+    for (const std::string& id : strategy_.select_clients(std::move(pool), count, rng_)) {
+      if (!waiting_.erase(id)) continue;  // a strategy may only pick from the pool
+      selected_.insert(id);
+    }
+  }
+
+  SyncRoundOptions o_;
+  const Strategy& strategy_;
+  std::mt19937_64 rng_;
+  int64_t round_;
+  const int64_t select_target_;
+  std::set<std::string> waiting_;   // checked in, not selected
+  std::set<std::string> selected_;  // for round_
+};
+
+int64_t over_selected(const SyncRoundOptions& o) {
+  return static_cast<int64_t>(
+      std::ceil(static_cast<double>(o.clients_per_round) * (1.0 + o.over_selection)));
+}
+
+class SyncRounds final : public Rounds {
+ public:
+  SyncRounds(const SyncRoundOptions& o, const Strategy& strategy, uint64_t seed, int64_t round,
+             time_point now)
+      : Rounds(o, strategy, seed, round, over_selected(o)) {
+    open(now);
+  }
+
+  int64_t planned_batch() const override { return std::min(o_.clients_per_round, min_updates()); }
   bool has_work(const std::string& id, int64_t buffered) const override {
     return selected_.count(id) && !submitted_.count(id) && !closed_ &&
            buffered < o_.clients_per_round;
@@ -82,11 +114,7 @@ class SyncRounds final : public AggregationTrigger {
     const int64_t missing = select_target_ - active - buffered;
     if (!closed_ && missing > 0 && !waiting_.empty() &&
         (static_cast<int64_t>(waiting_.size()) >= select_target_ - active || !gathering)) {
-      std::vector<std::string> pool(waiting_.begin(), waiting_.end());
-      for (const std::string& id : strategy_.select_clients(std::move(pool), missing, rng_)) {
-        if (!waiting_.erase(id)) continue;  // a strategy may only pick from the pool
-        selected_.insert(id);
-      }
+      select(missing);
       p.selected = true;
     }
     // A round that cannot fill (clients gone, or every update refused)
@@ -134,44 +162,23 @@ class SyncRounds final : public AggregationTrigger {
     closed_ = false;
   }
 
-  SyncRoundOptions o_;
-  const Strategy& strategy_;
-  std::mt19937_64 rng_;
-  int64_t round_;
-  const int64_t select_target_;
-  std::set<std::string> waiting_;    // checked in, not selected
-  std::set<std::string> selected_;   // for round_
   std::set<std::string> submitted_;  // in round_
   time_point opened_, deadline_;
   int64_t extensions_ = 0;  // deadlines this round has been extended
   bool closed_ = false;     // its batch is being aggregated
 };
 
-class SecAggRounds final : public AggregationTrigger {
+class SecAggRounds final : public Rounds {
  public:
   SecAggRounds(const SyncRoundOptions& o, const Strategy& strategy, uint64_t seed, int64_t round,
                int64_t min_clients, time_point now)
-      : o_(o), strategy_(strategy), rng_(seed), round_(round), min_clients_(min_clients),
-        select_target_(std::max<int64_t>(
-            min_clients, static_cast<int64_t>(std::ceil(static_cast<double>(o.clients_per_round) *
-                                                        (1.0 + o.over_selection))))) {
+      : Rounds(o, strategy, seed, round, std::max(min_clients, over_selected(o))),
+        min_clients_(min_clients) {
     opened_ = now;
   }
 
-  const std::string& mode() const override { return mode_names()[0]; }
-  int64_t target_versions() const override { return o_.rounds; }
-  int64_t batch_size() const override { return o_.clients_per_round; }
   // The strategy sees one batch: the unmasked sum.
   int64_t planned_batch() const override { return 1; }
-  int64_t max_staleness() const override { return 0; }
-  double staleness_weight(int64_t) const override { return 1.0; }
-  int64_t round() const override { return round_; }
-
-  bool check_in(const std::string& id) override {
-    if (selected_.count(id) || waiting_.count(id)) return false;
-    waiting_.insert(id);
-    return true;
-  }
   // A selected client has work until its masked input is in or it dropped
   // out (the server reports both).
   bool has_work(const std::string& id, int64_t) const override {
@@ -191,10 +198,7 @@ class SecAggRounds final : public AggregationTrigger {
     const auto waiting = static_cast<int64_t>(waiting_.size());
     if (selected_.empty() && !closed_ &&
         (waiting >= select_target_ || (!gathering && waiting >= min_clients_))) {
-      std::vector<std::string> pool(waiting_.begin(), waiting_.end());
-      for (const std::string& id : strategy_.select_clients(std::move(pool), select_target_, rng_)) {
-        if (waiting_.erase(id)) selected_.insert(id);
-      }
+      select(select_target_);
       p.selected = true;
     }
     if (!closed_ && (buffered >= 1 || failed_)) {
@@ -226,12 +230,8 @@ class SecAggRounds final : public AggregationTrigger {
   }
 
  private:
-  SyncRoundOptions o_;
-  const Strategy& strategy_;
-  std::mt19937_64 rng_;
-  int64_t round_;
-  const int64_t min_clients_, select_target_;
-  std::set<std::string> waiting_, selected_, done_;
+  const int64_t min_clients_;
+  std::set<std::string> done_;  // masked input in, or dropped out
   time_point opened_;
   bool failed_ = false, closed_ = false;
 };

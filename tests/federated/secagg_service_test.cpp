@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <map>
 #include <cstring>
 #include <thread>
 
@@ -139,25 +140,31 @@ TEST(SecAggService, DropoutsAreSurvivedAndTheLedgerHoldsOnlyMaskedInputs) {
   std::vector<Party> ps = parties(5, f.server.layout().numel());
   ps[1].role = Role::kSilent;
   ps[3].role = Role::kDropsAfterInput;
-  // While the unmasking stage waits for the client that dropped, the
-  // masked inputs are in the ledger: read them.
-  std::vector<std::string> ledger;
+  // Each masked input is in the ledger from when it is durable until the
+  // version that applied it commits: read every one as it appears.
+  std::map<std::string, std::string> ledger;
+  std::atomic<bool> done{false};
   std::thread spy([&] {
-    for (int i = 0; i < 400 && ledger.size() < 4; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(25));
-      ledger.clear();
+    while (!done && ledger.size() < 4) {
       for (const auto& name : list_files(dir.path() + "/updates")) {
-        ledger.push_back(read_file(dir.path() + "/updates/" + name));
+        if (ledger.count(name) || name[0] == '.') continue;
+        try {
+          ledger[name] = read_file(dir.path() + "/updates/" + name);
+        } catch (const IoError&) {
+          // Applied and deleted meanwhile.
+        }
       }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
   });
   const at::Tensor delta = run_round(f, ps);
+  done = true;
   spy.join();
   EXPECT_TRUE(ps[3].result.accepted) << ps[3].result.reason;
   EXPECT_LT((delta - weighted_mean(ps)).abs().max().item<double>(), kTolerance);
   ASSERT_EQ(ledger.size(), 4u);
   const int64_t n = f.server.layout().numel();
-  for (const std::string& bytes : ledger) {
+  for (const auto& [name, bytes] : ledger) {
     ASSERT_EQ(bytes.size(), static_cast<size_t>(n) * 4);
     std::vector<uint32_t> y(static_cast<size_t>(n));
     std::memcpy(y.data(), bytes.data(), bytes.size());
@@ -221,6 +228,40 @@ TEST(SecAggService, ComposesWithCentralPrivacyInASimulation) {
     EXPECT_FALSE(j.contains("not_applied")) << line;
   }
   EXPECT_EQ(versions, 2);
+}
+
+// What a hostile client sends on the wire is refused with a code and the
+// reason, before it reaches the round.
+TEST(SecAggService, MalformedCallsAreRefusedWithReasons) {
+  test::TempDir dir;
+  Fixture f(secagg_recipe(dir.path(), 4));
+  const auto call = [&](const pb::SecAggRequest& req, const std::string& token) {
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + token);
+    pb::SecAggReply reply;
+    return f.stub->SecAgg(&ctx, req, &reply);
+  };
+  pb::SecAggRequest req;
+  req.set_client_id("edge-1");
+  req.set_round(1);
+  expect_status(call(req, f.token), grpc::StatusCode::INVALID_ARGUMENT, "names no stage");
+  req.mutable_keys()->set_c_pk(std::string(31, 'x'));
+  req.mutable_keys()->set_s_pk(std::string(32, 'x'));
+  expect_status(call(req, f.token), grpc::StatusCode::INVALID_ARGUMENT, "c_pk is 31 bytes, not 32");
+  expect_status(call(req, "not-the-token"), grpc::StatusCode::UNAUTHENTICATED, "not enrolled");
+  req.mutable_keys()->set_c_pk(std::string(32, 'x'));
+  // No round has selected anyone yet.
+  expect_status(call(req, f.token), grpc::StatusCode::FAILED_PRECONDITION,
+                "is not the open secure aggregation round");
+  pb::SecAggRequest reveal;
+  reveal.set_client_id("edge-1");
+  pb::SecAggRevealed* r = reveal.mutable_reveal()->add_shares();
+  r->add_y(1);
+  expect_status(call(reveal, f.token), grpc::StatusCode::INVALID_ARGUMENT,
+                "a revealed share has 1 limbs, not 5");
+  // SubmitUpdate is not how a secure aggregation server takes updates.
+  const grpc::Status plain = f.submit(f.info(1), f.delta(0.01f), f.token);
+  expect_status(plain, grpc::StatusCode::FAILED_PRECONDITION, "send the update masked");
 }
 
 TEST(SecAggService, WhatSecureAggregationHidesCannotBeAskedFor) {
