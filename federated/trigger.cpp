@@ -173,9 +173,7 @@ class SecAggRounds final : public Rounds {
   SecAggRounds(const SyncRoundOptions& o, const Strategy& strategy, uint64_t seed, int64_t round,
                int64_t min_clients, time_point now)
       : Rounds(o, strategy, seed, round, std::max(min_clients, over_selected(o))),
-        min_clients_(min_clients) {
-    opened_ = now;
-  }
+        min_clients_(min_clients), now_(now) {}
 
   // The strategy sees one batch: the unmasked sum.
   int64_t planned_batch() const override { return 1; }
@@ -192,9 +190,19 @@ class SecAggRounds final : public Rounds {
                      "masked through the SecAgg call, not SubmitUpdate"};
   }
 
+  bool check_in(const std::string& id) override {
+    if (!Rounds::check_in(id)) return false;
+    // The gathering time runs from the first client that waits: the key
+    // graph is fixed once selected, so a round should not start with the
+    // few clients that happened to be there when it opened.
+    if (!first_wait_) first_wait_ = now_;
+    return true;
+  }
+
   Poll poll(time_point now, int64_t buffered) override {
     Poll p;
-    const bool gathering = now - opened_ < o_.gathering;
+    now_ = now;
+    const bool gathering = !first_wait_ || now - *first_wait_ < o_.gathering;
     const auto waiting = static_cast<int64_t>(waiting_.size());
     if (selected_.empty() && !closed_ &&
         (waiting >= select_target_ || (!gathering && waiting >= min_clients_))) {
@@ -206,7 +214,7 @@ class SecAggRounds final : public Rounds {
       p.take = static_cast<size_t>(std::min<int64_t>(buffered, 1));
       return p;
     }
-    if (gathering && selected_.empty()) p.wake = opened_ + o_.gathering;
+    if (gathering && selected_.empty() && first_wait_) p.wake = *first_wait_ + o_.gathering;
     return p;
   }
 
@@ -220,7 +228,8 @@ class SecAggRounds final : public Rounds {
     selected_.clear();
     done_.clear();
     failed_ = closed_ = false;
-    opened_ = now;
+    first_wait_.reset();
+    if (!waiting_.empty()) first_wait_ = now;
   }
 
   std::string progress(int64_t, int64_t) const override {
@@ -232,7 +241,8 @@ class SecAggRounds final : public Rounds {
  private:
   const int64_t min_clients_;
   std::set<std::string> done_;  // masked input in, or dropped out
-  time_point opened_;
+  time_point now_{};                       // the last poll's (check_in has no clock)
+  std::optional<time_point> first_wait_;  // the first client waiting for this round
   bool failed_ = false, closed_ = false;
 };
 

@@ -3,12 +3,14 @@
 // loopback. The version the server commits is the global model plus the
 // weighted mean of the clients' updates, within the quantisation; with a
 // client that drops out after its input and one that never sends keys; the
-// ledger holds only masked inputs; a restart abandons an unfinished round;
+// ledger holds only masked inputs and the log no secrets; a restart
+// abandons an unfinished round;
 // combinations that cannot work are recipe errors.
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <map>
+#include <regex>
 #include <cstring>
 #include <thread>
 
@@ -144,6 +146,7 @@ TEST(SecAggService, DropoutsAreSurvivedAndTheLedgerHoldsOnlyMaskedInputs) {
   // version that applied it commits: read every one as it appears.
   std::map<std::string, std::string> ledger;
   std::atomic<bool> done{false};
+  testing::internal::CaptureStderr();  // the server's log (one write per line)
   std::thread spy([&] {
     while (!done && ledger.size() < 4) {
       for (const auto& name : list_files(dir.path() + "/updates")) {
@@ -160,6 +163,15 @@ TEST(SecAggService, DropoutsAreSurvivedAndTheLedgerHoldsOnlyMaskedInputs) {
   const at::Tensor delta = run_round(f, ps);
   done = true;
   spy.join();
+  const std::string log = testing::internal::GetCapturedStderr();
+  // The log says what happened and holds no key, seed, share or payload:
+  // nothing that looks like 20 bytes or more in hex or base64, or escaped
+  // binary.
+  EXPECT_NE(log.find("secure aggregation among 5 selected clients"), std::string::npos) << log;
+  EXPECT_NE(log.find("unmasked the sum of 4 clients' updates"), std::string::npos) << log;
+  EXPECT_FALSE(std::regex_search(log, std::regex("[0-9a-fA-F]{40}"))) << log;
+  EXPECT_FALSE(std::regex_search(log, std::regex("[A-Za-z0-9+/]{40}"))) << log;
+  EXPECT_FALSE(std::regex_search(log, std::regex("(\\\\x[0-9a-f]{2}){4}"))) << log;
   EXPECT_TRUE(ps[3].result.accepted) << ps[3].result.reason;
   EXPECT_LT((delta - weighted_mean(ps)).abs().max().item<double>(), kTolerance);
   ASSERT_EQ(ledger.size(), 4u);
@@ -218,7 +230,7 @@ TEST(SecAggService, ComposesWithCentralPrivacyInASimulation) {
                      "federated.privacy.clip_norm=0.5"}),
       train::builtin_registries());
   EXPECT_EQ(r.versions, 2);
-  EXPECT_EQ(r.accepted, 8);
+  EXPECT_GE(r.accepted, 6);  // 3 or 4 selected per round (a late client waits for the next)
   int versions = 0;
   for (const auto& line : test::read_lines(dir.path() + "/metrics.jsonl")) {
     const nlohmann::json j = parse_json_object(line, "metrics.jsonl");
