@@ -410,30 +410,28 @@ std::optional<std::string> Round::close_keys() {
                "needs ", s_.threshold, " shares, so at least ", s_.threshold + 1,
                " clients must take part");
   }
-  ring_.assign(u1_.begin(), u1_.end());
+  // The Harary graph of SecAgg+: U1 on a ring in a random order, each
+  // client joined to the k / 2 nearest on either side (everyone when k
+  // covers the ring).
+  std::vector<int64_t> ring(u1_.begin(), u1_.end());
   std::mt19937_64 rng(graph_seed_);
-  std::shuffle(ring_.begin(), ring_.end(), rng);
-  for (size_t p = 0; p < ring_.size(); ++p) ring_pos_[ring_[p]] = p;
+  std::shuffle(ring.begin(), ring.end(), rng);
+  for (int64_t p = 0; p < n; ++p) {
+    std::vector<int64_t>& out = nb_[ring[static_cast<size_t>(p)]];
+    if (k_ >= n - 1) {
+      for (const int64_t j : ring) {
+        if (j != ring[static_cast<size_t>(p)]) out.push_back(j);
+      }
+    } else {
+      for (int64_t d = 1; d <= k_ / 2; ++d) {
+        out.push_back(ring[static_cast<size_t>((p + d) % n)]);
+        out.push_back(ring[static_cast<size_t>((p - d + n) % n)]);
+      }
+    }
+    std::sort(out.begin(), out.end());
+  }
   stage_ = Stage::kShares;
   return std::nullopt;
-}
-
-std::vector<int64_t> Round::neighbours(int64_t index) const {
-  std::vector<int64_t> out;
-  const auto n = static_cast<int64_t>(ring_.size());
-  if (k_ >= n - 1) {
-    for (const int64_t j : ring_) {
-      if (j != index) out.push_back(j);
-    }
-  } else {
-    const auto p = static_cast<int64_t>(ring_pos_.at(index));
-    for (int64_t d = 1; d <= k_ / 2; ++d) {
-      out.push_back(ring_[static_cast<size_t>((p + d) % n)]);
-      out.push_back(ring_[static_cast<size_t>((p - d + n) % n)]);
-    }
-  }
-  std::sort(out.begin(), out.end());
-  return out;
 }
 
 RosterMsg Round::roster(int64_t index) const {
@@ -453,7 +451,7 @@ std::optional<Rejection> Round::shares(const std::string& client, const SharesMs
   if (shares_.count(i)) {
     return refuse(RejectCode::kAlreadyExists, "secagg_repeat", "shares were already sent");
   }
-  const std::vector<int64_t> nb = neighbours(i);
+  const std::vector<int64_t>& nb = neighbours(i);
   if (m.shares.size() != nb.size()) {
     return refuse(RejectCode::kInvalidArgument, "secagg_bad_shares",
                   str(m.shares.size(), " sealed shares; this client has ", nb.size(),

@@ -223,7 +223,9 @@ class Round {
  private:
   std::optional<Rejection> expect(Stage stage, const std::string& client, int64_t* index,
                                   const std::set<int64_t>* among) const;
-  std::vector<int64_t> neighbours(int64_t index) const;
+  // The ring's neighbours of a client of U1, by increasing index (built
+  // once, when the keys stage closes).
+  const std::vector<int64_t>& neighbours(int64_t index) const { return nb_.at(index); }
   std::optional<std::string> enough_shares(const std::set<int64_t>& holders) const;
 
   Settings s_;
@@ -232,8 +234,7 @@ class Round {
   Stage stage_ = Stage::kKeys;
   std::map<int64_t, KeysMsg> keys_;
   std::set<int64_t> u1_, u2_, u3_, revealed_;
-  std::vector<int64_t> ring_;                // U1 in ring order
-  std::map<int64_t, size_t> ring_pos_;
+  std::map<int64_t, std::vector<int64_t>> nb_;  // U1's neighbour lists
   int64_t k_ = 0;
   std::map<int64_t, SharesMsg> shares_;      // by sender
   std::map<int64_t, std::vector<uint32_t>> inputs_;

@@ -31,6 +31,21 @@ std::optional<int64_t> index(uint64_t v) {
   return static_cast<int64_t>(v);
 }
 
+// A sealed share's peer (recipient or sender), box and commitments, the same
+// on its way to the server (SecAggSealedShare) and from it (SecAggIncoming).
+template <class Pb, class Out>
+std::optional<std::string> sealed(const Pb& s, uint64_t peer, const char* role, int64_t* peer_out,
+                                  Out* q) {
+  const auto i = index(peer);
+  if (!i) return str("a sealed share's ", role, " ", peer, " is out of range");
+  *peer_out = *i;
+  if (s.box().size() != kBoxBytes) return wrong_size("a sealed share's box", s.box().size(), kBoxBytes);
+  q->box = s.box();
+  if (!fill(s.commit_b(), &q->commit_b)) return wrong_size("commit_b", s.commit_b().size(), 32);
+  if (!fill(s.commit_s(), &q->commit_s)) return wrong_size("commit_s", s.commit_s().size(), 32);
+  return std::nullopt;
+}
+
 }  // namespace
 
 void to_pb(const KeysMsg& m, pb::SecAggKeys* out) {
@@ -120,13 +135,7 @@ std::optional<std::string> from_pb(const pb::SecAggShares& m, size_t max_entries
   }
   for (const pb::SecAggSealedShare& s : m.shares()) {
     SealedShare q;
-    const auto to = index(s.to());
-    if (!to) return str("a sealed share's recipient ", s.to(), " is out of range");
-    q.to = *to;
-    if (s.box().size() != kBoxBytes) return wrong_size("a sealed share's box", s.box().size(), kBoxBytes);
-    q.box = s.box();
-    if (!fill(s.commit_b(), &q.commit_b)) return wrong_size("commit_b", s.commit_b().size(), 32);
-    if (!fill(s.commit_s(), &q.commit_s)) return wrong_size("commit_s", s.commit_s().size(), 32);
+    if (auto why = sealed(s, s.to(), "recipient", &q.to, &q)) return why;
     out->shares.push_back(std::move(q));
   }
   return std::nullopt;
@@ -138,13 +147,7 @@ std::optional<std::string> from_pb(const pb::SecAggInbox& m, size_t max_entries,
   }
   for (const pb::SecAggIncoming& s : m.shares()) {
     Incoming q;
-    const auto from = index(s.from());
-    if (!from) return str("a share's sender ", s.from(), " is out of range");
-    q.from = *from;
-    if (s.box().size() != kBoxBytes) return wrong_size("a share's box", s.box().size(), kBoxBytes);
-    q.box = s.box();
-    if (!fill(s.commit_b(), &q.commit_b)) return wrong_size("commit_b", s.commit_b().size(), 32);
-    if (!fill(s.commit_s(), &q.commit_s)) return wrong_size("commit_s", s.commit_s().size(), 32);
+    if (auto why = sealed(s, s.from(), "sender", &q.from, &q)) return why;
     out->boxes.push_back(std::move(q));
   }
   return std::nullopt;

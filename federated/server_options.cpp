@@ -144,9 +144,7 @@ ServerOptions server_options(const train::Recipe& recipe) {
     o.validation.refuse_above = f.privacy.clip_norm * (1 + kClientClipTolerance);
   }
   if (f.secagg.enabled) {
-    const auto selected = static_cast<int64_t>(std::ceil(
-        static_cast<double>(f.sync.clients_per_round) * (1.0 + f.sync.over_selection)));
-    o.secagg = secagg_options(recipe, selected);
+    o.secagg = secagg_options(recipe, selected_per_round(o.sync));
     // Central DP: clients clip, the server noises the unmasked sum.
     if (f.privacy.mode == "central") o.clients.clip_norm = f.privacy.clip_norm;
   }

@@ -52,16 +52,11 @@ class Rounds : public AggregationTrigger {
   std::set<std::string> selected_;  // for round_
 };
 
-int64_t over_selected(const SyncRoundOptions& o) {
-  return static_cast<int64_t>(
-      std::ceil(static_cast<double>(o.clients_per_round) * (1.0 + o.over_selection)));
-}
-
 class SyncRounds final : public Rounds {
  public:
   SyncRounds(const SyncRoundOptions& o, const Strategy& strategy, uint64_t seed, int64_t round,
              time_point now)
-      : Rounds(o, strategy, seed, round, over_selected(o)) {
+      : Rounds(o, strategy, seed, round, selected_per_round(o)) {
     open(now);
   }
 
@@ -172,7 +167,7 @@ class SecAggRounds final : public Rounds {
  public:
   SecAggRounds(const SyncRoundOptions& o, const Strategy& strategy, uint64_t seed, int64_t round,
                int64_t min_clients, time_point now)
-      : Rounds(o, strategy, seed, round, std::max(min_clients, over_selected(o))),
+      : Rounds(o, strategy, seed, round, std::max(min_clients, selected_per_round(o))),
         min_clients_(min_clients), now_(now) {}
 
   // The strategy sees one batch: the unmasked sum.
@@ -281,6 +276,11 @@ class AsyncBuffer final : public AggregationTrigger {
 };
 
 }  // namespace
+
+int64_t selected_per_round(const SyncRoundOptions& o) {
+  return static_cast<int64_t>(
+      std::ceil(static_cast<double>(o.clients_per_round) * (1.0 + o.over_selection)));
+}
 
 std::unique_ptr<AggregationTrigger> make_sync_rounds(const SyncRoundOptions& o,
                                                      const Strategy& strategy, uint64_t seed,

@@ -110,6 +110,9 @@ class AggregationTrigger {
   virtual std::string progress(int64_t version, int64_t buffered) const = 0;
 };
 
+// The clients a round selects: ceil(K (1 + over_selection)).
+int64_t selected_per_round(const SyncRoundOptions& o);
+
 std::unique_ptr<AggregationTrigger> make_sync_rounds(const SyncRoundOptions& o,
                                                      const Strategy& strategy, uint64_t seed,
                                                      int64_t round, ServerClock::time_point now);
