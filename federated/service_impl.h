@@ -187,6 +187,7 @@ class StageCall final : public grpc::ServerUnaryReactor,
   std::shared_ptr<StageCall> self_;
   std::mutex mu_;
   bool done_ = false, waiting_ = false;
+  bool seen_ = false;  // the watchdog has checked it once
   Clock::time_point deadline_ = kNever;
   SecAggCall call_;
 };

@@ -50,8 +50,7 @@ void StageCall::start(const grpc::ByteBuffer& request) {
     return;
   }
   const ServerOptions& o = s_.core().options();
-  const auto max_clients = static_cast<size_t>(std::ceil(
-      static_cast<double>(o.sync.clients_per_round) * (1.0 + o.sync.over_selection)));
+  const auto max_clients = static_cast<size_t>(selected_per_round(o.sync));
   if (auto why = to_call(req, max_clients + 1, &call_)) {
     const Rejection r{RejectCode::kInvalidArgument, "secagg_malformed", *why};
     s_.log_rejection(r, req.client_id(), *ctx_);
@@ -86,7 +85,11 @@ bool StageCall::check(bool changed, Clock::time_point now, bool stopping) {
     std::lock_guard<std::mutex> lock(mu_);
     if (done_) return false;
     if (!waiting_) return true;
-    if (!stopping && !changed && now < deadline_) return true;
+    // The first look asks the core whatever the epoch says: the stage may
+    // have closed between the worker's answer and this call's registration.
+    const bool fresh = !seen_;
+    seen_ = true;
+    if (!stopping && !changed && !fresh && now < deadline_) return true;
   }
   if (stopping) {
     finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down; retry later"));
